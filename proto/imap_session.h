@@ -1,0 +1,72 @@
+/* One authenticated IMAP session: connect, TLS, capabilities, login.
+ *
+ * A session wraps a libetpan mailimap.  It is not thread-safe: one thread
+ * at a time (the pool in imap_pool.h hands sessions out).
+ */
+#ifndef MAILFS_IMAP_SESSION_H
+#define MAILFS_IMAP_SESSION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <libetpan/libetpan.h>
+#include <openssl/ssl.h>
+
+#include "src/backend.h"
+
+enum imap_tls_mode {
+	IMAP_TLS_IMPLICIT,   /* imaps:// */
+	IMAP_TLS_STARTTLS,   /* imap://, STARTTLS required */
+	IMAP_TLS_NONE,       /* imap:// with allow_plaintext: STARTTLS if offered, else plaintext */
+};
+
+/* Where and how to connect.  Borrowed by imap_session_open; must outlive
+ * every session opened with it. */
+struct imap_endpoint {
+	const char *host;
+	uint16_t port;
+	enum imap_tls_mode tls;
+	SSL_CTX *tls_ctx;       /* from net_tls_context_new */
+	const char *user;
+	const char *password;
+	int timeout_s;
+};
+
+/* Capabilities that change what we send. */
+struct imap_caps {
+	bool uidplus, move, condstore, qresync, idle, enable, special_use,
+	     literal_plus, esearch, namespace_;
+};
+
+struct imap_session {
+	mailimap *imap;         /* owned */
+	struct imap_caps caps;  /* read after TLS and again after LOGIN */
+	char delimiter;         /* from LIST "" "", 0 if flat/unknown */
+	char *selected;         /* raw name of the selected folder or NULL; owned */
+	uint32_t selected_uidvalidity;
+	bool broken;            /* a network error happened: do not reuse */
+};
+
+/* Connects, establishes TLS as the endpoint asks (refusing STARTTLS that is
+ * not offered or fails, refusing PREAUTH when STARTTLS is required), reads
+ * capabilities after TLS, logs in, re-reads capabilities and the hierarchy
+ * delimiter.  Returns BACKEND_OK with *session_r owned by the caller, or:
+ * BACKEND_CONNECT (unreachable), BACKEND_TLS (handshake/certificate),
+ * BACKEND_AUTH (login refused), BACKEND_PROTOCOL (no STARTTLS, no IMAP4rev1,
+ * bad greeting), BACKEND_TEMP (timeout or connection lost), each with a
+ * one-line *error_r naming the cause and the server. */
+enum backend_status imap_session_open(const struct imap_endpoint *ep,
+	struct imap_session **session_r, const char **error_r);
+
+/* Logs out (best effort, bounded by the timeout) unless broken, closes,
+ * frees, and sets *session to NULL. */
+void imap_session_close(struct imap_session **session);
+
+/* Maps a libetpan MAILIMAP_ERROR_* code to a status and marks the session
+ * broken when the connection can no longer be trusted. */
+enum backend_status imap_session_status(struct imap_session *s, int r);
+
+/* The server's last tagged or untagged text ("[AUTHENTICATIONFAILED] ..."),
+ * or "" if none.  Points into the session; valid until its next command. */
+const char *imap_session_last_text(struct imap_session *s);
+
+#endif

@@ -1,0 +1,112 @@
+/* The backend interface: everything fs/ may ask of a mail server.
+ *
+ * One vtable (struct backend_ops) implemented by the IMAP backend
+ * (proto/imap_backend.c) and, read-only, by the POP3 backend.  fs/ and the
+ * caches call only these slots; nothing above this line speaks a protocol.
+ *
+ * Conventions
+ *  - Every slot returns an enum backend_status; BACKEND_OK is 0.
+ *  - On failure *error_r points to a human-readable reason, owned by the
+ *    backend and valid until the calling thread's next backend call.
+ *  - Every slot is safe to call from many threads at once; each call checks
+ *    a session out of the backend's pool and never holds a lock across
+ *    network I/O.  Every call is bounded by the configured timeout.
+ *  - Folders are named by their raw server name (struct backend_folder
+ *    .raw_name), never by their file-system name.
+ */
+#ifndef MAILFS_BACKEND_H
+#define MAILFS_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum backend_status {
+	BACKEND_OK = 0,
+	BACKEND_NOT_FOUND,   /* folder or message does not exist (any more) */
+	BACKEND_TEMP,        /* network failure, timeout, server busy: retry later */
+	BACKEND_AUTH,        /* credentials refused */
+	BACKEND_READ_ONLY,   /* this backend cannot change anything */
+	BACKEND_UNSUPPORTED, /* the server lacks a capability the operation needs */
+	BACKEND_EXISTS,      /* target already exists */
+	BACKEND_INVALID,     /* argument cannot be sent safely (CR, LF, NUL, ...) */
+	BACKEND_REFUSED,     /* the server said NO */
+	BACKEND_NOT_EMPTY,   /* folder still holds messages or children */
+	BACKEND_TLS,         /* TLS handshake or certificate verification failed */
+	BACKEND_CONNECT,     /* server could not be reached (refused, no route, DNS) */
+	BACKEND_PROTOCOL,    /* server spoke something we cannot accept */
+};
+
+/* Returns a static lowercase name for logs, e.g. "temporary failure". */
+const char *backend_status_name(enum backend_status status);
+
+/* One folder as listed by the server. */
+struct backend_folder {
+	char *raw_name;      /* the server's name, e.g. modified UTF-7; owned */
+	char **parts;        /* decoded UTF-8 path components, unsanitised; owned */
+	size_t n_parts;
+	bool noselect;       /* a directory that holds no messages */
+};
+
+/* Per-folder synchronisation state (RFC 3501, RFC 7162). */
+struct backend_folder_state {
+	uint32_t uidvalidity;
+	uint32_t uidnext;
+	uint64_t highestmodseq;  /* 0 when the server has no CONDSTORE */
+	uint32_t exists;
+};
+
+/* One message's metadata: everything needed to list and name it, and
+ * nothing that requires its body. */
+struct backend_message {
+	uint32_t uid;
+	uint64_t size;          /* RFC822.SIZE */
+	int64_t internaldate;   /* INTERNALDATE, seconds since the epoch (UTC) */
+	char *flags;            /* space-separated, e.g. "\\Seen \\Flagged"; owned */
+	char *header;           /* raw header fields used for the name
+	                           (Date, Subject, Message-ID, From); owned */
+	size_t header_len;
+};
+
+struct backend;
+
+struct backend_ops {
+	/* All folders (LIST "" "*").  *folders_r is owned by the caller:
+	 * release with backend_folders_free(). */
+	enum backend_status (*list_folders)(struct backend *be,
+		struct backend_folder **folders_r, size_t *count_r,
+		const char **error_r);
+
+	/* Every message of a folder with its metadata, in UID order.
+	 * *msgs_r is owned by the caller: release with backend_messages_free(). */
+	enum backend_status (*list_messages)(struct backend *be,
+		const char *raw_folder, struct backend_folder_state *state_r,
+		struct backend_message **msgs_r, size_t *count_r,
+		const char **error_r);
+
+	/* Reads up to `length` bytes of the message's exact server bytes
+	 * starting at `offset` into buf, without setting \Seen.  *got_r is the
+	 * number of bytes stored; fewer than `length` means the message ended.
+	 * BACKEND_NOT_FOUND when the UID is gone or UIDVALIDITY changed. */
+	enum backend_status (*read_range)(struct backend *be,
+		const char *raw_folder, uint32_t uidvalidity, uint32_t uid,
+		uint64_t offset, size_t length, void *buf, size_t *got_r,
+		const char **error_r);
+
+	/* Releases the backend and its sessions. */
+	void (*destroy)(struct backend *be);
+};
+
+struct backend {
+	const struct backend_ops *ops;
+	char delimiter;       /* hierarchy delimiter shown to fs/, '/' if flat */
+	bool read_only;
+};
+
+void backend_folders_free(struct backend_folder **folders, size_t count);
+void backend_messages_free(struct backend_message **msgs, size_t count);
+
+/* Releases *be through its destroy slot and sets *be to NULL. */
+void backend_destroy(struct backend **be);
+
+#endif
