@@ -1,1 +1,353 @@
-/* not yet written */
+/* FUSE low-level operations: translate kernel requests into fs_tree calls.
+ * Nothing here speaks a mail protocol. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+
+#include "fs/fs_ops.h"
+#include "src/block_cache.h"
+#include "src/log.h"
+
+static struct fuse_session *session;
+
+void fs_ops_set_session(struct fuse_session *se)
+{
+	session = se;
+}
+
+static struct fs_tree *tree_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	if (conn->capable & FUSE_CAP_READDIRPLUS)
+		conn->want |= FUSE_CAP_READDIRPLUS;
+	/* Several reads of one file may run at once on the session pool. */
+	if (conn->capable & FUSE_CAP_ASYNC_READ)
+		conn->want |= FUSE_CAP_ASYNC_READ;
+	conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fuse_entry_param e;
+	int r = fs_tree_lookup(tree_of(req), parent, name, &e);
+
+	if (r == -ENOENT) {
+		/* Negative entries are not cached: new mail may arrive. */
+		memset(&e, 0, sizeof(e));
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		fuse_reply_entry(req, &e);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	fs_tree_forget(tree_of(req), ino, nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count,
+	struct fuse_forget_data *forgets)
+{
+	for (size_t i = 0; i < count; i++)
+		fs_tree_forget(tree_of(req), forgets[i].ino, forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino,
+	struct fuse_file_info *fi)
+{
+	struct stat st;
+	double timeout;
+	int r = fs_tree_getattr(tree_of(req), ino, &st, &timeout);
+
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		fuse_reply_attr(req, &st, timeout);
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+	int to_set, struct fuse_file_info *fi)
+{
+	/* Messages on the server are immutable. */
+	fuse_reply_err(req, EPERM);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	int r = fs_tree_check_message(tree_of(req), ino);
+
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	/* Content never changes for a given inode: keep the page cache. */
+	fi->keep_cache = 1;
+	fi->noflush = 1;
+	fuse_reply_open(req, fi);
+}
+
+static void *notify_size_thread(void *arg)
+{
+	fuse_ino_t ino = (fuse_ino_t)(uintptr_t)arg;
+
+	if (session)
+		fuse_lowlevel_notify_inval_inode(session, ino, 0, 0);
+	return NULL;
+}
+
+/* The kernel must relearn the size; telling it from inside the read that
+ * found out could deadlock, so a short-lived thread does it. */
+static void notify_size_changed(fuse_ino_t ino)
+{
+	pthread_t th;
+
+	if (pthread_create(&th, NULL, notify_size_thread,
+			(void *)(uintptr_t)ino) == 0)
+		pthread_detach(th);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+	struct fuse_file_info *fi)
+{
+	bool size_changed;
+	char *buf = malloc(size ? size : 1);
+	ssize_t got;
+
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	got = fs_tree_read(tree_of(req), ino, (uint64_t)off, size, buf,
+		&size_changed);
+	if (got < 0)
+		fuse_reply_err(req, (int)-got);
+	else
+		fuse_reply_buf(req, buf, (size_t)got);
+	free(buf);
+	if (size_changed)
+		notify_size_changed(ino);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino,
+	struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, 0);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino,
+	struct fuse_file_info *fi)
+{
+	struct fs_dir_snapshot *snap;
+	int r = fs_tree_snapshot_dir(tree_of(req), ino, &snap);
+
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)snap;
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		fs_dir_snapshot_free(&snap);   /* the opener was interrupted */
+}
+
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+	struct fuse_file_info *fi, bool plus)
+{
+	struct fs_dir_snapshot *snap = (void *)(uintptr_t)fi->fh;
+	char *buf = malloc(size ? size : 1);
+	size_t used = 0;
+
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	for (size_t i = (size_t)off; i < snap->count; i++) {
+		const struct fs_dir_entry *de = &snap->entries[i];
+		size_t need;
+
+		if (!plus) {
+			need = fuse_add_direntry(req, buf + used, size - used,
+				de->name, &de->st, (off_t)i + 1);
+			if (need > size - used)
+				break;
+			used += need;
+			continue;
+		}
+		struct fuse_entry_param e;
+		bool dot = i < 2;
+
+		memset(&e, 0, sizeof(e));
+		e.attr = de->st;
+		/* Check the fit before taking a reference the kernel would
+		 * never know of. */
+		need = fuse_add_direntry_plus(req, NULL, 0, de->name, &e, 0);
+		if (need > size - used)
+			break;
+		if (!dot && !fs_tree_ref_entry(tree_of(req), de->st.st_ino, &e)) {
+			memset(&e, 0, sizeof(e));
+			e.attr = de->st;
+		}
+		if (dot)
+			e.attr.st_ino = de->st.st_ino;
+		used += fuse_add_direntry_plus(req, buf + used, size - used,
+			de->name, &e, (off_t)i + 1);
+	}
+	fuse_reply_buf(req, buf, used);
+	free(buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+	struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, fi, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
+	off_t off, struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, fi, true);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
+	struct fuse_file_info *fi)
+{
+	struct fs_dir_snapshot *snap = (void *)(uintptr_t)fi->fh;
+
+	fs_dir_snapshot_free(&snap);
+	fuse_reply_err(req, 0);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+	size_t size)
+{
+	char *value;
+	int r = fs_tree_getxattr(tree_of(req), ino, name, &value);
+	size_t len;
+
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	len = strlen(value);
+	if (size == 0)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, value, len);
+	free(value);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	char *names;
+	size_t len;
+	int r = fs_tree_listxattr(tree_of(req), ino, &names, &len);
+
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	if (size == 0)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, names, len);
+	free(names);
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+	const char *value, size_t size, int flags)
+{
+	fuse_reply_err(req, EPERM);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	fuse_reply_err(req, EPERM);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs sv;
+
+	memset(&sv, 0, sizeof(sv));
+	sv.f_bsize = BLOCK_CACHE_BLOCK_SIZE;
+	sv.f_frsize = 512;
+	sv.f_namemax = 255;
+	fuse_reply_statfs(req, &sv);
+}
+
+/* Until the write path exists every change is refused the same way. */
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
+	mode_t mode)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+	fuse_ino_t newparent, const char *newname, unsigned int flags)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+	mode_t mode, struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
+	mode_t mode, dev_t rdev)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+const struct fuse_lowlevel_ops fs_ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.open = op_open,
+	.read = op_read,
+	.release = op_release,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
+	.releasedir = op_releasedir,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.setxattr = op_setxattr,
+	.removexattr = op_removexattr,
+	.statfs = op_statfs,
+	.mkdir = op_mkdir,
+	.rmdir = op_unlink,
+	.unlink = op_unlink,
+	.rename = op_rename,
+	.create = op_create,
+	.mknod = op_mknod,
+};

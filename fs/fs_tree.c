@@ -1,1 +1,969 @@
-/* not yet written */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY  /* XXH3_state_t on the stack */
+#include <xxhash.h>
+
+#include "fs/fs_tree.h"
+#include "fs/msg_name.h"
+#include "src/errfmt.h"
+#include "src/log.h"
+
+/* Message files never change: let the kernel keep what it learned. */
+#define MSG_TIMEOUT 3600.0
+/* Directories change as mail arrives. */
+#define DIR_TIMEOUT 1.0
+
+struct node {
+	fuse_ino_t ino;
+	struct node *hnext;     /* hash chain */
+	bool is_dir;
+	bool attached;          /* reachable from the root */
+	uint64_t nlookup;       /* kernel references */
+	char *name;
+	struct node *parent;    /* valid while attached */
+
+	/* directories */
+	char *raw;              /* server folder name; NULL if none */
+	bool selectable;
+	struct node **dirs;
+	size_t n_dirs;
+	struct node **msgs;     /* sorted by name */
+	size_t n_msgs;
+	bool msgs_loaded;
+	bool loading;
+	time_t loaded_at;
+	uint32_t uidvalidity;
+	bool seen;              /* scratch for folder-list merges */
+
+	/* messages */
+	char *folder_raw;       /* copy: the node may outlive its folder */
+	uint32_t msg_uidvalidity;
+	uint32_t uid;
+	uint64_t size;
+	int64_t mtime;
+	char *flags;
+};
+
+struct fs_tree {
+	pthread_mutex_t lock;
+	pthread_cond_t loaded;
+	struct backend *be;
+	struct msg_reader *reader;
+	unsigned refresh_s;
+	time_t start_time;
+	uid_t uid;
+	gid_t gid;
+	struct node *root;
+	struct node **buckets;
+	size_t n_buckets;
+	size_t n_nodes;
+	char *(*stats_hook)(void *ctx);
+	void *stats_ctx;
+};
+
+static time_t monotonic_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec;
+}
+
+/* ---- inode numbers and the inode hash ---------------------------------- */
+
+static fuse_ino_t ino_fix(uint64_t h)
+{
+	/* 0 is invalid and 1 is the root. */
+	return h <= FUSE_ROOT_ID ? h + 2 : h;
+}
+
+static fuse_ino_t dir_ino(const char *path)
+{
+	return ino_fix(XXH3_64bits_withSeed(path, strlen(path), 0x646972));
+}
+
+static fuse_ino_t msg_ino(const char *folder, uint32_t uidvalidity,
+	uint32_t uid)
+{
+	XXH3_state_t st;
+
+	XXH3_64bits_reset_withSeed(&st, 0x6d7367);
+	XXH3_64bits_update(&st, folder, strlen(folder) + 1);
+	XXH3_64bits_update(&st, &uidvalidity, sizeof(uidvalidity));
+	XXH3_64bits_update(&st, &uid, sizeof(uid));
+	return ino_fix(XXH3_64bits_digest(&st));
+}
+
+static struct node *hash_find(struct fs_tree *t, fuse_ino_t ino)
+{
+	struct node *n;
+
+	for (n = t->buckets[ino & (t->n_buckets - 1)]; n; n = n->hnext)
+		if (n->ino == ino)
+			return n;
+	return NULL;
+}
+
+static void hash_grow(struct fs_tree *t)
+{
+	size_t nb = t->n_buckets * 2;
+	struct node **b = calloc(nb, sizeof(*b));
+
+	if (!b)
+		return;   /* keep the longer chains; still correct */
+	for (size_t i = 0; i < t->n_buckets; i++) {
+		struct node *n = t->buckets[i], *next;
+
+		for (; n; n = next) {
+			next = n->hnext;
+			n->hnext = b[n->ino & (nb - 1)];
+			b[n->ino & (nb - 1)] = n;
+		}
+	}
+	free(t->buckets);
+	t->buckets = b;
+	t->n_buckets = nb;
+}
+
+static void hash_add(struct fs_tree *t, struct node *n)
+{
+	struct node **b;
+
+	if (t->n_nodes >= t->n_buckets)
+		hash_grow(t);
+	b = &t->buckets[n->ino & (t->n_buckets - 1)];
+	n->hnext = *b;
+	*b = n;
+	t->n_nodes++;
+}
+
+static void hash_remove(struct fs_tree *t, struct node *n)
+{
+	struct node **p = &t->buckets[n->ino & (t->n_buckets - 1)];
+
+	for (; *p; p = &(*p)->hnext)
+		if (*p == n) {
+			*p = n->hnext;
+			t->n_nodes--;
+			return;
+		}
+}
+
+static void node_free(struct node *n)
+{
+	free(n->name);
+	free(n->raw);
+	free(n->dirs);
+	free(n->msgs);
+	free(n->folder_raw);
+	free(n->flags);
+	free(n);
+}
+
+/* Frees a node nobody can reach any more. */
+static void maybe_free(struct fs_tree *t, struct node *n)
+{
+	if (n->attached || n->nlookup > 0 || n->loading || n == t->root)
+		return;
+	hash_remove(t, n);
+	node_free(n);
+}
+
+static void detach_messages(struct fs_tree *t, struct node *dir)
+{
+	for (size_t i = 0; i < dir->n_msgs; i++) {
+		dir->msgs[i]->attached = false;
+		maybe_free(t, dir->msgs[i]);
+	}
+	free(dir->msgs);
+	dir->msgs = NULL;
+	dir->n_msgs = 0;
+	dir->msgs_loaded = false;
+}
+
+/* ---- creation ------------------------------------------------------------ */
+
+struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
+	unsigned refresh_s)
+{
+	struct fs_tree *t = calloc(1, sizeof(*t));
+
+	if (!t)
+		return NULL;
+	t->n_buckets = 1024;
+	t->buckets = calloc(t->n_buckets, sizeof(*t->buckets));
+	t->root = calloc(1, sizeof(*t->root));
+	if (!t->buckets || !t->root) {
+		free(t->buckets);
+		free(t->root);
+		free(t);
+		return NULL;
+	}
+	pthread_mutex_init(&t->lock, NULL);
+	pthread_cond_init(&t->loaded, NULL);
+	t->be = be;
+	t->reader = reader;
+	t->refresh_s = refresh_s;
+	t->start_time = time(NULL);
+	t->uid = getuid();
+	t->gid = getgid();
+	t->root->ino = FUSE_ROOT_ID;
+	t->root->is_dir = true;
+	t->root->attached = true;
+	t->root->name = strdup("");
+	t->root->msgs_loaded = true;
+	hash_add(t, t->root);
+	return t;
+}
+
+void fs_tree_free(struct fs_tree **tp)
+{
+	struct fs_tree *t = *tp;
+
+	if (!t)
+		return;
+	for (size_t i = 0; i < t->n_buckets; i++) {
+		struct node *n = t->buckets[i], *next;
+
+		for (; n; n = next) {
+			next = n->hnext;
+			node_free(n);
+		}
+	}
+	free(t->buckets);
+	pthread_mutex_destroy(&t->lock);
+	pthread_cond_destroy(&t->loaded);
+	free(t);
+	*tp = NULL;
+}
+
+void fs_tree_set_stats_hook(struct fs_tree *t, char *(*hook)(void *ctx),
+	void *ctx)
+{
+	t->stats_hook = hook;
+	t->stats_ctx = ctx;
+}
+
+/* ---- the folder tree ----------------------------------------------------- */
+
+/* One directory wanted by a folder listing. */
+struct want_dir {
+	char *path;       /* sanitised components joined by '/' */
+	char *name;       /* last component */
+	char *raw;        /* server name, NULL for an implied parent */
+	bool selectable;
+	size_t depth;
+};
+
+static int want_cmp(const void *a, const void *b)
+{
+	const struct want_dir *x = a, *y = b;
+
+	if (x->depth != y->depth)
+		return x->depth < y->depth ? -1 : 1;
+	return strcmp(x->path, y->path);
+}
+
+static struct want_dir *want_find(struct want_dir *w, size_t n,
+	const char *path)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(w[i].path, path) == 0)
+			return &w[i];
+	return NULL;
+}
+
+static void want_free(struct want_dir *w, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(w[i].path);
+		free(w[i].name);
+		free(w[i].raw);
+	}
+	free(w);
+}
+
+/* Turns the server's folders (and the parents they imply) into a list of
+ * directories, parents before children. */
+static struct want_dir *folders_to_dirs(const struct backend_folder *f,
+	size_t nf, size_t *count_r)
+{
+	size_t cap = 16, n = 0;
+	struct want_dir *w = calloc(cap, sizeof(*w));
+
+	if (!w)
+		return NULL;
+	for (size_t i = 0; i < nf; i++) {
+		char path[4096] = "";
+		size_t plen = 0;
+
+		for (size_t j = 0; j < f[i].n_parts; j++) {
+			char *name = folder_name_sanitize(f[i].parts[j]);
+			struct want_dir *d;
+			bool last = j + 1 == f[i].n_parts;
+
+			if (!name)
+				goto fail;
+			int wr = snprintf(path + plen, sizeof(path) - plen,
+				"%s%s", plen ? "/" : "", name);
+			if (wr < 0 || (size_t)wr >= sizeof(path) - plen) {
+				free(name);
+				break;   /* absurdly deep: ignore the rest */
+			}
+			plen += wr;
+			d = want_find(w, n, path);
+			if (!d) {
+				if (n == cap) {
+					struct want_dir *nw = realloc(w,
+						2 * cap * sizeof(*w));
+					if (!nw) {
+						free(name);
+						goto fail;
+					}
+					w = nw;
+					cap *= 2;
+				}
+				d = &w[n++];
+				memset(d, 0, sizeof(*d));
+				d->path = strdup(path);
+				d->name = name;
+				d->depth = j;
+				name = NULL;
+			}
+			free(name);
+			if (last && !d->raw) {
+				d->raw = strdup(f[i].raw_name);
+				d->selectable = !f[i].noselect;
+			}
+		}
+	}
+	qsort(w, n, sizeof(*w), want_cmp);
+	*count_r = n;
+	return w;
+fail:
+	want_free(w, n);
+	return NULL;
+}
+
+static void collect_dirs(struct node *d, struct node ***all, size_t *n,
+	size_t *cap)
+{
+	if (*n == *cap) {
+		size_t nc = *cap ? *cap * 2 : 64;
+		struct node **na = realloc(*all, nc * sizeof(**all));
+
+		if (!na)
+			return;
+		*all = na;
+		*cap = nc;
+	}
+	(*all)[(*n)++] = d;
+	for (size_t i = 0; i < d->n_dirs; i++)
+		collect_dirs(d->dirs[i], all, n, cap);
+}
+
+static int add_child_dir(struct node *parent, struct node *child)
+{
+	struct node **nd = realloc(parent->dirs,
+		(parent->n_dirs + 1) * sizeof(*nd));
+
+	if (!nd)
+		return -1;
+	parent->dirs = nd;
+	parent->dirs[parent->n_dirs++] = child;
+	child->parent = parent;
+	return 0;
+}
+
+int fs_tree_load_folders(struct fs_tree *t, const char **error_r)
+{
+	struct backend_folder *folders = NULL;
+	struct node **old = NULL;
+	struct want_dir *want;
+	size_t nf = 0, nw = 0, n_old = 0, cap_old = 0;
+	enum backend_status st;
+
+	st = t->be->ops->list_folders(t->be, &folders, &nf, error_r);
+	if (st != BACKEND_OK)
+		return st == BACKEND_NOT_FOUND ? -ENOENT : -EIO;
+	want = folders_to_dirs(folders, nf, &nw);
+	backend_folders_free(&folders, nf);
+	if (!want) {
+		*error_r = "out of memory";
+		return -ENOMEM;
+	}
+
+	pthread_mutex_lock(&t->lock);
+	collect_dirs(t->root, &old, &n_old, &cap_old);
+	for (size_t i = 0; i < n_old; i++) {
+		old[i]->seen = false;
+		free(old[i]->dirs);
+		old[i]->dirs = NULL;
+		old[i]->n_dirs = 0;
+	}
+	t->root->seen = true;
+	for (size_t i = 0; i < nw; i++) {
+		fuse_ino_t ino = dir_ino(want[i].path);
+		struct node *d = hash_find(t, ino), *parent = t->root;
+		char *slash = strrchr(want[i].path, '/');
+
+		if (slash) {
+			*slash = '\0';
+			parent = hash_find(t, dir_ino(want[i].path));
+			*slash = '/';
+			if (!parent || !parent->is_dir)
+				continue;
+		}
+		if (d && (!d->is_dir || d == t->root))
+			continue;    /* inode collision: skip, never confuse */
+		if (!d) {
+			d = calloc(1, sizeof(*d));
+			if (!d)
+				continue;
+			d->ino = ino;
+			d->is_dir = true;
+			d->name = strdup(want[i].name);
+			hash_add(t, d);
+		}
+		if (d->raw && (!want[i].raw || strcmp(d->raw, want[i].raw))) {
+			/* A different server folder now: forget its list. */
+			detach_messages(t, d);
+		}
+		free(d->raw);
+		d->raw = want[i].raw;
+		want[i].raw = NULL;
+		d->selectable = d->raw && want[i].selectable;
+		if (!d->selectable)
+			d->msgs_loaded = true;
+		d->attached = true;
+		d->seen = true;
+		add_child_dir(parent, d);
+	}
+	for (size_t i = 0; i < n_old; i++) {
+		if (old[i]->seen)
+			continue;
+		old[i]->attached = false;
+		detach_messages(t, old[i]);
+		maybe_free(t, old[i]);
+	}
+	pthread_mutex_unlock(&t->lock);
+	free(old);
+	want_free(want, nw);
+	return 0;
+}
+
+/* ---- messages of one folder ---------------------------------------------- */
+
+struct named_msg {
+	char *name;
+	size_t index;     /* into the backend's UID-ordered array */
+};
+
+static int named_cmp_uid(const void *a, const void *b)
+{
+	const struct named_msg *x = a, *y = b;
+	int c = strcmp(x->name, y->name);
+
+	if (c)
+		return c;
+	return (x->index > y->index) - (x->index < y->index);
+}
+
+static int node_name_cmp(const void *a, const void *b)
+{
+	const struct node *const *x = a, *const *y = b;
+
+	return strcmp((*x)->name, (*y)->name);
+}
+
+/* Derives every message's name; equal names get ~2, ~3, ... in UID order. */
+static struct named_msg *name_messages(const struct backend_message *m,
+	size_t n)
+{
+	struct named_msg *nm = calloc(n ? n : 1, sizeof(*nm));
+
+	if (!nm)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		nm[i].index = i;
+		nm[i].name = msg_name_derive(m[i].header, m[i].header_len,
+			m[i].internaldate);
+		if (!nm[i].name)
+			goto fail;
+	}
+	qsort(nm, n, sizeof(*nm), named_cmp_uid);
+	for (size_t i = 1, run = 1; i < n; i++) {
+		if (strcmp(nm[i].name, nm[i - run].name) != 0) {
+			run = 1;
+			continue;
+		}
+		char *v = msg_name_variant(nm[i - run].name, run + 1);
+
+		if (!v)
+			goto fail;
+		free(nm[i].name);
+		nm[i].name = v;
+		run++;
+	}
+	return nm;
+fail:
+	for (size_t i = 0; i < n; i++)
+		free(nm[i].name);
+	free(nm);
+	return NULL;
+}
+
+/* Installs a fresh listing into dir, reusing nodes the kernel knows. */
+static int merge_messages(struct fs_tree *t, struct node *dir,
+	uint32_t uidvalidity, struct backend_message *m, size_t n,
+	struct named_msg *nm)
+{
+	struct node **list = calloc(n ? n : 1, sizeof(*list));
+	size_t k = 0;
+
+	if (!list)
+		return -ENOMEM;
+	for (size_t i = 0; i < dir->n_msgs; i++)
+		dir->msgs[i]->seen = false;
+	for (size_t i = 0; i < n; i++) {
+		const struct backend_message *bm = &m[nm[i].index];
+		fuse_ino_t ino = msg_ino(dir->raw, uidvalidity, bm->uid);
+		struct node *x = hash_find(t, ino);
+
+		if (x && (x->is_dir || x->uid != bm->uid ||
+			  strcmp(x->folder_raw, dir->raw) != 0))
+			continue;   /* inode collision: leave it out */
+		if (!x) {
+			x = calloc(1, sizeof(*x));
+			if (!x)
+				continue;
+			x->ino = ino;
+			x->uid = bm->uid;
+			x->msg_uidvalidity = uidvalidity;
+			x->folder_raw = strdup(dir->raw);
+			x->size = bm->size;
+			x->mtime = bm->internaldate;
+			hash_add(t, x);
+		}
+		free(x->name);
+		x->name = nm[i].name;
+		nm[i].name = NULL;
+		free(x->flags);
+		x->flags = bm->flags;
+		m[nm[i].index].flags = NULL;
+		x->parent = dir;
+		x->attached = true;
+		x->seen = true;
+		list[k++] = x;
+	}
+	for (size_t i = 0; i < dir->n_msgs; i++) {
+		struct node *x = dir->msgs[i];
+
+		if (x->seen)
+			continue;
+		x->attached = false;
+		maybe_free(t, x);
+	}
+	free(dir->msgs);
+	qsort(list, k, sizeof(*list), node_name_cmp);
+	dir->msgs = list;
+	dir->n_msgs = k;
+	dir->uidvalidity = uidvalidity;
+	return 0;
+}
+
+/* Makes sure dir's message list is loaded (and not older than the refresh
+ * period when `fresh` is asked).  Called and returns with the lock held;
+ * drops it around the network fetch. */
+static int ensure_messages(struct fs_tree *t, struct node *dir, bool fresh)
+{
+	struct backend_folder_state state;
+	struct backend_message *m = NULL;
+	struct named_msg *nm = NULL;
+	enum backend_status st;
+	const char *error;
+	size_t n = 0;
+	char *raw;
+	int ret = 0;
+
+	while (dir->loading)
+		pthread_cond_wait(&t->loaded, &t->lock);
+	if (!dir->raw || !dir->selectable)
+		return 0;
+	if (dir->msgs_loaded && (!fresh ||
+			monotonic_now() - dir->loaded_at < (time_t)t->refresh_s))
+		return 0;
+	raw = strdup(dir->raw);
+	if (!raw)
+		return -ENOMEM;
+	dir->loading = true;
+	pthread_mutex_unlock(&t->lock);
+
+	st = t->be->ops->list_messages(t->be, raw, &state, &m, &n, &error);
+	if (st == BACKEND_OK) {
+		nm = name_messages(m, n);
+		if (!nm)
+			st = BACKEND_TEMP;
+	} else {
+		log_warn("cannot list %s: %s", raw, error);
+	}
+
+	pthread_mutex_lock(&t->lock);
+	dir->loading = false;
+	pthread_cond_broadcast(&t->loaded);
+	if (st != BACKEND_OK) {
+		/* Keep serving an older listing rather than nothing. */
+		ret = dir->msgs_loaded ? 0 :
+			st == BACKEND_NOT_FOUND ? -ENOENT : -EIO;
+	} else if (!dir->raw || strcmp(dir->raw, raw) != 0) {
+		/* The folder was renamed or removed meanwhile: drop it. */
+	} else {
+		ret = merge_messages(t, dir, state.uidvalidity, m, n, nm);
+		if (ret == 0) {
+			dir->msgs_loaded = true;
+			dir->loaded_at = monotonic_now();
+		}
+	}
+	if (nm)
+		for (size_t i = 0; i < n; i++)
+			free(nm[i].name);
+	free(nm);
+	backend_messages_free(&m, n);
+	free(raw);
+	maybe_free(t, dir);
+	return ret;
+}
+
+/* ---- attributes and lookups ---------------------------------------------- */
+
+static void fill_stat(struct fs_tree *t, const struct node *n, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = n->ino;
+	st->st_uid = t->uid;
+	st->st_gid = t->gid;
+	if (n->is_dir) {
+		st->st_mode = S_IFDIR | 0700;
+		st->st_nlink = 2 + n->n_dirs;
+		st->st_mtime = st->st_atime = st->st_ctime = t->start_time;
+		return;
+	}
+	st->st_mode = S_IFREG | 0600;
+	st->st_nlink = 1;
+	st->st_size = (off_t)n->size;
+	st->st_blocks = (n->size + 511) / 512;
+	st->st_mtime = st->st_atime = st->st_ctime = (time_t)n->mtime;
+}
+
+static void fill_entry(struct fs_tree *t, const struct node *n,
+	struct fuse_entry_param *e)
+{
+	memset(e, 0, sizeof(*e));
+	e->ino = n->ino;
+	e->generation = 1;
+	fill_stat(t, n, &e->attr);
+	e->attr_timeout = e->entry_timeout =
+		n->is_dir ? DIR_TIMEOUT : MSG_TIMEOUT;
+}
+
+static struct node *find_msg(struct node *dir, const char *name)
+{
+	size_t lo = 0, hi = dir->n_msgs;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		int c = strcmp(name, dir->msgs[mid]->name);
+
+		if (c == 0)
+			return dir->msgs[mid];
+		if (c < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return NULL;
+}
+
+int fs_tree_lookup(struct fs_tree *t, fuse_ino_t parent, const char *name,
+	struct fuse_entry_param *e)
+{
+	struct node *dir, *found = NULL;
+	int ret;
+
+	pthread_mutex_lock(&t->lock);
+	dir = hash_find(t, parent);
+	if (!dir || !dir->is_dir) {
+		ret = dir ? -ENOTDIR : -ENOENT;
+		goto out;
+	}
+	for (size_t i = 0; i < dir->n_dirs; i++)
+		if (strcmp(dir->dirs[i]->name, name) == 0) {
+			found = dir->dirs[i];
+			break;
+		}
+	if (!found) {
+		ret = ensure_messages(t, dir, false);
+		if (ret < 0)
+			goto out;
+		found = find_msg(dir, name);
+	}
+	if (!found) {
+		ret = -ENOENT;
+		goto out;
+	}
+	found->nlookup++;
+	fill_entry(t, found, e);
+	ret = 0;
+out:
+	pthread_mutex_unlock(&t->lock);
+	return ret;
+}
+
+void fs_tree_forget(struct fs_tree *t, fuse_ino_t ino, uint64_t n)
+{
+	struct node *x;
+
+	pthread_mutex_lock(&t->lock);
+	x = hash_find(t, ino);
+	if (x) {
+		x->nlookup = x->nlookup > n ? x->nlookup - n : 0;
+		maybe_free(t, x);
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
+bool fs_tree_ref_entry(struct fs_tree *t, fuse_ino_t ino,
+	struct fuse_entry_param *e)
+{
+	struct node *x;
+
+	pthread_mutex_lock(&t->lock);
+	x = hash_find(t, ino);
+	if (x) {
+		x->nlookup++;
+		fill_entry(t, x, e);
+	}
+	pthread_mutex_unlock(&t->lock);
+	return x != NULL;
+}
+
+int fs_tree_getattr(struct fs_tree *t, fuse_ino_t ino, struct stat *st,
+	double *timeout_r)
+{
+	struct node *x;
+
+	pthread_mutex_lock(&t->lock);
+	x = hash_find(t, ino);
+	if (x) {
+		fill_stat(t, x, st);
+		*timeout_r = x->is_dir ? DIR_TIMEOUT : MSG_TIMEOUT;
+	}
+	pthread_mutex_unlock(&t->lock);
+	return x ? 0 : -ENOENT;
+}
+
+/* ---- directory snapshots --------------------------------------------------- */
+
+int fs_tree_snapshot_dir(struct fs_tree *t, fuse_ino_t ino,
+	struct fs_dir_snapshot **snap_r)
+{
+	struct fs_dir_snapshot *snap;
+	struct node *dir;
+	size_t k = 0;
+	int ret;
+
+	pthread_mutex_lock(&t->lock);
+	dir = hash_find(t, ino);
+	if (!dir || !dir->is_dir) {
+		ret = dir ? -ENOTDIR : -ENOENT;
+		goto out;
+	}
+	ret = ensure_messages(t, dir, true);
+	if (ret < 0)
+		goto out;
+	snap = calloc(1, sizeof(*snap));
+	if (snap)
+		snap->entries = calloc(2 + dir->n_dirs + dir->n_msgs,
+			sizeof(*snap->entries));
+	if (!snap || !snap->entries) {
+		free(snap);
+		ret = -ENOMEM;
+		goto out;
+	}
+	snap->entries[k].name = strdup(".");
+	fill_stat(t, dir, &snap->entries[k++].st);
+	snap->entries[k].name = strdup("..");
+	fill_stat(t, dir->parent && dir->attached ? dir->parent : t->root,
+		&snap->entries[k++].st);
+	for (size_t i = 0; i < dir->n_dirs; i++) {
+		snap->entries[k].name = strdup(dir->dirs[i]->name);
+		fill_stat(t, dir->dirs[i], &snap->entries[k++].st);
+	}
+	for (size_t i = 0; i < dir->n_msgs; i++) {
+		snap->entries[k].name = strdup(dir->msgs[i]->name);
+		fill_stat(t, dir->msgs[i], &snap->entries[k++].st);
+	}
+	snap->count = k;
+	for (size_t i = 0; i < k; i++)
+		if (!snap->entries[i].name) {
+			snap->count = k;
+			fs_dir_snapshot_free(&snap);
+			ret = -ENOMEM;
+			goto out;
+		}
+	*snap_r = snap;
+	ret = 0;
+out:
+	pthread_mutex_unlock(&t->lock);
+	return ret;
+}
+
+void fs_dir_snapshot_free(struct fs_dir_snapshot **snapp)
+{
+	struct fs_dir_snapshot *snap = *snapp;
+
+	if (!snap)
+		return;
+	for (size_t i = 0; i < snap->count; i++)
+		free(snap->entries[i].name);
+	free(snap->entries);
+	free(snap);
+	*snapp = NULL;
+}
+
+/* ---- content and extended attributes ------------------------------------- */
+
+int fs_tree_check_message(struct fs_tree *t, fuse_ino_t ino)
+{
+	struct node *x;
+	int ret;
+
+	pthread_mutex_lock(&t->lock);
+	x = hash_find(t, ino);
+	ret = !x ? -ENOENT : x->is_dir ? -EISDIR : 0;
+	pthread_mutex_unlock(&t->lock);
+	return ret;
+}
+
+ssize_t fs_tree_read(struct fs_tree *t, fuse_ino_t ino, uint64_t offset,
+	size_t length, char *buf, bool *size_changed_r)
+{
+	struct msg_ref ref;
+	uint64_t true_size;
+	char *folder;
+	struct node *x;
+	ssize_t got;
+
+	*size_changed_r = false;
+	pthread_mutex_lock(&t->lock);
+	x = hash_find(t, ino);
+	if (!x || x->is_dir) {
+		pthread_mutex_unlock(&t->lock);
+		return x ? -EISDIR : -ENOENT;
+	}
+	folder = strdup(x->folder_raw);
+	ref.uidvalidity = x->msg_uidvalidity;
+	ref.uid = x->uid;
+	ref.size = x->size;
+	pthread_mutex_unlock(&t->lock);
+	if (!folder)
+		return -ENOMEM;
+	ref.folder = folder;
+
+	got = msg_reader_read(t->reader, &ref, offset, length, buf, &true_size);
+	free(folder);
+	if (got >= 0 && true_size && true_size != ref.size) {
+		pthread_mutex_lock(&t->lock);
+		x = hash_find(t, ino);
+		if (x && !x->is_dir && x->size != true_size) {
+			log_info("UID %u: server announced %llu bytes, message "
+				"has %llu; size corrected", ref.uid,
+				(unsigned long long)x->size,
+				(unsigned long long)true_size);
+			x->size = true_size;
+			*size_changed_r = true;
+		}
+		pthread_mutex_unlock(&t->lock);
+	}
+	return got;
+}
+
+static const char *const msg_xattrs[] = { "user.mail.flags", "user.mail.uid" };
+
+int fs_tree_getxattr(struct fs_tree *t, fuse_ino_t ino, const char *name,
+	char **value_r)
+{
+	struct node *x;
+	char *v = NULL;
+	int ret = 0;
+
+	if (ino == FUSE_ROOT_ID && strcmp(name, "user.mailfs.stats") == 0) {
+		v = t->stats_hook ? t->stats_hook(t->stats_ctx) : strdup("");
+		if (!v)
+			return -ENOMEM;
+		*value_r = v;
+		return 0;
+	}
+	pthread_mutex_lock(&t->lock);
+	x = hash_find(t, ino);
+	if (!x)
+		ret = -ENOENT;
+	else if (x->is_dir)
+		ret = -ENODATA;
+	else if (strcmp(name, "user.mail.flags") == 0)
+		v = strdup(x->flags ? x->flags : "");
+	else if (strcmp(name, "user.mail.uid") == 0)
+		ret = asprintf(&v, "%u", x->uid) < 0 ? -ENOMEM : 0;
+	else
+		ret = -ENODATA;
+	pthread_mutex_unlock(&t->lock);
+	if (ret == 0 && !v)
+		ret = -ENOMEM;
+	if (ret == 0)
+		*value_r = v;
+	return ret;
+}
+
+int fs_tree_listxattr(struct fs_tree *t, fuse_ino_t ino, char **names_r,
+	size_t *len_r)
+{
+	const char *const *names;
+	size_t count, len = 0;
+	struct node *x;
+	char *out;
+	bool is_dir;
+
+	pthread_mutex_lock(&t->lock);
+	x = hash_find(t, ino);
+	is_dir = x && x->is_dir;
+	pthread_mutex_unlock(&t->lock);
+	if (!x)
+		return -ENOENT;
+	/* Directories list none: user.mailfs.* on the root are status reports
+	 * asked for by name, not data a backup should copy. */
+	if (is_dir) {
+		names = NULL;
+		count = 0;
+	} else {
+		names = msg_xattrs;
+		count = sizeof(msg_xattrs) / sizeof(*msg_xattrs);
+	}
+	for (size_t i = 0; i < count; i++)
+		len += strlen(names[i]) + 1;
+	out = malloc(len ? len : 1);
+	if (!out)
+		return -ENOMEM;
+	len = 0;
+	for (size_t i = 0; i < count; i++) {
+		memcpy(out + len, names[i], strlen(names[i]) + 1);
+		len += strlen(names[i]) + 1;
+	}
+	*names_r = out;
+	*len_r = len;
+	return 0;
+}

@@ -1,1 +1,168 @@
-/* not yet written */
+#include <errno.h>
+#include <stdio.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "proto/imap_pool.h"
+#include "src/errfmt.h"
+#include "src/log.h"
+
+#define BACKOFF_MIN_S 1
+#define BACKOFF_MAX_S 60
+
+struct imap_pool {
+	const struct imap_endpoint *ep;
+	pthread_mutex_t lock;
+	pthread_cond_t returned;
+	unsigned size;
+	unsigned open;            /* sessions in existence, idle or out */
+	unsigned n_idle;
+	struct imap_session **idle;
+	/* connect failure backoff */
+	time_t retry_at;
+	int backoff_s;
+	enum backend_status last_status;
+	char last_error[256];
+	bool offline;
+};
+
+static time_t now_monotonic(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec;
+}
+
+struct imap_pool *imap_pool_new(const struct imap_endpoint *ep, unsigned size)
+{
+	struct imap_pool *pool = calloc(1, sizeof(*pool));
+
+	if (!pool)
+		return NULL;
+	pool->idle = calloc(size ? size : 1, sizeof(*pool->idle));
+	if (!pool->idle) {
+		free(pool);
+		return NULL;
+	}
+	pool->ep = ep;
+	pool->size = size ? size : 1;
+	pthread_mutex_init(&pool->lock, NULL);
+	pthread_cond_init(&pool->returned, NULL);
+	return pool;
+}
+
+void imap_pool_free(struct imap_pool **poolp)
+{
+	struct imap_pool *pool = *poolp;
+
+	if (!pool)
+		return;
+	for (unsigned i = 0; i < pool->n_idle; i++)
+		imap_session_close(&pool->idle[i]);
+	pthread_mutex_destroy(&pool->lock);
+	pthread_cond_destroy(&pool->returned);
+	free(pool->idle);
+	free(pool);
+	*poolp = NULL;
+}
+
+void imap_pool_adopt(struct imap_pool *pool, struct imap_session *s)
+{
+	pthread_mutex_lock(&pool->lock);
+	pool->open++;
+	pool->idle[pool->n_idle++] = s;
+	pthread_mutex_unlock(&pool->lock);
+}
+
+bool imap_pool_offline(struct imap_pool *pool)
+{
+	bool offline;
+
+	pthread_mutex_lock(&pool->lock);
+	offline = pool->offline;
+	pthread_mutex_unlock(&pool->lock);
+	return offline;
+}
+
+enum backend_status imap_pool_get(struct imap_pool *pool,
+	struct imap_session **s_r, const char **error_r)
+{
+	struct imap_session *s = NULL;
+	enum backend_status st;
+	const char *error;
+
+	pthread_mutex_lock(&pool->lock);
+	for (;;) {
+		if (pool->n_idle > 0) {
+			/* LIFO: the most recently used session is the
+			 * likeliest to still have the right folder selected. */
+			*s_r = pool->idle[--pool->n_idle];
+			pthread_mutex_unlock(&pool->lock);
+			return BACKEND_OK;
+		}
+		if (pool->open < pool->size)
+			break;
+		pthread_cond_wait(&pool->returned, &pool->lock);
+	}
+	if (pool->retry_at && now_monotonic() < pool->retry_at) {
+		/* Recently failed: answer at once instead of paying the
+		 * timeout again for every operation. */
+		st = pool->last_status;
+		*error_r = errfmt("%s", pool->last_error);
+		pthread_mutex_unlock(&pool->lock);
+		return st;
+	}
+	pool->open++;
+	pthread_mutex_unlock(&pool->lock);
+
+	st = imap_session_open(pool->ep, &s, &error);
+
+	pthread_mutex_lock(&pool->lock);
+	if (st != BACKEND_OK) {
+		pool->open--;
+		pool->backoff_s = pool->backoff_s ?
+			pool->backoff_s * 2 : BACKOFF_MIN_S;
+		if (pool->backoff_s > BACKOFF_MAX_S)
+			pool->backoff_s = BACKOFF_MAX_S;
+		pool->retry_at = now_monotonic() + pool->backoff_s;
+		pool->last_status = st;
+		snprintf(pool->last_error, sizeof(pool->last_error), "%s", error);
+		if (!pool->offline)
+			log_warn("server unreachable, mount is offline: %s", error);
+		pool->offline = true;
+		/* Let a waiter try (or fail fast) instead of sleeping on us. */
+		pthread_cond_signal(&pool->returned);
+		pthread_mutex_unlock(&pool->lock);
+		*error_r = errfmt("%s", error);
+		return st;
+	}
+	if (pool->offline)
+		log_info("server reachable again, mount is online");
+	pool->offline = false;
+	pool->retry_at = 0;
+	pool->backoff_s = 0;
+	pthread_mutex_unlock(&pool->lock);
+	*s_r = s;
+	return BACKEND_OK;
+}
+
+void imap_pool_put(struct imap_pool *pool, struct imap_session **sp)
+{
+	struct imap_session *s = *sp;
+
+	if (!s)
+		return;
+	*sp = NULL;
+	if (s->broken) {
+		imap_session_close(&s);
+		pthread_mutex_lock(&pool->lock);
+		pool->open--;
+	} else {
+		pthread_mutex_lock(&pool->lock);
+		pool->idle[pool->n_idle++] = s;
+	}
+	pthread_cond_signal(&pool->returned);
+	pthread_mutex_unlock(&pool->lock);
+}

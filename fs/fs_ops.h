@@ -1,0 +1,14 @@
+/* The FUSE low-level operations of a mailfs mount. */
+#ifndef MAILFS_FS_OPS_H
+#define MAILFS_FS_OPS_H
+
+#include "fs/fs_tree.h"
+
+/* The operations table; its callbacks expect the fs_tree as userdata. */
+extern const struct fuse_lowlevel_ops fs_ops;
+
+/* Lets the operations send invalidations through the session once it
+ * exists (size corrections, vanished messages). */
+void fs_ops_set_session(struct fuse_session *se);
+
+#endif

@@ -1,0 +1,90 @@
+/* The in-memory tree the kernel sees: folders as directories, messages as
+ * files, each a node with a stable inode number.
+ *
+ * Directory inode numbers are XXH3-64 of the directory's path in the
+ * mount; message inode numbers are XXH3-64 of (folder, UIDVALIDITY, UID),
+ * so they survive remounts.  A node lives while it is in the tree or the
+ * kernel holds a lookup reference to it (FUSE lookup/forget counting).
+ *
+ * One mutex guards the whole tree; it is never held across network I/O:
+ * listings are fetched unlocked and merged in afterwards.
+ */
+#ifndef MAILFS_FS_TREE_H
+#define MAILFS_FS_TREE_H
+
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "src/backend.h"
+#include "src/msg_reader.h"
+
+struct fs_tree;
+
+/* be and reader are borrowed and must outlive the tree.  refresh_s: a
+ * folder listing older than this is fetched again when a directory is
+ * opened. */
+struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
+	unsigned refresh_s);
+void fs_tree_free(struct fs_tree **tree);
+
+/* Fetches the folder list and rebuilds the directory tree.  Returns 0 or a
+ * negative errno with *error_r set. */
+int fs_tree_load_folders(struct fs_tree *tree, const char **error_r);
+
+/* FUSE lookup: fills *e and takes one kernel reference on success.
+ * Returns 0 or a negative errno. */
+int fs_tree_lookup(struct fs_tree *tree, fuse_ino_t parent, const char *name,
+	struct fuse_entry_param *e);
+
+/* FUSE forget: drops n kernel references. */
+void fs_tree_forget(struct fs_tree *tree, fuse_ino_t ino, uint64_t n);
+
+/* Attributes of a node; *timeout_r is how long the kernel may keep them. */
+int fs_tree_getattr(struct fs_tree *tree, fuse_ino_t ino, struct stat *st,
+	double *timeout_r);
+
+/* A directory's entries, taken at opendir so readdir offsets stay valid
+ * while the folder changes.  Owned by the caller: fs_dir_snapshot_free. */
+struct fs_dir_entry {
+	char *name;
+	struct stat st;
+};
+struct fs_dir_snapshot {
+	struct fs_dir_entry *entries;   /* ".", "..", then children */
+	size_t count;
+};
+int fs_tree_snapshot_dir(struct fs_tree *tree, fuse_ino_t ino,
+	struct fs_dir_snapshot **snap_r);
+void fs_dir_snapshot_free(struct fs_dir_snapshot **snap);
+
+/* Takes one kernel reference on ino if it still exists (readdirplus) and
+ * fills *e; returns false if the node is gone. */
+bool fs_tree_ref_entry(struct fs_tree *tree, fuse_ino_t ino,
+	struct fuse_entry_param *e);
+
+/* For a message node: 0 if ino is a message, -EISDIR for a directory,
+ * -ENOENT otherwise. */
+int fs_tree_check_message(struct fs_tree *tree, fuse_ino_t ino);
+
+/* Reads message content.  Returns bytes read or a negative errno.  When
+ * the read shows the message's real size differs from the announced one,
+ * the node is corrected and *size_changed_r set. */
+ssize_t fs_tree_read(struct fs_tree *tree, fuse_ino_t ino, uint64_t offset,
+	size_t length, char *buf, bool *size_changed_r);
+
+/* Extended attributes of a node, as name/value pairs (values are text). */
+int fs_tree_getxattr(struct fs_tree *tree, fuse_ino_t ino, const char *name,
+	char **value_r);
+/* The names, each NUL-terminated, concatenated; malloc'd. */
+int fs_tree_listxattr(struct fs_tree *tree, fuse_ino_t ino, char **names_r,
+	size_t *len_r);
+
+/* The root's text for user.mailfs.stats is produced by this hook (set by
+ * the caller that knows the caches); may be NULL. */
+void fs_tree_set_stats_hook(struct fs_tree *tree,
+	char *(*hook)(void *ctx), void *ctx);
+
+#endif

@@ -1,0 +1,58 @@
+/* Command line, mount options and source URLs. */
+#ifndef MAILFS_OPTIONS_H
+#define MAILFS_OPTIONS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+enum mail_scheme {
+	SCHEME_IMAPS,   /* implicit TLS, 993 */
+	SCHEME_IMAP,    /* STARTTLS required, 143 */
+	SCHEME_POP3S,   /* implicit TLS, 995 */
+	SCHEME_POP3,    /* STLS required, 110 */
+};
+
+/* A parsed SOURCE such as imaps://user@host:993.  Strings are owned. */
+struct mail_url {
+	enum mail_scheme scheme;
+	char *user;      /* percent-decoded; never contains CR, LF or NUL */
+	char *host;      /* without brackets for IPv6 literals */
+	uint16_t port;
+};
+
+/* Parses a URL of the form scheme://user@host[:port][/].  The user part may
+ * be percent-encoded (user%40example.com).  Returns 0, or -1 with *error_r
+ * naming what is wrong. */
+int mail_url_parse(const char *text, struct mail_url *url_r,
+	const char **error_r);
+void mail_url_clear(struct mail_url *url);
+const char *mail_scheme_name(enum mail_scheme scheme);
+
+struct mailfs_options {
+	char *source_text;        /* SOURCE as given */
+	struct mail_url source;
+	char *mountpoint;
+	char *password_file;
+	char *password_cmd;
+	char *ca_file;
+	char *cache_dir;          /* resolved to the default when not given */
+	char *cache_size_text;
+	uint64_t cache_size;      /* bytes */
+	unsigned timeout_s;
+	unsigned connections;
+	unsigned refresh_s;
+	bool allow_plaintext;
+	bool foreground;
+	bool debug;
+	bool allow_other;         /* seen among the FUSE options */
+	bool default_permissions;
+};
+
+/* Parses SIZE with an optional K, M, G or T suffix (powers of 1024). */
+int parse_size(const char *text, uint64_t *size_r);
+
+/* The account's default cache directory:
+ * $XDG_CACHE_HOME/mailfs/<user>@<host> (or ~/.cache/...).  Malloc'd. */
+char *options_default_cache_dir(const struct mail_url *url);
+
+#endif
