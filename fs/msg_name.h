@@ -6,16 +6,28 @@
  *
  *     YYYY-MM-DD_HHMM_<subject>_<hash>.eml
  *
- *   - date and time in UTC from the Date header (INTERNALDATE if the header
- *     is missing or unparseable), so `ls` sorts by date;
- *   - <subject>: the RFC 2047-decoded Subject, reduced to a readable slug
- *     (whitespace and punctuation runs become '-', ASCII lowercased, other
- *     UTF-8 letters kept, cut at a character boundary to at most
- *     MSG_NAME_SUBJECT_MAX bytes); "no-subject" when empty;
- *   - <hash>: 8 hex digits of XXH3-64 of the Message-ID field value, or of
- *     the whole raw header block given when there is no Message-ID.
- * Messages whose names coincide in one folder get "~2", "~3", ... before
- * ".eml", in UID order (msg_name_make_unique).
+ *   - date and time in UTC from the Date header, shifted by its zone
+ *     ("UT", "GMT" and the US zone names included; no zone means UTC), so
+ *     `ls` sorts by date.  INTERNALDATE is used when the header is missing
+ *     or unparseable, or names an impossible date or a year outside
+ *     1900-9999 (two- and three-digit years are read as RFC 5322 says);
+ *   - <subject>: the RFC 2047-decoded Subject (bare 8-bit text is taken as
+ *     UTF-8 when valid, else as ISO-8859-1), reduced to a readable slug:
+ *     ASCII letters and digits kept and lowercased, other non-ASCII
+ *     characters (letters of any script) kept as they are, and each run of
+ *     ASCII non-alphanumerics, Unicode spaces and punctuation, control and
+ *     invisible format characters and invalid bytes becomes one '-'
+ *     between kept characters.  So the slug never holds '.', '_', '~' or
+ *     '/', and never starts or ends with '-'.  It is cut before the first
+ *     character that would not fit in MSG_NAME_SUBJECT_MAX bytes;
+ *     "no-subject" when nothing is left;
+ *   - <hash>: the low 32 bits, as 8 lowercase hex digits, of XXH3-64 of the
+ *     first Message-ID field's value (unfolded, surrounding blanks trimmed,
+ *     angle brackets and comments kept as they appear), or of the whole
+ *     raw header block given when there is no Message-ID or it is empty.
+ * Field names match case-insensitively and the first occurrence of each
+ * field wins.  Messages whose names coincide in one folder get "~2", "~3",
+ * ... before ".eml", in UID order (msg_name_variant).
  *
  * All results are valid UTF-8, at most 255 bytes, and contain no '/', no
  * control characters, and are never "." or "..".
@@ -31,20 +43,26 @@
 
 /* Derives the base name from the raw header fields (as returned by
  * FETCH BODY.PEEK[HEADER.FIELDS (DATE SUBJECT MESSAGE-ID FROM)], CRLF or LF
- * line ends, possibly folded).  Returns a malloc'd string owned by the
- * caller; never NULL except on allocation failure. */
+ * line ends, possibly folded; scanning stops at the first empty line).
+ * header need not be NUL-terminated and may hold any bytes; NULL is taken
+ * as empty.  internaldate is in seconds since the epoch (UTC).  Returns a
+ * malloc'd string owned by the caller; never NULL except on allocation
+ * failure. */
 char *msg_name_derive(const char *header, size_t header_len,
 	int64_t internaldate);
 
-/* Returns the n-th (n >= 2) variant of a derived name: "x.eml" -> "x~n.eml".
- * Malloc'd, owned by the caller. */
+/* Returns the n-th (n >= 2) variant of a derived name: "x.eml" -> "x~n.eml"
+ * (a name without ".eml" gets "~n" appended; n < 2 returns a copy of name).
+ * Malloc'd, owned by the caller; NULL on allocation failure or NULL name. */
 char *msg_name_variant(const char *name, unsigned n);
 
 /* Turns one decoded folder-name component into a safe directory name:
  * invalid UTF-8 bytes, control characters and '/' are replaced by '_',
- * "." and ".." become "_." and "_..", an empty name becomes "_", and the
- * result is cut at a character boundary to 255 bytes.  Malloc'd, owned by
- * the caller. */
+ * "." and ".." become "_." and "_..", an empty (or NULL) name becomes "_",
+ * and the result is cut at a character boundary to 255 bytes.  Control
+ * characters are C0, DEL and C1 (U+0080-U+009F); one '_' replaces each bad
+ * byte or character.  Malloc'd, owned by the caller; NULL only on
+ * allocation failure. */
 char *folder_name_sanitize(const char *component);
 
 #endif
