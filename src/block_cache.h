@@ -24,6 +24,20 @@
 
 #define BLOCK_CACHE_BLOCK_SIZE (1024 * 1024)
 
+/* On disk a block is this header followed by its data; all integers are
+ * little-endian:
+ *
+ *   0  magic "MFSBLK01"     8 bytes
+ *   8  format version (1)   u32
+ *  12  flags                u32, bit 0 = end of message, others zero
+ *  16  key hi, key lo       u64, u64
+ *  32  data length          u64, at most BLOCK_CACHE_BLOCK_SIZE
+ *  40  XXH3-64 of the data  u64
+ *  48  XXH3-64 of bytes 0..47
+ *
+ * A file is valid only if its size is exactly header + data length. */
+#define BLOCK_CACHE_HEADER_SIZE 56
+
 struct block_key {
 	uint64_t hi, lo;   /* XXH3-128 */
 };
@@ -40,15 +54,20 @@ struct block_cache_stats {
 	uint64_t store_failures;    /* puts that failed (disk full, ...) */
 };
 
-/* XXH3-128 of (account, folder, uidvalidity, uid, index), each field
- * length-prefixed so no two distinct tuples share an encoding. */
+/* XXH3-128 of (account, folder, uidvalidity, uid, index), encoded as
+ *   u64 strlen(account), account, u64 strlen(folder), folder,
+ *   u32 uidvalidity, u32 uid, u32 index      (all little-endian)
+ * so no two distinct tuples share an encoding.  Never fails. */
 struct block_key block_key_make(const char *account, const char *folder,
 	uint32_t uidvalidity, uint32_t uid, uint32_t index);
 
 /* Opens (creating, mode 0700) the cache under dir.  Removes temp files left
  * by a crash, deletes files whose header is invalid, and rebuilds the LRU
- * index from the files' access times.  Returns 0, or -1 with *error_r set.
- * The caller owns *cache_r: release with block_cache_close(). */
+ * index from the files' access times; then evicts down to max_bytes.
+ * Only one open cache may use a directory at a time: open takes an
+ * exclusive flock on <dir>/lock and fails if another holder has it.
+ * Returns 0, or -1 with *error_r set (see errfmt()).  The caller owns
+ * *cache_r: release with block_cache_close(), which also drops the lock. */
 int block_cache_open(const char *dir, uint64_t max_bytes,
 	struct block_cache **cache_r, const char **error_r);
 
@@ -56,7 +75,9 @@ void block_cache_close(struct block_cache **cache);
 
 /* Looks a block up.  Returns true and stores its data (at most cap bytes;
  * blocks are never larger than BLOCK_CACHE_BLOCK_SIZE), its length and
- * whether it ends the message; false if absent or corrupt (then deleted). */
+ * whether it ends the message; false if absent or corrupt (then deleted).
+ * A valid block longer than cap is reported absent and kept.  On false the
+ * contents of buf are undefined.  len_r and eom_r may be NULL. */
 bool block_cache_get(struct block_cache *cache, const struct block_key *key,
 	void *buf, size_t cap, size_t *len_r, bool *eom_r);
 
@@ -68,5 +89,11 @@ int block_cache_put(struct block_cache *cache, const struct block_key *key,
 
 void block_cache_get_stats(struct block_cache *cache,
 	struct block_cache_stats *stats_r);
+
+/* Writes the path of key's file, "<dir>/blocks/xx/<32 hex digits>", into
+ * buf (cap bytes, NUL included).  For tests and diagnostics; the file need
+ * not exist.  Returns 0, or -1 if buf is too small. */
+int block_cache_block_path(const struct block_cache *cache,
+	const struct block_key *key, char *buf, size_t cap);
 
 #endif
