@@ -74,48 +74,50 @@ static void usage(FILE *out)
 "\n");
 }
 
+/* What the option parser found besides the option fields themselves
+ * (fuse_opt_parse stores those by offset into struct mailfs_options). */
 struct parse_state {
 	struct mailfs_options *o;
 	int positional;
 	bool help, version;
 };
+static struct parse_state ps;
 
 static int opt_proc(void *data, const char *arg, int key,
 	struct fuse_args *outargs)
 {
-	struct parse_state *ps = data;
-
+	(void)data;
 	switch (key) {
 	case KEY_HELP:
-		ps->help = true;
+		ps.help = true;
 		return 0;
 	case KEY_VERSION:
-		ps->version = true;
+		ps.version = true;
 		return 0;
 	case KEY_FOREGROUND:
-		ps->o->foreground = true;
+		ps.o->foreground = true;
 		return 0;
 	case KEY_DEBUG:
-		ps->o->debug = true;
-		ps->o->foreground = true;
+		ps.o->debug = true;
+		ps.o->foreground = true;
 		return 0;
 	case FUSE_OPT_KEY_NONOPT:
-		if (ps->positional == 0) {
-			ps->o->source_text = strdup(arg);
-		} else if (ps->positional == 1) {
-			ps->o->mountpoint = strdup(arg);
+		if (ps.positional == 0) {
+			ps.o->source_text = strdup(arg);
+		} else if (ps.positional == 1) {
+			ps.o->mountpoint = strdup(arg);
 		} else {
 			fprintf(stderr, "mailfs: unexpected argument '%s'\n",
 				arg);
 			return -1;
 		}
-		ps->positional++;
+		ps.positional++;
 		return 0;
 	case FUSE_OPT_KEY_OPT:
 		if (strcmp(arg, "allow_other") == 0)
-			ps->o->allow_other = true;
+			ps.o->allow_other = true;
 		if (strcmp(arg, "default_permissions") == 0)
-			ps->o->default_permissions = true;
+			ps.o->default_permissions = true;
 		return 1;   /* a FUSE option: let libfuse check it */
 	}
 	return 1;
@@ -188,7 +190,6 @@ int main(int argc, char **argv)
 		.timeout_s = 30, .connections = 4, .refresh_s = 30,
 		.cache_size = 1ULL << 30,
 	};
-	struct parse_state ps = { .o = &o };
 	struct imap_endpoint ep = { 0 };
 	struct imap_session *first = NULL;
 	struct block_cache *cache = NULL;
@@ -204,7 +205,8 @@ int main(int argc, char **argv)
 	int ret = 1;
 
 	log_init(false, false);
-	if (fuse_opt_parse(&args, &ps, opt_spec, opt_proc) < 0)
+	ps.o = &o;
+	if (fuse_opt_parse(&args, &o, opt_spec, opt_proc) < 0)
 		return 2;
 	if (ps.help) {
 		usage(stdout);
