@@ -1,1 +1,837 @@
-/* not yet written */
+/* One authenticated IMAP session: connect, TLS, capabilities, login.
+ *
+ * libetpan parses and sends; this file decides what to trust.  Three
+ * libetpan habits shape it:
+ *  - mailimap_capability() dereferences NULL when a server answers OK
+ *    without a CAPABILITY line, and capabilities we drop on purpose (after
+ *    STARTTLS, before LOGIN) leave exactly that NULL; so CAPABILITY is sent
+ *    here by hand.
+ *  - mailimap_free() sends LOGOUT on any stream still attached; a session
+ *    we gave up on has its stream closed first.
+ *  - LOGIN sends the password as a quoted string, which cannot carry
+ *    8-bit bytes under RFC 3501; such passwords go through AUTHENTICATE
+ *    PLAIN (base64) when the server offers it.
+ */
+#include "proto/imap_session.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "proto/net_stream.h"
+#include "src/errfmt.h"
+#include "src/log.h"
+
+/* LOGOUT at close waits at most this long. */
+#define LOGOUT_TIMEOUT_S 5
+/* Debug protocol log: at most this many lines per chunk, bytes per line. */
+#define LOG_MAX_LINES 8
+#define LOG_MAX_LINE 200
+/* Longest user name or password we will send. */
+#define CREDENTIAL_MAX 1024
+
+/* Copies at most dst_size - 1 bytes of src, control characters as '?'. */
+static void copy_printable(char *dst, size_t dst_size, const char *src,
+	size_t src_len)
+{
+	size_t i, n = src_len < dst_size - 1 ? src_len : dst_size - 1;
+
+	for (i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)src[i];
+
+		dst[i] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
+	}
+	dst[n] = '\0';
+}
+
+static bool is_plain_ascii(const char *s)
+{
+	for (; *s != '\0'; s++)
+		if ((unsigned char)*s < 0x20 || (unsigned char)*s > 0x7e)
+			return false;
+	return true;
+}
+
+const char *imap_session_last_text(struct imap_session *s)
+{
+	mailimap *imap = s->imap;
+	const char *text = imap->imap_response;
+	const char *atom = NULL;
+	char raw[sizeof(s->text)];
+
+	if (imap->imap_response_info != NULL)
+		atom = imap->imap_response_info->rsp_atom;
+	if (text == NULL)
+		text = "";
+	if (atom != NULL)
+		snprintf(raw, sizeof(raw), "[%s] %s", atom, text);
+	else
+		snprintf(raw, sizeof(raw), "%s", text);
+	copy_printable(s->text, sizeof(s->text), raw, strlen(raw));
+	return s->text;
+}
+
+static const char *stream_reason(struct imap_session *s)
+{
+	const char *e = "";
+
+	if (s->imap->imap_stream != NULL)
+		e = net_stream_last_error(s->imap->imap_stream);
+	return e[0] != '\0' ? e : "connection lost";
+}
+
+/* ------------------------------------------------------------------ */
+/* Status mapping                                                      */
+
+/* Refines a NO by its response code (RFC 5530). */
+static enum backend_status code_status(struct imap_session *s,
+	enum backend_status fallback)
+{
+	struct mailimap_response_info *info = s->imap->imap_response_info;
+	const char *atom;
+
+	if (info == NULL)
+		return fallback;
+	if (info->rsp_trycreate)
+		return BACKEND_NOT_FOUND;
+	atom = info->rsp_atom;
+	if (atom == NULL)
+		return fallback;
+	if (strcasecmp(atom, "NONEXISTENT") == 0)
+		return BACKEND_NOT_FOUND;
+	if (strcasecmp(atom, "ALREADYEXISTS") == 0)
+		return BACKEND_EXISTS;
+	if (strcasecmp(atom, "HASCHILDREN") == 0)
+		return BACKEND_NOT_EMPTY;
+	if (strcasecmp(atom, "UNAVAILABLE") == 0 ||
+	    strcasecmp(atom, "INUSE") == 0 ||
+	    strcasecmp(atom, "LIMIT") == 0 ||
+	    strcasecmp(atom, "SERVERBUG") == 0)
+		return BACKEND_TEMP;
+	if (strcasecmp(atom, "AUTHENTICATIONFAILED") == 0 ||
+	    strcasecmp(atom, "AUTHORIZATIONFAILED") == 0 ||
+	    strcasecmp(atom, "EXPIRED") == 0)
+		return BACKEND_AUTH;
+	return fallback;
+}
+
+enum backend_status imap_session_status(struct imap_session *s, int r)
+{
+	switch (r) {
+	case MAILIMAP_NO_ERROR:
+	case MAILIMAP_NO_ERROR_AUTHENTICATED:
+	case MAILIMAP_NO_ERROR_NON_AUTHENTICATED:
+		return BACKEND_OK;
+
+	/* The stream is gone or at an unknown position. */
+	case MAILIMAP_ERROR_STREAM:
+	case MAILIMAP_ERROR_PARSE:
+	case MAILIMAP_ERROR_CONNECTION_REFUSED:
+	case MAILIMAP_ERROR_FATAL:
+	case MAILIMAP_ERROR_DONT_ACCEPT_CONNECTION:
+	case MAILIMAP_ERROR_SSL:
+	case MAILIMAP_ERROR_NEEDS_MORE_DATA:
+	case MAILIMAP_ERROR_MEMORY:
+	/* Our idea of the state disagrees with libetpan's: start over. */
+	case MAILIMAP_ERROR_BAD_STATE:
+		s->broken = true;
+		return BACKEND_TEMP;
+
+	/* A tagged BAD, or a response with another command's tag. */
+	case MAILIMAP_ERROR_PROTOCOL:
+		s->broken = true;
+		return BACKEND_PROTOCOL;
+
+	case MAILIMAP_ERROR_INVAL:
+		return BACKEND_INVALID;
+
+	case MAILIMAP_ERROR_LOGIN:
+	case MAILIMAP_ERROR_SASL:
+		return BACKEND_AUTH;
+
+	case MAILIMAP_ERROR_SELECT:
+	case MAILIMAP_ERROR_EXAMINE:
+		/* The server deselects on a failed SELECT (RFC 3501 6.3.1). */
+		free(s->selected);
+		s->selected = NULL;
+		s->selected_uidvalidity = 0;
+		return code_status(s, BACKEND_NOT_FOUND);
+
+	case MAILIMAP_ERROR_STATUS:
+		return code_status(s, BACKEND_NOT_FOUND);
+
+	/* The server said NO to a command. */
+	case MAILIMAP_ERROR_APPEND:
+	case MAILIMAP_ERROR_NOOP:
+	case MAILIMAP_ERROR_LOGOUT:
+	case MAILIMAP_ERROR_CAPABILITY:
+	case MAILIMAP_ERROR_CHECK:
+	case MAILIMAP_ERROR_CLOSE:
+	case MAILIMAP_ERROR_EXPUNGE:
+	case MAILIMAP_ERROR_COPY:
+	case MAILIMAP_ERROR_UID_COPY:
+	case MAILIMAP_ERROR_MOVE:
+	case MAILIMAP_ERROR_UID_MOVE:
+	case MAILIMAP_ERROR_CREATE:
+	case MAILIMAP_ERROR_DELETE:
+	case MAILIMAP_ERROR_FETCH:
+	case MAILIMAP_ERROR_UID_FETCH:
+	case MAILIMAP_ERROR_LIST:
+	case MAILIMAP_ERROR_LSUB:
+	case MAILIMAP_ERROR_RENAME:
+	case MAILIMAP_ERROR_SEARCH:
+	case MAILIMAP_ERROR_UID_SEARCH:
+	case MAILIMAP_ERROR_STORE:
+	case MAILIMAP_ERROR_UID_STORE:
+	case MAILIMAP_ERROR_SUBSCRIBE:
+	case MAILIMAP_ERROR_UNSUBSCRIBE:
+	case MAILIMAP_ERROR_STARTTLS:
+	case MAILIMAP_ERROR_EXTENSION:
+	case MAILIMAP_ERROR_CUSTOM_COMMAND:
+	case MAILIMAP_ERROR_CLIENTID:
+		return code_status(s, BACKEND_REFUSED);
+
+	default:
+		s->broken = true;
+		return BACKEND_PROTOCOL;
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Protocol logging (debug only)                                       */
+
+static void log_chunk(struct imap_session *s, const char *dir,
+	const char *str, size_t size)
+{
+	char line[LOG_MAX_LINE + 1];
+	size_t off = 0;
+	int lines = 0;
+
+	while (off < size) {
+		const char *nl = memchr(str + off, '\n', size - off);
+		size_t len = nl != NULL ? (size_t)(nl - (str + off)) : size - off;
+		size_t shown = len;
+
+		if (++lines > LOG_MAX_LINES) {
+			log_debug("imap %s %s ... (%zu more bytes)",
+				s->label, dir, size - off);
+			return;
+		}
+		if (shown > 0 && str[off + shown - 1] == '\r')
+			shown--;
+		copy_printable(line, sizeof(line), str + off, shown);
+		log_debug("imap %s %s %s%s", s->label, dir, line,
+			shown > LOG_MAX_LINE ? " ..." : "");
+		off += len + (nl != NULL ? 1 : 0);
+	}
+}
+
+static void session_logger(mailimap *imap, int log_type, const char *str,
+	size_t size, void *context)
+{
+	struct imap_session *s = context;
+
+	switch (log_type) {
+	case MAILSTREAM_LOG_TYPE_DATA_SENT_PRIVATE:
+		log_debug("imap %s C: (%zu bytes with credentials not shown)",
+			s->label, size);
+		break;
+	case MAILSTREAM_LOG_TYPE_DATA_SENT:
+		log_chunk(s, "C:", str, size);
+		break;
+	case MAILSTREAM_LOG_TYPE_DATA_RECEIVED:
+		log_chunk(s, "S:", str, size);
+		break;
+	default:
+		/* libetpan's "<<<<<<< read <<<<<<" markers and empty errors. */
+		break;
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Commands sent by hand                                               */
+
+static int stream_puts(mailstream *stream, const char *str)
+{
+	size_t len = strlen(str);
+
+	if (mailstream_write(stream, str, len) != (ssize_t)len)
+		return MAILIMAP_ERROR_STREAM;
+	return MAILIMAP_NO_ERROR;
+}
+
+/* Reads the rest of a response whose first line is in the buffer and
+ * returns its tagged condition (MAILIMAP_RESP_COND_STATE_*) in *cond_r. */
+static int read_response(mailimap *imap, int *cond_r)
+{
+	struct mailimap_response *resp;
+	int r;
+
+	r = mailimap_parse_response(imap, &resp);
+	if (r != MAILIMAP_NO_ERROR)
+		return r;
+	*cond_r = resp->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state->rsp_type;
+	mailimap_response_free(resp);
+	return MAILIMAP_NO_ERROR;
+}
+
+static bool caps_known(mailimap *imap)
+{
+	return imap->imap_connection_info != NULL &&
+	       imap->imap_connection_info->imap_capability != NULL;
+}
+
+/* Capabilities seen before TLS or LOGIN must not count afterwards. */
+static void caps_forget(mailimap *imap)
+{
+	if (caps_known(imap)) {
+		mailimap_capability_data_free(
+			imap->imap_connection_info->imap_capability);
+		imap->imap_connection_info->imap_capability = NULL;
+	}
+}
+
+/* CAPABILITY; libetpan stores the answer in imap_connection_info. */
+static int send_capability(mailimap *imap)
+{
+	int r, cond;
+
+	if (imap->imap_connection_info == NULL)
+		return MAILIMAP_ERROR_MEMORY;
+	caps_forget(imap);
+	r = mailimap_send_current_tag(imap);
+	if (r != MAILIMAP_NO_ERROR)
+		return r;
+	r = stream_puts(imap->imap_stream, "CAPABILITY\r\n");
+	if (r != MAILIMAP_NO_ERROR)
+		return r;
+	if (mailstream_flush(imap->imap_stream) == -1)
+		return MAILIMAP_ERROR_STREAM;
+	if (mailimap_read_line(imap) == NULL)
+		return MAILIMAP_ERROR_STREAM;
+	r = read_response(imap, &cond);
+	if (r != MAILIMAP_NO_ERROR)
+		return r;
+	if (cond != MAILIMAP_RESP_COND_STATE_OK)
+		return MAILIMAP_ERROR_CAPABILITY;
+	return MAILIMAP_NO_ERROR;
+}
+
+/* Reads capabilities unless already known; explains failures. */
+static enum backend_status session_capability(struct imap_session *s,
+	bool force, const char **error_r)
+{
+	enum backend_status st;
+	int r;
+
+	if (!force && caps_known(s->imap))
+		return BACKEND_OK;
+	r = send_capability(s->imap);
+	if (r != MAILIMAP_NO_ERROR) {
+		st = imap_session_status(s, r);
+		if (s->broken && st == BACKEND_TEMP)
+			*error_r = errfmt("CAPABILITY at %s failed: %s",
+				s->label, stream_reason(s));
+		else
+			*error_r = errfmt("CAPABILITY at %s failed: %s",
+				s->label, imap_session_last_text(s));
+		return st;
+	}
+	if (!caps_known(s->imap)) {
+		s->broken = true;
+		*error_r = errfmt("server %s sent no capabilities",
+			s->label);
+		return BACKEND_PROTOCOL;
+	}
+	return BACKEND_OK;
+}
+
+/* AUTHENTICATE PLAIN (RFC 4616): any bytes, base64 on the wire.  With
+ * SASL-IR the response rides on the command line, else it follows the
+ * server's "+" continuation. */
+static int auth_plain(struct imap_session *s, const char *user,
+	const char *password)
+{
+	mailimap *imap = s->imap;
+	mailstream *stream = imap->imap_stream;
+	bool sasl_ir = mailimap_has_extension(imap, "SASL-IR");
+	size_t ulen = strlen(user), plen = strlen(password);
+	size_t mlen = ulen + plen + 2, blen = 4 * ((mlen + 2) / 3) + 1;
+	unsigned char *msg;
+	char *b64;
+	int r, cond, res;
+
+	msg = malloc(mlen);
+	b64 = malloc(blen);
+	if (msg == NULL || b64 == NULL) {
+		res = MAILIMAP_ERROR_MEMORY;
+		goto out_free;
+	}
+	/* authzid (empty) NUL authcid NUL passwd */
+	msg[0] = '\0';
+	memcpy(msg + 1, user, ulen);
+	msg[1 + ulen] = '\0';
+	memcpy(msg + 2 + ulen, password, plen);
+	EVP_EncodeBlock((unsigned char *)b64, msg, (int)mlen);
+
+	mailstream_set_privacy(stream, 0);
+	res = mailimap_send_current_tag(imap);
+	if (res != MAILIMAP_NO_ERROR)
+		goto out_public;
+	if (sasl_ir) {
+		if ((res = stream_puts(stream, "AUTHENTICATE PLAIN ")) ||
+		    (res = stream_puts(stream, b64)) ||
+		    (res = stream_puts(stream, "\r\n")))
+			goto out_public;
+	} else {
+		res = stream_puts(stream, "AUTHENTICATE PLAIN\r\n");
+		if (res != MAILIMAP_NO_ERROR)
+			goto out_public;
+	}
+	if (mailstream_flush(stream) == -1) {
+		res = MAILIMAP_ERROR_STREAM;
+		goto out_public;
+	}
+	mailstream_set_privacy(stream, 1);
+
+	if (mailimap_read_line(imap) == NULL) {
+		res = MAILIMAP_ERROR_STREAM;
+		goto out_free;
+	}
+	if (imap->imap_stream_buffer->str[0] == '+') {
+		/* A challenge after SASL-IR makes no sense for PLAIN: cancel. */
+		mailstream_set_privacy(stream, 0);
+		if ((res = stream_puts(stream, sasl_ir ? "*" : b64)) ||
+		    (res = stream_puts(stream, "\r\n")))
+			goto out_public;
+		if (mailstream_flush(stream) == -1) {
+			res = MAILIMAP_ERROR_STREAM;
+			goto out_public;
+		}
+		mailstream_set_privacy(stream, 1);
+		if (mailimap_read_line(imap) == NULL) {
+			res = MAILIMAP_ERROR_STREAM;
+			goto out_free;
+		}
+	}
+	r = read_response(imap, &cond);
+	if (r != MAILIMAP_NO_ERROR) {
+		res = r;
+		goto out_free;
+	}
+	if (cond != MAILIMAP_RESP_COND_STATE_OK) {
+		res = MAILIMAP_ERROR_LOGIN;
+		goto out_free;
+	}
+	imap->imap_state = MAILIMAP_STATE_AUTHENTICATED;
+	res = MAILIMAP_NO_ERROR;
+	goto out_free;
+
+out_public:
+	mailstream_set_privacy(stream, 1);
+out_free:
+	if (msg != NULL)
+		OPENSSL_cleanse(msg, mlen);
+	if (b64 != NULL)
+		OPENSSL_cleanse(b64, blen);
+	free(msg);
+	free(b64);
+	return res;
+}
+
+static enum backend_status session_login(struct imap_session *s,
+	const char **error_r)
+{
+	const struct imap_endpoint *ep = s->ep;
+	mailimap *imap = s->imap;
+	bool ascii = is_plain_ascii(ep->user) && is_plain_ascii(ep->password);
+	bool plain = mailimap_has_authentication(imap, "PLAIN");
+	bool disabled = mailimap_has_extension(imap, "LOGINDISABLED");
+	enum backend_status st;
+	int r;
+
+	if (disabled && !plain) {
+		*error_r = errfmt("server %s allows neither LOGIN nor"
+			" AUTHENTICATE PLAIN", s->label);
+		return BACKEND_UNSUPPORTED;
+	}
+	/* The tagged OK often carries the post-login capabilities; if it
+	 * does not, the caller asks again. */
+	caps_forget(imap);
+	if ((!ascii || disabled) && plain) {
+		r = auth_plain(s, ep->user, ep->password);
+	} else {
+		/* 8-bit bytes in a quoted string break RFC 3501 but most
+		 * servers take them; there is nothing better to try. */
+		if (!ascii)
+			log_debug("imap %s: sending non-ASCII credentials with"
+				" LOGIN", s->label);
+		r = mailimap_login(imap, ep->user, ep->password);
+	}
+	if (r == MAILIMAP_NO_ERROR)
+		return BACKEND_OK;
+
+	st = imap_session_status(s, r);
+	if (st == BACKEND_AUTH || r == MAILIMAP_ERROR_PROTOCOL) {
+		*error_r = errfmt("login failed for %s at %s: %s", ep->user,
+			ep->host, imap_session_last_text(s));
+		return BACKEND_AUTH;
+	}
+	if (s->broken)
+		*error_r = errfmt("login at %s failed: %s", s->label,
+			stream_reason(s));
+	else
+		*error_r = errfmt("login failed for %s at %s: %s", ep->user,
+			ep->host, imap_session_last_text(s));
+	return st;
+}
+
+/* STARTTLS, the handshake, then capabilities afresh. */
+static enum backend_status session_starttls(struct imap_session *s,
+	const char **error_r)
+{
+	const struct imap_endpoint *ep = s->ep;
+	enum backend_status st;
+	int r;
+
+	r = mailimap_starttls(s->imap);
+	if (r == MAILIMAP_ERROR_STARTTLS &&
+	    s->imap->imap_stream->read_buffer_len != 0) {
+		/* Patched libetpan (CVE-2020-15953) refuses extra bytes
+		 * after the reply itself; net_stream_starttls checks too. */
+		s->broken = true;
+		*error_r = errfmt("server %s sent data before the TLS handshake"
+			" (possible injection attack)", s->label);
+		return BACKEND_TLS;
+	}
+	if (r != MAILIMAP_NO_ERROR) {
+		st = imap_session_status(s, r);
+		if (s->broken && st == BACKEND_TEMP) {
+			*error_r = errfmt("STARTTLS at %s failed: %s",
+				s->label, stream_reason(s));
+			return st;
+		}
+		s->broken = true;
+		*error_r = errfmt("server %s refused STARTTLS: %s; refusing to"
+			" continue without TLS", s->label,
+			imap_session_last_text(s));
+		return BACKEND_PROTOCOL;
+	}
+	if (net_stream_starttls(s->imap->imap_stream, ep->tls_ctx, ep->host,
+		error_r) < 0) {
+		s->broken = true;
+		return BACKEND_TLS;
+	}
+	/* Nothing learnt in clear text survives the handshake. */
+	caps_forget(s->imap);
+	return session_capability(s, true, error_r);
+}
+
+static void fill_caps(struct imap_session *s)
+{
+	mailimap *imap = s->imap;
+	struct imap_caps *c = &s->caps;
+
+	c->uidplus = mailimap_has_extension(imap, "UIDPLUS");
+	c->move = mailimap_has_extension(imap, "MOVE");
+	c->condstore = mailimap_has_extension(imap, "CONDSTORE");
+	c->qresync = mailimap_has_extension(imap, "QRESYNC");
+	c->idle = mailimap_has_extension(imap, "IDLE");
+	c->enable = mailimap_has_extension(imap, "ENABLE");
+	c->special_use = mailimap_has_extension(imap, "SPECIAL-USE");
+	c->literal_plus = mailimap_has_extension(imap, "LITERAL+");
+	c->esearch = mailimap_has_extension(imap, "ESEARCH");
+	c->namespace_ = mailimap_has_extension(imap, "NAMESPACE");
+}
+
+static enum backend_status session_delimiter(struct imap_session *s,
+	const char **error_r)
+{
+	clist *list = NULL;
+	enum backend_status st;
+	int r;
+
+	r = mailimap_list(s->imap, "", "", &list);
+	if (r == MAILIMAP_ERROR_LIST) {
+		log_debug("imap %s: LIST \"\" \"\" refused (%s); assuming a"
+			" flat namespace", s->label,
+			imap_session_last_text(s));
+		s->delimiter = 0;
+		return BACKEND_OK;
+	}
+	if (r != MAILIMAP_NO_ERROR) {
+		st = imap_session_status(s, r);
+		*error_r = errfmt("LIST at %s failed: %s", s->label,
+			s->broken ? stream_reason(s) :
+			imap_session_last_text(s));
+		return st;
+	}
+	s->delimiter = 0;
+	if (list != NULL && clist_begin(list) != NULL) {
+		struct mailimap_mailbox_list *mb = clist_content(clist_begin(list));
+		unsigned char d = (unsigned char)mb->mb_delimiter;
+
+		/* Names are split at it; a control byte would end up in
+		 * paths and commands. */
+		if (d >= 0x20 && d < 0x7f)
+			s->delimiter = (char)d;
+		else if (d != 0)
+			log_warn("imap %s: ignoring hierarchy delimiter 0x%02x",
+				s->label, d);
+	}
+	if (list != NULL)
+		mailimap_list_result_free(list);
+	return BACKEND_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Open and close                                                      */
+
+static enum backend_status check_endpoint(const struct imap_endpoint *ep,
+	const char **error_r)
+{
+	if (ep->host == NULL || ep->host[0] == '\0') {
+		*error_r = "no IMAP server given";
+		return BACKEND_INVALID;
+	}
+	if (ep->user == NULL || ep->password == NULL) {
+		*error_r = "no IMAP user name or password given";
+		return BACKEND_INVALID;
+	}
+	/* libetpan would send them verbatim: a line break ends the command
+	 * and starts another one of the server's choosing. */
+	if (strpbrk(ep->user, "\r\n") != NULL ||
+	    strlen(ep->user) > CREDENTIAL_MAX) {
+		*error_r = "the IMAP user name contains a line break or is too long";
+		return BACKEND_INVALID;
+	}
+	if (strpbrk(ep->password, "\r\n") != NULL ||
+	    strlen(ep->password) > CREDENTIAL_MAX) {
+		*error_r = "the IMAP password contains a line break or is too long";
+		return BACKEND_INVALID;
+	}
+	if ((ep->tls == IMAP_TLS_IMPLICIT || ep->tls == IMAP_TLS_STARTTLS) &&
+	    ep->tls_ctx == NULL) {
+		*error_r = "TLS requested without a TLS context";
+		return BACKEND_INVALID;
+	}
+	return BACKEND_OK;
+}
+
+/* Connects and reads the greeting; *preauth_r tells PREAUTH. */
+static enum backend_status session_connect(struct imap_session *s,
+	bool *preauth_r, const char **error_r)
+{
+	const struct imap_endpoint *ep = s->ep;
+	enum net_failure failure;
+	mailstream *stream;
+	int r;
+
+	stream = net_stream_open(ep->host, ep->port,
+		ep->tls == IMAP_TLS_IMPLICIT ? ep->tls_ctx : NULL,
+		ep->timeout_s, &failure, error_r);
+	if (stream == NULL) {
+		s->broken = true;
+		switch (failure) {
+		case NET_CONNECT:
+			return BACKEND_CONNECT;
+		case NET_TLS:
+			return BACKEND_TLS;
+		default:
+			return BACKEND_TEMP;
+		}
+	}
+
+	/* From here on the stream belongs to s->imap, even on failure. */
+	r = mailimap_connect(s->imap, stream);
+	switch (r) {
+	case MAILIMAP_NO_ERROR_AUTHENTICATED:
+		*preauth_r = true;
+		return BACKEND_OK;
+	case MAILIMAP_NO_ERROR_NON_AUTHENTICATED:
+		*preauth_r = false;
+		return BACKEND_OK;
+	case MAILIMAP_ERROR_STREAM:
+		s->broken = true;
+		*error_r = errfmt("no greeting from %s: %s", s->label,
+			stream_reason(s));
+		return BACKEND_TEMP;
+	case MAILIMAP_ERROR_DONT_ACCEPT_CONNECTION:
+		s->broken = true;
+		*error_r = errfmt("server %s refused the connection: %s",
+			s->label, imap_session_last_text(s));
+		return BACKEND_TEMP;
+	default:
+		s->broken = true;
+		*error_r = errfmt("bad greeting from %s (not an IMAP server?)",
+			s->label);
+		return BACKEND_PROTOCOL;
+	}
+}
+
+/* Everything between the greeting and LOGIN that concerns TLS. */
+static enum backend_status session_secure(struct imap_session *s,
+	bool preauth, const char **error_r)
+{
+	const struct imap_endpoint *ep = s->ep;
+	enum backend_status st;
+
+	switch (ep->tls) {
+	case IMAP_TLS_IMPLICIT:
+		return session_capability(s, false, error_r);
+
+	case IMAP_TLS_STARTTLS:
+		if (preauth) {
+			s->broken = true;
+			*error_r = errfmt("server %s sent PREAUTH before STARTTLS;"
+				" refusing", s->label);
+			return BACKEND_PROTOCOL;
+		}
+		st = session_capability(s, false, error_r);
+		if (st != BACKEND_OK)
+			return st;
+		if (!mailimap_has_extension(s->imap, "STARTTLS")) {
+			s->broken = true;
+			*error_r = errfmt("server %s does not offer STARTTLS;"
+				" refusing to continue without TLS (use imaps://"
+				" or -o allow_plaintext)", s->label);
+			return BACKEND_PROTOCOL;
+		}
+		return session_starttls(s, error_r);
+
+	case IMAP_TLS_NONE:
+	default:
+		if (preauth) {
+			log_debug("imap %s: pre-authenticated session without"
+				" TLS", s->label);
+			return session_capability(s, false, error_r);
+		}
+		st = session_capability(s, false, error_r);
+		if (st != BACKEND_OK)
+			return st;
+		/* Once offered, STARTTLS must work: no silent downgrade. */
+		if (ep->tls_ctx != NULL &&
+		    mailimap_has_extension(s->imap, "STARTTLS"))
+			return session_starttls(s, error_r);
+		/* Every pooled session passes here; main warns once. */
+		log_debug("imap %s: no TLS offered, continuing in plain text",
+			s->label);
+		return BACKEND_OK;
+	}
+}
+
+enum backend_status imap_session_open(const struct imap_endpoint *ep,
+	struct imap_session **session_r, const char **error_r)
+{
+	struct imap_session *s;
+	enum backend_status st;
+	bool preauth = false;
+
+	*session_r = NULL;
+	st = check_endpoint(ep, error_r);
+	if (st != BACKEND_OK)
+		return st;
+
+	s = calloc(1, sizeof(*s));
+	if (s == NULL) {
+		*error_r = "out of memory";
+		return BACKEND_TEMP;
+	}
+	s->ep = ep;
+	/* Logging must not use errfmt(): it runs inside I/O and would
+	 * recycle error strings callers still hold. */
+	if (strchr(ep->host, ':') != NULL)
+		snprintf(s->label, sizeof(s->label), "[%s]:%u", ep->host,
+			ep->port);
+	else
+		snprintf(s->label, sizeof(s->label), "%s:%u", ep->host,
+			ep->port);
+	s->imap = mailimap_new(0, NULL);
+	if (s->imap == NULL) {
+		*error_r = "out of memory";
+		st = BACKEND_TEMP;
+		goto out_close;
+	}
+	/* Only libetpan's own connect helpers read it; our stream enforces
+	 * the timeout.  Set for anything else that may look. */
+	mailimap_set_timeout(s->imap, ep->timeout_s > 0 ? ep->timeout_s : 0);
+	if (log_debug_enabled())
+		mailimap_set_logger(s->imap, session_logger, s);
+
+	st = session_connect(s, &preauth, error_r);
+	if (st != BACKEND_OK)
+		goto out_close;
+	st = session_secure(s, preauth, error_r);
+	if (st != BACKEND_OK)
+		goto out_close;
+
+	if (!preauth) {
+		st = session_login(s, error_r);
+		if (st != BACKEND_OK)
+			goto out_close;
+	}
+	/* Servers list more after LOGIN (session_login dropped the old
+	 * list); Dovecot puts them in the tagged OK, saving a round trip. */
+	st = session_capability(s, false, error_r);
+	if (st != BACKEND_OK)
+		goto out_close;
+
+	if (!mailimap_has_extension(s->imap, "IMAP4rev1") &&
+	    !mailimap_has_extension(s->imap, "IMAP4rev2")) {
+		*error_r = errfmt("server %s does not speak IMAP4rev1",
+			s->label);
+		st = BACKEND_PROTOCOL;
+		goto out_close;
+	}
+	fill_caps(s);
+
+	st = session_delimiter(s, error_r);
+	if (st != BACKEND_OK)
+		goto out_close;
+
+	log_debug("imap %s: session ready (%s, delimiter '%c')", s->label,
+		net_stream_is_tls(s->imap->imap_stream) ? "TLS" : "plain text",
+		s->delimiter != 0 ? s->delimiter : ' ');
+	*session_r = s;
+	return BACKEND_OK;
+
+out_close:
+	/* Never LOGOUT a session that did not open: it may stall again. */
+	s->broken = true;
+	imap_session_close(&s);
+	return st;
+}
+
+void imap_session_close(struct imap_session **session)
+{
+	struct imap_session *s = *session;
+	mailimap *imap;
+
+	if (s == NULL)
+		return;
+	*session = NULL;
+	imap = s->imap;
+	if (imap != NULL) {
+		if (imap->imap_stream != NULL && !s->broken &&
+		    imap->imap_state != MAILIMAP_STATE_DISCONNECTED) {
+			int t = s->ep->timeout_s;
+
+			if (t <= 0 || t > LOGOUT_TIMEOUT_S)
+				t = LOGOUT_TIMEOUT_S;
+			net_stream_set_timeout(imap->imap_stream, t);
+			mailimap_logout(imap);      /* closes the stream */
+		}
+		/* mailimap_free() would send LOGOUT on anything left. */
+		if (imap->imap_stream != NULL) {
+			mailstream_close(imap->imap_stream);
+			imap->imap_stream = NULL;
+		}
+		mailimap_free(imap);
+	}
+	free(s->selected);
+	free(s);
+}

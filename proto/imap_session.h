@@ -44,6 +44,9 @@ struct imap_session {
 	char *selected;         /* raw name of the selected folder or NULL; owned */
 	uint32_t selected_uidvalidity;
 	bool broken;            /* a network error happened: do not reuse */
+	const struct imap_endpoint *ep;  /* borrowed from imap_session_open */
+	char text[256];         /* imap_session_last_text(), sanitised */
+	char label[280];        /* "host:port" for log lines */
 };
 
 /* Connects, establishes TLS as the endpoint asks (refusing STARTTLS that is
@@ -62,11 +65,23 @@ enum backend_status imap_session_open(const struct imap_endpoint *ep,
 void imap_session_close(struct imap_session **session);
 
 /* Maps a libetpan MAILIMAP_ERROR_* code to a status and marks the session
- * broken when the connection can no longer be trusted. */
+ * broken when the connection can no longer be trusted (stream, parse,
+ * protocol and state errors: BACKEND_TEMP or BACKEND_PROTOCOL).  A NO is
+ * refined by its RFC 5530 response code (NONEXISTENT/TRYCREATE ->
+ * NOT_FOUND, ALREADYEXISTS -> EXISTS, UNAVAILABLE/INUSE/LIMIT -> TEMP,
+ * HASCHILDREN -> NOT_EMPTY), else BACKEND_REFUSED; a failed SELECT,
+ * EXAMINE or STATUS defaults to BACKEND_NOT_FOUND.  A failed SELECT or
+ * EXAMINE leaves no folder selected, so it also clears s->selected.
+ * libetpan reports a tagged BAD as MAILIMAP_ERROR_PROTOCOL, the same code
+ * as a response with the wrong tag, so a BAD breaks the session too. */
 enum backend_status imap_session_status(struct imap_session *s, int r);
 
-/* The server's last tagged or untagged text ("[AUTHENTICATIONFAILED] ..."),
- * or "" if none.  Points into the session; valid until its next command. */
+/* The server's text from the last tagged response, with its response
+ * code ("[AUTHENTICATIONFAILED] Authentication failed."), control
+ * characters replaced and cut to fit, or "" if none.  Meaningful only
+ * after a command the server answered (not after a stream error, where
+ * libetpan still holds the previous command's text).  Points into the
+ * session; valid until its next command. */
 const char *imap_session_last_text(struct imap_session *s);
 
 #endif

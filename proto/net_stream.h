@@ -32,10 +32,23 @@ SSL_CTX *net_tls_context_new(const char *ca_file, const char **error_r);
 /* Connects to host:port (name or literal IPv4/IPv6) within timeout_s and
  * returns a mailstream over a plain socket, or, when ctx is non-NULL, over
  * TLS after a verified handshake (implicit TLS).  Returns NULL with
- * *failure_r and *error_r set (e.g. "connection refused by host:port",
- * "certificate verify failed: self-signed certificate in chain",
- * "certificate does not match host name 'x'").  The caller owns the stream
- * (mailstream_close closes the socket). */
+ * *failure_r and *error_r set, e.g.
+ *   "cannot connect to host:993: Connection refused"
+ *   "TLS certificate not trusted (host:993): self-signed certificate"
+ *   "TLS certificate does not match host name 'host'"
+ * The caller owns the stream (mailstream_close closes the socket).
+ * timeout_s <= 0 means no deadline.
+ *
+ * A read that returns nothing within the timeout, end of file, or any
+ * error fails with -1 (libetpan: MAILIMAP_ERROR_STREAM) and leaves the
+ * stream dead: every later read or write fails at once.  End of file is
+ * reported as -1, never 0, because libetpan's literal reader loops on 0.
+ *
+ * mailstream_cancel(stream) may be called from another thread: it shuts
+ * the socket down so a blocked read or write fails promptly.  The stream
+ * must still be closed by its owner, and must not be closed while another
+ * thread may cancel it.  mailstream_wait_idle() does not work on these
+ * streams (no libetpan cancel object); use net_stream_wait_readable(). */
 mailstream *net_stream_open(const char *host, uint16_t port, SSL_CTX *ctx,
 	int timeout_s, enum net_failure *failure_r, const char **error_r);
 
@@ -49,5 +62,24 @@ int net_stream_starttls(mailstream *stream, SSL_CTX *ctx, const char *host,
 
 /* True once the stream runs over TLS. */
 bool net_stream_is_tls(mailstream *stream);
+
+/* Why the stream failed ("connection closed by host:993", "host:993 did
+ * not answer within 30 s", ...), or "" while it works.  Points into the
+ * stream; valid until it is closed. */
+const char *net_stream_last_error(mailstream *stream);
+
+/* Changes the per-operation timeout of an open stream (<= 0: none). */
+void net_stream_set_timeout(mailstream *stream, int timeout_s);
+
+/* Waits up to timeout_ms (-1: forever) until the stream has something to
+ * read, counting bytes already buffered by libetpan or OpenSSL (which
+ * poll() on the socket cannot see), or until wake_fd (ignored if < 0)
+ * becomes readable.  For IDLE.  Returns 1 readable (data, EOF or error:
+ * the next read tells which), 2 woken by wake_fd, 0 timed out, -1 failed
+ * or dead stream. */
+int net_stream_wait_readable(mailstream *stream, int timeout_ms, int wake_fd);
+
+/* "host:port", or "[v6addr]:port", for messages.  Uses errfmt(). */
+const char *net_hostport(const char *host, uint16_t port);
 
 #endif
