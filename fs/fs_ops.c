@@ -12,11 +12,25 @@
 #include "src/block_cache.h"
 #include "src/log.h"
 
+/* Notifications may come from background threads; the lock keeps them
+ * from using a session that is being torn down. */
 static struct fuse_session *session;
+static pthread_rwlock_t session_lock = PTHREAD_RWLOCK_INITIALIZER;
 
 void fs_ops_set_session(struct fuse_session *se)
 {
+	pthread_rwlock_wrlock(&session_lock);
 	session = se;
+	pthread_rwlock_unlock(&session_lock);
+}
+
+void fs_ops_inval_entry(void *ctx, fuse_ino_t parent, const char *name)
+{
+	pthread_rwlock_rdlock(&session_lock);
+	if (session)
+		fuse_lowlevel_notify_inval_entry(session, parent, name,
+			strlen(name));
+	pthread_rwlock_unlock(&session_lock);
 }
 
 static struct fs_tree *tree_of(fuse_req_t req)
@@ -107,8 +121,10 @@ static void *notify_size_thread(void *arg)
 {
 	fuse_ino_t ino = (fuse_ino_t)(uintptr_t)arg;
 
+	pthread_rwlock_rdlock(&session_lock);
 	if (session)
 		fuse_lowlevel_notify_inval_inode(session, ino, 0, 0);
+	pthread_rwlock_unlock(&session_lock);
 	return NULL;
 }
 

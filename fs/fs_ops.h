@@ -11,4 +11,7 @@ extern const struct fuse_lowlevel_ops fs_ops;
  * exists (size corrections, vanished messages). */
 void fs_ops_set_session(struct fuse_session *se);
 
+/* An fs_tree invalidation hook that forwards to the kernel (ctx unused). */
+void fs_ops_inval_entry(void *ctx, fuse_ino_t parent, const char *name);
+
 #endif

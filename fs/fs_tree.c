@@ -12,6 +12,7 @@
 #include "fs/msg_name.h"
 #include "src/errfmt.h"
 #include "src/log.h"
+#include "src/meta_cache.h"
 
 /* Message files never change: let the kernel keep what it learned. */
 #define MSG_TIMEOUT 3600.0
@@ -36,9 +37,13 @@ struct node {
 	size_t n_msgs;
 	bool msgs_loaded;
 	bool loading;
-	time_t loaded_at;
+	time_t loaded_at;       /* monotonic; 0: from the metadata cache */
 	uint32_t uidvalidity;
+	struct backend_message *listing;  /* last listing, UID order; owned */
+	size_t n_listing;
+	struct backend_folder_state state;
 	bool seen;              /* scratch for folder-list merges */
+	unsigned pins;          /* in use by a refresh: do not free */
 
 	/* messages */
 	char *folder_raw;       /* copy: the node may outlive its folder */
@@ -62,8 +67,22 @@ struct fs_tree {
 	struct node **buckets;
 	size_t n_buckets;
 	size_t n_nodes;
+	struct meta_cache *meta;          /* may be NULL */
+	unsigned n_workers;               /* background refreshes running */
+	pthread_cond_t workers_done;
 	char *(*stats_hook)(void *ctx);
 	void *stats_ctx;
+	void (*inval_hook)(void *ctx, fuse_ino_t parent, const char *name);
+	void *inval_ctx;
+};
+
+/* Entries the kernel may have cached that no longer exist. */
+struct inval_list {
+	size_t n, cap;
+	struct inval_item {
+		fuse_ino_t parent;
+		char *name;
+	} *items;
 };
 
 static time_t monotonic_now(void)
@@ -162,13 +181,15 @@ static void node_free(struct node *n)
 	free(n->msgs);
 	free(n->folder_raw);
 	free(n->flags);
+	backend_messages_free(&n->listing, n->n_listing);
 	free(n);
 }
 
 /* Frees a node nobody can reach any more. */
 static void maybe_free(struct fs_tree *t, struct node *n)
 {
-	if (n->attached || n->nlookup > 0 || n->loading || n == t->root)
+	if (n->attached || n->nlookup > 0 || n->loading || n->pins ||
+	    n == t->root)
 		return;
 	hash_remove(t, n);
 	node_free(n);
@@ -184,12 +205,14 @@ static void detach_messages(struct fs_tree *t, struct node *dir)
 	dir->msgs = NULL;
 	dir->n_msgs = 0;
 	dir->msgs_loaded = false;
+	backend_messages_free(&dir->listing, dir->n_listing);
+	dir->n_listing = 0;
 }
 
 /* ---- creation ------------------------------------------------------------ */
 
 struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
-	unsigned refresh_s)
+	struct meta_cache *meta, unsigned refresh_s)
 {
 	struct fs_tree *t = calloc(1, sizeof(*t));
 
@@ -206,6 +229,8 @@ struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
 	}
 	pthread_mutex_init(&t->lock, NULL);
 	pthread_cond_init(&t->loaded, NULL);
+	pthread_cond_init(&t->workers_done, NULL);
+	t->meta = meta;
 	t->be = be;
 	t->reader = reader;
 	t->refresh_s = refresh_s;
@@ -227,6 +252,12 @@ void fs_tree_free(struct fs_tree **tp)
 
 	if (!t)
 		return;
+	/* Background refreshes hold pointers into the tree; each is bounded
+	 * by the network timeout. */
+	pthread_mutex_lock(&t->lock);
+	while (t->n_workers > 0)
+		pthread_cond_wait(&t->workers_done, &t->lock);
+	pthread_mutex_unlock(&t->lock);
 	for (size_t i = 0; i < t->n_buckets; i++) {
 		struct node *n = t->buckets[i], *next;
 
@@ -238,8 +269,16 @@ void fs_tree_free(struct fs_tree **tp)
 	free(t->buckets);
 	pthread_mutex_destroy(&t->lock);
 	pthread_cond_destroy(&t->loaded);
+	pthread_cond_destroy(&t->workers_done);
 	free(t);
 	*tp = NULL;
+}
+
+void fs_tree_set_inval_hook(struct fs_tree *t,
+	void (*hook)(void *ctx, fuse_ino_t parent, const char *name), void *ctx)
+{
+	t->inval_hook = hook;
+	t->inval_ctx = ctx;
 }
 
 void fs_tree_set_stats_hook(struct fs_tree *t, char *(*hook)(void *ctx),
@@ -380,19 +419,17 @@ static int add_child_dir(struct node *parent, struct node *child)
 	return 0;
 }
 
-int fs_tree_load_folders(struct fs_tree *t, const char **error_r)
+static void preload_cached_listings(struct fs_tree *t);
+
+/* Rebuilds the directory tree from a folder list (borrowed). */
+static int install_folders(struct fs_tree *t,
+	const struct backend_folder *folders, size_t nf, const char **error_r)
 {
-	struct backend_folder *folders = NULL;
 	struct node **old = NULL;
 	struct want_dir *want;
-	size_t nf = 0, nw = 0, n_old = 0, cap_old = 0;
-	enum backend_status st;
+	size_t nw = 0, n_old = 0, cap_old = 0;
 
-	st = t->be->ops->list_folders(t->be, &folders, &nf, error_r);
-	if (st != BACKEND_OK)
-		return st == BACKEND_NOT_FOUND ? -ENOENT : -EIO;
 	want = folders_to_dirs(folders, nf, &nw);
-	backend_folders_free(&folders, nf);
 	if (!want) {
 		*error_r = "out of memory";
 		return -ENOMEM;
@@ -454,7 +491,39 @@ int fs_tree_load_folders(struct fs_tree *t, const char **error_r)
 	pthread_mutex_unlock(&t->lock);
 	free(old);
 	want_free(want, nw);
+	preload_cached_listings(t);
 	return 0;
+}
+
+int fs_tree_load_folders(struct fs_tree *t, const char **error_r)
+{
+	struct backend_folder *folders = NULL;
+	enum backend_status st;
+	size_t nf = 0;
+	int ret;
+
+	st = t->be->ops->list_folders(t->be, &folders, &nf, error_r);
+	if (st != BACKEND_OK)
+		return st == BACKEND_NOT_FOUND ? -ENOENT : -EIO;
+	if (t->meta)
+		meta_cache_save_folders(t->meta, folders, nf);
+	ret = install_folders(t, folders, nf, error_r);
+	backend_folders_free(&folders, nf);
+	return ret;
+}
+
+int fs_tree_load_cached_folders(struct fs_tree *t)
+{
+	struct backend_folder *folders = NULL;
+	const char *error;
+	size_t nf = 0;
+	int ret;
+
+	if (!t->meta || meta_cache_load_folders(t->meta, &folders, &nf) < 0)
+		return -ENOENT;
+	ret = install_folders(t, folders, nf, &error);
+	backend_folders_free(&folders, nf);
+	return ret;
 }
 
 /* ---- messages of one folder ---------------------------------------------- */
@@ -518,12 +587,49 @@ fail:
 	return NULL;
 }
 
-/* Installs a fresh listing into dir, reusing nodes the kernel knows. */
+static void inval_add(struct inval_list *il, fuse_ino_t parent,
+	const char *name)
+{
+	if (il->n == il->cap) {
+		size_t cap = il->cap ? il->cap * 2 : 16;
+		struct inval_item *items = realloc(il->items,
+			cap * sizeof(*items));
+
+		if (!items)
+			return;   /* the kernel's entry then just times out */
+		il->items = items;
+		il->cap = cap;
+	}
+	il->items[il->n].parent = parent;
+	il->items[il->n].name = strdup(name);
+	if (il->items[il->n].name)
+		il->n++;
+}
+
+/* Tells the kernel about vanished entries.  Must run without the tree lock
+ * and outside any request handler for the same directory (the kernel
+ * would wait for that handler while it waits for us). */
+static void inval_send(struct fs_tree *t, struct inval_list *il)
+{
+	for (size_t i = 0; i < il->n; i++) {
+		if (t->inval_hook)
+			t->inval_hook(t->inval_ctx, il->items[i].parent,
+				il->items[i].name);
+		free(il->items[i].name);
+	}
+	free(il->items);
+	memset(il, 0, sizeof(*il));
+}
+
+/* Installs a listing into dir, reusing nodes the kernel knows, and keeps
+ * the listing itself (m, which it takes over) for the next resync.
+ * Vanished messages are added to *il. */
 static int merge_messages(struct fs_tree *t, struct node *dir,
-	uint32_t uidvalidity, struct backend_message *m, size_t n,
-	struct named_msg *nm)
+	const struct backend_folder_state *state, struct backend_message *m,
+	size_t n, struct named_msg *nm, struct inval_list *il)
 {
 	struct node **list = calloc(n ? n : 1, sizeof(*list));
+	uint32_t uidvalidity = state->uidvalidity;
 	size_t k = 0;
 
 	if (!list)
@@ -549,13 +655,15 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 			x->size = bm->size;
 			x->mtime = bm->internaldate;
 			hash_add(t, x);
+		} else if (x->name && strcmp(x->name, nm[i].name) != 0 &&
+			   x->attached) {
+			inval_add(il, dir->ino, x->name);
 		}
 		free(x->name);
 		x->name = nm[i].name;
 		nm[i].name = NULL;
 		free(x->flags);
-		x->flags = bm->flags;
-		m[nm[i].index].flags = NULL;
+		x->flags = strdup(bm->flags ? bm->flags : "");
 		x->parent = dir;
 		x->attached = true;
 		x->seen = true;
@@ -566,6 +674,7 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 
 		if (x->seen)
 			continue;
+		inval_add(il, dir->ino, x->name);
 		x->attached = false;
 		maybe_free(t, x);
 	}
@@ -574,60 +683,66 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 	dir->msgs = list;
 	dir->n_msgs = k;
 	dir->uidvalidity = uidvalidity;
+	backend_messages_free(&dir->listing, dir->n_listing);
+	dir->listing = m;
+	dir->n_listing = n;
+	dir->state = *state;
+	dir->msgs_loaded = true;
 	return 0;
 }
 
-/* Makes sure dir's message list is loaded (and not older than the refresh
- * period when `fresh` is asked).  Called and returns with the lock held;
- * drops it around the network fetch. */
-static int ensure_messages(struct fs_tree *t, struct node *dir, bool fresh)
+/* Fetches dir's listing from the server (incrementally when one is known)
+ * and installs it.  Called with the lock held and dir->loading clear;
+ * drops the lock around the network.  Returns 0 or a negative errno. */
+static int refresh_messages(struct fs_tree *t, struct node *dir,
+	struct inval_list *il)
 {
 	struct backend_folder_state state;
 	struct backend_message *m = NULL;
 	struct named_msg *nm = NULL;
 	enum backend_status st;
-	const char *error;
+	const char *error = "";
 	size_t n = 0;
 	char *raw;
 	int ret = 0;
 
-	while (dir->loading)
-		pthread_cond_wait(&t->loaded, &t->lock);
-	if (!dir->raw || !dir->selectable)
-		return 0;
-	if (dir->msgs_loaded && (!fresh ||
-			monotonic_now() - dir->loaded_at < (time_t)t->refresh_s))
-		return 0;
 	raw = strdup(dir->raw);
 	if (!raw)
 		return -ENOMEM;
 	dir->loading = true;
 	pthread_mutex_unlock(&t->lock);
 
-	st = t->be->ops->list_messages(t->be, raw, &state, &m, &n, &error);
+	/* The loading flag keeps every other writer of dir->listing out, so
+	 * it can be read unlocked. */
+	if (t->be->ops->resync_messages && dir->listing)
+		st = t->be->ops->resync_messages(t->be, raw, &dir->state,
+			dir->listing, dir->n_listing, &state, &m, &n, &error);
+	else
+		st = t->be->ops->list_messages(t->be, raw, &state, &m, &n,
+			&error);
 	if (st == BACKEND_OK) {
 		nm = name_messages(m, n);
 		if (!nm)
 			st = BACKEND_TEMP;
+		else if (t->meta)
+			meta_cache_save_messages(t->meta, raw, &state, m, n);
 	} else {
-		log_warn("cannot list %s: %s", raw, error);
+		log_debug("cannot list %s: %s", raw, error);
 	}
 
 	pthread_mutex_lock(&t->lock);
 	dir->loading = false;
 	pthread_cond_broadcast(&t->loaded);
+	/* Even a failure counts as an attempt: retry after the period. */
+	dir->loaded_at = monotonic_now();
 	if (st != BACKEND_OK) {
 		/* Keep serving an older listing rather than nothing. */
 		ret = dir->msgs_loaded ? 0 :
 			st == BACKEND_NOT_FOUND ? -ENOENT : -EIO;
-	} else if (!dir->raw || strcmp(dir->raw, raw) != 0) {
-		/* The folder was renamed or removed meanwhile: drop it. */
-	} else {
-		ret = merge_messages(t, dir, state.uidvalidity, m, n, nm);
-		if (ret == 0) {
-			dir->msgs_loaded = true;
-			dir->loaded_at = monotonic_now();
-		}
+	} else if (dir->raw && strcmp(dir->raw, raw) == 0) {
+		ret = merge_messages(t, dir, &state, m, n, nm, il);
+		if (ret == 0)
+			m = NULL;   /* kept as dir->listing */
 	}
 	if (nm)
 		for (size_t i = 0; i < n; i++)
@@ -635,8 +750,139 @@ static int ensure_messages(struct fs_tree *t, struct node *dir, bool fresh)
 	free(nm);
 	backend_messages_free(&m, n);
 	free(raw);
-	maybe_free(t, dir);
 	return ret;
+}
+
+struct refresh_job {
+	struct fs_tree *t;
+	struct node *dir;
+};
+
+static void *refresh_thread(void *arg)
+{
+	struct refresh_job *job = arg;
+	struct fs_tree *t = job->t;
+	struct inval_list il = { 0 };
+
+	pthread_mutex_lock(&t->lock);
+	if (!job->dir->loading)
+		refresh_messages(t, job->dir, &il);
+	job->dir->pins--;
+	maybe_free(t, job->dir);
+	pthread_mutex_unlock(&t->lock);
+	inval_send(t, &il);
+
+	pthread_mutex_lock(&t->lock);
+	if (--t->n_workers == 0)
+		pthread_cond_broadcast(&t->workers_done);
+	pthread_mutex_unlock(&t->lock);
+	free(job);
+	return NULL;
+}
+
+/* Starts a background refresh of dir (lock held). */
+static void refresh_async(struct fs_tree *t, struct node *dir)
+{
+	struct refresh_job *job = malloc(sizeof(*job));
+	pthread_attr_t attr;
+	pthread_t th;
+
+	if (!job)
+		return;
+	job->t = t;
+	job->dir = dir;
+	dir->pins++;
+	t->n_workers++;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&th, &attr, refresh_thread, job) != 0) {
+		dir->pins--;
+		t->n_workers--;
+		free(job);
+	}
+	pthread_attr_destroy(&attr);
+}
+
+/* Makes sure dir's message list is there.  A folder never listed is
+ * fetched now; a known one (from this mount or the metadata cache) is
+ * served as it is, and when `fresh` is asked and it is older than the
+ * refresh period a background refresh brings it up to date, so a slow or
+ * absent server never stalls a listing.  Called and returns with the lock
+ * held. */
+static int ensure_messages(struct fs_tree *t, struct node *dir, bool fresh)
+{
+	struct inval_list il = { 0 };
+	int ret;
+
+	if (!dir->raw || !dir->selectable)
+		return 0;
+	if (dir->msgs_loaded) {
+		if (fresh && !dir->loading && (dir->loaded_at == 0 ||
+		    monotonic_now() - dir->loaded_at >= (time_t)t->refresh_s))
+			refresh_async(t, dir);
+		return 0;
+	}
+	if (dir->loading) {
+		while (dir->loading)
+			pthread_cond_wait(&t->loaded, &t->lock);
+		return dir->msgs_loaded ? 0 : -EIO;
+	}
+	dir->pins++;
+	ret = refresh_messages(t, dir, &il);
+	dir->pins--;
+	if (il.n) {
+		/* We are inside a request for this directory: hand the
+		 * invalidations to a thread (there are none on a first
+		 * listing, so this is rare). */
+		for (size_t i = 0; i < il.n; i++)
+			free(il.items[i].name);
+		free(il.items);
+	}
+	return ret;
+}
+
+/* Installs cached listings for folders not yet listed, so that a remount
+ * lists every folder at once; they count as stale and are resynchronised
+ * in the background when first opened. */
+static void preload_cached_listings(struct fs_tree *t)
+{
+	struct node **dirs = NULL;
+	size_t n = 0, cap = 0;
+
+	if (!t->meta)
+		return;
+	pthread_mutex_lock(&t->lock);
+	collect_dirs(t->root, &dirs, &n, &cap);
+	for (size_t i = 0; i < n; i++) {
+		struct node *d = dirs[i];
+		struct backend_folder_state state;
+		struct backend_message *m = NULL;
+		struct named_msg *nm;
+		struct inval_list il = { 0 };
+		size_t count = 0;
+
+		if (!d->raw || !d->selectable || d->msgs_loaded || d->loading)
+			continue;
+		/* Startup only: a local read, fine under the lock. */
+		if (meta_cache_load_messages(t->meta, d->raw, &state, &m,
+				&count) < 0)
+			continue;
+		nm = name_messages(m, count);
+		if (nm && merge_messages(t, d, &state, m, count, nm, &il) == 0) {
+			m = NULL;
+			d->loaded_at = 0;
+		}
+		if (nm)
+			for (size_t j = 0; j < count; j++)
+				free(nm[j].name);
+		free(nm);
+		backend_messages_free(&m, count);
+		for (size_t j = 0; j < il.n; j++)
+			free(il.items[j].name);
+		free(il.items);
+	}
+	pthread_mutex_unlock(&t->lock);
+	free(dirs);
 }
 
 /* ---- attributes and lookups ---------------------------------------------- */

@@ -23,16 +23,22 @@
 
 struct fs_tree;
 
-/* be and reader are borrowed and must outlive the tree.  refresh_s: a
- * folder listing older than this is fetched again when a directory is
- * opened. */
+struct meta_cache;
+
+/* be, reader and meta (may be NULL) are borrowed and must outlive the
+ * tree.  refresh_s: a folder listing older than this is refreshed in the
+ * background when its directory is opened. */
 struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
-	unsigned refresh_s);
+	struct meta_cache *meta, unsigned refresh_s);
 void fs_tree_free(struct fs_tree **tree);
 
 /* Fetches the folder list and rebuilds the directory tree.  Returns 0 or a
  * negative errno with *error_r set. */
 int fs_tree_load_folders(struct fs_tree *tree, const char **error_r);
+
+/* Builds the tree from the metadata cache alone (offline start).  Returns
+ * 0, or -ENOENT when nothing is cached. */
+int fs_tree_load_cached_folders(struct fs_tree *tree);
 
 /* FUSE lookup: fills *e and takes one kernel reference on success.
  * Returns 0 or a negative errno. */
@@ -81,6 +87,11 @@ int fs_tree_getxattr(struct fs_tree *tree, fuse_ino_t ino, const char *name,
 /* The names, each NUL-terminated, concatenated; malloc'd. */
 int fs_tree_listxattr(struct fs_tree *tree, fuse_ino_t ino, char **names_r,
 	size_t *len_r);
+
+/* Called (without locks, outside request handlers) for each directory
+ * entry that vanished, so the kernel can drop it. */
+void fs_tree_set_inval_hook(struct fs_tree *tree,
+	void (*hook)(void *ctx, fuse_ino_t parent, const char *name), void *ctx);
 
 /* The root's text for user.mailfs.stats is produced by this hook (set by
  * the caller that knows the caches); may be NULL. */

@@ -11,6 +11,7 @@
 #include "proto/imap_backend.h"
 #include "proto/imap_pool.h"
 #include "proto/mutf7.h"
+#include "proto/net_stream.h"
 #include "src/errfmt.h"
 #include "src/log.h"
 
@@ -30,7 +31,11 @@ static enum backend_status command_failed(struct imap_session *s, int r,
 	const char *what, const char *folder, const char **error_r)
 {
 	enum backend_status st = imap_session_status(s, r);
-	const char *text = imap_session_last_text(s);
+	/* After a network error the last response is stale: say why the
+	 * stream died instead. */
+	const char *text = s->broken ?
+		net_stream_last_error(s->imap->imap_stream) :
+		imap_session_last_text(s);
 
 	*error_r = errfmt("%s%s%s: %s%s%s", what, folder ? " " : "",
 		folder ? folder : "", backend_status_name(st),
@@ -326,76 +331,283 @@ static int compare_uid(const void *a, const void *b)
 	return (x->uid > y->uid) - (x->uid < y->uid);
 }
 
-static enum backend_status imap_list_messages(struct backend *be,
-	const char *folder, struct backend_folder_state *state_r,
-	struct backend_message **msgs_r, size_t *count_r,
-	const char **error_r)
+/* Runs UID FETCH set (metadata) and appends the messages with
+ * uid >= min_uid to *msgs (UID order not guaranteed). */
+static enum backend_status fetch_metadata(struct imap_session *s,
+	const char *folder, uint32_t first, uint32_t last, uint32_t min_uid,
+	struct backend_message **msgs, size_t *n, const char **error_r)
 {
-	struct imap_backend *ib = to_imap(be);
-	struct mailimap_selection_info *sel;
-	struct mailimap_fetch_type *ft = NULL;
-	struct mailimap_set *set = NULL;
-	struct backend_message *msgs = NULL;
-	struct imap_session *s;
-	enum backend_status st;
+	struct mailimap_fetch_type *ft = metadata_fetch_type();
+	struct mailimap_set *set = mailimap_set_new_interval(first, last);
+	struct backend_message *grown;
+	enum backend_status st = BACKEND_OK;
+	clist *result = NULL;
+	clistiter *it;
+	int r;
+
+	r = mailimap_uid_fetch(s->imap, set, ft, &result);
+	mailimap_set_free(set);
+	mailimap_fetch_type_free(ft);
+	if (r != MAILIMAP_NO_ERROR)
+		return command_failed(s, r, "UID FETCH in", folder, error_r);
+	grown = realloc(*msgs, (*n + clist_count(result) + 1) * sizeof(**msgs));
+	if (!grown) {
+		st = BACKEND_TEMP;
+		*error_r = "out of memory";
+		goto out;
+	}
+	*msgs = grown;
+	for (it = clist_begin(result); it; it = clist_next(it)) {
+		struct backend_message *m = &(*msgs)[*n];
+
+		if (parse_metadata(clist_content(it), m) && m->uid >= min_uid) {
+			(*n)++;
+		} else {
+			free(m->flags);
+			free(m->header);
+		}
+	}
+out:
+	mailimap_fetch_list_free(result);
+	return st;
+}
+
+/* UID and FLAGS of messages first:last, optionally only those changed
+ * since a modseq (CONDSTORE).  Stores (uid, flags) pairs in *out. */
+struct uid_flags {
+	uint32_t uid;
+	char *flags;
+};
+
+static enum backend_status fetch_flags(struct imap_session *s,
+	const char *folder, uint32_t first, uint32_t last, uint64_t since,
+	struct uid_flags **out, size_t *n_out, const char **error_r)
+{
+	struct mailimap_fetch_type *ft;
+	struct mailimap_set *set;
 	clist *result = NULL;
 	clistiter *it;
 	size_t n = 0;
 	int r;
 
-	st = imap_pool_get(ib->pool, &s, error_r);
-	if (st != BACKEND_OK)
-		return st;
-	/* Always re-EXAMINE: it is what refreshes EXISTS and UIDNEXT. */
-	st = session_examine(s, folder, true, error_r);
-	if (st != BACKEND_OK)
-		goto out_put;
+	ft = mailimap_fetch_type_new_fetch_att_list_empty();
+	mailimap_fetch_type_new_fetch_att_list_add(ft,
+		mailimap_fetch_att_new_uid());
+	mailimap_fetch_type_new_fetch_att_list_add(ft,
+		mailimap_fetch_att_new_flags());
+	set = mailimap_set_new_interval(first, last);
+	if (since)
+		r = mailimap_uid_fetch_changedsince(s->imap, set, ft, since,
+			&result);
+	else
+		r = mailimap_uid_fetch(s->imap, set, ft, &result);
+	mailimap_set_free(set);
+	mailimap_fetch_type_free(ft);
+	if (r != MAILIMAP_NO_ERROR)
+		return command_failed(s, r, "UID FETCH FLAGS in", folder,
+			error_r);
+	*out = calloc(clist_count(result) + 1, sizeof(**out));
+	if (!*out) {
+		mailimap_fetch_list_free(result);
+		*error_r = "out of memory";
+		return BACKEND_TEMP;
+	}
+	for (it = clist_begin(result); it; it = clist_next(it)) {
+		struct backend_message m;
+
+		if (parse_metadata(clist_content(it), &m) && m.uid >= first &&
+		    m.uid <= last) {
+			(*out)[n].uid = m.uid;
+			(*out)[n].flags = m.flags;
+			m.flags = NULL;
+			n++;
+		}
+		free(m.flags);
+		free(m.header);
+	}
+	mailimap_fetch_list_free(result);
+	*n_out = n;
+	return BACKEND_OK;
+}
+
+static int compare_uid_flags(const void *a, const void *b)
+{
+	const struct uid_flags *x = a, *y = b;
+
+	return (x->uid > y->uid) - (x->uid < y->uid);
+}
+
+static void uid_flags_free(struct uid_flags *uf, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(uf[i].flags);
+	free(uf);
+}
+
+/* Opens the folder read-only and reads its state; with CONDSTORE the
+ * EXAMINE also reports HIGHESTMODSEQ. */
+static enum backend_status examine_state(struct imap_session *s,
+	const char *folder, struct backend_folder_state *state_r,
+	const char **error_r)
+{
+	struct mailimap_selection_info *sel;
+	uint64_t modseq = 0;
+	int r;
+
+	free(s->selected);
+	s->selected = NULL;
+	if (s->caps.condstore)
+		r = mailimap_examine_condstore(s->imap, folder, &modseq);
+	else
+		r = mailimap_examine(s->imap, folder);
+	if (r != MAILIMAP_NO_ERROR)
+		return command_failed(s, r, "EXAMINE", folder, error_r);
 	sel = s->imap->imap_selection_info;
 	memset(state_r, 0, sizeof(*state_r));
 	state_r->uidvalidity = sel->sel_uidvalidity;
 	state_r->uidnext = sel->sel_uidnext;
 	state_r->exists = sel->sel_exists;
-	if (sel->sel_exists == 0)
-		goto out_done;
+	state_r->highestmodseq = modseq;
+	s->selected = strdup(folder);
+	s->selected_uidvalidity = sel->sel_uidvalidity;
+	return BACKEND_OK;
+}
 
-	ft = metadata_fetch_type();
-	set = mailimap_set_new_interval(1, 0);  /* 1:* */
-	r = mailimap_uid_fetch(s->imap, set, ft, &result);
-	if (r != MAILIMAP_NO_ERROR) {
-		st = command_failed(s, r, "UID FETCH in", folder, error_r);
-		goto out_free;
+/* Copies a known message (all fields deep). */
+static int message_copy(struct backend_message *dst,
+	const struct backend_message *src)
+{
+	*dst = *src;
+	dst->flags = strdup(src->flags ? src->flags : "");
+	dst->header = malloc(src->header_len + 1);
+	if (!dst->flags || !dst->header) {
+		free(dst->flags);
+		free(dst->header);
+		return -1;
 	}
-	msgs = calloc(clist_count(result) + 1, sizeof(*msgs));
-	if (!msgs) {
-		st = BACKEND_TEMP;
-		*error_r = "out of memory";
-		goto out_free;
-	}
-	for (it = clist_begin(result); it; it = clist_next(it)) {
-		if (parse_metadata(clist_content(it), &msgs[n])) {
+	memcpy(dst->header, src->header, src->header_len);
+	dst->header[src->header_len] = '\0';
+	return 0;
+}
+
+static enum backend_status imap_resync_messages(struct backend *be,
+	const char *folder, const struct backend_folder_state *known_state,
+	const struct backend_message *known, size_t n_known,
+	struct backend_folder_state *state_r,
+	struct backend_message **msgs_r, size_t *count_r,
+	const char **error_r)
+{
+	struct imap_backend *ib = to_imap(be);
+	struct backend_message *msgs = NULL;
+	struct uid_flags *uf = NULL;
+	struct imap_session *s;
+	enum backend_status st;
+	size_t n = 0, n_uf = 0, n_new;
+	uint32_t old_next = 0;
+	bool incremental;
+
+	st = imap_pool_get(ib->pool, &s, error_r);
+	if (st != BACKEND_OK)
+		return st;
+	st = examine_state(s, folder, state_r, error_r);
+	if (st != BACKEND_OK)
+		goto out_put;
+	incremental = known_state && known_state->uidvalidity ==
+		state_r->uidvalidity && known_state->uidnext > 0 &&
+		state_r->uidnext > 0;
+	if (incremental)
+		old_next = known_state->uidnext;
+
+	if (state_r->exists == 0) {
+		/* Empty: nothing to fetch. */
+	} else if (!incremental) {
+		st = fetch_metadata(s, folder, 1, 0, 1, &msgs, &n, error_r);
+	} else if (state_r->uidnext == old_next && state_r->highestmodseq &&
+		   state_r->highestmodseq == known_state->highestmodseq &&
+		   state_r->exists == n_known) {
+		/* Nothing changed at all: one round trip. */
+		msgs = calloc(n_known + 1, sizeof(*msgs));
+		if (!msgs)
+			st = BACKEND_TEMP, *error_r = "out of memory";
+		for (size_t i = 0; msgs && i < n_known; i++) {
+			if (message_copy(&msgs[n], &known[i]) < 0) {
+				st = BACKEND_TEMP, *error_r = "out of memory";
+				break;
+			}
 			n++;
-		} else {
-			free(msgs[n].flags);
-			free(msgs[n].header);
+		}
+	} else {
+		/* New messages in full ("N:*" also returns the last message
+		 * when N is past it, hence the uid filter). */
+		if (state_r->uidnext > old_next)
+			st = fetch_metadata(s, folder, old_next, 0, old_next,
+				&msgs, &n, error_r);
+		n_new = n;
+		/* Flags of the known ones.  With CONDSTORE only the changed
+		 * ones come back, which says nothing about expunges: trust it
+		 * only when the counts add up. */
+		bool changed_only = s->caps.condstore &&
+			known_state->highestmodseq && state_r->highestmodseq &&
+			n_known + n_new == state_r->exists;
+		if (st == BACKEND_OK && old_next > 1 && n_known > 0 &&
+		    !(changed_only && state_r->highestmodseq ==
+		      known_state->highestmodseq))
+			st = fetch_flags(s, folder, 1, old_next - 1,
+				changed_only ? known_state->highestmodseq : 0,
+				&uf, &n_uf, error_r);
+		if (st == BACKEND_OK) {
+			struct backend_message *grown = realloc(msgs,
+				(n + n_known + 1) * sizeof(*msgs));
+
+			if (!grown) {
+				st = BACKEND_TEMP, *error_r = "out of memory";
+			} else {
+				msgs = grown;
+				qsort(uf, n_uf, sizeof(*uf), compare_uid_flags);
+			}
+			for (size_t i = 0; st == BACKEND_OK && i < n_known; i++) {
+				struct uid_flags key = { .uid = known[i].uid };
+				struct uid_flags *hit = uf ? bsearch(&key, uf,
+					n_uf, sizeof(*uf),
+					compare_uid_flags) : NULL;
+
+				if (!hit && !changed_only)
+					continue;   /* expunged */
+				if (message_copy(&msgs[n], &known[i]) < 0) {
+					st = BACKEND_TEMP, *error_r = "out of memory";
+					break;
+				}
+				if (hit) {
+					free(msgs[n].flags);
+					msgs[n].flags = hit->flags;
+					hit->flags = NULL;
+				}
+				n++;
+			}
 		}
 	}
+	uid_flags_free(uf, n_uf);
+	if (st != BACKEND_OK) {
+		backend_messages_free(&msgs, n);
+		goto out_put;
+	}
+	if (!msgs)
+		msgs = calloc(1, sizeof(*msgs));
 	qsort(msgs, n, sizeof(*msgs), compare_uid);
-out_done:
 	*msgs_r = msgs;
 	*count_r = n;
-	msgs = NULL;
-	st = BACKEND_OK;
-out_free:
-	if (result)
-		mailimap_fetch_list_free(result);
-	if (set)
-		mailimap_set_free(set);
-	if (ft)
-		mailimap_fetch_type_free(ft);
-	free(msgs);
 out_put:
 	imap_pool_put(ib->pool, &s);
 	return st;
+}
+
+static enum backend_status imap_list_messages(struct backend *be,
+	const char *folder, struct backend_folder_state *state_r,
+	struct backend_message **msgs_r, size_t *count_r,
+	const char **error_r)
+{
+	return imap_resync_messages(be, folder, NULL, NULL, 0, state_r,
+		msgs_r, count_r, error_r);
 }
 
 /* Copies the part of a BODY[]<origin> answer that covers [offset,
@@ -528,6 +740,7 @@ static void imap_destroy(struct backend *be)
 static const struct backend_ops imap_backend_ops = {
 	.list_folders = imap_list_folders,
 	.list_messages = imap_list_messages,
+	.resync_messages = imap_resync_messages,
 	.read_range = imap_read_range,
 	.destroy = imap_destroy,
 };

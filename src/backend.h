@@ -84,6 +84,21 @@ struct backend_ops {
 		struct backend_message **msgs_r, size_t *count_r,
 		const char **error_r);
 
+	/* Optional (NULL: callers use list_messages).  Like list_messages,
+	 * but given the previous listing of the folder (known_state and the
+	 * UID-ordered known[], borrowed) fetches only what changed since:
+	 * new messages in full, flags of the others (CONDSTORE when the
+	 * server has it), and which of them still exist.  The result is the
+	 * complete current listing, owned by the caller.  A changed
+	 * UIDVALIDITY yields a full listing. */
+	enum backend_status (*resync_messages)(struct backend *be,
+		const char *raw_folder,
+		const struct backend_folder_state *known_state,
+		const struct backend_message *known, size_t n_known,
+		struct backend_folder_state *state_r,
+		struct backend_message **msgs_r, size_t *count_r,
+		const char **error_r);
+
 	/* Reads up to `length` bytes of the message's exact server bytes
 	 * starting at `offset` into buf, without setting \Seen.  *got_r is the
 	 * number of bytes stored; fewer than `length` means the message ended.

@@ -18,6 +18,7 @@
 #include "proto/net_stream.h"
 #include "src/block_cache.h"
 #include "src/log.h"
+#include "src/meta_cache.h"
 #include "src/msg_reader.h"
 #include "src/options.h"
 #include "src/secret.h"
@@ -193,6 +194,8 @@ int main(int argc, char **argv)
 	struct imap_endpoint ep = { 0 };
 	struct imap_session *first = NULL;
 	struct block_cache *cache = NULL;
+	struct meta_cache *meta = NULL;
+	bool offline = false;
 	struct backend *be = NULL;
 	struct msg_reader *reader = NULL;
 	struct fs_tree *tree = NULL;
@@ -256,7 +259,7 @@ int main(int argc, char **argv)
 	ep.timeout_s = (int)o.timeout_s;
 	ep.tls = o.source.scheme == SCHEME_IMAPS ? IMAP_TLS_IMPLICIT :
 		o.allow_plaintext ? IMAP_TLS_NONE : IMAP_TLS_STARTTLS;
-	if (ep.tls == IMAP_TLS_NONE)
+	if (o.allow_plaintext)
 		log_warn("allow_plaintext: the password and mail may cross "
 			"the network unencrypted if the server offers no "
 			"STARTTLS");
@@ -266,32 +269,55 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
-	st = imap_session_open(&ep, &first, &error);
-	if (st != BACKEND_OK) {
-		fail("%s", error);
-		goto out;
-	}
-	log_debug("logged in as %s at %s:%u", ep.user, ep.host, ep.port);
-
 	if (make_private_dirs(o.cache_dir) < 0) {
-		fail("cannot create cache directory: %s", strerror(errno));
+		fail("cannot create cache directory %s: %s", o.cache_dir,
+			strerror(errno));
 		goto out;
 	}
-	if (block_cache_open(o.cache_dir, o.cache_size, &cache, &error) < 0) {
+	if (block_cache_open(o.cache_dir, o.cache_size, &cache, &error) < 0 ||
+	    meta_cache_open(o.cache_dir, &meta, &error) < 0) {
 		fail("%s", error);
 		goto out;
 	}
 	mc.cache = cache;
+
+	st = imap_session_open(&ep, &first, &error);
+	if (st == BACKEND_CONNECT || st == BACKEND_TEMP) {
+		/* Unreachable: with a metadata cache the mount still comes up
+		 * and serves what is cached; the pool reconnects by itself. */
+		struct backend_folder *cached;
+		size_t n_cached;
+
+		if (meta_cache_load_folders(meta, &cached, &n_cached) < 0) {
+			fail("%s", error);
+			goto out;
+		}
+		backend_folders_free(&cached, n_cached);
+		log_warn("%s; mounting offline from the cache", error);
+		offline = true;
+	} else if (st != BACKEND_OK) {
+		fail("%s", error);
+		goto out;
+	} else {
+		log_debug("logged in as %s at %s:%u", ep.user, ep.host, ep.port);
+	}
+
 	be = imap_backend_new(&ep, o.connections, first);
 	first = NULL;
 	reader = be ? msg_reader_new(be, cache, account) : NULL;
-	tree = reader ? fs_tree_new(be, reader, o.refresh_s) : NULL;
+	tree = reader ? fs_tree_new(be, reader, meta, o.refresh_s) : NULL;
 	if (!tree) {
 		fail("%s", "out of memory");
 		goto out;
 	}
 	fs_tree_set_stats_hook(tree, stats_text, &mc);
-	if (fs_tree_load_folders(tree, &error) < 0) {
+	fs_tree_set_inval_hook(tree, fs_ops_inval_entry, NULL);
+	if (offline) {
+		if (fs_tree_load_cached_folders(tree) < 0) {
+			fail("%s", "the metadata cache is unreadable");
+			goto out;
+		}
+	} else if (fs_tree_load_folders(tree, &error) < 0) {
 		fail("cannot list folders: %s", error);
 		goto out;
 	}
@@ -335,6 +361,7 @@ out:
 	if (first)
 		imap_session_close(&first);
 	block_cache_close(&cache);
+	meta_cache_close(&meta);
 	if (ep.tls_ctx)
 		SSL_CTX_free(ep.tls_ctx);
 	secret_free(&password);
