@@ -42,6 +42,8 @@ struct node {
 	struct backend_message *listing;  /* last listing, UID order; owned */
 	size_t n_listing;
 	struct backend_folder_state state;
+	size_t last_read;       /* index+1 of the message last read from 0 */
+	size_t prefetched_upto; /* read-ahead queued up to this index */
 	bool seen;              /* scratch for folder-list merges */
 	unsigned pins;          /* in use by a refresh: do not free */
 
@@ -1096,6 +1098,66 @@ int fs_tree_check_message(struct fs_tree *t, fuse_ino_t ino)
 	return ret;
 }
 
+#define READAHEAD_FILES 64
+
+/* A folder read file after file in name order (grep -r, cp -r): queue the
+ * heads of the next messages, fetched in batches.  Lock held. */
+static void readahead_files(struct fs_tree *t, struct node *x)
+{
+	struct node *dir = x->parent;
+	size_t lo = 0, hi, i, from, to, n = 0;
+	uint32_t *uids;
+	uint64_t *sizes;
+	char *folder;
+
+	if (!x->attached || !dir || !dir->raw)
+		return;
+	for (hi = dir->n_msgs; lo < hi;) {
+		size_t mid = (lo + hi) / 2;
+		int c = strcmp(x->name, dir->msgs[mid]->name);
+
+		if (c == 0) {
+			lo = mid;
+			break;
+		}
+		if (c < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	if (lo >= dir->n_msgs || dir->msgs[lo] != x)
+		return;
+	i = lo;
+	/* Sequential: the previous message (or the one before) was read. */
+	bool sequential = dir->last_read && dir->last_read <= i + 1 &&
+		dir->last_read + 2 >= i + 1;
+	dir->last_read = i + 1;
+	if (!sequential || dir->prefetched_upto >= i + READAHEAD_FILES / 2)
+		return;
+	from = dir->prefetched_upto > i + 1 ? dir->prefetched_upto : i + 1;
+	to = i + 1 + READAHEAD_FILES;
+	if (to > dir->n_msgs)
+		to = dir->n_msgs;
+	if (from >= to)
+		return;
+	uids = calloc(to - from, sizeof(*uids));
+	sizes = calloc(to - from, sizeof(*sizes));
+	folder = strdup(dir->raw);
+	if (uids && sizes && folder) {
+		for (size_t k = from; k < to; k++) {
+			uids[n] = dir->msgs[k]->uid;
+			sizes[n++] = dir->msgs[k]->size;
+		}
+		dir->prefetched_upto = to;
+		/* Queuing only copies: cheap enough under the lock. */
+		msg_reader_prefetch_heads(t->reader, folder, dir->uidvalidity,
+			uids, sizes, n);
+	}
+	free(uids);
+	free(sizes);
+	free(folder);
+}
+
 ssize_t fs_tree_read(struct fs_tree *t, fuse_ino_t ino, uint64_t offset,
 	size_t length, char *buf, bool *size_changed_r)
 {
@@ -1112,6 +1174,8 @@ ssize_t fs_tree_read(struct fs_tree *t, fuse_ino_t ino, uint64_t offset,
 		pthread_mutex_unlock(&t->lock);
 		return x ? -EISDIR : -ENOENT;
 	}
+	if (offset == 0)
+		readahead_files(t, x);
 	folder = strdup(x->folder_raw);
 	ref.uidvalidity = x->msg_uidvalidity;
 	ref.uid = x->uid;

@@ -729,6 +729,93 @@ out_put:
 	return st;
 }
 
+/* The UID and BODY[]<0> parts of one FETCH response. */
+static bool body_of(const struct mailimap_msg_att *att, uint32_t *uid_r,
+	struct mailimap_msg_att_body_section **sec_r)
+{
+	clistiter *jt;
+
+	*uid_r = 0;
+	*sec_r = NULL;
+	for (jt = clist_begin(att->att_list); jt; jt = clist_next(jt)) {
+		struct mailimap_msg_att_item *item = clist_content(jt);
+
+		if (item->att_type != MAILIMAP_MSG_ATT_ITEM_STATIC)
+			continue;
+		if (item->att_data.att_static->att_type == MAILIMAP_MSG_ATT_UID)
+			*uid_r = item->att_data.att_static->att_data.att_uid;
+		else if (item->att_data.att_static->att_type ==
+			 MAILIMAP_MSG_ATT_BODY_SECTION)
+			*sec_r = item->att_data.att_static->
+				att_data.att_body_section;
+	}
+	return *uid_r && *sec_r;
+}
+
+static enum backend_status imap_read_heads(struct backend *be,
+	const char *folder, uint32_t uidvalidity, const uint32_t *uids,
+	size_t n_uids, size_t length,
+	void (*got)(void *ctx, uint32_t uid, const void *data, size_t len),
+	void *ctx, const char **error_r)
+{
+	struct imap_backend *ib = to_imap(be);
+	struct mailimap_fetch_type *ft;
+	struct mailimap_set *set;
+	struct imap_session *s;
+	enum backend_status st;
+	clist *result = NULL;
+	clistiter *it;
+	int r;
+
+	st = imap_pool_get(ib->pool, &s, error_r);
+	if (st != BACKEND_OK)
+		return st;
+	st = session_examine(s, folder, false, error_r);
+	if (st != BACKEND_OK)
+		goto out_put;
+	if (s->selected_uidvalidity != uidvalidity) {
+		st = BACKEND_NOT_FOUND;
+		*error_r = errfmt("folder %s was recreated", folder);
+		goto out_put;
+	}
+	set = mailimap_set_new_empty();
+	for (size_t i = 0; i < n_uids; i++)
+		mailimap_set_add_single(set, uids[i]);
+	ft = mailimap_fetch_type_new_fetch_att_list_empty();
+	mailimap_fetch_type_new_fetch_att_list_add(ft,
+		mailimap_fetch_att_new_uid());
+	mailimap_fetch_type_new_fetch_att_list_add(ft,
+		mailimap_fetch_att_new_body_peek_section_partial(
+			mailimap_section_new(NULL), 0, (uint32_t)length));
+	r = mailimap_uid_fetch(s->imap, set, ft, &result);
+	mailimap_set_free(set);
+	mailimap_fetch_type_free(ft);
+	if (r != MAILIMAP_NO_ERROR) {
+		st = command_failed(s, r, "UID FETCH BODY.PEEK in", folder,
+			error_r);
+		goto out_put;
+	}
+	for (it = clist_begin(result); it; it = clist_next(it)) {
+		struct mailimap_msg_att_body_section *sec;
+		uint32_t uid;
+		size_t len;
+
+		if (!body_of(clist_content(it), &uid, &sec))
+			continue;
+		/* Only an answer that starts at 0 is the head we asked for. */
+		if (sec->sec_origin_octet != 0)
+			continue;
+		len = sec->sec_body_part ? sec->sec_length : 0;
+		if (len > length)
+			len = length;
+		got(ctx, uid, sec->sec_body_part, len);
+	}
+	mailimap_fetch_list_free(result);
+out_put:
+	imap_pool_put(ib->pool, &s);
+	return st;
+}
+
 static void imap_destroy(struct backend *be)
 {
 	struct imap_backend *ib = to_imap(be);
@@ -742,6 +829,7 @@ static const struct backend_ops imap_backend_ops = {
 	.list_messages = imap_list_messages,
 	.resync_messages = imap_resync_messages,
 	.read_range = imap_read_range,
+	.read_heads = imap_read_heads,
 	.destroy = imap_destroy,
 };
 

@@ -108,6 +108,18 @@ struct backend_ops {
 		uint64_t offset, size_t length, void *buf, size_t *got_r,
 		const char **error_r);
 
+	/* Optional (NULL when unsupported): reads the first `length` bytes of
+	 * several messages of one folder in a single command, for read-ahead
+	 * across files.  got() is called once per message that came back
+	 * (fewer than `length` bytes: the message ended); messages that
+	 * vanished are simply not reported. */
+	enum backend_status (*read_heads)(struct backend *be,
+		const char *raw_folder, uint32_t uidvalidity,
+		const uint32_t *uids, size_t n_uids, size_t length,
+		void (*got)(void *ctx, uint32_t uid, const void *data,
+			size_t len),
+		void *ctx, const char **error_r);
+
 	/* Releases the backend and its sessions. */
 	void (*destroy)(struct backend *be);
 };

@@ -644,6 +644,17 @@ out_close:
 	return res;
 }
 
+bool block_cache_contains(struct block_cache *cache,
+	const struct block_key *key)
+{
+	bool found;
+
+	pthread_mutex_lock(&cache->lock);
+	found = index_find(cache, key) != NULL;
+	pthread_mutex_unlock(&cache->lock);
+	return found;
+}
+
 bool block_cache_get(struct block_cache *cache, const struct block_key *key,
 	void *buf, size_t cap, size_t *len_r, bool *eom_r)
 {

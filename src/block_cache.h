@@ -81,6 +81,11 @@ void block_cache_close(struct block_cache **cache);
 bool block_cache_get(struct block_cache *cache, const struct block_key *key,
 	void *buf, size_t cap, size_t *len_r, bool *eom_r);
 
+/* True if the index holds the key (no file access, no verification): a
+ * cheap test for read-ahead, not a promise that get will succeed. */
+bool block_cache_contains(struct block_cache *cache,
+	const struct block_key *key);
+
 /* Stores a block; `eom` says it is the message's last block.  Evicts least
  * recently used blocks to stay within the bound.  Returns 0, or -1 when the
  * block could not be stored (the caller carries on without the cache). */

@@ -146,20 +146,30 @@ static int make_private_dirs(const char *dir)
 
 struct mount_ctx {
 	struct block_cache *cache;
+	struct msg_reader *reader;
 };
 
 static char *stats_text(void *ctx)
 {
 	struct mount_ctx *mc = ctx;
 	struct block_cache_stats s = { 0 };
+	struct msg_reader_stats rs = { 0 };
 	char *out;
 
 	if (mc->cache)
 		block_cache_get_stats(mc->cache, &s);
-	if (asprintf(&out, "cache_hits=%llu cache_misses=%llu "
+	if (mc->reader)
+		msg_reader_get_stats(mc->reader, &rs);
+	if (asprintf(&out, "fetched_bytes=%llu fetched_blocks=%llu "
+			"prefetched_blocks=%llu memory_hits=%llu "
+			"cache_hits=%llu cache_misses=%llu "
 			"checksum_failures=%llu evictions=%llu "
 			"store_failures=%llu blocks_on_disk=%llu "
 			"bytes_on_disk=%llu",
+			(unsigned long long)rs.bytes_fetched,
+			(unsigned long long)rs.blocks_fetched,
+			(unsigned long long)rs.prefetched,
+			(unsigned long long)rs.memory_hits,
 			(unsigned long long)s.hits,
 			(unsigned long long)s.misses,
 			(unsigned long long)s.checksum_failures,
@@ -310,6 +320,7 @@ int main(int argc, char **argv)
 		fail("%s", "out of memory");
 		goto out;
 	}
+	mc.reader = reader;
 	fs_tree_set_stats_hook(tree, stats_text, &mc);
 	fs_tree_set_inval_hook(tree, fs_ops_inval_entry, NULL);
 	if (offline) {

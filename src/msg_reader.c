@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -6,12 +7,438 @@
 #include "src/msg_reader.h"
 
 #define BLOCK BLOCK_CACHE_BLOCK_SIZE
+#define MEM_BLOCKS 16              /* in-memory LRU: 16 MiB at most */
+#define WORKERS 2                  /* read-ahead threads */
+#define QUEUE_MAX 8                /* pending read-ahead jobs */
+#define HEADS_PER_BATCH 32         /* messages per batched fetch */
+#define HEADS_BYTES_PER_BATCH (8u * 1024 * 1024)
+
+struct mem_block {
+	struct block_key key;
+	bool used;
+	bool eom;
+	size_t len;
+	uint64_t stamp;            /* last use, for LRU */
+	char *data;                /* BLOCK bytes */
+};
+
+struct inflight {
+	struct block_key key;
+	struct inflight *next;
+};
+
+/* One read-ahead job: either the next block of one message, or the first
+ * blocks of several messages of a folder. */
+struct job {
+	struct job *next;
+	char *folder;
+	uint32_t uidvalidity;
+	uint32_t index;            /* block index (single-message jobs) */
+	size_t n;
+	uint32_t *uids;
+	uint64_t *sizes;
+};
 
 struct msg_reader {
 	struct backend *be;
 	struct block_cache *cache;
 	char *account;
+
+	pthread_mutex_t lock;
+	pthread_cond_t fetched;    /* an in-flight block finished */
+	struct inflight *inflight;
+	struct mem_block mem[MEM_BLOCKS];
+	uint64_t clock;
+	struct msg_reader_stats stats;
+
+	pthread_cond_t work;
+	struct job *queue, **queue_tail;
+	size_t queued;
+	bool stopping;
+	pthread_t workers[WORKERS];
+	size_t n_workers;
 };
+
+static struct block_key key_of(struct msg_reader *r, const char *folder,
+	uint32_t uidvalidity, uint32_t uid, uint32_t index)
+{
+	return block_key_make(r->account, folder, uidvalidity, uid, index);
+}
+
+static bool key_eq(const struct block_key *a, const struct block_key *b)
+{
+	return a->hi == b->hi && a->lo == b->lo;
+}
+
+/* ---- in-memory LRU (lock held) ------------------------------------------- */
+
+static struct mem_block *mem_find(struct msg_reader *r,
+	const struct block_key *key)
+{
+	for (int i = 0; i < MEM_BLOCKS; i++)
+		if (r->mem[i].used && key_eq(&r->mem[i].key, key))
+			return &r->mem[i];
+	return NULL;
+}
+
+static void mem_store(struct msg_reader *r, const struct block_key *key,
+	const char *data, size_t len, bool eom)
+{
+	struct mem_block *slot = mem_find(r, key);
+
+	if (!slot) {
+		slot = &r->mem[0];
+		for (int i = 0; i < MEM_BLOCKS; i++) {
+			if (!r->mem[i].used) {
+				slot = &r->mem[i];
+				break;
+			}
+			if (r->mem[i].stamp < slot->stamp)
+				slot = &r->mem[i];
+		}
+	}
+	if (!slot->data) {
+		slot->data = malloc(BLOCK);
+		if (!slot->data)
+			return;
+	}
+	memcpy(slot->data, data, len);
+	slot->key = *key;
+	slot->len = len;
+	slot->eom = eom;
+	slot->used = true;
+	slot->stamp = ++r->clock;
+}
+
+/* ---- in-flight blocks (lock held) ---------------------------------------- */
+
+static bool inflight_has(struct msg_reader *r, const struct block_key *key)
+{
+	for (struct inflight *f = r->inflight; f; f = f->next)
+		if (key_eq(&f->key, key))
+			return true;
+	return false;
+}
+
+static bool inflight_add(struct msg_reader *r, const struct block_key *key)
+{
+	struct inflight *f = malloc(sizeof(*f));
+
+	if (!f)
+		return false;
+	f->key = *key;
+	f->next = r->inflight;
+	r->inflight = f;
+	return true;
+}
+
+static void inflight_remove(struct msg_reader *r, const struct block_key *key)
+{
+	for (struct inflight **p = &r->inflight; *p; p = &(*p)->next)
+		if (key_eq(&(*p)->key, key)) {
+			struct inflight *f = *p;
+
+			*p = f->next;
+			free(f);
+			return;
+		}
+}
+
+/* ---- getting one block ----------------------------------------------------- */
+
+static int status_to_errno(enum backend_status st)
+{
+	return st == BACKEND_NOT_FOUND ? ENOENT : EIO;
+}
+
+/* A block received from the server: into both caches. */
+static void store_block(struct msg_reader *r, const struct block_key *key,
+	const char *data, size_t len, bool eom)
+{
+	if (r->cache)
+		block_cache_put(r->cache, key, data, len, eom);
+	pthread_mutex_lock(&r->lock);
+	mem_store(r, key, data, len, eom);
+	r->stats.bytes_fetched += len;
+	r->stats.blocks_fetched++;
+	pthread_mutex_unlock(&r->lock);
+}
+
+/* Gets block `index` into buf (BLOCK bytes of room).  Returns its length
+ * or -errno; *eom_r says whether the message ends in this block.  Only a
+ * short block proves the end: the announced size may be wrong. */
+static ssize_t get_block(struct msg_reader *r, const struct msg_ref *ref,
+	uint32_t index, char *buf, bool *eom_r)
+{
+	struct block_key key = key_of(r, ref->folder, ref->uidvalidity,
+		ref->uid, index);
+	struct mem_block *mb;
+	enum backend_status st;
+	const char *error;
+	size_t len;
+
+	pthread_mutex_lock(&r->lock);
+	for (;;) {
+		mb = mem_find(r, &key);
+		if (mb) {
+			memcpy(buf, mb->data, mb->len);
+			len = mb->len;
+			*eom_r = mb->eom;
+			mb->stamp = ++r->clock;
+			r->stats.memory_hits++;
+			pthread_mutex_unlock(&r->lock);
+			return (ssize_t)len;
+		}
+		if (!inflight_has(r, &key))
+			break;
+		/* Someone (often read-ahead) is fetching it: wait. */
+		pthread_cond_wait(&r->fetched, &r->lock);
+	}
+	inflight_add(r, &key);
+	pthread_mutex_unlock(&r->lock);
+
+	if (r->cache && block_cache_get(r->cache, &key, buf, BLOCK, &len,
+			eom_r)) {
+		pthread_mutex_lock(&r->lock);
+		mem_store(r, &key, buf, len, *eom_r);
+		goto out_done;
+	}
+	st = r->be->ops->read_range(r->be, ref->folder, ref->uidvalidity,
+		ref->uid, (uint64_t)index * BLOCK, BLOCK, buf, &len, &error);
+	if (st != BACKEND_OK) {
+		log_debug("read of %s UID %u block %u failed: %s", ref->folder,
+			ref->uid, index, error);
+		pthread_mutex_lock(&r->lock);
+		inflight_remove(r, &key);
+		pthread_cond_broadcast(&r->fetched);
+		pthread_mutex_unlock(&r->lock);
+		return -status_to_errno(st);
+	}
+	*eom_r = len < BLOCK;
+	store_block(r, &key, buf, len, *eom_r);
+	pthread_mutex_lock(&r->lock);
+out_done:
+	inflight_remove(r, &key);
+	pthread_cond_broadcast(&r->fetched);
+	pthread_mutex_unlock(&r->lock);
+	return (ssize_t)len;
+}
+
+/* ---- read-ahead --------------------------------------------------------------- */
+
+static void job_free(struct job *j)
+{
+	free(j->folder);
+	free(j->uids);
+	free(j->sizes);
+	free(j);
+}
+
+/* Queues a job (takes it), dropping it when the queue is full: read-ahead
+ * is an optimisation, and a stale job is worth less than a new one. */
+static void queue_job(struct msg_reader *r, struct job *j)
+{
+	pthread_mutex_lock(&r->lock);
+	if (r->stopping || r->queued >= QUEUE_MAX || r->n_workers == 0) {
+		pthread_mutex_unlock(&r->lock);
+		job_free(j);
+		return;
+	}
+	j->next = NULL;
+	*r->queue_tail = j;
+	r->queue_tail = &j->next;
+	r->queued++;
+	pthread_cond_signal(&r->work);
+	pthread_mutex_unlock(&r->lock);
+}
+
+struct heads_ctx {
+	struct msg_reader *r;
+	const struct job *job;
+};
+
+static void got_head(void *ctx, uint32_t uid, const void *data, size_t len)
+{
+	struct heads_ctx *hc = ctx;
+	struct msg_reader *r = hc->r;
+	struct block_key key = key_of(r, hc->job->folder,
+		hc->job->uidvalidity, uid, 0);
+
+	store_block(r, &key, data, len, len < BLOCK);
+	pthread_mutex_lock(&r->lock);
+	r->stats.prefetched++;
+	pthread_mutex_unlock(&r->lock);
+}
+
+static void run_heads_job(struct msg_reader *r, struct job *j)
+{
+	struct heads_ctx hc = { r, j };
+	struct block_key *keys = calloc(j->n ? j->n : 1, sizeof(*keys));
+	uint32_t *uids = calloc(j->n ? j->n : 1, sizeof(*uids));
+	enum backend_status st;
+	const char *error;
+	size_t n = 0;
+
+	if (!keys || !uids)
+		goto out_free;
+	/* Claim the heads nobody has or is fetching. */
+	for (size_t i = 0; i < j->n; i++) {
+		struct block_key key = key_of(r, j->folder, j->uidvalidity,
+			j->uids[i], 0);
+
+		if (r->cache && block_cache_contains(r->cache, &key))
+			continue;
+		pthread_mutex_lock(&r->lock);
+		if (!mem_find(r, &key) && !inflight_has(r, &key) &&
+		    inflight_add(r, &key)) {
+			keys[n] = key;
+			uids[n++] = j->uids[i];
+		}
+		pthread_mutex_unlock(&r->lock);
+	}
+	if (n == 0)
+		goto out_free;
+	st = r->be->ops->read_heads(r->be, j->folder, j->uidvalidity, uids, n,
+		BLOCK, got_head, &hc, &error);
+	if (st != BACKEND_OK)
+		log_debug("read-ahead in %s failed: %s", j->folder, error);
+	pthread_mutex_lock(&r->lock);
+	for (size_t i = 0; i < n; i++)
+		inflight_remove(r, &keys[i]);
+	pthread_cond_broadcast(&r->fetched);
+	pthread_mutex_unlock(&r->lock);
+out_free:
+	free(keys);
+	free(uids);
+}
+
+static void run_block_job(struct msg_reader *r, struct job *j)
+{
+	struct msg_ref ref = {
+		.folder = j->folder, .uidvalidity = j->uidvalidity,
+		.uid = j->uids[0], .size = j->sizes[0],
+	};
+	struct block_key key = key_of(r, j->folder, j->uidvalidity,
+		j->uids[0], j->index);
+	char *buf;
+	bool eom;
+
+	if (r->cache && block_cache_contains(r->cache, &key))
+		return;
+	buf = malloc(BLOCK);
+	if (!buf)
+		return;
+	if (get_block(r, &ref, j->index, buf, &eom) >= 0) {
+		pthread_mutex_lock(&r->lock);
+		r->stats.prefetched++;
+		pthread_mutex_unlock(&r->lock);
+	}
+	free(buf);
+}
+
+static void *worker_main(void *arg)
+{
+	struct msg_reader *r = arg;
+
+	pthread_mutex_lock(&r->lock);
+	for (;;) {
+		struct job *j;
+
+		while (!r->queue && !r->stopping)
+			pthread_cond_wait(&r->work, &r->lock);
+		if (r->stopping)
+			break;
+		j = r->queue;
+		r->queue = j->next;
+		if (!r->queue)
+			r->queue_tail = &r->queue;
+		r->queued--;
+		pthread_mutex_unlock(&r->lock);
+		if (j->n > 1 || j->index == UINT32_MAX)
+			run_heads_job(r, j);
+		else
+			run_block_job(r, j);
+		job_free(j);
+		pthread_mutex_lock(&r->lock);
+	}
+	pthread_mutex_unlock(&r->lock);
+	return NULL;
+}
+
+static struct job *job_new(const char *folder, uint32_t uidvalidity,
+	size_t n)
+{
+	struct job *j = calloc(1, sizeof(*j));
+
+	if (!j)
+		return NULL;
+	j->folder = strdup(folder);
+	j->uids = calloc(n ? n : 1, sizeof(*j->uids));
+	j->sizes = calloc(n ? n : 1, sizeof(*j->sizes));
+	if (!j->folder || !j->uids || !j->sizes) {
+		job_free(j);
+		return NULL;
+	}
+	j->uidvalidity = uidvalidity;
+	j->n = n;
+	return j;
+}
+
+void msg_reader_prefetch_heads(struct msg_reader *r, const char *folder,
+	uint32_t uidvalidity, const uint32_t *uids, const uint64_t *sizes,
+	size_t n)
+{
+	size_t i = 0;
+
+	if (!r->be->ops->read_heads)
+		return;
+	while (i < n) {
+		size_t start = i, bytes = 0;
+		struct job *j;
+
+		/* Batches bounded in count and in bytes: the whole answer of
+		 * one command is held in memory. */
+		while (i < n && i - start < HEADS_PER_BATCH &&
+		       (bytes == 0 || bytes + (sizes[i] < BLOCK ? sizes[i] :
+				BLOCK) <= HEADS_BYTES_PER_BATCH)) {
+			bytes += sizes[i] < BLOCK ? sizes[i] : BLOCK;
+			i++;
+		}
+		j = job_new(folder, uidvalidity, i - start);
+		if (!j)
+			return;
+		memcpy(j->uids, uids + start, (i - start) * sizeof(*uids));
+		memcpy(j->sizes, sizes + start, (i - start) * sizeof(*sizes));
+		j->index = UINT32_MAX;   /* marks a heads job */
+		queue_job(r, j);
+	}
+}
+
+static void prefetch_block(struct msg_reader *r, const struct msg_ref *ref,
+	uint32_t index)
+{
+	struct block_key key = key_of(r, ref->folder, ref->uidvalidity,
+		ref->uid, index);
+	struct job *j;
+	bool known;
+
+	if ((uint64_t)index * BLOCK >= ref->size)
+		return;
+	pthread_mutex_lock(&r->lock);
+	known = mem_find(r, &key) || inflight_has(r, &key);
+	pthread_mutex_unlock(&r->lock);
+	if (known || (r->cache && block_cache_contains(r->cache, &key)))
+		return;
+	j = job_new(ref->folder, ref->uidvalidity, 1);
+	if (!j)
+		return;
+	j->uids[0] = ref->uid;
+	j->sizes[0] = ref->size;
+	j->index = index;
+	queue_job(r, j);
+}
+
+/* ---- public ------------------------------------------------------------------- */
 
 struct msg_reader *msg_reader_new(struct backend *be,
 	struct block_cache *cache, const char *account)
@@ -27,57 +454,53 @@ struct msg_reader *msg_reader_new(struct backend *be,
 		free(r);
 		return NULL;
 	}
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_cond_init(&r->fetched, NULL);
+	pthread_cond_init(&r->work, NULL);
+	r->queue_tail = &r->queue;
+	for (int i = 0; i < WORKERS; i++)
+		if (pthread_create(&r->workers[r->n_workers], NULL,
+				worker_main, r) == 0)
+			r->n_workers++;
 	return r;
 }
 
-void msg_reader_free(struct msg_reader **reader)
+void msg_reader_free(struct msg_reader **rp)
 {
-	if (!*reader)
+	struct msg_reader *r = *rp;
+
+	if (!r)
 		return;
-	free((*reader)->account);
-	free(*reader);
-	*reader = NULL;
+	pthread_mutex_lock(&r->lock);
+	r->stopping = true;
+	pthread_cond_broadcast(&r->work);
+	pthread_mutex_unlock(&r->lock);
+	for (size_t i = 0; i < r->n_workers; i++)
+		pthread_join(r->workers[i], NULL);
+	while (r->queue) {
+		struct job *j = r->queue;
+
+		r->queue = j->next;
+		job_free(j);
+	}
+	while (r->inflight)
+		inflight_remove(r, &r->inflight->key);
+	for (int i = 0; i < MEM_BLOCKS; i++)
+		free(r->mem[i].data);
+	pthread_mutex_destroy(&r->lock);
+	pthread_cond_destroy(&r->fetched);
+	pthread_cond_destroy(&r->work);
+	free(r->account);
+	free(r);
+	*rp = NULL;
 }
 
-static int status_to_errno(enum backend_status st)
+void msg_reader_get_stats(struct msg_reader *r,
+	struct msg_reader_stats *stats_r)
 {
-	switch (st) {
-	case BACKEND_OK: return 0;
-	case BACKEND_NOT_FOUND: return ENOENT;
-	default: return EIO;
-	}
-}
-
-/* Gets block `index` into buf (BLOCK bytes of room): from the cache, or
- * from the server and then into the cache.  Returns its length or -errno;
- * *eom_r says whether the message ends in this block. */
-static ssize_t get_block(struct msg_reader *r, const struct msg_ref *ref,
-	uint32_t index, char *buf, bool *eom_r)
-{
-	struct block_key key = { 0, 0 };
-	enum backend_status st;
-	const char *error;
-	size_t len;
-
-	if (r->cache) {
-		key = block_key_make(r->account, ref->folder, ref->uidvalidity,
-			ref->uid, index);
-		if (block_cache_get(r->cache, &key, buf, BLOCK, &len, eom_r))
-			return (ssize_t)len;
-	}
-	st = r->be->ops->read_range(r->be, ref->folder, ref->uidvalidity,
-		ref->uid, (uint64_t)index * BLOCK, BLOCK, buf, &len, &error);
-	if (st != BACKEND_OK) {
-		log_debug("read of %s UID %u block %u failed: %s", ref->folder,
-			ref->uid, index, error);
-		return -status_to_errno(st);
-	}
-	/* Only a short block proves the end: the announced size may be
-	 * wrong, so a full block is never taken as the last one. */
-	*eom_r = len < BLOCK;
-	if (r->cache)
-		block_cache_put(r->cache, &key, buf, len, *eom_r);
-	return (ssize_t)len;
+	pthread_mutex_lock(&r->lock);
+	*stats_r = r->stats;
+	pthread_mutex_unlock(&r->lock);
 }
 
 ssize_t msg_reader_read(struct msg_reader *r, const struct msg_ref *ref,
@@ -85,6 +508,7 @@ ssize_t msg_reader_read(struct msg_reader *r, const struct msg_ref *ref,
 {
 	char *block = NULL;
 	size_t done = 0;
+	uint32_t last_index = 0;
 
 	*true_size_r = 0;
 	while (done < length) {
@@ -105,6 +529,7 @@ ssize_t msg_reader_read(struct msg_reader *r, const struct msg_ref *ref,
 			/* Bytes already copied are valid: return them. */
 			return done ? (ssize_t)done : len;
 		}
+		last_index = index;
 		if ((size_t)len <= in_block) {
 			*true_size_r = (uint64_t)index * BLOCK + len;
 			break;
@@ -120,5 +545,9 @@ ssize_t msg_reader_read(struct msg_reader *r, const struct msg_ref *ref,
 			break;
 	}
 	free(block);
+	/* Past the first part of a block, a reader going forward will want
+	 * the next one: fetch it while this one is being consumed. */
+	if (done > 0 && !*true_size_r && (offset + done) % BLOCK >= BLOCK / 4)
+		prefetch_block(r, ref, last_index + 1);
 	return (ssize_t)done;
 }
