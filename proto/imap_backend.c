@@ -57,6 +57,7 @@ static enum backend_status session_examine(struct imap_session *s,
 	if (r != MAILIMAP_NO_ERROR)
 		return command_failed(s, r, "EXAMINE", folder, error_r);
 	s->selected = strdup(folder);
+	s->selected_rw = false;
 	s->selected_uidvalidity = s->imap->imap_selection_info ?
 		s->imap->imap_selection_info->sel_uidvalidity : 0;
 	return BACKEND_OK;
@@ -469,6 +470,7 @@ static enum backend_status examine_state(struct imap_session *s,
 	state_r->exists = sel->sel_exists;
 	state_r->highestmodseq = modseq;
 	s->selected = strdup(folder);
+	s->selected_rw = false;
 	s->selected_uidvalidity = sel->sel_uidvalidity;
 	return BACKEND_OK;
 }
@@ -816,6 +818,404 @@ out_put:
 	return st;
 }
 
+/* ---- the write half ------------------------------------------------------ */
+
+/* Opens `folder` read-write (reading with BODY.PEEK still never sets
+ * \Seen) and checks it is still the folder the caller knows. */
+static enum backend_status session_select_rw(struct imap_session *s,
+	const char *folder, uint32_t uidvalidity, const char **error_r)
+{
+	int r;
+
+	if (!s->selected || strcmp(s->selected, folder) != 0 ||
+	    !s->selected_rw) {
+		free(s->selected);
+		s->selected = NULL;
+		r = mailimap_select(s->imap, folder);
+		if (r != MAILIMAP_NO_ERROR)
+			return command_failed(s, r, "SELECT", folder, error_r);
+		s->selected = strdup(folder);
+		s->selected_rw = true;
+		s->selected_uidvalidity = s->imap->imap_selection_info ?
+			s->imap->imap_selection_info->sel_uidvalidity : 0;
+	}
+	if (uidvalidity && s->selected_uidvalidity != uidvalidity) {
+		*error_r = errfmt("folder %s was recreated on the server",
+			folder);
+		return BACKEND_NOT_FOUND;
+	}
+	return BACKEND_OK;
+}
+
+/* An IMAP atom may carry these; anything else is refused rather than
+ * sent (RFC 3501 atom-specials, plus controls and 8-bit). */
+static bool flag_atom_ok(const char *f, size_t len)
+{
+	if (len == 0)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)f[i];
+
+		if (c <= 0x20 || c >= 0x7f || strchr("(){%*\"]", c) ||
+		    (c == '\\' && i > 0))
+			return false;
+	}
+	return true;
+}
+
+/* Parses "\\Seen \\Flagged $Label" into a libetpan flag list; \Recent is
+ * dropped (the server owns it).  NULL with *error_r on a bad flag. */
+static struct mailimap_flag_list *parse_flag_list(const char *flags,
+	const char **error_r)
+{
+	struct mailimap_flag_list *fl = mailimap_flag_list_new_empty();
+	const char *p = flags ? flags : "";
+
+	while (fl && *p) {
+		size_t len;
+		struct mailimap_flag *f = NULL;
+
+		p += strspn(p, " \t\r\n");
+		len = strcspn(p, " \t\r\n");
+		if (!len)
+			break;
+		if (!flag_atom_ok(p, len)) {
+			*error_r = errfmt("invalid flag '%.*s'", (int)len, p);
+			mailimap_flag_list_free(fl);
+			return NULL;
+		}
+		if (p[0] == '\\') {
+			static const struct {
+				const char *name;
+				struct mailimap_flag *(*make)(void);
+			} sys[] = {
+				{ "\\Seen", mailimap_flag_new_seen },
+				{ "\\Answered", mailimap_flag_new_answered },
+				{ "\\Flagged", mailimap_flag_new_flagged },
+				{ "\\Deleted", mailimap_flag_new_deleted },
+				{ "\\Draft", mailimap_flag_new_draft },
+			};
+			for (size_t i = 0; i < sizeof(sys) / sizeof(*sys); i++)
+				if (strlen(sys[i].name) == len &&
+				    strncasecmp(sys[i].name, p, len) == 0)
+					f = sys[i].make();
+			if (!f && !(len == 7 && strncasecmp(p, "\\Recent", 7) == 0))
+				f = mailimap_flag_new_flag_extension(
+					strndup(p + 1, len - 1));
+		} else {
+			f = mailimap_flag_new_flag_keyword(strndup(p, len));
+		}
+		if (f)
+			mailimap_flag_list_add(fl, f);
+		p += len;
+	}
+	if (!fl)
+		*error_r = "out of memory";
+	return fl;
+}
+
+static enum backend_status store_deleted(struct imap_session *s,
+	uint32_t uid, bool on, const char *folder, const char **error_r)
+{
+	struct mailimap_flag_list *fl = mailimap_flag_list_new_empty();
+	struct mailimap_store_att_flags *att;
+	struct mailimap_set *set = mailimap_set_new_single(uid);
+	int r;
+
+	mailimap_flag_list_add(fl, mailimap_flag_new_deleted());
+	att = on ? mailimap_store_att_flags_new_add_flags_silent(fl) :
+		mailimap_store_att_flags_new_remove_flags_silent(fl);
+	r = mailimap_uid_store(s->imap, set, att);
+	mailimap_store_att_flags_free(att);
+	mailimap_set_free(set);
+	if (r != MAILIMAP_NO_ERROR)
+		return command_failed(s, r, "UID STORE in", folder, error_r);
+	return BACKEND_OK;
+}
+
+/* \Deleted + UID EXPUNGE of exactly one UID; undoes the flag when the
+ * expunge fails so nothing is left half-deleted. */
+static enum backend_status expunge_one(struct imap_session *s,
+	const char *folder, uint32_t uid, const char **error_r)
+{
+	struct mailimap_set *set;
+	enum backend_status st;
+	const char *ignored;
+	int r;
+
+	st = store_deleted(s, uid, true, folder, error_r);
+	if (st != BACKEND_OK)
+		return st;
+	set = mailimap_set_new_single(uid);
+	r = mailimap_uid_expunge(s->imap, set);
+	mailimap_set_free(set);
+	if (r != MAILIMAP_NO_ERROR) {
+		st = command_failed(s, r, "UID EXPUNGE in", folder, error_r);
+		if (!s->broken)
+			store_deleted(s, uid, false, folder, &ignored);
+	}
+	return st;
+}
+
+static uint32_t first_uid_of(struct mailimap_set *set)
+{
+	clistiter *it;
+
+	if (!set)
+		return 0;
+	it = clist_begin(set->set_list);
+	if (!it)
+		return 0;
+	return ((struct mailimap_set_item *)clist_content(it))->set_first;
+}
+
+/* UID MOVE, or with only UIDPLUS: UID COPY + \Deleted + UID EXPUNGE. */
+static enum backend_status move_one(struct imap_session *s, const char *from,
+	uint32_t uid, const char *to, uint32_t *new_uid_r,
+	const char **error_r)
+{
+	struct mailimap_set *set = mailimap_set_new_single(uid);
+	struct mailimap_set *src = NULL, *dst = NULL;
+	enum backend_status st = BACKEND_OK;
+	uint32_t validity = 0;
+	int r;
+
+	*new_uid_r = 0;
+	if (s->caps.move) {
+		if (s->caps.uidplus)
+			r = mailimap_uidplus_uid_move(s->imap, set, to,
+				&validity, &src, &dst);
+		else
+			r = mailimap_uid_move(s->imap, set, to);
+		if (r != MAILIMAP_NO_ERROR)
+			st = command_failed(s, r, "UID MOVE to", to, error_r);
+	} else if (s->caps.uidplus) {
+		r = mailimap_uidplus_uid_copy(s->imap, set, to, &validity,
+			&src, &dst);
+		if (r != MAILIMAP_NO_ERROR)
+			st = command_failed(s, r, "UID COPY to", to, error_r);
+		else
+			st = expunge_one(s, from, uid, error_r);
+	} else {
+		st = BACKEND_UNSUPPORTED;
+		*error_r = "the server offers neither MOVE nor UIDPLUS: "
+			"refusing to move (a plain EXPUNGE could remove other "
+			"messages)";
+	}
+	if (st == BACKEND_OK)
+		*new_uid_r = first_uid_of(dst);
+	mailimap_set_free(set);
+	if (src)
+		mailimap_set_free(src);
+	if (dst)
+		mailimap_set_free(dst);
+	return st;
+}
+
+static enum backend_status imap_expunge(struct backend *be,
+	const char *folder, uint32_t uidvalidity, uint32_t uid,
+	const char *trash, const char **error_r)
+{
+	struct imap_backend *ib = to_imap(be);
+	struct imap_session *s;
+	enum backend_status st;
+	uint32_t new_uid;
+
+	st = imap_pool_get(ib->pool, &s, error_r);
+	if (st != BACKEND_OK)
+		return st;
+	st = session_select_rw(s, folder, uidvalidity, error_r);
+	if (st != BACKEND_OK)
+		goto out_put;
+	if (trash && strcmp(trash, folder) != 0) {
+		st = move_one(s, folder, uid, trash, &new_uid, error_r);
+	} else if (s->caps.uidplus) {
+		st = expunge_one(s, folder, uid, error_r);
+	} else {
+		st = BACKEND_UNSUPPORTED;
+		*error_r = "the server offers no UIDPLUS: refusing to delete "
+			"(a plain EXPUNGE would also remove messages others "
+			"marked \\Deleted); use -o trash=FOLDER";
+	}
+out_put:
+	imap_pool_put(ib->pool, &s);
+	return st;
+}
+
+static enum backend_status imap_move(struct backend *be, const char *from,
+	uint32_t uidvalidity, uint32_t uid, const char *to,
+	uint32_t *new_uid_r, const char **error_r)
+{
+	struct imap_backend *ib = to_imap(be);
+	struct imap_session *s;
+	enum backend_status st;
+
+	st = imap_pool_get(ib->pool, &s, error_r);
+	if (st != BACKEND_OK)
+		return st;
+	st = session_select_rw(s, from, uidvalidity, error_r);
+	if (st == BACKEND_OK)
+		st = move_one(s, from, uid, to, new_uid_r, error_r);
+	imap_pool_put(ib->pool, &s);
+	return st;
+}
+
+static enum backend_status imap_append(struct backend *be,
+	const char *folder, const void *data, size_t len, const char *flags,
+	int64_t internaldate, uint32_t *new_uid_r, const char **error_r)
+{
+	struct imap_backend *ib = to_imap(be);
+	struct mailimap_date_time *dt = NULL;
+	struct mailimap_flag_list *fl;
+	struct imap_session *s;
+	enum backend_status st;
+	uint32_t validity = 0;
+	int r;
+
+	*new_uid_r = 0;
+	fl = parse_flag_list(flags, error_r);
+	if (!fl)
+		return BACKEND_INVALID;
+	if (internaldate >= 0) {
+		time_t t = (time_t)internaldate;
+		struct tm tm;
+
+		gmtime_r(&t, &tm);
+		dt = mailimap_date_time_new(tm.tm_mday, tm.tm_mon + 1,
+			tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec, 0);
+	}
+	st = imap_pool_get(ib->pool, &s, error_r);
+	if (st != BACKEND_OK)
+		goto out_free;
+	if (s->caps.uidplus)
+		r = mailimap_uidplus_append(s->imap, folder, fl, dt, data, len,
+			&validity, new_uid_r);
+	else
+		r = mailimap_append(s->imap, folder, fl, dt, data, len);
+	if (r != MAILIMAP_NO_ERROR)
+		st = command_failed(s, r, "APPEND to", folder, error_r);
+	imap_pool_put(ib->pool, &s);
+out_free:
+	mailimap_flag_list_free(fl);
+	if (dt)
+		mailimap_date_time_free(dt);
+	return st;
+}
+
+static enum backend_status imap_set_flags(struct backend *be,
+	const char *folder, uint32_t uidvalidity, uint32_t uid,
+	const char *flags, const char **error_r)
+{
+	struct imap_backend *ib = to_imap(be);
+	struct mailimap_store_att_flags *att;
+	struct mailimap_flag_list *fl;
+	struct mailimap_set *set;
+	struct imap_session *s;
+	enum backend_status st;
+	int r;
+
+	fl = parse_flag_list(flags, error_r);
+	if (!fl)
+		return BACKEND_INVALID;
+	st = imap_pool_get(ib->pool, &s, error_r);
+	if (st != BACKEND_OK) {
+		mailimap_flag_list_free(fl);
+		return st;
+	}
+	att = mailimap_store_att_flags_new_set_flags_silent(fl);
+	st = session_select_rw(s, folder, uidvalidity, error_r);
+	if (st == BACKEND_OK) {
+		set = mailimap_set_new_single(uid);
+		r = mailimap_uid_store(s->imap, set, att);
+		mailimap_set_free(set);
+		if (r != MAILIMAP_NO_ERROR)
+			st = command_failed(s, r, "UID STORE in", folder,
+				error_r);
+	}
+	mailimap_store_att_flags_free(att);
+	imap_pool_put(ib->pool, &s);
+	return st;
+}
+
+/* Runs one folder command that needs no selected folder. */
+static enum backend_status folder_command(struct backend *be,
+	const char *verb, const char *a, const char *b, const char **error_r)
+{
+	struct imap_backend *ib = to_imap(be);
+	struct imap_session *s;
+	enum backend_status st;
+	int r;
+
+	st = imap_pool_get(ib->pool, &s, error_r);
+	if (st != BACKEND_OK)
+		return st;
+	/* A folder being deleted or renamed must not stay selected.  Never
+	 * CLOSE: it expunges every \Deleted message.  Selecting another
+	 * folder read-only deselects without expunging (RFC 3501). */
+	if (s->selected && strncmp(s->selected, a, strlen(a)) == 0) {
+		const char *ignored;
+
+		session_examine(s, "INBOX", true, &ignored);
+		free(s->selected);
+		s->selected = NULL;
+	}
+	if (strcmp(verb, "CREATE") == 0)
+		r = mailimap_create(s->imap, a);
+	else if (strcmp(verb, "DELETE") == 0)
+		r = mailimap_delete(s->imap, a);
+	else
+		r = mailimap_rename(s->imap, a, b);
+	if (r != MAILIMAP_NO_ERROR)
+		st = command_failed(s, r, verb, a, error_r);
+	imap_pool_put(ib->pool, &s);
+	return st;
+}
+
+static enum backend_status imap_create_folder(struct backend *be,
+	const char *name, const char **error_r)
+{
+	return folder_command(be, "CREATE", name, NULL, error_r);
+}
+
+static enum backend_status imap_delete_folder(struct backend *be,
+	const char *name, const char **error_r)
+{
+	return folder_command(be, "DELETE", name, NULL, error_r);
+}
+
+static enum backend_status imap_rename_folder(struct backend *be,
+	const char *from, const char *to, const char **error_r)
+{
+	return folder_command(be, "RENAME", from, to, error_r);
+}
+
+static char *imap_encode_name(struct backend *be, const char *raw_parent,
+	const char *name, const char **error_r)
+{
+	char *enc, *out = NULL;
+
+	if (!*name || strpbrk(name, "\r\n") ||
+	    (be->delimiter && strchr(name, be->delimiter))) {
+		*error_r = errfmt("folder name '%s' cannot be sent: it is "
+			"empty or contains a line break or the hierarchy "
+			"delimiter '%c'", name, be->delimiter);
+		return NULL;
+	}
+	enc = mutf7_encode(name);
+	if (!enc) {
+		*error_r = "folder name is not valid UTF-8";
+		return NULL;
+	}
+	if (!raw_parent)
+		return enc;
+	if (asprintf(&out, "%s%c%s", raw_parent, be->delimiter, enc) < 0)
+		out = NULL;
+	free(enc);
+	if (!out)
+		*error_r = "out of memory";
+	return out;
+}
+
 static void imap_destroy(struct backend *be)
 {
 	struct imap_backend *ib = to_imap(be);
@@ -830,6 +1230,14 @@ static const struct backend_ops imap_backend_ops = {
 	.resync_messages = imap_resync_messages,
 	.read_range = imap_read_range,
 	.read_heads = imap_read_heads,
+	.expunge = imap_expunge,
+	.move = imap_move,
+	.append = imap_append,
+	.set_flags = imap_set_flags,
+	.create_folder = imap_create_folder,
+	.delete_folder = imap_delete_folder,
+	.rename_folder = imap_rename_folder,
+	.encode_name = imap_encode_name,
 	.destroy = imap_destroy,
 };
 

@@ -43,6 +43,7 @@ struct imap_session {
 	char delimiter;         /* from LIST "" "", 0 if flat/unknown */
 	char *selected;         /* raw name of the selected folder or NULL; owned */
 	uint32_t selected_uidvalidity;
+	bool selected_rw;       /* SELECT (read-write) rather than EXAMINE */
 	bool broken;            /* a network error happened: do not reuse */
 	const struct imap_endpoint *ep;  /* borrowed from imap_session_open */
 	char text[256];         /* imap_session_last_text(), sanitised */

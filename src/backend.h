@@ -120,6 +120,57 @@ struct backend_ops {
 			size_t len),
 		void *ctx, const char **error_r);
 
+	/* ---- the write half; a read-only backend leaves these NULL ---- */
+
+	/* Removes exactly one message: \Deleted + UID EXPUNGE (UIDPLUS), or
+	 * UID MOVE to trash_folder when that is non-NULL.  Never a plain
+	 * EXPUNGE, which would also remove messages others marked \Deleted:
+	 * BACKEND_UNSUPPORTED when the server cannot do it safely. */
+	enum backend_status (*expunge)(struct backend *be,
+		const char *raw_folder, uint32_t uidvalidity, uint32_t uid,
+		const char *trash_folder, const char **error_r);
+
+	/* Moves one message: UID MOVE, else UID COPY + \Deleted + UID
+	 * EXPUNGE.  On failure the source is intact.  *new_uid_r is its UID in
+	 * the target (0 if the server did not say). */
+	enum backend_status (*move)(struct backend *be, const char *raw_from,
+		uint32_t uidvalidity, uint32_t uid, const char *raw_to,
+		uint32_t *new_uid_r, const char **error_r);
+
+	/* Appends a message with flags (space-separated, may be "") and an
+	 * INTERNALDATE (seconds since the epoch; < 0: the server's now).
+	 * *new_uid_r is its UID (0 if the server did not say). */
+	enum backend_status (*append)(struct backend *be, const char *raw_folder,
+		const void *data, size_t len, const char *flags,
+		int64_t internaldate, uint32_t *new_uid_r, const char **error_r);
+
+	/* Replaces a message's flags (keywords included; \Recent ignored). */
+	enum backend_status (*set_flags)(struct backend *be,
+		const char *raw_folder, uint32_t uidvalidity, uint32_t uid,
+		const char *flags, const char **error_r);
+
+	/* Folder management.  Names are raw server names; building them from
+	 * file names (encoding, delimiter) is backend_encode_name's job. */
+	enum backend_status (*create_folder)(struct backend *be,
+		const char *raw_name, const char **error_r);
+	enum backend_status (*delete_folder)(struct backend *be,
+		const char *raw_name, const char **error_r);
+	enum backend_status (*rename_folder)(struct backend *be,
+		const char *raw_from, const char *raw_to, const char **error_r);
+
+	/* Builds the raw server name of a child `name` (UTF-8, one level) of
+	 * raw_parent (NULL: top level).  Returns a malloc'd string, or NULL
+	 * with *error_r set when the name cannot be sent safely (CR, LF, NUL,
+	 * the hierarchy delimiter, invalid UTF-8). */
+	char *(*encode_name)(struct backend *be, const char *raw_parent,
+		const char *name, const char **error_r);
+
+	/* Blocks until something may have changed in raw_folder (IMAP IDLE)
+	 * or max_wait_s passed; for a change-watching thread.  Returns
+	 * BACKEND_OK in both cases. */
+	enum backend_status (*wait_changes)(struct backend *be,
+		const char *raw_folder, int max_wait_s, const char **error_r);
+
 	/* Releases the backend and its sessions. */
 	void (*destroy)(struct backend *be);
 };
