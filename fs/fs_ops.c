@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
 #include "fs/fs_ops.h"
 #include "src/block_cache.h"
@@ -95,26 +96,123 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	int to_set, struct fuse_file_info *fi)
 {
-	/* Messages on the server are immutable. */
-	fuse_reply_err(req, EPERM);
+	struct stat st;
+	int r = fs_tree_setattr_staged(tree_of(req), ino, attr, to_set, &st);
+
+	if (r == 0) {
+		fuse_reply_attr(req, &st, 0);
+		return;
+	}
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	/* A message on the server never changes.  Setting what it already
+	 * has (times and mode, as cp -a and rsync -a do) is not a change. */
+	double timeout;
+	if (fs_tree_getattr(tree_of(req), ino, &st, &timeout) < 0) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if ((to_set & FUSE_SET_ATTR_SIZE) ||
+	    ((to_set & FUSE_SET_ATTR_MTIME) && attr->st_mtime != st.st_mtime) ||
+	    (to_set & FUSE_SET_ATTR_MTIME_NOW)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	fuse_reply_attr(req, &st, timeout);
+}
+
+/* File handles: 0 for a message on the server (no state at all), fd + 1
+ * for a staged file being copied in. */
+static int fh_fd(const struct fuse_file_info *fi)
+{
+	return fi->fh ? (int)fi->fh - 1 : -1;
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	int r = fs_tree_check_message(tree_of(req), ino);
+	int fd, r = fs_tree_open_staged(tree_of(req), ino, fi->flags, &fd);
 
+	if (r == 0) {
+		fi->fh = (uint64_t)fd + 1;
+		fi->direct_io = 1;   /* its content is still changing */
+		fuse_reply_open(req, fi);
+		return;
+	}
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	r = fs_tree_check_message(tree_of(req), ino);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		return;
 	}
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		/* Messages on an IMAP server are immutable. */
 		fuse_reply_err(req, EPERM);
 		return;
 	}
 	/* Content never changes for a given inode: keep the page cache. */
+	fi->fh = 0;
 	fi->keep_cache = 1;
 	fi->noflush = 1;
 	fuse_reply_open(req, fi);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+	mode_t mode, struct fuse_file_info *fi)
+{
+	struct fuse_entry_param e;
+	int fd, r = fs_tree_create(tree_of(req), parent, name, &e, &fd);
+
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	fi->fh = (uint64_t)fd + 1;
+	fi->direct_io = 1;
+	if (fuse_reply_create(req, &e, fi) != 0) {
+		close(fd);
+		fs_tree_release_staged(tree_of(req), e.ino);
+	}
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+	size_t size, off_t off, struct fuse_file_info *fi)
+{
+	int fd = fh_fd(fi);
+	ssize_t n;
+
+	if (fd < 0) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	n = pwrite(fd, buf, size, off);
+	if (n < 0) {
+		fuse_reply_err(req, errno);
+		return;
+	}
+	fs_tree_wrote_staged(tree_of(req), ino, (uint64_t)off + n);
+	fuse_reply_write(req, (size_t)n);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+	struct fuse_file_info *fi)
+{
+	int fd = fh_fd(fi);
+
+	if (fd >= 0 && (datasync ? fdatasync(fd) : fsync(fd)) < 0) {
+		fuse_reply_err(req, errno);
+		return;
+	}
+	fuse_reply_err(req, 0);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, 0);
 }
 
 static void *notify_size_thread(void *arg)
@@ -142,10 +240,20 @@ static void notify_size_changed(fuse_ino_t ino)
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	struct fuse_file_info *fi)
 {
-	bool size_changed;
+	bool size_changed = false;
 	char *buf = malloc(size ? size : 1);
 	ssize_t got;
+	int fd = fh_fd(fi);
 
+	if (buf && fd >= 0) {
+		got = pread(fd, buf, size, off);
+		if (got < 0)
+			fuse_reply_err(req, errno);
+		else
+			fuse_reply_buf(req, buf, (size_t)got);
+		free(buf);
+		return;
+	}
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;
@@ -164,6 +272,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void op_release(fuse_req_t req, fuse_ino_t ino,
 	struct fuse_file_info *fi)
 {
+	int fd = fh_fd(fi);
+
+	if (fd >= 0) {
+		close(fd);
+		fs_tree_release_staged(tree_of(req), ino);
+	}
 	fuse_reply_err(req, 0);
 }
 
@@ -292,7 +406,8 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	const char *value, size_t size, int flags)
 {
-	fuse_reply_err(req, EPERM);
+	fuse_reply_err(req, -fs_tree_setxattr(tree_of(req), ino, name, value,
+		size));
 }
 
 static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
@@ -311,34 +426,40 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_statfs(req, &sv);
 }
 
-/* Until the write path exists every change is refused the same way. */
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 	mode_t mode)
 {
-	fuse_reply_err(req, EROFS);
+	struct fuse_entry_param e;
+	int r = fs_tree_mkdir(tree_of(req), parent, name, &e);
+
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		fuse_reply_entry(req, &e);
 }
 
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	fuse_reply_err(req, EROFS);
+	fuse_reply_err(req, -fs_tree_unlink(tree_of(req), parent, name));
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	fuse_reply_err(req, -fs_tree_rmdir(tree_of(req), parent, name));
 }
 
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 	fuse_ino_t newparent, const char *newname, unsigned int flags)
 {
-	fuse_reply_err(req, EROFS);
-}
-
-static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
-	mode_t mode, struct fuse_file_info *fi)
-{
-	fuse_reply_err(req, EROFS);
+	fuse_reply_err(req, -fs_tree_rename(tree_of(req), parent, name,
+		newparent, newname, flags));
 }
 
 static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 	mode_t mode, dev_t rdev)
 {
-	fuse_reply_err(req, EROFS);
+	/* Only regular files can become messages (through create). */
+	fuse_reply_err(req, EPERM);
 }
 
 const struct fuse_lowlevel_ops fs_ops = {
@@ -361,9 +482,12 @@ const struct fuse_lowlevel_ops fs_ops = {
 	.removexattr = op_removexattr,
 	.statfs = op_statfs,
 	.mkdir = op_mkdir,
-	.rmdir = op_unlink,
+	.rmdir = op_rmdir,
 	.unlink = op_unlink,
 	.rename = op_rename,
 	.create = op_create,
+	.write = op_write,
+	.flush = op_flush,
+	.fsync = op_fsync,
 	.mknod = op_mknod,
 };

@@ -8,86 +8,13 @@
 #define XXH_STATIC_LINKING_ONLY  /* XXH3_state_t on the stack */
 #include <xxhash.h>
 
-#include "fs/fs_tree.h"
+#include "fs/fs_tree_priv.h"
 #include "fs/msg_name.h"
 #include "src/errfmt.h"
 #include "src/log.h"
 #include "src/meta_cache.h"
 
-/* Message files never change: let the kernel keep what it learned. */
-#define MSG_TIMEOUT 3600.0
-/* Directories change as mail arrives. */
-#define DIR_TIMEOUT 1.0
-
-struct node {
-	fuse_ino_t ino;
-	struct node *hnext;     /* hash chain */
-	bool is_dir;
-	bool attached;          /* reachable from the root */
-	uint64_t nlookup;       /* kernel references */
-	char *name;
-	struct node *parent;    /* valid while attached */
-
-	/* directories */
-	char *raw;              /* server folder name; NULL if none */
-	bool selectable;
-	struct node **dirs;
-	size_t n_dirs;
-	struct node **msgs;     /* sorted by name */
-	size_t n_msgs;
-	bool msgs_loaded;
-	bool loading;
-	time_t loaded_at;       /* monotonic; 0: from the metadata cache */
-	uint32_t uidvalidity;
-	struct backend_message *listing;  /* last listing, UID order; owned */
-	size_t n_listing;
-	struct backend_folder_state state;
-	size_t last_read;       /* index+1 of the message last read from 0 */
-	size_t prefetched_upto; /* read-ahead queued up to this index */
-	bool seen;              /* scratch for folder-list merges */
-	unsigned pins;          /* in use by a refresh: do not free */
-
-	/* messages */
-	char *folder_raw;       /* copy: the node may outlive its folder */
-	uint32_t msg_uidvalidity;
-	uint32_t uid;
-	uint64_t size;
-	int64_t mtime;
-	char *flags;
-};
-
-struct fs_tree {
-	pthread_mutex_t lock;
-	pthread_cond_t loaded;
-	struct backend *be;
-	struct msg_reader *reader;
-	unsigned refresh_s;
-	time_t start_time;
-	uid_t uid;
-	gid_t gid;
-	struct node *root;
-	struct node **buckets;
-	size_t n_buckets;
-	size_t n_nodes;
-	struct meta_cache *meta;          /* may be NULL */
-	unsigned n_workers;               /* background refreshes running */
-	pthread_cond_t workers_done;
-	char *(*stats_hook)(void *ctx);
-	void *stats_ctx;
-	void (*inval_hook)(void *ctx, fuse_ino_t parent, const char *name);
-	void *inval_ctx;
-};
-
-/* Entries the kernel may have cached that no longer exist. */
-struct inval_list {
-	size_t n, cap;
-	struct inval_item {
-		fuse_ino_t parent;
-		char *name;
-	} *items;
-};
-
-static time_t monotonic_now(void)
+time_t tree_now(void)
 {
 	struct timespec ts;
 
@@ -103,12 +30,12 @@ static fuse_ino_t ino_fix(uint64_t h)
 	return h <= FUSE_ROOT_ID ? h + 2 : h;
 }
 
-static fuse_ino_t dir_ino(const char *path)
+fuse_ino_t tree_dir_ino(const char *path)
 {
 	return ino_fix(XXH3_64bits_withSeed(path, strlen(path), 0x646972));
 }
 
-static fuse_ino_t msg_ino(const char *folder, uint32_t uidvalidity,
+fuse_ino_t tree_msg_ino(const char *folder, uint32_t uidvalidity,
 	uint32_t uid)
 {
 	XXH3_state_t st;
@@ -120,7 +47,7 @@ static fuse_ino_t msg_ino(const char *folder, uint32_t uidvalidity,
 	return ino_fix(XXH3_64bits_digest(&st));
 }
 
-static struct node *hash_find(struct fs_tree *t, fuse_ino_t ino)
+struct node *tree_find(struct fs_tree *t, fuse_ino_t ino)
 {
 	struct node *n;
 
@@ -151,7 +78,7 @@ static void hash_grow(struct fs_tree *t)
 	t->n_buckets = nb;
 }
 
-static void hash_add(struct fs_tree *t, struct node *n)
+void tree_hash_add(struct fs_tree *t, struct node *n)
 {
 	struct node **b;
 
@@ -163,7 +90,7 @@ static void hash_add(struct fs_tree *t, struct node *n)
 	t->n_nodes++;
 }
 
-static void hash_remove(struct fs_tree *t, struct node *n)
+void tree_hash_remove(struct fs_tree *t, struct node *n)
 {
 	struct node **p = &t->buckets[n->ino & (t->n_buckets - 1)];
 
@@ -175,7 +102,7 @@ static void hash_remove(struct fs_tree *t, struct node *n)
 		}
 }
 
-static void node_free(struct node *n)
+void tree_node_free(struct node *n)
 {
 	free(n->name);
 	free(n->raw);
@@ -184,24 +111,27 @@ static void node_free(struct node *n)
 	free(n->folder_raw);
 	free(n->flags);
 	backend_messages_free(&n->listing, n->n_listing);
+	free(n->staged);
+	free(n->prev_dirs);
+	free(n->stage_path);
 	free(n);
 }
 
 /* Frees a node nobody can reach any more. */
-static void maybe_free(struct fs_tree *t, struct node *n)
+void tree_maybe_free(struct fs_tree *t, struct node *n)
 {
 	if (n->attached || n->nlookup > 0 || n->loading || n->pins ||
 	    n == t->root)
 		return;
-	hash_remove(t, n);
-	node_free(n);
+	tree_hash_remove(t, n);
+	tree_node_free(n);
 }
 
-static void detach_messages(struct fs_tree *t, struct node *dir)
+void tree_detach_messages(struct fs_tree *t, struct node *dir)
 {
 	for (size_t i = 0; i < dir->n_msgs; i++) {
 		dir->msgs[i]->attached = false;
-		maybe_free(t, dir->msgs[i]);
+		tree_maybe_free(t, dir->msgs[i]);
 	}
 	free(dir->msgs);
 	dir->msgs = NULL;
@@ -244,7 +174,7 @@ struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
 	t->root->attached = true;
 	t->root->name = strdup("");
 	t->root->msgs_loaded = true;
-	hash_add(t, t->root);
+	tree_hash_add(t, t->root);
 	return t;
 }
 
@@ -254,6 +184,7 @@ void fs_tree_free(struct fs_tree **tp)
 
 	if (!t)
 		return;
+	stage_stop(t);
 	/* Background refreshes hold pointers into the tree; each is bounded
 	 * by the network timeout. */
 	pthread_mutex_lock(&t->lock);
@@ -265,15 +196,27 @@ void fs_tree_free(struct fs_tree **tp)
 
 		for (; n; n = next) {
 			next = n->hnext;
-			node_free(n);
+			tree_node_free(n);
 		}
 	}
 	free(t->buckets);
 	pthread_mutex_destroy(&t->lock);
 	pthread_cond_destroy(&t->loaded);
 	pthread_cond_destroy(&t->workers_done);
+	free(t->trash);
+	free(t->stage_dir);
 	free(t);
 	*tp = NULL;
+}
+
+int fs_tree_enable_writes(struct fs_tree *t, const char *trash,
+	const char *stage_dir)
+{
+	t->trash = trash ? strdup(trash) : NULL;
+	t->stage_dir = strdup(stage_dir);
+	if (!t->stage_dir || (trash && !t->trash))
+		return -ENOMEM;
+	return stage_start(t);
 }
 
 void fs_tree_set_inval_hook(struct fs_tree *t,
@@ -298,7 +241,9 @@ struct want_dir {
 	char *name;       /* last component */
 	char *raw;        /* server name, NULL for an implied parent */
 	bool selectable;
+	bool real;        /* listed by the server (not only implied) */
 	size_t depth;
+	struct node *node;
 };
 
 static int want_cmp(const void *a, const void *b)
@@ -331,8 +276,26 @@ static void want_free(struct want_dir *w, size_t n)
 
 /* Turns the server's folders (and the parents they imply) into a list of
  * directories, parents before children. */
+/* The raw name of the first `levels` levels of raw (a parent implied by a
+ * deeper folder), or NULL. */
+static char *raw_prefix(const char *raw, char delim, size_t levels)
+{
+	const char *p = raw;
+
+	if (!delim)
+		return NULL;
+	for (size_t i = 0; i < levels; i++) {
+		p = strchr(p, delim);
+		if (!p)
+			return NULL;
+		if (i + 1 < levels)
+			p++;
+	}
+	return strndup(raw, p - raw);
+}
+
 static struct want_dir *folders_to_dirs(const struct backend_folder *f,
-	size_t nf, size_t *count_r)
+	size_t nf, char delim, size_t *count_r)
 {
 	size_t cap = 16, n = 0;
 	struct want_dir *w = calloc(cap, sizeof(*w));
@@ -377,9 +340,13 @@ static struct want_dir *folders_to_dirs(const struct backend_folder *f,
 				name = NULL;
 			}
 			free(name);
-			if (last && !d->raw) {
+			if (last && !d->real) {
+				free(d->raw);
 				d->raw = strdup(f[i].raw_name);
 				d->selectable = !f[i].noselect;
+				d->real = true;
+			} else if (!last && !d->raw) {
+				d->raw = raw_prefix(f[i].raw_name, delim, j + 1);
 			}
 		}
 	}
@@ -408,7 +375,7 @@ static void collect_dirs(struct node *d, struct node ***all, size_t *n,
 		collect_dirs(d->dirs[i], all, n, cap);
 }
 
-static int add_child_dir(struct node *parent, struct node *child)
+int tree_add_child_dir(struct node *parent, struct node *child)
 {
 	struct node **nd = realloc(parent->dirs,
 		(parent->n_dirs + 1) * sizeof(*nd));
@@ -424,14 +391,14 @@ static int add_child_dir(struct node *parent, struct node *child)
 static void preload_cached_listings(struct fs_tree *t);
 
 /* Rebuilds the directory tree from a folder list (borrowed). */
-static int install_folders(struct fs_tree *t,
+int tree_install_folders(struct fs_tree *t,
 	const struct backend_folder *folders, size_t nf, const char **error_r)
 {
 	struct node **old = NULL;
 	struct want_dir *want;
 	size_t nw = 0, n_old = 0, cap_old = 0;
 
-	want = folders_to_dirs(folders, nf, &nw);
+	want = folders_to_dirs(folders, nf, t->be->delimiter, &nw);
 	if (!want) {
 		*error_r = "out of memory";
 		return -ENOMEM;
@@ -439,56 +406,76 @@ static int install_folders(struct fs_tree *t,
 
 	pthread_mutex_lock(&t->lock);
 	collect_dirs(t->root, &old, &n_old, &cap_old);
+	/* Children are matched by name under their parent, so a directory
+	 * keeps its node (and inode number) across renames and refreshes. */
 	for (size_t i = 0; i < n_old; i++) {
 		old[i]->seen = false;
-		free(old[i]->dirs);
+		free(old[i]->prev_dirs);
+		old[i]->prev_dirs = old[i]->dirs;
+		old[i]->n_prev_dirs = old[i]->n_dirs;
 		old[i]->dirs = NULL;
 		old[i]->n_dirs = 0;
 	}
 	t->root->seen = true;
 	for (size_t i = 0; i < nw; i++) {
-		fuse_ino_t ino = dir_ino(want[i].path);
-		struct node *d = hash_find(t, ino), *parent = t->root;
+		struct node *d = NULL, *parent = t->root;
 		char *slash = strrchr(want[i].path, '/');
 
 		if (slash) {
+			struct want_dir *pw;
+
 			*slash = '\0';
-			parent = hash_find(t, dir_ino(want[i].path));
+			pw = want_find(want, nw, want[i].path);
 			*slash = '/';
-			if (!parent || !parent->is_dir)
+			parent = pw ? pw->node : NULL;
+			if (!parent)
 				continue;
 		}
-		if (d && (!d->is_dir || d == t->root))
-			continue;    /* inode collision: skip, never confuse */
+		for (size_t k = 0; k < parent->n_prev_dirs; k++)
+			if (strcmp(parent->prev_dirs[k]->name,
+				   want[i].name) == 0)
+				d = parent->prev_dirs[k];
 		if (!d) {
+			fuse_ino_t ino = tree_dir_ino(want[i].path);
+
+			while (tree_find(t, ino))
+				ino++;   /* collision (or a renamed dir's old
+					    number): any free one will do */
 			d = calloc(1, sizeof(*d));
-			if (!d)
+			if (!d || !(d->name = strdup(want[i].name))) {
+				free(d);
 				continue;
+			}
 			d->ino = ino;
 			d->is_dir = true;
-			d->name = strdup(want[i].name);
-			hash_add(t, d);
+			tree_hash_add(t, d);
 		}
 		if (d->raw && (!want[i].raw || strcmp(d->raw, want[i].raw))) {
 			/* A different server folder now: forget its list. */
-			detach_messages(t, d);
+			tree_detach_messages(t, d);
 		}
 		free(d->raw);
 		d->raw = want[i].raw;
 		want[i].raw = NULL;
-		d->selectable = d->raw && want[i].selectable;
+		d->selectable = want[i].real && want[i].selectable;
 		if (!d->selectable)
 			d->msgs_loaded = true;
 		d->attached = true;
 		d->seen = true;
-		add_child_dir(parent, d);
+		want[i].node = d;
+		tree_add_child_dir(parent, d);
+	}
+	for (size_t i = 0; i < n_old; i++) {
+		free(old[i]->prev_dirs);
+		old[i]->prev_dirs = NULL;
+		old[i]->n_prev_dirs = 0;
 	}
 	for (size_t i = 0; i < n_old; i++) {
 		if (old[i]->seen)
 			continue;
 		old[i]->attached = false;
-		detach_messages(t, old[i]);
-		maybe_free(t, old[i]);
+		tree_detach_messages(t, old[i]);
+		tree_maybe_free(t, old[i]);
 	}
 	pthread_mutex_unlock(&t->lock);
 	free(old);
@@ -509,7 +496,7 @@ int fs_tree_load_folders(struct fs_tree *t, const char **error_r)
 		return st == BACKEND_NOT_FOUND ? -ENOENT : -EIO;
 	if (t->meta)
 		meta_cache_save_folders(t->meta, folders, nf);
-	ret = install_folders(t, folders, nf, error_r);
+	ret = tree_install_folders(t, folders, nf, error_r);
 	backend_folders_free(&folders, nf);
 	return ret;
 }
@@ -523,7 +510,7 @@ int fs_tree_load_cached_folders(struct fs_tree *t)
 
 	if (!t->meta || meta_cache_load_folders(t->meta, &folders, &nf) < 0)
 		return -ENOENT;
-	ret = install_folders(t, folders, nf, &error);
+	ret = tree_install_folders(t, folders, nf, &error);
 	backend_folders_free(&folders, nf);
 	return ret;
 }
@@ -543,6 +530,13 @@ static int named_cmp_uid(const void *a, const void *b)
 	if (c)
 		return c;
 	return (x->index > y->index) - (x->index < y->index);
+}
+
+static int node_uid_cmp(const void *a, const void *b)
+{
+	const struct node *const *x = a, *const *y = b;
+
+	return ((*x)->uid > (*y)->uid) - ((*x)->uid < (*y)->uid);
 }
 
 static int node_name_cmp(const void *a, const void *b)
@@ -589,7 +583,7 @@ fail:
 	return NULL;
 }
 
-static void inval_add(struct inval_list *il, fuse_ino_t parent,
+void tree_inval_add(struct inval_list *il, fuse_ino_t parent,
 	const char *name)
 {
 	if (il->n == il->cap) {
@@ -611,7 +605,7 @@ static void inval_add(struct inval_list *il, fuse_ino_t parent,
 /* Tells the kernel about vanished entries.  Must run without the tree lock
  * and outside any request handler for the same directory (the kernel
  * would wait for that handler while it waits for us). */
-static void inval_send(struct fs_tree *t, struct inval_list *il)
+void tree_inval_send(struct fs_tree *t, struct inval_list *il)
 {
 	for (size_t i = 0; i < il->n; i++) {
 		if (t->inval_hook)
@@ -636,16 +630,39 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 
 	if (!list)
 		return -ENOMEM;
+	/* Known messages are matched by UID first, so nodes keep their inode
+	 * numbers even after their folder was renamed. */
+	struct node **by_uid = calloc(dir->n_msgs + 1, sizeof(*by_uid));
+
+	if (!by_uid) {
+		free(list);
+		return -ENOMEM;
+	}
+	memcpy(by_uid, dir->msgs, dir->n_msgs * sizeof(*by_uid));
+	qsort(by_uid, dir->n_msgs, sizeof(*by_uid), node_uid_cmp);
 	for (size_t i = 0; i < dir->n_msgs; i++)
 		dir->msgs[i]->seen = false;
 	for (size_t i = 0; i < n; i++) {
 		const struct backend_message *bm = &m[nm[i].index];
-		fuse_ino_t ino = msg_ino(dir->raw, uidvalidity, bm->uid);
-		struct node *x = hash_find(t, ino);
+		struct node key = { .uid = bm->uid }, *kp = &key, **hit;
+		struct node *x = NULL;
+		fuse_ino_t ino = tree_msg_ino(dir->raw, uidvalidity, bm->uid);
 
-		if (x && (x->is_dir || x->uid != bm->uid ||
-			  strcmp(x->folder_raw, dir->raw) != 0))
-			continue;   /* inode collision: leave it out */
+		hit = dir->n_msgs ? bsearch(&kp, by_uid, dir->n_msgs,
+			sizeof(*by_uid), node_uid_cmp) : NULL;
+		if (hit && (*hit)->msg_uidvalidity == uidvalidity)
+			x = *hit;
+		if (!x) {
+			x = tree_find(t, ino);
+			if (x && (x->is_dir || x->is_staged ||
+				  x->uid != bm->uid ||
+				  strcmp(x->folder_raw, dir->raw) != 0)) {
+				/* A collision: any free number will do. */
+				while (tree_find(t, ino))
+					ino++;
+				x = NULL;
+			}
+		}
 		if (!x) {
 			x = calloc(1, sizeof(*x));
 			if (!x)
@@ -656,10 +673,10 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 			x->folder_raw = strdup(dir->raw);
 			x->size = bm->size;
 			x->mtime = bm->internaldate;
-			hash_add(t, x);
+			tree_hash_add(t, x);
 		} else if (x->name && strcmp(x->name, nm[i].name) != 0 &&
 			   x->attached) {
-			inval_add(il, dir->ino, x->name);
+			tree_inval_add(il, dir->ino, x->name);
 		}
 		free(x->name);
 		x->name = nm[i].name;
@@ -676,10 +693,11 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 
 		if (x->seen)
 			continue;
-		inval_add(il, dir->ino, x->name);
+		tree_inval_add(il, dir->ino, x->name);
 		x->attached = false;
-		maybe_free(t, x);
+		tree_maybe_free(t, x);
 	}
+	free(by_uid);
 	free(dir->msgs);
 	qsort(list, k, sizeof(*list), node_name_cmp);
 	dir->msgs = list;
@@ -696,7 +714,7 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 /* Fetches dir's listing from the server (incrementally when one is known)
  * and installs it.  Called with the lock held and dir->loading clear;
  * drops the lock around the network.  Returns 0 or a negative errno. */
-static int refresh_messages(struct fs_tree *t, struct node *dir,
+int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 	struct inval_list *il)
 {
 	struct backend_folder_state state;
@@ -736,7 +754,7 @@ static int refresh_messages(struct fs_tree *t, struct node *dir,
 	dir->loading = false;
 	pthread_cond_broadcast(&t->loaded);
 	/* Even a failure counts as an attempt: retry after the period. */
-	dir->loaded_at = monotonic_now();
+	dir->loaded_at = tree_now();
 	if (st != BACKEND_OK) {
 		/* Keep serving an older listing rather than nothing. */
 		ret = dir->msgs_loaded ? 0 :
@@ -768,11 +786,11 @@ static void *refresh_thread(void *arg)
 
 	pthread_mutex_lock(&t->lock);
 	if (!job->dir->loading)
-		refresh_messages(t, job->dir, &il);
+		tree_refresh_messages(t, job->dir, &il);
 	job->dir->pins--;
-	maybe_free(t, job->dir);
+	tree_maybe_free(t, job->dir);
 	pthread_mutex_unlock(&t->lock);
-	inval_send(t, &il);
+	tree_inval_send(t, &il);
 
 	pthread_mutex_lock(&t->lock);
 	if (--t->n_workers == 0)
@@ -783,7 +801,7 @@ static void *refresh_thread(void *arg)
 }
 
 /* Starts a background refresh of dir (lock held). */
-static void refresh_async(struct fs_tree *t, struct node *dir)
+void tree_refresh_async(struct fs_tree *t, struct node *dir)
 {
 	struct refresh_job *job = malloc(sizeof(*job));
 	pthread_attr_t attr;
@@ -811,7 +829,7 @@ static void refresh_async(struct fs_tree *t, struct node *dir)
  * refresh period a background refresh brings it up to date, so a slow or
  * absent server never stalls a listing.  Called and returns with the lock
  * held. */
-static int ensure_messages(struct fs_tree *t, struct node *dir, bool fresh)
+int tree_ensure_messages(struct fs_tree *t, struct node *dir, bool fresh)
 {
 	struct inval_list il = { 0 };
 	int ret;
@@ -820,8 +838,8 @@ static int ensure_messages(struct fs_tree *t, struct node *dir, bool fresh)
 		return 0;
 	if (dir->msgs_loaded) {
 		if (fresh && !dir->loading && (dir->loaded_at == 0 ||
-		    monotonic_now() - dir->loaded_at >= (time_t)t->refresh_s))
-			refresh_async(t, dir);
+		    tree_now() - dir->loaded_at >= (time_t)t->refresh_s))
+			tree_refresh_async(t, dir);
 		return 0;
 	}
 	if (dir->loading) {
@@ -830,7 +848,7 @@ static int ensure_messages(struct fs_tree *t, struct node *dir, bool fresh)
 		return dir->msgs_loaded ? 0 : -EIO;
 	}
 	dir->pins++;
-	ret = refresh_messages(t, dir, &il);
+	ret = tree_refresh_messages(t, dir, &il);
 	dir->pins--;
 	if (il.n) {
 		/* We are inside a request for this directory: hand the
@@ -889,7 +907,7 @@ static void preload_cached_listings(struct fs_tree *t)
 
 /* ---- attributes and lookups ---------------------------------------------- */
 
-static void fill_stat(struct fs_tree *t, const struct node *n, struct stat *st)
+void tree_fill_stat(struct fs_tree *t, const struct node *n, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
 	st->st_ino = n->ino;
@@ -908,18 +926,18 @@ static void fill_stat(struct fs_tree *t, const struct node *n, struct stat *st)
 	st->st_mtime = st->st_atime = st->st_ctime = (time_t)n->mtime;
 }
 
-static void fill_entry(struct fs_tree *t, const struct node *n,
+void tree_fill_entry(struct fs_tree *t, const struct node *n,
 	struct fuse_entry_param *e)
 {
 	memset(e, 0, sizeof(*e));
 	e->ino = n->ino;
 	e->generation = 1;
-	fill_stat(t, n, &e->attr);
+	tree_fill_stat(t, n, &e->attr);
 	e->attr_timeout = e->entry_timeout =
 		n->is_dir ? DIR_TIMEOUT : MSG_TIMEOUT;
 }
 
-static struct node *find_msg(struct node *dir, const char *name)
+struct node *tree_find_msg(struct node *dir, const char *name)
 {
 	size_t lo = 0, hi = dir->n_msgs;
 
@@ -944,7 +962,7 @@ int fs_tree_lookup(struct fs_tree *t, fuse_ino_t parent, const char *name,
 	int ret;
 
 	pthread_mutex_lock(&t->lock);
-	dir = hash_find(t, parent);
+	dir = tree_find(t, parent);
 	if (!dir || !dir->is_dir) {
 		ret = dir ? -ENOTDIR : -ENOENT;
 		goto out;
@@ -954,18 +972,22 @@ int fs_tree_lookup(struct fs_tree *t, fuse_ino_t parent, const char *name,
 			found = dir->dirs[i];
 			break;
 		}
+	if (!found)
+		found = tree_find_staged(dir, name);
 	if (!found) {
-		ret = ensure_messages(t, dir, false);
+		ret = tree_ensure_messages(t, dir, false);
 		if (ret < 0)
 			goto out;
-		found = find_msg(dir, name);
+		found = tree_find_msg(dir, name);
 	}
 	if (!found) {
 		ret = -ENOENT;
 		goto out;
 	}
 	found->nlookup++;
-	fill_entry(t, found, e);
+	tree_fill_entry(t, found, e);
+	if (found->is_staged)
+		e->attr_timeout = e->entry_timeout = 0;
 	ret = 0;
 out:
 	pthread_mutex_unlock(&t->lock);
@@ -977,10 +999,10 @@ void fs_tree_forget(struct fs_tree *t, fuse_ino_t ino, uint64_t n)
 	struct node *x;
 
 	pthread_mutex_lock(&t->lock);
-	x = hash_find(t, ino);
+	x = tree_find(t, ino);
 	if (x) {
 		x->nlookup = x->nlookup > n ? x->nlookup - n : 0;
-		maybe_free(t, x);
+		tree_maybe_free(t, x);
 	}
 	pthread_mutex_unlock(&t->lock);
 }
@@ -991,10 +1013,10 @@ bool fs_tree_ref_entry(struct fs_tree *t, fuse_ino_t ino,
 	struct node *x;
 
 	pthread_mutex_lock(&t->lock);
-	x = hash_find(t, ino);
+	x = tree_find(t, ino);
 	if (x) {
 		x->nlookup++;
-		fill_entry(t, x, e);
+		tree_fill_entry(t, x, e);
 	}
 	pthread_mutex_unlock(&t->lock);
 	return x != NULL;
@@ -1006,10 +1028,11 @@ int fs_tree_getattr(struct fs_tree *t, fuse_ino_t ino, struct stat *st,
 	struct node *x;
 
 	pthread_mutex_lock(&t->lock);
-	x = hash_find(t, ino);
+	x = tree_find(t, ino);
 	if (x) {
-		fill_stat(t, x, st);
-		*timeout_r = x->is_dir ? DIR_TIMEOUT : MSG_TIMEOUT;
+		tree_fill_stat(t, x, st);
+		*timeout_r = x->is_dir ? DIR_TIMEOUT :
+			x->is_staged ? 0 : MSG_TIMEOUT;
 	}
 	pthread_mutex_unlock(&t->lock);
 	return x ? 0 : -ENOENT;
@@ -1026,35 +1049,42 @@ int fs_tree_snapshot_dir(struct fs_tree *t, fuse_ino_t ino,
 	int ret;
 
 	pthread_mutex_lock(&t->lock);
-	dir = hash_find(t, ino);
+	dir = tree_find(t, ino);
 	if (!dir || !dir->is_dir) {
 		ret = dir ? -ENOTDIR : -ENOENT;
 		goto out;
 	}
-	ret = ensure_messages(t, dir, true);
+	ret = tree_ensure_messages(t, dir, true);
 	if (ret < 0)
 		goto out;
 	snap = calloc(1, sizeof(*snap));
 	if (snap)
-		snap->entries = calloc(2 + dir->n_dirs + dir->n_msgs,
-			sizeof(*snap->entries));
+		snap->entries = calloc(2 + dir->n_dirs + dir->n_msgs +
+			dir->n_staged, sizeof(*snap->entries));
 	if (!snap || !snap->entries) {
 		free(snap);
 		ret = -ENOMEM;
 		goto out;
 	}
 	snap->entries[k].name = strdup(".");
-	fill_stat(t, dir, &snap->entries[k++].st);
+	tree_fill_stat(t, dir, &snap->entries[k++].st);
 	snap->entries[k].name = strdup("..");
-	fill_stat(t, dir->parent && dir->attached ? dir->parent : t->root,
+	tree_fill_stat(t, dir->parent && dir->attached ? dir->parent : t->root,
 		&snap->entries[k++].st);
 	for (size_t i = 0; i < dir->n_dirs; i++) {
 		snap->entries[k].name = strdup(dir->dirs[i]->name);
-		fill_stat(t, dir->dirs[i], &snap->entries[k++].st);
+		tree_fill_stat(t, dir->dirs[i], &snap->entries[k++].st);
 	}
 	for (size_t i = 0; i < dir->n_msgs; i++) {
 		snap->entries[k].name = strdup(dir->msgs[i]->name);
-		fill_stat(t, dir->msgs[i], &snap->entries[k++].st);
+		tree_fill_stat(t, dir->msgs[i], &snap->entries[k++].st);
+	}
+	for (size_t i = 0; i < dir->n_staged; i++) {
+		/* A staged name the listing already shows is on its way out. */
+		if (tree_find_msg(dir, dir->staged[i]->name))
+			continue;
+		snap->entries[k].name = strdup(dir->staged[i]->name);
+		tree_fill_stat(t, dir->staged[i], &snap->entries[k++].st);
 	}
 	snap->count = k;
 	for (size_t i = 0; i < k; i++)
@@ -1092,7 +1122,7 @@ int fs_tree_check_message(struct fs_tree *t, fuse_ino_t ino)
 	int ret;
 
 	pthread_mutex_lock(&t->lock);
-	x = hash_find(t, ino);
+	x = tree_find(t, ino);
 	ret = !x ? -ENOENT : x->is_dir ? -EISDIR : 0;
 	pthread_mutex_unlock(&t->lock);
 	return ret;
@@ -1169,7 +1199,7 @@ ssize_t fs_tree_read(struct fs_tree *t, fuse_ino_t ino, uint64_t offset,
 
 	*size_changed_r = false;
 	pthread_mutex_lock(&t->lock);
-	x = hash_find(t, ino);
+	x = tree_find(t, ino);
 	if (!x || x->is_dir) {
 		pthread_mutex_unlock(&t->lock);
 		return x ? -EISDIR : -ENOENT;
@@ -1189,7 +1219,7 @@ ssize_t fs_tree_read(struct fs_tree *t, fuse_ino_t ino, uint64_t offset,
 	free(folder);
 	if (got >= 0 && true_size && true_size != ref.size) {
 		pthread_mutex_lock(&t->lock);
-		x = hash_find(t, ino);
+		x = tree_find(t, ino);
 		if (x && !x->is_dir && x->size != true_size) {
 			log_info("UID %u: server announced %llu bytes, message "
 				"has %llu; size corrected", ref.uid,
@@ -1220,13 +1250,15 @@ int fs_tree_getxattr(struct fs_tree *t, fuse_ino_t ino, const char *name,
 		return 0;
 	}
 	pthread_mutex_lock(&t->lock);
-	x = hash_find(t, ino);
+	x = tree_find(t, ino);
 	if (!x)
 		ret = -ENOENT;
 	else if (x->is_dir)
 		ret = -ENODATA;
 	else if (strcmp(name, "user.mail.flags") == 0)
 		v = strdup(x->flags ? x->flags : "");
+	else if (strcmp(name, "user.mail.uid") == 0 && x->is_staged)
+		ret = -ENODATA;
 	else if (strcmp(name, "user.mail.uid") == 0)
 		ret = asprintf(&v, "%u", x->uid) < 0 ? -ENOMEM : 0;
 	else
@@ -1249,7 +1281,7 @@ int fs_tree_listxattr(struct fs_tree *t, fuse_ino_t ino, char **names_r,
 	bool is_dir;
 
 	pthread_mutex_lock(&t->lock);
-	x = hash_find(t, ino);
+	x = tree_find(t, ino);
 	is_dir = x && x->is_dir;
 	pthread_mutex_unlock(&t->lock);
 	if (!x)

@@ -93,6 +93,34 @@ int fs_tree_listxattr(struct fs_tree *tree, fuse_ino_t ino, char **names_r,
 void fs_tree_set_inval_hook(struct fs_tree *tree,
 	void (*hook)(void *ctx, fuse_ino_t parent, const char *name), void *ctx);
 
+/* Enables the write path: trash (raw folder name, NULL: expunge) for
+ * unlink, and stage_dir, where files copied in are staged until appended.
+ * Starts the thread that appends them.  Returns 0 or a negative errno. */
+int fs_tree_enable_writes(struct fs_tree *tree, const char *trash,
+	const char *stage_dir);
+
+/* Changes (fs_write.c).  Each returns 0 or a negative errno. */
+int fs_tree_unlink(struct fs_tree *tree, fuse_ino_t parent, const char *name);
+int fs_tree_rmdir(struct fs_tree *tree, fuse_ino_t parent, const char *name);
+int fs_tree_mkdir(struct fs_tree *tree, fuse_ino_t parent, const char *name,
+	struct fuse_entry_param *e);
+int fs_tree_rename(struct fs_tree *tree, fuse_ino_t parent, const char *name,
+	fuse_ino_t newparent, const char *newname, unsigned int flags);
+int fs_tree_setxattr(struct fs_tree *tree, fuse_ino_t ino, const char *name,
+	const char *value, size_t size);
+
+/* Copy-in (fs_stage.c).  create makes a staged file and opens it (*fd_r,
+ * owned by the caller).  open_staged and setattr_staged return 1 when ino
+ * is not a staged file. */
+int fs_tree_create(struct fs_tree *tree, fuse_ino_t parent, const char *name,
+	struct fuse_entry_param *e, int *fd_r);
+int fs_tree_open_staged(struct fs_tree *tree, fuse_ino_t ino, int flags,
+	int *fd_r);
+void fs_tree_wrote_staged(struct fs_tree *tree, fuse_ino_t ino, uint64_t end);
+void fs_tree_release_staged(struct fs_tree *tree, fuse_ino_t ino);
+int fs_tree_setattr_staged(struct fs_tree *tree, fuse_ino_t ino,
+	const struct stat *attr, int to_set, struct stat *st_r);
+
 /* The root's text for user.mailfs.stats is produced by this hook (set by
  * the caller that knows the caches); may be NULL. */
 void fs_tree_set_stats_hook(struct fs_tree *tree,

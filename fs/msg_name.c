@@ -472,6 +472,22 @@ static char *decode_subject(const struct span *sp)
 }
 
 
+bool msg_header_date(const char *header, size_t header_len, int64_t *date_r)
+{
+	struct wanted_fields w = { 0 };
+	bool ok = false;
+	char *v;
+
+	scan_fields(header, header_len, &w);
+	if (!w.date.found)
+		return false;
+	v = unfold(&w.date);
+	if (v)
+		ok = parse_date(v, date_r);
+	free(v);
+	return ok;
+}
+
 char *msg_name_derive(const char *header, size_t header_len,
 	int64_t internaldate)
 {

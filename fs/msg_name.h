@@ -35,6 +35,7 @@
 #ifndef MAILFS_MSG_NAME_H
 #define MAILFS_MSG_NAME_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -50,6 +51,11 @@
  * failure. */
 char *msg_name_derive(const char *header, size_t header_len,
 	int64_t internaldate);
+
+/* The Date field of a header block (or a whole message: scanning stops at
+ * the first empty line) in seconds since the epoch, parsed as for names.
+ * Returns false when there is no valid Date. */
+bool msg_header_date(const char *header, size_t header_len, int64_t *date_r);
 
 /* Returns the n-th (n >= 2) variant of a derived name: "x.eml" -> "x~n.eml"
  * (a name without ".eml" gets "~n" appended; n < 2 returns a copy of name).

@@ -36,6 +36,7 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("timeout=%u", timeout_s, 0),
 	OPT("connections=%u", connections, 0),
 	OPT("refresh=%u", refresh_s, 0),
+	OPT("trash=%s", trash, 0),
 	OPT("allow_plaintext", allow_plaintext, 1),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
@@ -69,6 +70,7 @@ static void usage(FILE *out)
 "    -o timeout=SECONDS     deadline for one network operation (default 30)\n"
 "    -o connections=N       IMAP sessions in the pool (default 4)\n"
 "    -o refresh=SECONDS     re-list a folder older than this (default 30)\n"
+"    -o trash=FOLDER        rm moves messages there instead of expunging\n"
 "    -o allow_plaintext     permit imap:// without STARTTLS (unsafe)\n"
 "    -h, --help             this help and the FUSE options\n"
 "    -V, --version          version\n"
@@ -323,6 +325,24 @@ int main(int argc, char **argv)
 	mc.reader = reader;
 	fs_tree_set_stats_hook(tree, stats_text, &mc);
 	fs_tree_set_inval_hook(tree, fs_ops_inval_entry, NULL);
+	{
+		char *stage_dir = NULL, *trash_raw = NULL;
+		int r = -ENOMEM;
+
+		if (o.trash)
+			trash_raw = be->ops->encode_name(be, NULL, o.trash,
+				&error);
+		if (asprintf(&stage_dir, "%s/staging", o.cache_dir) >= 0 &&
+		    (!o.trash || trash_raw))
+			r = fs_tree_enable_writes(tree, trash_raw, stage_dir);
+		free(stage_dir);
+		free(trash_raw);
+		if (r < 0) {
+			fail("cannot enable writing: %s", o.trash && !trash_raw ?
+				error : strerror(-r));
+			goto out;
+		}
+	}
 	if (offline) {
 		if (fs_tree_load_cached_folders(tree) < 0) {
 			fail("%s", "the metadata cache is unreadable");
@@ -385,6 +405,7 @@ out:
 	free(o.ca_file);
 	free(o.cache_dir);
 	free(o.cache_size_text);
+	free(o.trash);
 	fuse_opt_free_args(&args);
 	return ret;
 }

@@ -37,6 +37,7 @@ struct mailfs_options {
 	char *ca_file;
 	char *cache_dir;          /* resolved to the default when not given */
 	char *cache_size_text;
+	char *trash;              /* -o trash=FOLDER: rm moves there */
 	uint64_t cache_size;      /* bytes */
 	unsigned timeout_s;
 	unsigned connections;

@@ -1,0 +1,162 @@
+/* Internals of the file-system tree shared by fs_tree.c (listing and
+ * reading), fs_write.c (changes) and fs_stage.c (copy-in).  Not for use
+ * outside fs/. */
+#ifndef MAILFS_FS_TREE_PRIV_H
+#define MAILFS_FS_TREE_PRIV_H
+
+#include <pthread.h>
+#include <time.h>
+
+#include "fs/fs_tree.h"
+
+/* Message files never change: let the kernel keep what it learned. */
+#define MSG_TIMEOUT 3600.0
+/* Directories change as mail arrives. */
+#define DIR_TIMEOUT 1.0
+
+struct node {
+	fuse_ino_t ino;
+	struct node *hnext;     /* hash chain */
+	bool is_dir;
+	bool attached;          /* reachable from the root */
+	uint64_t nlookup;       /* kernel references */
+	char *name;
+	struct node *parent;    /* valid while attached */
+
+	/* directories */
+	char *raw;              /* server folder name; NULL if none */
+	bool selectable;
+	struct node **dirs;
+	size_t n_dirs;
+	struct node **prev_dirs;  /* scratch for folder-list merges */
+	size_t n_prev_dirs;
+	struct node **msgs;     /* sorted by name */
+	size_t n_msgs;
+	struct node **staged;   /* files being copied in, unordered */
+	size_t n_staged;
+	bool msgs_loaded;
+	bool loading;
+	time_t loaded_at;       /* monotonic; 0: from the metadata cache */
+	uint32_t uidvalidity;
+	struct backend_message *listing;  /* last listing, UID order; owned */
+	size_t n_listing;
+	struct backend_folder_state state;
+	size_t last_read;       /* index+1 of the message last read from 0 */
+	size_t prefetched_upto; /* read-ahead queued up to this index */
+	bool seen;              /* scratch for folder-list merges */
+	unsigned pins;          /* in use by a refresh: do not free */
+
+	/* messages */
+	char *folder_raw;       /* copy: the node may outlive its folder */
+	uint32_t msg_uidvalidity;
+	uint32_t uid;
+	uint64_t size;
+	int64_t mtime;
+	char *flags;
+
+	/* staged files: copy-in not yet appended (fs_stage.c) */
+	bool is_staged;
+	char *stage_path;       /* the local file holding the bytes; owned */
+	unsigned open_count;
+	bool mtime_set;         /* the user set the time: use it as date */
+	bool flags_set;         /* the user set user.mail.flags */
+	bool committing;        /* an APPEND is under way */
+	time_t changed_at;      /* monotonic: last write, close or setattr */
+	time_t retry_at;        /* monotonic: after a failed APPEND */
+};
+
+struct fs_tree {
+	pthread_mutex_t lock;
+	pthread_cond_t loaded;
+	struct backend *be;
+	struct msg_reader *reader;
+	unsigned refresh_s;
+	time_t start_time;
+	uid_t uid;
+	gid_t gid;
+	struct node *root;
+	struct node **buckets;
+	size_t n_buckets;
+	size_t n_nodes;
+	struct meta_cache *meta;          /* may be NULL */
+	unsigned n_workers;               /* background refreshes running */
+	pthread_cond_t workers_done;
+	char *(*stats_hook)(void *ctx);
+	void *stats_ctx;
+	void (*inval_hook)(void *ctx, fuse_ino_t parent, const char *name);
+	void *inval_ctx;
+
+	/* writing (fs_write.c, fs_stage.c) */
+	char *trash;                      /* raw name or NULL */
+	char *stage_dir;                  /* NULL: copy-in disabled */
+	uint64_t stage_seq;
+	pthread_t stager;
+	bool stager_running;
+	bool stopping;
+	pthread_cond_t stage_wake;
+};
+
+/* Seconds a copied-in file must stay untouched and closed before it is
+ * appended: cp -a and rsync set times and xattrs after close(). */
+#define STAGE_QUIET_S 1
+
+/* Entries the kernel may have cached that no longer exist. */
+struct inval_list {
+	size_t n, cap;
+	struct inval_item {
+		fuse_ino_t parent;
+		char *name;
+	} *items;
+};
+
+
+time_t tree_now(void);
+fuse_ino_t tree_dir_ino(const char *path);
+fuse_ino_t tree_msg_ino(const char *folder, uint32_t uidvalidity,
+	uint32_t uid);
+
+/* The inode hash (lock held). */
+struct node *tree_find(struct fs_tree *t, fuse_ino_t ino);
+void tree_hash_add(struct fs_tree *t, struct node *n);
+void tree_hash_remove(struct fs_tree *t, struct node *n);
+
+/* Frees a node nobody can reach any more (lock held). */
+void tree_maybe_free(struct fs_tree *t, struct node *n);
+void tree_node_free(struct node *n);
+void tree_detach_messages(struct fs_tree *t, struct node *dir);
+int tree_add_child_dir(struct node *parent, struct node *child);
+int tree_install_folders(struct fs_tree *t,
+	const struct backend_folder *folders, size_t nf, const char **error_r);
+
+void tree_fill_stat(struct fs_tree *t, const struct node *n, struct stat *st);
+void tree_fill_entry(struct fs_tree *t, const struct node *n,
+	struct fuse_entry_param *e);
+struct node *tree_find_msg(struct node *dir, const char *name);
+
+/* Listings (lock held; may drop it around network I/O). */
+int tree_ensure_messages(struct fs_tree *t, struct node *dir, bool fresh);
+int tree_refresh_messages(struct fs_tree *t, struct node *dir,
+	struct inval_list *il);
+void tree_refresh_async(struct fs_tree *t, struct node *dir);
+
+/* Removes a message node from its folder's list and listing (lock held). */
+void tree_detach_message(struct fs_tree *t, struct node *dir, struct node *x);
+
+/* Staged files (fs_stage.c; lock held). */
+struct node *tree_find_staged(struct node *dir, const char *name);
+void tree_drop_staged(struct fs_tree *t, struct node *x);
+int stage_rename(struct fs_tree *t, struct node *x, struct node *newdir,
+	const char *newname);
+int stage_setxattr(struct fs_tree *t, struct node *x, const char *name,
+	const char *value);
+int stage_start(struct fs_tree *t);
+void stage_stop(struct fs_tree *t);
+
+int backend_errno(enum backend_status st);
+
+void tree_inval_add(struct inval_list *il, fuse_ino_t parent,
+	const char *name);
+/* Without the lock and outside request handlers for the directory. */
+void tree_inval_send(struct fs_tree *t, struct inval_list *il);
+
+#endif
