@@ -184,6 +184,13 @@ void fs_tree_free(struct fs_tree **tp)
 
 	if (!t)
 		return;
+	if (t->watcher_running) {
+		pthread_mutex_lock(&t->lock);
+		t->stopping = true;
+		pthread_mutex_unlock(&t->lock);
+		t->be->ops->interrupt_wait(t->be);
+		pthread_join(t->watcher, NULL);
+	}
 	stage_stop(t);
 	/* Background refreshes hold pointers into the tree; each is bounded
 	 * by the network timeout. */
@@ -205,8 +212,68 @@ void fs_tree_free(struct fs_tree **tp)
 	pthread_cond_destroy(&t->workers_done);
 	free(t->trash);
 	free(t->stage_dir);
+	free(t->watch_folder);
 	free(t);
 	*tp = NULL;
+}
+
+/* Finds the directory of a raw folder name (lock held). */
+static struct node *dir_by_raw(struct node *d, const char *raw)
+{
+	if (d->raw && strcmp(d->raw, raw) == 0)
+		return d;
+	for (size_t i = 0; i < d->n_dirs; i++) {
+		struct node *x = dir_by_raw(d->dirs[i], raw);
+
+		if (x)
+			return x;
+	}
+	return NULL;
+}
+
+static void *watcher_main(void *arg)
+{
+	struct fs_tree *t = arg;
+
+	for (;;) {
+		struct inval_list il = { 0 };
+		enum backend_status st;
+		const char *error;
+		struct node *dir;
+
+		/* Servers drop IDLE after 30 minutes; renew well before. */
+		st = t->be->ops->wait_changes(t->be, t->watch_folder, 20 * 60,
+			&error);
+		pthread_mutex_lock(&t->lock);
+		if (t->stopping) {
+			pthread_mutex_unlock(&t->lock);
+			break;
+		}
+		dir = dir_by_raw(t->root, t->watch_folder);
+		if (st == BACKEND_OK && dir && dir->selectable &&
+		    !dir->loading) {
+			dir->pins++;
+			tree_refresh_messages(t, dir, &il);
+			dir->pins--;
+			tree_maybe_free(t, dir);
+		}
+		pthread_mutex_unlock(&t->lock);
+		tree_inval_send(t, &il);
+		if (st != BACKEND_OK)
+			log_debug("watching %s: %s", t->watch_folder, error);
+	}
+	return NULL;
+}
+
+static void fs_tree_watch(struct fs_tree *t, const char *raw_folder)
+{
+	if (!t->be->ops->wait_changes || !t->be->ops->interrupt_wait ||
+	    t->watcher_running)
+		return;
+	t->watch_folder = strdup(raw_folder);
+	if (t->watch_folder &&
+	    pthread_create(&t->watcher, NULL, watcher_main, t) == 0)
+		t->watcher_running = true;
 }
 
 int fs_tree_enable_writes(struct fs_tree *t, const char *trash,
@@ -216,7 +283,16 @@ int fs_tree_enable_writes(struct fs_tree *t, const char *trash,
 	t->stage_dir = strdup(stage_dir);
 	if (!t->stage_dir || (trash && !t->trash))
 		return -ENOMEM;
-	return stage_start(t);
+	return 0;
+}
+
+int fs_tree_start(struct fs_tree *t, const char *watch_folder)
+{
+	int ret = t->stage_dir ? stage_start(t) : 0;
+
+	if (watch_folder)
+		fs_tree_watch(t, watch_folder);
+	return ret;
 }
 
 void fs_tree_set_inval_hook(struct fs_tree *t,

@@ -94,10 +94,16 @@ void fs_tree_set_inval_hook(struct fs_tree *tree,
 	void (*hook)(void *ctx, fuse_ino_t parent, const char *name), void *ctx);
 
 /* Enables the write path: trash (raw folder name, NULL: expunge) for
- * unlink, and stage_dir, where files copied in are staged until appended.
- * Starts the thread that appends them.  Returns 0 or a negative errno. */
+ * unlink, and stage_dir, where files copied in are staged until appended
+ * (by a thread fs_tree_start starts).  Returns 0 or a negative errno. */
 int fs_tree_enable_writes(struct fs_tree *tree, const char *trash,
 	const char *stage_dir);
+
+/* Starts the tree's threads (after daemonizing): the one appending
+ * copied-in files, and one watching watch_folder (may be NULL) for changes
+ * (IMAP IDLE) so that new mail there appears at once.  Returns 0 or a
+ * negative errno. */
+int fs_tree_start(struct fs_tree *tree, const char *watch_folder);
 
 /* Changes (fs_write.c).  Each returns 0 or a negative errno. */
 int fs_tree_unlink(struct fs_tree *tree, fuse_ino_t parent, const char *name);

@@ -94,6 +94,11 @@ struct fs_tree {
 	bool stager_running;
 	bool stopping;
 	pthread_cond_t stage_wake;
+
+	/* the change watcher (fs_tree.c) */
+	pthread_t watcher;
+	bool watcher_running;
+	char *watch_folder;               /* raw name, e.g. INBOX */
 };
 
 /* Seconds a copied-in file must stay untouched and closed before it is

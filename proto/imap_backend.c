@@ -4,7 +4,10 @@
  * (read-only, so no \Recent is consumed) and content is fetched with
  * BODY.PEEK, which never sets \Seen.
  */
+#include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +22,8 @@ struct imap_backend {
 	struct backend be;      /* first: the vtable user sees only this */
 	const struct imap_endpoint *ep;
 	struct imap_pool *pool;
+	struct imap_session *idle;   /* wait_changes' own session */
+	int wake[2];                 /* interrupt_wait writes, IDLE polls */
 };
 
 static struct imap_backend *to_imap(struct backend *be)
@@ -1216,11 +1221,79 @@ static char *imap_encode_name(struct backend *be, const char *raw_parent,
 	return out;
 }
 
+/* ---- watching for changes ------------------------------------------------ */
+
+/* Sleeps up to ms unless woken; true when woken. */
+static bool sleep_or_wake(struct imap_backend *ib, int ms)
+{
+	struct pollfd pfd = { .fd = ib->wake[0], .events = POLLIN };
+
+	return poll(&pfd, 1, ms) > 0;
+}
+
+static enum backend_status imap_wait_changes(struct backend *be,
+	const char *folder, int max_wait_s, const char **error_r)
+{
+	struct imap_backend *ib = to_imap(be);
+	enum backend_status st;
+	struct imap_session *s;
+	int r, w;
+
+	if (!ib->idle) {
+		st = imap_session_open(ib->ep, &ib->idle, error_r);
+		if (st != BACKEND_OK) {
+			/* Offline: look again later, unless told to stop. */
+			sleep_or_wake(ib, 30 * 1000);
+			return st;
+		}
+	}
+	s = ib->idle;
+	if (!s->caps.idle) {
+		/* No IDLE: the caller polls, once per max_wait_s. */
+		sleep_or_wake(ib, max_wait_s * 1000);
+		return BACKEND_OK;
+	}
+	st = session_examine(s, folder, true, error_r);
+	if (st != BACKEND_OK)
+		goto out_check;
+	r = mailimap_idle(s->imap);
+	if (r != MAILIMAP_NO_ERROR) {
+		st = command_failed(s, r, "IDLE in", folder, error_r);
+		goto out_check;
+	}
+	/* Leave the timeout to the wait: an idle server is silent. */
+	w = net_stream_wait_readable(s->imap->imap_stream, max_wait_s * 1000,
+		ib->wake[0]);
+	r = mailimap_idle_done(s->imap);
+	if (w < 0 || r != MAILIMAP_NO_ERROR) {
+		s->broken = true;
+		st = BACKEND_TEMP;
+		*error_r = errfmt("IDLE in %s ended: %s", folder,
+			net_stream_last_error(s->imap->imap_stream));
+	}
+out_check:
+	if (s->broken)
+		imap_session_close(&ib->idle);
+	return st;
+}
+
+static void imap_interrupt_wait(struct backend *be)
+{
+	struct imap_backend *ib = to_imap(be);
+	ssize_t ignored = write(ib->wake[1], "x", 1);
+
+	(void)ignored;
+}
+
 static void imap_destroy(struct backend *be)
 {
 	struct imap_backend *ib = to_imap(be);
 
 	imap_pool_free(&ib->pool);
+	if (ib->idle)
+		imap_session_close(&ib->idle);
+	close(ib->wake[0]);
+	close(ib->wake[1]);
 	free(ib);
 }
 
@@ -1238,6 +1311,8 @@ static const struct backend_ops imap_backend_ops = {
 	.delete_folder = imap_delete_folder,
 	.rename_folder = imap_rename_folder,
 	.encode_name = imap_encode_name,
+	.wait_changes = imap_wait_changes,
+	.interrupt_wait = imap_interrupt_wait,
 	.destroy = imap_destroy,
 };
 
@@ -1252,7 +1327,8 @@ struct backend *imap_backend_new(const struct imap_endpoint *ep,
 	ib->be.delimiter = first && first->delimiter ? first->delimiter : '/';
 	ib->ep = ep;
 	ib->pool = imap_pool_new(ep, connections);
-	if (!ib->pool) {
+	if (!ib->pool || pipe2(ib->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+		imap_pool_free(&ib->pool);
 		free(ib);
 		return NULL;
 	}

@@ -171,6 +171,10 @@ struct backend_ops {
 	enum backend_status (*wait_changes)(struct backend *be,
 		const char *raw_folder, int max_wait_s, const char **error_r);
 
+	/* Makes a wait_changes in progress (or the next one) return at once;
+	 * safe from any thread.  For unmounting. */
+	void (*interrupt_wait)(struct backend *be);
+
 	/* Releases the backend and its sessions. */
 	void (*destroy)(struct backend *be);
 };

@@ -373,6 +373,11 @@ int main(int argc, char **argv)
 		log_init(o.debug, true);
 	log_info("mounted %s on %s", o.source_text, mountpoint);
 
+	/* Threads only now: fuse_daemonize forks. */
+	msg_reader_start(reader);
+	if (fs_tree_start(tree, "INBOX") < 0)
+		log_error("cannot start the copy-in thread; new files will "
+			"not be appended");
 	loop_cfg = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_max_threads(loop_cfg, 16);
 	fuse_loop_cfg_set_idle_threads(loop_cfg, 4);

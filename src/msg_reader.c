@@ -458,11 +458,15 @@ struct msg_reader *msg_reader_new(struct backend *be,
 	pthread_cond_init(&r->fetched, NULL);
 	pthread_cond_init(&r->work, NULL);
 	r->queue_tail = &r->queue;
-	for (int i = 0; i < WORKERS; i++)
+	return r;
+}
+
+void msg_reader_start(struct msg_reader *r)
+{
+	for (int i = r->n_workers; i < WORKERS; i++)
 		if (pthread_create(&r->workers[r->n_workers], NULL,
 				worker_main, r) == 0)
 			r->n_workers++;
-	return r;
 }
 
 void msg_reader_free(struct msg_reader **rp)

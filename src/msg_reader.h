@@ -40,10 +40,13 @@ struct msg_reader_stats {
 };
 
 /* be and cache are borrowed and must outlive the reader; cache may be
- * NULL (no disk cache).  account names the cache keys' account.  Starts
- * the read-ahead workers. */
+ * NULL (no disk cache).  account names the cache keys' account. */
 struct msg_reader *msg_reader_new(struct backend *be,
 	struct block_cache *cache, const char *account);
+
+/* Starts the read-ahead workers (after any fork: threads do not survive
+ * daemonizing).  Without them read-ahead requests are dropped. */
+void msg_reader_start(struct msg_reader *reader);
 
 /* Stops the workers (waiting for their current fetch, which is bounded
  * by the network timeout) and frees the reader; sets *reader to NULL. */
