@@ -296,15 +296,15 @@ static size_t crlf_copy(char *dst, const char *src, size_t len)
 }
 
 static int crlf_dup(const char *data, size_t len, char **buf_r,
-	size_t *len_r, size_t extra, const char **error_r)
+	size_t *len_r, const char **error_r)
 {
 	char *buf;
 
-	if (len > (SIZE_MAX - extra) / 2) {
+	if (len > (SIZE_MAX - 1) / 2) {
 		*error_r = "message too large";
 		return -1;
 	}
-	buf = malloc(2 * len + extra + 1);
+	buf = malloc(2 * len + 1);
 	if (buf == NULL) {
 		*error_r = "out of memory";
 		return -1;
@@ -613,6 +613,10 @@ static int parse_originator(const char *buf, const struct hfield *f,
 			(*count_r)++;
 		}
 	}
+	if (mb == NULL) {
+		*error_r = errfmt("the %s field names no address", name);
+		goto out_free;
+	}
 	if (check_parsed(name, value, vlen, mb->mb_addr_spec, error_r) < 0)
 		goto out_free;
 	*addr_r = strdup(mb->mb_addr_spec);
@@ -751,7 +755,7 @@ int outbox_message_parse(const char *data, size_t len,
 			msg_r->eight_bit = true;
 			break;
 		}
-	if (crlf_dup(data, len, &buf, &blen, 0, error_r) < 0)
+	if (crlf_dup(data, len, &buf, &blen, error_r) < 0)
 		return -1;
 	if (header_scan(buf, blen, &h, error_r) < 0)
 		goto out_buf;
@@ -892,7 +896,7 @@ int outbox_message_render(const char *data, size_t len,
 			return -1;
 		extra_len = strlen(extra);
 	}
-	if (crlf_dup(data, len, &buf, &blen, 0, error_r) < 0)
+	if (crlf_dup(data, len, &buf, &blen, error_r) < 0)
 		return -1;
 	if (header_scan(buf, blen, &h, error_r) < 0) {
 		free(buf);

@@ -1,0 +1,1070 @@
+/* One SMTP submission session.  See smtp_client.h.
+ *
+ * What libetpan's mailsmtp does and does not do for us:
+ *  - mailsmtp_data_message() dot-stuffs (a line starting with '.' gets
+ *    another), turns bare CR and LF into CRLF, and always appends
+ *    "\r\n.\r\n": a message that already ends in CRLF would grow an
+ *    empty line, so one final CRLF is cut off before handing it over.
+ *    Nothing else may dot-stuff.
+ *  - Commands are formatted into 513-byte buffers with snprintf: a longer
+ *    one is cut, losing its CRLF, and glued to the next command.  Its
+ *    MAIL FROM has no BODY= or SMTPUTF8 parameters, and Debian's build
+ *    routes mailsmtp_auth() through Cyrus SASL, which needs plugins that
+ *    may not be installed.  So commands are written here, with lengths
+ *    checked, and AUTH PLAIN / LOGIN are done by hand.
+ *  - mailsmtp_connect() and mailsmtp_quit() close the stream themselves,
+ *    which would race with smtp_session_cancel(); neither is used.
+ *  - Its reply reader keeps no line count; ours caps it and checks that
+ *    every line carries the same code.
+ */
+#include "proto/smtp_client.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include <libetpan/libetpan.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "proto/net_stream.h"
+#include "src/errfmt.h"
+#include "src/log.h"
+
+/* QUIT at close waits at most this long. */
+#define QUIT_TIMEOUT_S 5
+/* The reply to the final dot may take a while (RFC 5321 4.5.3.2.6 allows
+ * ten minutes); a spurious timeout there risks a duplicate. */
+#define DATA_END_TIMEOUT_S 300
+/* Lines in one reply, and bytes of reply text kept for EHLO parsing. */
+#define REPLY_LINES_MAX 100
+#define EHLO_TEXT_MAX 4096
+/* Longest command line we write: RFC 5321 allows 512 with CRLF, AUTH
+ * lines may be longer (RFC 4954: 12288). */
+#define COMMAND_MAX 512
+#define AUTH_LINE_MAX 12288
+#define CREDENTIAL_MAX 1024
+#define ADDRESS_MAX 256
+#define HELO_NAME_MAX 255
+/* Debug protocol log: at most this many lines per chunk, bytes per line. */
+#define LOG_MAX_LINES 8
+#define LOG_MAX_LINE 200
+
+/* Where a session is; every change goes through set_state(), which logs
+ * it.  BROKEN is final: the connection can no longer be trusted. */
+enum smtp_state {
+	ST_NEW,
+	ST_GREETING,
+	ST_EHLO,
+	ST_STARTTLS,
+	ST_AUTH,
+	ST_READY,          /* between transactions */
+	ST_MAIL,
+	ST_RCPT,
+	ST_DATA,
+	ST_QUIT,
+	ST_BROKEN,
+};
+
+static const char *const state_names[] = {
+	[ST_NEW] = "new",
+	[ST_GREETING] = "greeting",
+	[ST_EHLO] = "ehlo",
+	[ST_STARTTLS] = "starttls",
+	[ST_AUTH] = "auth",
+	[ST_READY] = "ready",
+	[ST_MAIL] = "mail",
+	[ST_RCPT] = "rcpt",
+	[ST_DATA] = "data",
+	[ST_QUIT] = "quit",
+	[ST_BROKEN] = "broken",
+};
+
+struct smtp_session {
+	const struct smtp_endpoint *ep;   /* borrowed */
+	mailsmtp *smtp;                   /* owned; ->stream is the connection */
+	struct smtp_caps caps;
+	enum smtp_state state;
+	bool in_data;                     /* log the message body's size only */
+	atomic_bool cancelled;
+	pthread_mutex_t lock;             /* guards cancel_stream */
+	mailstream *cancel_stream;        /* what cancel may shut down */
+	char ehlo[EHLO_TEXT_MAX];         /* text of the last reply's lines */
+	char label[280];                  /* "host:port" */
+};
+
+/* ------------------------------------------------------------------ */
+/* Helpers                                                             */
+
+static void set_state(struct smtp_session *s, enum smtp_state state)
+{
+	if (s->state == state || s->state == ST_BROKEN)
+		return;
+	log_debug("smtp %s: %s -> %s", s->label, state_names[s->state],
+		state_names[state]);
+	s->state = state;
+}
+
+static bool is_broken(const struct smtp_session *s)
+{
+	return s->state == ST_BROKEN;
+}
+
+/* Appends src[0..len) to dst (size bytes, NUL-terminated), control
+ * characters as '?', dropping what does not fit. */
+static void append_printable(char *dst, size_t size, const char *src,
+	size_t len)
+{
+	size_t o = strlen(dst), i;
+
+	for (i = 0; i < len && o + 1 < size; i++) {
+		unsigned char ch = (unsigned char)src[i];
+
+		dst[o++] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
+	}
+	dst[o] = '\0';
+}
+
+/* Something we may put between '<' and '>' on a command line. */
+static bool address_sendable(const char *addr)
+{
+	const unsigned char *s = (const unsigned char *)addr;
+	size_t len = strlen(addr);
+
+	if (len == 0 || len > ADDRESS_MAX)
+		return false;
+	for (; *s != '\0'; s++)
+		if (*s <= ' ' || *s == 0x7f || *s == '<' || *s == '>')
+			return false;
+	return true;
+}
+
+static bool has_line_break(const char *s)
+{
+	return strpbrk(s, "\r\n") != NULL;
+}
+
+static const char *stream_reason(struct smtp_session *s)
+{
+	const char *e = "";
+
+	if (atomic_load(&s->cancelled))
+		return "cancelled";
+	if (s->smtp->stream != NULL)
+		e = net_stream_last_error(s->smtp->stream);
+	return e[0] != '\0' ? e : "connection lost";
+}
+
+static void reply_none(struct smtp_session *s, struct smtp_reply *reply,
+	const char *why)
+{
+	reply->code = 0;
+	snprintf(reply->text, sizeof(reply->text), "%s", why);
+}
+
+/* The connection is unusable from now on. */
+static void mark_broken(struct smtp_session *s, struct smtp_reply *reply)
+{
+	set_state(s, ST_BROKEN);
+	if (reply != NULL && reply->code == 0 && reply->text[0] == '\0')
+		reply_none(s, reply, stream_reason(s));
+}
+
+/* ------------------------------------------------------------------ */
+/* Protocol logging (debug only)                                       */
+
+static void log_chunk(struct smtp_session *s, const char *dir,
+	const char *str, size_t size)
+{
+	char line[LOG_MAX_LINE + 1];
+	size_t off = 0;
+	int lines = 0;
+
+	while (off < size) {
+		const char *nl = memchr(str + off, '\n', size - off);
+		size_t len = nl != NULL ? (size_t)(nl - (str + off)) : size - off;
+		size_t shown = len < LOG_MAX_LINE ? len : LOG_MAX_LINE;
+
+		if (++lines > LOG_MAX_LINES) {
+			log_debug("smtp %s %s ... (%zu more bytes)", s->label,
+				dir, size - off);
+			return;
+		}
+		if (shown > 0 && shown == len && str[off + shown - 1] == '\r')
+			shown--;
+		line[0] = '\0';
+		append_printable(line, sizeof(line), str + off, shown);
+		log_debug("smtp %s %s %s%s", s->label, dir, line,
+			len > LOG_MAX_LINE ? " ..." : "");
+		off += len + (nl != NULL ? 1 : 0);
+	}
+}
+
+static void stream_logger(mailstream *stream, int log_type, const char *str,
+	size_t size, void *context)
+{
+	struct smtp_session *s = context;
+
+	switch (log_type) {
+	case MAILSTREAM_LOG_TYPE_DATA_SENT_PRIVATE:
+		log_debug("smtp %s C: (%zu bytes with credentials not shown)",
+			s->label, size);
+		break;
+	case MAILSTREAM_LOG_TYPE_DATA_SENT:
+		if (s->in_data)
+			log_debug("smtp %s C: (%zu bytes of message)", s->label,
+				size);
+		else
+			log_chunk(s, "C:", str, size);
+		break;
+	case MAILSTREAM_LOG_TYPE_DATA_RECEIVED:
+		log_chunk(s, "S:", str, size);
+		break;
+	default:
+		break;
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Replies and commands                                                */
+
+static bool is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+/* Reads one reply: every line "NNN-text", the last "NNN text" or "NNN",
+ * all with the same code.  Fills *reply (one line of text) and s->ehlo
+ * (each line's text, '\n'-separated).  Returns the code, or 0 with the
+ * session broken. */
+static int read_reply(struct smtp_session *s, struct smtp_reply *reply)
+{
+	MMAPString *buf = s->smtp->line_buffer;
+	int code = 0, lines = 0;
+
+	reply->code = 0;
+	reply->text[0] = '\0';
+	s->ehlo[0] = '\0';
+	for (;;) {
+		char *line = NULL;
+		size_t len;
+		int c;
+
+		if (s->smtp->stream != NULL)
+			line = mailstream_read_line_remove_eol(s->smtp->stream,
+				buf);
+		if (line == NULL) {
+			reply->text[0] = '\0';
+			mark_broken(s, reply);
+			return 0;
+		}
+		len = strlen(line);
+		if (len < 3 || !is_digit(line[0]) || !is_digit(line[1]) ||
+		    !is_digit(line[2]) || (len > 3 && line[3] != ' ' &&
+		    line[3] != '-'))
+			goto out_bad;
+		c = (line[0] - '0') * 100 + (line[1] - '0') * 10 +
+		    (line[2] - '0');
+		if (c < 200 || c > 599 || (lines > 0 && c != code))
+			goto out_bad;
+		code = c;
+		if (lines == 0)
+			snprintf(reply->text, sizeof(reply->text), "%03d", c);
+		if (len > 4) {
+			append_printable(reply->text, sizeof(reply->text), " ", 1);
+			append_printable(reply->text, sizeof(reply->text),
+				line + 4, len - 4);
+			append_printable(s->ehlo, sizeof(s->ehlo), line + 4,
+				len - 4);
+		}
+		/* '\n' separates lines for parse_ehlo(); not printable. */
+		if (strlen(s->ehlo) + 1 < sizeof(s->ehlo))
+			strcat(s->ehlo, "\n");
+		if (++lines > REPLY_LINES_MAX)
+			goto out_bad;
+		if (len == 3 || line[3] == ' ')
+			break;
+	}
+	reply->code = code;
+	/* 421: the server is closing the connection. */
+	if (code == 421)
+		set_state(s, ST_BROKEN);
+	return code;
+
+out_bad:
+	set_state(s, ST_BROKEN);
+	reply->code = 0;
+	snprintf(reply->text, sizeof(reply->text), "not an SMTP reply from %s: ",
+		s->label);
+	append_printable(reply->text, sizeof(reply->text),
+		s->smtp->line_buffer->str, strlen(s->smtp->line_buffer->str));
+	return 0;
+}
+
+/* Writes one command line (CRLF added) and flushes it.  `private` hides
+ * it from the protocol log.  Returns 0, or -1 with the session broken. */
+static int send_line(struct smtp_session *s, const char *line, bool private,
+	struct smtp_reply *reply)
+{
+	mailstream *stream = s->smtp->stream;
+	size_t len = strlen(line);
+	int res = 0;
+
+	if (stream == NULL) {
+		reply_none(s, reply, "not connected");
+		set_state(s, ST_BROKEN);
+		return -1;
+	}
+	if (private)
+		mailstream_set_privacy(stream, 0);
+	if (mailstream_write(stream, line, len) != (ssize_t)len ||
+	    mailstream_write(stream, "\r\n", 2) != 2 ||
+	    mailstream_flush(stream) == -1)
+		res = -1;
+	if (private)
+		mailstream_set_privacy(stream, 1);
+	if (res < 0) {
+		reply->code = 0;
+		reply->text[0] = '\0';
+		mark_broken(s, reply);
+	}
+	return res;
+}
+
+/* Sends a command and reads its reply; returns the code (0: broken). */
+static int command(struct smtp_session *s, struct smtp_reply *reply,
+	const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int command(struct smtp_session *s, struct smtp_reply *reply,
+	const char *fmt, ...)
+{
+	char line[COMMAND_MAX];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	/* Never send a cut command or one that a CR/LF would split. */
+	if (n < 0 || (size_t)n >= sizeof(line) - 2 || has_line_break(line)) {
+		reply_none(s, reply, "command too long or contains a line break");
+		return 0;
+	}
+	if (send_line(s, line, false, reply) < 0)
+		return 0;
+	return read_reply(s, reply);
+}
+
+/* The result of a reply to a command that expects `ok` (250: any 2xx).
+ * A reply of the wrong kind that is not an error (a 3xx to MAIL, say)
+ * means we no longer agree with the server on the state: broken. */
+static enum smtp_result classify(struct smtp_session *s,
+	const struct smtp_reply *reply, int ok)
+{
+	if (reply->code == ok || (ok == 250 && reply->code / 100 == 2))
+		return SMTP_OK;
+	if (reply->code >= 500)
+		return SMTP_PERM;
+	if (reply->code != 0 && reply->code < 400)
+		set_state(s, ST_BROKEN);
+	return SMTP_TEMP;
+}
+
+/* ------------------------------------------------------------------ */
+/* EHLO                                                                */
+
+static bool word_is(const char *s, const char *word)
+{
+	size_t n = strlen(word);
+
+	return strncasecmp(s, word, n) == 0 &&
+	       (s[n] == '\0' || s[n] == ' ' || s[n] == '\n' || s[n] == '=');
+}
+
+/* Parses the keywords of an EHLO reply (s->ehlo, first line skipped). */
+static void parse_ehlo(struct smtp_session *s)
+{
+	struct smtp_caps *c = &s->caps;
+	const char *line = strchr(s->ehlo, '\n');
+
+	memset(c, 0, sizeof(*c));
+	c->esmtp = true;
+	while (line != NULL && *++line != '\0') {
+		if (word_is(line, "STARTTLS")) {
+			c->starttls = true;
+		} else if (word_is(line, "8BITMIME")) {
+			c->eightbitmime = true;
+		} else if (word_is(line, "SMTPUTF8")) {
+			c->smtputf8 = true;
+		} else if (word_is(line, "PIPELINING")) {
+			c->pipelining = true;
+		} else if (word_is(line, "SIZE")) {
+			c->size = true;
+			if (line[4] == ' ')
+				c->size_max = strtoull(line + 5, NULL, 10);
+		} else if (word_is(line, "AUTH")) {
+			/* "AUTH PLAIN LOGIN" or the old "AUTH=PLAIN LOGIN" */
+			const char *p = line + 4;
+
+			while (*p == ' ' || *p == '=') {
+				p++;
+				if (word_is(p, "PLAIN"))
+					c->auth_plain = true;
+				else if (word_is(p, "LOGIN"))
+					c->auth_login = true;
+				p += strcspn(p, " \n");
+			}
+		}
+		line = strchr(line, '\n');
+	}
+}
+
+/* The EHLO argument: the configured name, else our address as a
+ * literal (a name we cannot vouch for is worse than an address). */
+static void helo_name(struct smtp_session *s, char *buf, size_t size)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char addr[INET6_ADDRSTRLEN];
+	int fd;
+
+	if (s->ep->helo_name != NULL) {
+		snprintf(buf, size, "%s", s->ep->helo_name);
+		return;
+	}
+	fd = mailstream_low_get_fd(mailstream_get_low(s->smtp->stream));
+	if (fd >= 0 && getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+		if (ss.ss_family == AF_INET &&
+		    inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr,
+			addr, sizeof(addr)) != NULL) {
+			snprintf(buf, size, "[%s]", addr);
+			return;
+		}
+		if (ss.ss_family == AF_INET6 &&
+		    inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr,
+			addr, sizeof(addr)) != NULL) {
+			snprintf(buf, size, "[IPv6:%s]", addr);
+			return;
+		}
+	}
+	snprintf(buf, size, "localhost");
+}
+
+static enum backend_status session_ehlo(struct smtp_session *s,
+	bool helo_ok, const char **error_r)
+{
+	char name[HELO_NAME_MAX + 16];
+	struct smtp_reply reply;
+	int code;
+
+	set_state(s, ST_EHLO);
+	helo_name(s, name, sizeof(name));
+	code = command(s, &reply, "EHLO %s", name);
+	if (code == 250) {
+		parse_ehlo(s);
+		return BACKEND_OK;
+	}
+	if (code == 0) {
+		*error_r = errfmt("EHLO at %s failed: %s", s->label, reply.text);
+		return BACKEND_TEMP;
+	}
+	if (code >= 500 && helo_ok) {
+		code = command(s, &reply, "HELO %s", name);
+		if (code == 250) {
+			memset(&s->caps, 0, sizeof(s->caps));
+			return BACKEND_OK;
+		}
+	}
+	*error_r = errfmt("server %s refused EHLO: %s", s->label, reply.text);
+	return code >= 500 ? BACKEND_PROTOCOL : BACKEND_TEMP;
+}
+
+/* ------------------------------------------------------------------ */
+/* TLS                                                                 */
+
+static enum backend_status session_starttls(struct smtp_session *s,
+	const char **error_r)
+{
+	struct smtp_reply reply;
+	int code;
+
+	set_state(s, ST_STARTTLS);
+	code = command(s, &reply, "STARTTLS");
+	if (code != 220) {
+		set_state(s, ST_BROKEN);
+		if (code == 0 || code / 100 == 4) {
+			*error_r = errfmt("STARTTLS at %s failed: %s", s->label,
+				reply.text);
+			return BACKEND_TEMP;
+		}
+		*error_r = errfmt("server %s refused STARTTLS: %s; refusing to"
+			" continue without TLS", s->label, reply.text);
+		return BACKEND_PROTOCOL;
+	}
+	if (s->smtp->stream->read_buffer_len != 0) {
+		set_state(s, ST_BROKEN);
+		*error_r = errfmt("server %s sent data before the TLS handshake"
+			" (possible injection attack)", s->label);
+		return BACKEND_TLS;
+	}
+	if (net_stream_starttls(s->smtp->stream, s->ep->tls_ctx, s->ep->host,
+		error_r) < 0) {
+		set_state(s, ST_BROKEN);
+		return BACKEND_TLS;
+	}
+	/* Nothing learnt in clear text survives the handshake. */
+	memset(&s->caps, 0, sizeof(s->caps));
+	return session_ehlo(s, false, error_r);
+}
+
+static enum backend_status session_secure(struct smtp_session *s,
+	const char **error_r)
+{
+	const struct smtp_endpoint *ep = s->ep;
+
+	switch (ep->tls) {
+	case SMTP_TLS_IMPLICIT:
+		return BACKEND_OK;
+	case SMTP_TLS_STARTTLS:
+		if (!s->caps.starttls) {
+			set_state(s, ST_BROKEN);
+			*error_r = errfmt("server %s does not offer STARTTLS;"
+				" refusing to continue without TLS (use"
+				" smtps:// or -o allow_plaintext)", s->label);
+			return BACKEND_PROTOCOL;
+		}
+		return session_starttls(s, error_r);
+	case SMTP_TLS_NONE:
+	default:
+		/* Once offered, STARTTLS must work: no silent downgrade. */
+		if (ep->tls_ctx != NULL && s->caps.starttls)
+			return session_starttls(s, error_r);
+		log_warn("smtp %s: no TLS, credentials and mail travel in clear"
+			" text", s->label);
+		return BACKEND_OK;
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* AUTH                                                                */
+
+/* Base64 of data into a new buffer; the caller cleanses and frees it. */
+static char *base64(const unsigned char *data, size_t len, size_t *size_r)
+{
+	size_t size = 4 * ((len + 2) / 3) + 1;
+	char *out = malloc(size);
+
+	if (out != NULL)
+		EVP_EncodeBlock((unsigned char *)out, data, (int)len);
+	*size_r = size;
+	return out;
+}
+
+static void free_secret(char *p, size_t size)
+{
+	if (p != NULL) {
+		OPENSSL_cleanse(p, size);
+		free(p);
+	}
+}
+
+/* Sends one private line and reads the reply. */
+static int secret_exchange(struct smtp_session *s, const char *prefix,
+	const char *b64, struct smtp_reply *reply)
+{
+	size_t plen = strlen(prefix), blen = strlen(b64);
+	size_t size = plen + blen + 1;
+	char *line;
+	int res;
+
+	if (size > AUTH_LINE_MAX) {
+		reply_none(s, reply, "credentials too long");
+		return 0;
+	}
+	line = malloc(size);
+	if (line == NULL) {
+		reply_none(s, reply, "out of memory");
+		return 0;
+	}
+	memcpy(line, prefix, plen);
+	memcpy(line + plen, b64, blen + 1);
+	res = send_line(s, line, true, reply);
+	free_secret(line, size);
+	if (res < 0)
+		return 0;
+	return read_reply(s, reply);
+}
+
+/* AUTH PLAIN with an initial response (RFC 4954, RFC 4616). */
+static int auth_plain(struct smtp_session *s, struct smtp_reply *reply)
+{
+	const char *user = s->ep->user, *pass = s->ep->password;
+	size_t ulen = strlen(user), plen = strlen(pass);
+	size_t mlen = ulen + plen + 2, bsize = 0;
+	unsigned char *msg = malloc(mlen);
+	char *b64 = NULL;
+	int code = 0;
+
+	if (msg == NULL) {
+		reply_none(s, reply, "out of memory");
+		return 0;
+	}
+	/* authzid (empty) NUL authcid NUL passwd */
+	msg[0] = '\0';
+	memcpy(msg + 1, user, ulen);
+	msg[1 + ulen] = '\0';
+	memcpy(msg + 2 + ulen, pass, plen);
+	b64 = base64(msg, mlen, &bsize);
+	if (b64 == NULL) {
+		reply_none(s, reply, "out of memory");
+		goto out_free;
+	}
+	code = secret_exchange(s, "AUTH PLAIN ", b64, reply);
+	if (code == 334) {
+		/* A challenge despite the initial response: give up. */
+		if (send_line(s, "*", false, reply) == 0)
+			read_reply(s, reply);
+		code = 535;
+	}
+out_free:
+	free_secret((char *)msg, mlen);
+	free_secret(b64, bsize);
+	return code;
+}
+
+/* AUTH LOGIN: the user name, then the password, each after a 334. */
+static int auth_login(struct smtp_session *s, struct smtp_reply *reply)
+{
+	const char *items[2] = { s->ep->user, s->ep->password };
+	int code, i;
+
+	code = command(s, reply, "AUTH LOGIN");
+	for (i = 0; i < 2 && code == 334; i++) {
+		size_t bsize;
+		char *b64 = base64((const unsigned char *)items[i],
+			strlen(items[i]), &bsize);
+
+		if (b64 == NULL) {
+			reply_none(s, reply, "out of memory");
+			return 0;
+		}
+		code = secret_exchange(s, "", b64, reply);
+		free_secret(b64, bsize);
+	}
+	return code;
+}
+
+static enum backend_status session_auth(struct smtp_session *s,
+	const char **error_r)
+{
+	const struct smtp_endpoint *ep = s->ep;
+	struct smtp_reply reply;
+	int code;
+
+	if (ep->user == NULL)
+		return BACKEND_OK;
+	set_state(s, ST_AUTH);
+	if (s->caps.auth_plain) {
+		code = auth_plain(s, &reply);
+	} else if (s->caps.auth_login) {
+		code = auth_login(s, &reply);
+	} else {
+		*error_r = errfmt("server %s offers no AUTH mechanism mailfs"
+			" can use (PLAIN, LOGIN)", s->label);
+		return BACKEND_UNSUPPORTED;
+	}
+	if (code == 235)
+		return BACKEND_OK;
+	if (code == 0) {
+		*error_r = errfmt("AUTH at %s failed: %s", s->label, reply.text);
+		return BACKEND_TEMP;
+	}
+	*error_r = errfmt("login failed for %s at %s: %s", ep->user, ep->host,
+		reply.text);
+	/* 454 and friends: the server's trouble, not the password's. */
+	return code / 100 == 4 ? BACKEND_TEMP : BACKEND_AUTH;
+}
+
+/* ------------------------------------------------------------------ */
+/* Open and close                                                      */
+
+static enum backend_status check_endpoint(const struct smtp_endpoint *ep,
+	const char **error_r)
+{
+	if (ep->host == NULL || ep->host[0] == '\0') {
+		*error_r = "no SMTP server given";
+		return BACKEND_INVALID;
+	}
+	if (ep->user != NULL &&
+	    (ep->password == NULL || has_line_break(ep->user) ||
+	     has_line_break(ep->password) || strlen(ep->user) > CREDENTIAL_MAX ||
+	     strlen(ep->password) > CREDENTIAL_MAX)) {
+		*error_r = "the SMTP user name or password is missing, contains"
+			" a line break or is too long";
+		return BACKEND_INVALID;
+	}
+	if (ep->helo_name != NULL &&
+	    (!address_sendable(ep->helo_name) ||
+	     strlen(ep->helo_name) > HELO_NAME_MAX)) {
+		*error_r = "the EHLO name is empty, too long or has a space or"
+			" control character";
+		return BACKEND_INVALID;
+	}
+	if ((ep->tls == SMTP_TLS_IMPLICIT || ep->tls == SMTP_TLS_STARTTLS) &&
+	    ep->tls_ctx == NULL) {
+		*error_r = "TLS requested without a TLS context";
+		return BACKEND_INVALID;
+	}
+	return BACKEND_OK;
+}
+
+int smtp_session_new(const struct smtp_endpoint *ep,
+	struct smtp_session **session_r)
+{
+	struct smtp_session *s = calloc(1, sizeof(*s));
+
+	*session_r = NULL;
+	if (s == NULL)
+		return -1;
+	s->ep = ep;
+	pthread_mutex_init(&s->lock, NULL);
+	atomic_init(&s->cancelled, false);
+	/* Logging must not use errfmt(): it runs inside I/O and would
+	 * recycle error strings callers still hold. */
+	if (ep->host != NULL && strchr(ep->host, ':') != NULL)
+		snprintf(s->label, sizeof(s->label), "[%s]:%u", ep->host,
+			ep->port);
+	else
+		snprintf(s->label, sizeof(s->label), "%s:%u",
+			ep->host != NULL ? ep->host : "?", ep->port);
+	s->smtp = mailsmtp_new(0, NULL);
+	if (s->smtp == NULL) {
+		pthread_mutex_destroy(&s->lock);
+		free(s);
+		return -1;
+	}
+	/* Only libetpan's own connect helpers read it; our stream enforces
+	 * the timeout. */
+	mailsmtp_set_timeout(s->smtp, ep->timeout_s > 0 ? ep->timeout_s : 0);
+	*session_r = s;
+	return 0;
+}
+
+static enum backend_status session_greeting(struct smtp_session *s,
+	const char **error_r)
+{
+	struct smtp_reply reply;
+	int code = read_reply(s, &reply);
+
+	if (code == 220)
+		return BACKEND_OK;
+	set_state(s, ST_BROKEN);
+	if (code == 0) {
+		*error_r = errfmt("no greeting from %s: %s", s->label,
+			reply.text);
+		return BACKEND_TEMP;
+	}
+	if (code / 100 == 4) {
+		*error_r = errfmt("server %s is busy: %s", s->label, reply.text);
+		return BACKEND_TEMP;
+	}
+	*error_r = errfmt("server %s refuses service: %s", s->label,
+		reply.text);
+	return code == 554 ? BACKEND_REFUSED : BACKEND_PROTOCOL;
+}
+
+enum backend_status smtp_session_connect(struct smtp_session *s,
+	const char **error_r)
+{
+	const struct smtp_endpoint *ep = s->ep;
+	enum net_failure failure;
+	enum backend_status st;
+	mailstream *stream;
+
+	st = check_endpoint(ep, error_r);
+	if (st != BACKEND_OK)
+		return st;
+	if (s->smtp->stream != NULL) {
+		*error_r = "SMTP session already connected";
+		return BACKEND_INVALID;
+	}
+	stream = net_stream_open(ep->host, ep->port,
+		ep->tls == SMTP_TLS_IMPLICIT ? ep->tls_ctx : NULL,
+		ep->timeout_s, &failure, error_r);
+	if (stream == NULL) {
+		set_state(s, ST_BROKEN);
+		switch (failure) {
+		case NET_CONNECT:
+			return BACKEND_CONNECT;
+		case NET_TLS:
+			return BACKEND_TLS;
+		default:
+			return BACKEND_TEMP;
+		}
+	}
+	pthread_mutex_lock(&s->lock);
+	s->smtp->stream = stream;
+	s->cancel_stream = stream;
+	pthread_mutex_unlock(&s->lock);
+	/* A cancel that came before the stream existed. */
+	if (atomic_load(&s->cancelled)) {
+		set_state(s, ST_BROKEN);
+		*error_r = errfmt("connection to %s cancelled", s->label);
+		return BACKEND_TEMP;
+	}
+	if (log_debug_enabled())
+		mailstream_set_logger(stream, stream_logger, s);
+	set_state(s, ST_GREETING);
+
+	st = session_greeting(s, error_r);
+	if (st == BACKEND_OK)
+		st = session_ehlo(s, ep->tls == SMTP_TLS_NONE && ep->user == NULL,
+			error_r);
+	if (st == BACKEND_OK)
+		st = session_secure(s, error_r);
+	if (st == BACKEND_OK)
+		st = session_auth(s, error_r);
+	if (st != BACKEND_OK) {
+		/* Never QUIT a session that did not open: it may stall. */
+		set_state(s, ST_BROKEN);
+		return st;
+	}
+	set_state(s, ST_READY);
+	log_debug("smtp %s: session ready (%s%s%s%s)", s->label,
+		net_stream_is_tls(stream) ? "TLS" : "plain text",
+		s->caps.eightbitmime ? ", 8BITMIME" : "",
+		s->caps.smtputf8 ? ", SMTPUTF8" : "",
+		ep->user != NULL ? ", authenticated" : "");
+	return BACKEND_OK;
+}
+
+enum backend_status smtp_session_open(const struct smtp_endpoint *ep,
+	struct smtp_session **session_r, const char **error_r)
+{
+	struct smtp_session *s;
+	enum backend_status st;
+
+	*session_r = NULL;
+	if (smtp_session_new(ep, &s) < 0) {
+		*error_r = "out of memory";
+		return BACKEND_TEMP;
+	}
+	st = smtp_session_connect(s, error_r);
+	if (st != BACKEND_OK) {
+		smtp_session_close(&s);
+		return st;
+	}
+	*session_r = s;
+	return BACKEND_OK;
+}
+
+void smtp_session_close(struct smtp_session **session)
+{
+	struct smtp_session *s = *session;
+	mailstream *stream;
+
+	if (s == NULL)
+		return;
+	*session = NULL;
+	/* From here on a cancel finds nothing to shut down. */
+	pthread_mutex_lock(&s->lock);
+	s->cancel_stream = NULL;
+	pthread_mutex_unlock(&s->lock);
+
+	stream = s->smtp->stream;
+	if (stream != NULL && !is_broken(s)) {
+		struct smtp_reply reply;
+		int t = s->ep->timeout_s;
+
+		if (t <= 0 || t > QUIT_TIMEOUT_S)
+			t = QUIT_TIMEOUT_S;
+		net_stream_set_timeout(stream, t);
+		set_state(s, ST_QUIT);
+		command(s, &reply, "QUIT");
+	}
+	if (stream != NULL) {
+		mailstream_close(stream);
+		s->smtp->stream = NULL;
+	}
+	/* mailsmtp_free() would send QUIT on a stream still attached. */
+	mailsmtp_free(s->smtp);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+}
+
+void smtp_session_cancel(struct smtp_session *s)
+{
+	atomic_store(&s->cancelled, true);
+	pthread_mutex_lock(&s->lock);
+	if (s->cancel_stream != NULL)
+		mailstream_cancel(s->cancel_stream);
+	pthread_mutex_unlock(&s->lock);
+}
+
+bool smtp_session_broken(const struct smtp_session *s)
+{
+	return is_broken(s);
+}
+
+const struct smtp_caps *smtp_session_caps(const struct smtp_session *s)
+{
+	return &s->caps;
+}
+
+const char *smtp_session_label(const struct smtp_session *s)
+{
+	return s->label;
+}
+
+/* ------------------------------------------------------------------ */
+/* Transactions                                                        */
+
+static bool usable(struct smtp_session *s, struct smtp_reply *reply)
+{
+	if (is_broken(s) || s->smtp->stream == NULL) {
+		reply_none(s, reply, "the SMTP connection is not usable");
+		return false;
+	}
+	return true;
+}
+
+enum smtp_result smtp_session_mail(struct smtp_session *s, const char *from,
+	unsigned flags, size_t size, struct smtp_reply *reply_r)
+{
+	char size_param[32] = "";
+	enum smtp_result res;
+
+	if (!address_sendable(from)) {
+		reply_none(s, reply_r, "the sender address cannot be sent"
+			" safely");
+		return SMTP_PERM;
+	}
+	if ((flags & SMTP_MAIL_SMTPUTF8) != 0 && !s->caps.smtputf8) {
+		reply_none(s, reply_r, "the server does not offer SMTPUTF8,"
+			" which a non-ASCII address needs");
+		return SMTP_PERM;
+	}
+	if (!usable(s, reply_r))
+		return SMTP_TEMP;
+	if (s->caps.size && size > 0)
+		snprintf(size_param, sizeof(size_param), " SIZE=%zu", size);
+	command(s, reply_r, "MAIL FROM:<%s>%s%s%s", from,
+		(flags & SMTP_MAIL_8BIT) != 0 && s->caps.eightbitmime ?
+			" BODY=8BITMIME" : "",
+		(flags & SMTP_MAIL_SMTPUTF8) != 0 ? " SMTPUTF8" : "",
+		size_param);
+	res = classify(s, reply_r, 250);
+	if (res == SMTP_OK)
+		set_state(s, ST_MAIL);
+	return res;
+}
+
+enum smtp_result smtp_session_rcpt(struct smtp_session *s, const char *to,
+	struct smtp_reply *reply_r)
+{
+	enum smtp_result res;
+
+	if (!address_sendable(to)) {
+		reply_none(s, reply_r, "the recipient address cannot be sent"
+			" safely");
+		return SMTP_PERM;
+	}
+	if (!usable(s, reply_r))
+		return SMTP_TEMP;
+	command(s, reply_r, "RCPT TO:<%s>", to);
+	/* 552 on RCPT means "too many recipients" (RFC 5321 4.5.3.1.10). */
+	if (reply_r->code == 552)
+		return SMTP_TEMP;
+	res = classify(s, reply_r, 250);
+	if (res == SMTP_OK)
+		set_state(s, ST_RCPT);
+	return res;
+}
+
+enum smtp_result smtp_session_data(struct smtp_session *s, const char *data,
+	size_t len, bool *sent_r, struct smtp_reply *reply_r)
+{
+	mailsmtp *smtp = s->smtp;
+	int r, t = s->ep->timeout_s;
+	const char *text;
+
+	if (sent_r != NULL)
+		*sent_r = false;
+	if (!usable(s, reply_r))
+		return SMTP_TEMP;
+	set_state(s, ST_DATA);
+	command(s, reply_r, "DATA");
+	if (reply_r->code != 354) {
+		/* A 2xx here is a protocol error: no data was asked for. */
+		if (reply_r->code / 100 == 2) {
+			set_state(s, ST_BROKEN);
+			return SMTP_TEMP;
+		}
+		return classify(s, reply_r, 354);
+	}
+
+	/* libetpan appends CRLF.CRLF: drop one CRLF of ours. */
+	if (len >= 2 && data[len - 2] == '\r' && data[len - 1] == '\n')
+		len -= 2;
+	if (sent_r != NULL)
+		*sent_r = true;
+	if (t > 0 && t < DATA_END_TIMEOUT_S)
+		net_stream_set_timeout(smtp->stream, DATA_END_TIMEOUT_S);
+	smtp->response = NULL;
+	smtp->response_code = 0;
+	s->in_data = true;
+	r = mailsmtp_data_message(smtp, data, len);
+	s->in_data = false;
+	if (t > 0 && t < DATA_END_TIMEOUT_S)
+		net_stream_set_timeout(smtp->stream, t);
+
+	reply_r->code = 0;
+	reply_r->text[0] = '\0';
+	if (r == MAILSMTP_ERROR_STREAM || smtp->response == NULL ||
+	    smtp->response_code < 200 || smtp->response_code > 599) {
+		mark_broken(s, reply_r);
+		return SMTP_TEMP;
+	}
+	/* libetpan keeps each line's text without its code, '\n'-ended. */
+	reply_r->code = smtp->response_code;
+	snprintf(reply_r->text, sizeof(reply_r->text), "%03d",
+		smtp->response_code);
+	for (text = smtp->response; *text != '\0';) {
+		size_t n = strcspn(text, "\n");
+
+		if (n > 0) {
+			append_printable(reply_r->text, sizeof(reply_r->text),
+				" ", 1);
+			append_printable(reply_r->text, sizeof(reply_r->text),
+				text, n);
+		}
+		text += n;
+		if (*text == '\n')
+			text++;
+	}
+	if (reply_r->code == 421)
+		set_state(s, ST_BROKEN);
+	/* The final reply ends the transaction whatever it says. */
+	set_state(s, ST_READY);
+	return classify(s, reply_r, 250);
+}
+
+enum smtp_result smtp_session_reset(struct smtp_session *s,
+	struct smtp_reply *reply_r)
+{
+	if (!usable(s, reply_r))
+		return SMTP_TEMP;
+	command(s, reply_r, "RSET");
+	if (reply_r->code / 100 != 2)
+		set_state(s, ST_BROKEN);
+	set_state(s, ST_READY);
+	return classify(s, reply_r, 250);
+}
