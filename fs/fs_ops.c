@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "fs/fs_ops.h"
+#include "fs/fs_outbox.h"
 #include "src/block_cache.h"
 #include "src/log.h"
 
@@ -39,6 +40,26 @@ static struct fs_tree *tree_of(fuse_req_t req)
 	return fuse_req_userdata(req);
 }
 
+/* The outbox/ directory, when SMTP is configured; its inodes are told
+ * apart by FS_OUTBOX_INO_BIT. */
+static struct fs_outbox *outbox;
+
+void fs_ops_set_outbox(struct fs_outbox *ob)
+{
+	outbox = ob;
+}
+
+static bool is_outbox(fuse_ino_t ino)
+{
+	return outbox && fs_outbox_owns(ino);
+}
+
+static bool is_outbox_root_name(fuse_ino_t parent, const char *name)
+{
+	return outbox && parent == FUSE_ROOT_ID &&
+		strcmp(name, FS_OUTBOX_NAME) == 0;
+}
+
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
 	if (conn->capable & FUSE_CAP_READDIRPLUS)
@@ -52,7 +73,15 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fuse_entry_param e;
-	int r = fs_tree_lookup(tree_of(req), parent, name, &e);
+	int r;
+
+	if (is_outbox_root_name(parent, name)) {
+		fs_outbox_root_entry(outbox, &e, true);
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	r = is_outbox(parent) ? fs_outbox_lookup(outbox, parent, name, &e) :
+		fs_tree_lookup(tree_of(req), parent, name, &e);
 
 	if (r == -ENOENT) {
 		/* Negative entries are not cached: new mail may arrive. */
@@ -68,15 +97,24 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
-	fs_tree_forget(tree_of(req), ino, nlookup);
+	if (is_outbox(ino))
+		fs_outbox_forget(outbox, ino, nlookup);
+	else
+		fs_tree_forget(tree_of(req), ino, nlookup);
 	fuse_reply_none(req);
 }
 
 static void op_forget_multi(fuse_req_t req, size_t count,
 	struct fuse_forget_data *forgets)
 {
-	for (size_t i = 0; i < count; i++)
-		fs_tree_forget(tree_of(req), forgets[i].ino, forgets[i].nlookup);
+	for (size_t i = 0; i < count; i++) {
+		if (is_outbox(forgets[i].ino))
+			fs_outbox_forget(outbox, forgets[i].ino,
+				forgets[i].nlookup);
+		else
+			fs_tree_forget(tree_of(req), forgets[i].ino,
+				forgets[i].nlookup);
+	}
 	fuse_reply_none(req);
 }
 
@@ -84,8 +122,9 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 	struct fuse_file_info *fi)
 {
 	struct stat st;
-	double timeout;
-	int r = fs_tree_getattr(tree_of(req), ino, &st, &timeout);
+	double timeout = 0;
+	int r = is_outbox(ino) ? fs_outbox_getattr(outbox, ino, &st) :
+		fs_tree_getattr(tree_of(req), ino, &st, &timeout);
 
 	if (r < 0)
 		fuse_reply_err(req, -r);
@@ -97,7 +136,9 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	int to_set, struct fuse_file_info *fi)
 {
 	struct stat st;
-	int r = fs_tree_setattr_staged(tree_of(req), ino, attr, to_set, &st);
+	int r = is_outbox(ino) ?
+		fs_outbox_setattr(outbox, ino, attr, to_set, &st) :
+		fs_tree_setattr_staged(tree_of(req), ino, attr, to_set, &st);
 
 	if (r == 0) {
 		fuse_reply_attr(req, &st, 0);
@@ -132,7 +173,20 @@ static int fh_fd(const struct fuse_file_info *fi)
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	int fd, r = fs_tree_open_staged(tree_of(req), ino, fi->flags, &fd);
+	int fd, r;
+
+	if (is_outbox(ino)) {
+		r = fs_outbox_open(outbox, ino, fi->flags, &fd);
+		if (r < 0) {
+			fuse_reply_err(req, -r);
+			return;
+		}
+		fi->fh = (uint64_t)fd + 1;
+		fi->direct_io = 1;
+		fuse_reply_open(req, fi);
+		return;
+	}
+	r = fs_tree_open_staged(tree_of(req), ino, fi->flags, &fd);
 
 	if (r == 0) {
 		fi->fh = (uint64_t)fd + 1;
@@ -165,7 +219,9 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	mode_t mode, struct fuse_file_info *fi)
 {
 	struct fuse_entry_param e;
-	int fd, r = fs_tree_create(tree_of(req), parent, name, &e, &fd);
+	int fd, r = is_outbox(parent) ?
+		fs_outbox_create(outbox, parent, name, &e, &fd) :
+		fs_tree_create(tree_of(req), parent, name, &e, &fd);
 
 	if (r < 0) {
 		fuse_reply_err(req, -r);
@@ -175,7 +231,8 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	fi->direct_io = 1;
 	if (fuse_reply_create(req, &e, fi) != 0) {
 		close(fd);
-		fs_tree_release_staged(tree_of(req), e.ino);
+		if (!is_outbox(parent))
+			fs_tree_release_staged(tree_of(req), e.ino);
 	}
 }
 
@@ -194,7 +251,10 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		fuse_reply_err(req, errno);
 		return;
 	}
-	fs_tree_wrote_staged(tree_of(req), ino, (uint64_t)off + n);
+	if (is_outbox(ino))
+		fs_outbox_wrote(outbox, ino, (uint64_t)off + n);
+	else
+		fs_tree_wrote_staged(tree_of(req), ino, (uint64_t)off + n);
 	fuse_reply_write(req, (size_t)n);
 }
 
@@ -212,7 +272,9 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	fuse_reply_err(req, 0);
+	/* For the outbox this is where close() learns whether the message
+	 * was queued: release cannot report anything. */
+	fuse_reply_err(req, is_outbox(ino) ? -fs_outbox_flush(outbox, ino) : 0);
 }
 
 static void *notify_size_thread(void *arg)
@@ -276,7 +338,8 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 
 	if (fd >= 0) {
 		close(fd);
-		fs_tree_release_staged(tree_of(req), ino);
+		if (!is_outbox(ino))
+			fs_tree_release_staged(tree_of(req), ino);
 	}
 	fuse_reply_err(req, 0);
 }
@@ -285,11 +348,26 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 	struct fuse_file_info *fi)
 {
 	struct fs_dir_snapshot *snap;
-	int r = fs_tree_snapshot_dir(tree_of(req), ino, &snap);
+	int r = is_outbox(ino) ? fs_outbox_snapshot_dir(outbox, ino, &snap) :
+		fs_tree_snapshot_dir(tree_of(req), ino, &snap);
 
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		return;
+	}
+	if (ino == FUSE_ROOT_ID && outbox) {
+		struct fs_dir_entry *ne = realloc(snap->entries,
+			(snap->count + 1) * sizeof(*ne));
+		struct fuse_entry_param e;
+
+		if (ne) {
+			snap->entries = ne;
+			fs_outbox_root_entry(outbox, &e, false);
+			ne[snap->count].name = strdup(FS_OUTBOX_NAME);
+			ne[snap->count].st = e.attr;
+			if (ne[snap->count].name)
+				snap->count++;
+		}
 	}
 	fi->fh = (uint64_t)(uintptr_t)snap;
 	if (fuse_reply_open(req, fi) == -ENOENT)
@@ -329,7 +407,9 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		need = fuse_add_direntry_plus(req, NULL, 0, de->name, &e, 0);
 		if (need > size - used)
 			break;
-		if (!dot && !fs_tree_ref_entry(tree_of(req), de->st.st_ino, &e)) {
+		if (!dot && (fs_outbox_owns(de->st.st_ino) ||
+			     !fs_tree_ref_entry(tree_of(req), de->st.st_ino,
+						&e))) {
 			memset(&e, 0, sizeof(e));
 			e.attr = de->st;
 		}
@@ -367,7 +447,8 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	size_t size)
 {
 	char *value;
-	int r = fs_tree_getxattr(tree_of(req), ino, name, &value);
+	int r = is_outbox(ino) ? fs_outbox_getxattr(outbox, ino, name, &value) :
+		fs_tree_getxattr(tree_of(req), ino, name, &value);
 	size_t len;
 
 	if (r < 0) {
@@ -388,7 +469,8 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	char *names;
 	size_t len;
-	int r = fs_tree_listxattr(tree_of(req), ino, &names, &len);
+	int r = is_outbox(ino) ? fs_outbox_listxattr(outbox, ino, &names, &len) :
+		fs_tree_listxattr(tree_of(req), ino, &names, &len);
 
 	if (r < 0) {
 		fuse_reply_err(req, -r);
@@ -406,6 +488,10 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	const char *value, size_t size, int flags)
 {
+	if (is_outbox(ino)) {
+		fuse_reply_err(req, ENOTSUP);
+		return;
+	}
 	fuse_reply_err(req, -fs_tree_setxattr(tree_of(req), ino, name, value,
 		size));
 }
@@ -430,7 +516,13 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 	mode_t mode)
 {
 	struct fuse_entry_param e;
-	int r = fs_tree_mkdir(tree_of(req), parent, name, &e);
+	int r;
+
+	if (is_outbox(parent) || is_outbox_root_name(parent, name)) {
+		fuse_reply_err(req, is_outbox(parent) ? EPERM : EEXIST);
+		return;
+	}
+	r = fs_tree_mkdir(tree_of(req), parent, name, &e);
 
 	if (r < 0)
 		fuse_reply_err(req, -r);
@@ -440,19 +532,35 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	fuse_reply_err(req, -fs_tree_unlink(tree_of(req), parent, name));
+	if (is_outbox(parent))
+		fuse_reply_err(req, -fs_outbox_unlink(outbox, parent, name));
+	else
+		fuse_reply_err(req, -fs_tree_unlink(tree_of(req), parent, name));
 }
 
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	fuse_reply_err(req, -fs_tree_rmdir(tree_of(req), parent, name));
+	if (is_outbox(parent) || is_outbox_root_name(parent, name))
+		fuse_reply_err(req, EPERM);
+	else
+		fuse_reply_err(req, -fs_tree_rmdir(tree_of(req), parent, name));
 }
 
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 	fuse_ino_t newparent, const char *newname, unsigned int flags)
 {
-	fuse_reply_err(req, -fs_tree_rename(tree_of(req), parent, name,
-		newparent, newname, flags));
+	if (is_outbox(parent) && is_outbox(newparent))
+		fuse_reply_err(req, -fs_outbox_rename(outbox, parent, name,
+			newparent, newname));
+	else if (is_outbox(parent) || is_outbox(newparent) ||
+		 is_outbox_root_name(parent, name) ||
+		 is_outbox_root_name(newparent, newname))
+		/* Between the outbox and the folders: copy and delete, as
+		 * between file systems. */
+		fuse_reply_err(req, EXDEV);
+	else
+		fuse_reply_err(req, -fs_tree_rename(tree_of(req), parent, name,
+			newparent, newname, flags));
 }
 
 static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,

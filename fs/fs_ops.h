@@ -14,4 +14,9 @@ void fs_ops_set_session(struct fuse_session *se);
 /* An fs_tree invalidation hook that forwards to the kernel (ctx unused). */
 void fs_ops_inval_entry(void *ctx, fuse_ino_t parent, const char *name);
 
+struct fs_outbox;
+
+/* Adds MOUNTPOINT/outbox (ob borrowed; NULL: none). */
+void fs_ops_set_outbox(struct fs_outbox *ob);
+
 #endif

@@ -8,6 +8,7 @@
 #define XXH_STATIC_LINKING_ONLY  /* XXH3_state_t on the stack */
 #include <xxhash.h>
 
+#include "fs/fs_outbox.h"
 #include "fs/fs_tree_priv.h"
 #include "fs/msg_name.h"
 #include "src/errfmt.h"
@@ -26,7 +27,9 @@ time_t tree_now(void)
 
 static fuse_ino_t ino_fix(uint64_t h)
 {
-	/* 0 is invalid and 1 is the root. */
+	/* The top bit marks the outbox's inodes (fs_outbox.h); 0 is invalid
+	 * and 1 is the root. */
+	h &= ~FS_OUTBOX_INO_BIT;
 	return h <= FUSE_ROOT_ID ? h + 2 : h;
 }
 
@@ -574,6 +577,9 @@ int fs_tree_load_folders(struct fs_tree *t, const char **error_r)
 		meta_cache_save_folders(t->meta, folders, nf);
 	ret = tree_install_folders(t, folders, nf, error_r);
 	backend_folders_free(&folders, nf);
+	pthread_mutex_lock(&t->lock);
+	t->folders_at = tree_now();
+	pthread_mutex_unlock(&t->lock);
 	return ret;
 }
 
@@ -1116,6 +1122,43 @@ int fs_tree_getattr(struct fs_tree *t, fuse_ino_t ino, struct stat *st,
 
 /* ---- directory snapshots --------------------------------------------------- */
 
+static void *folders_thread(void *arg)
+{
+	struct fs_tree *t = arg;
+	const char *error;
+
+	if (fs_tree_load_folders(t, &error) < 0)
+		log_debug("cannot refresh the folder list: %s", error);
+	pthread_mutex_lock(&t->lock);
+	t->folders_loading = false;
+	t->folders_at = tree_now();
+	if (--t->n_workers == 0)
+		pthread_cond_broadcast(&t->workers_done);
+	pthread_mutex_unlock(&t->lock);
+	return NULL;
+}
+
+/* Folders made or removed by other clients show up when the root is read
+ * and the list is older than the refresh period (lock held). */
+static void refresh_folders_async(struct fs_tree *t)
+{
+	pthread_attr_t attr;
+	pthread_t th;
+
+	if (t->folders_loading ||
+	    tree_now() - t->folders_at < (time_t)t->refresh_s)
+		return;
+	t->folders_loading = true;
+	t->n_workers++;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&th, &attr, folders_thread, t) != 0) {
+		t->folders_loading = false;
+		t->n_workers--;
+	}
+	pthread_attr_destroy(&attr);
+}
+
 int fs_tree_snapshot_dir(struct fs_tree *t, fuse_ino_t ino,
 	struct fs_dir_snapshot **snap_r)
 {
@@ -1130,6 +1173,8 @@ int fs_tree_snapshot_dir(struct fs_tree *t, fuse_ino_t ino,
 		ret = dir ? -ENOTDIR : -ENOENT;
 		goto out;
 	}
+	if (dir == t->root)
+		refresh_folders_async(t);
 	ret = tree_ensure_messages(t, dir, true);
 	if (ret < 0)
 		goto out;

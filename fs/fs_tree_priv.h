@@ -95,6 +95,9 @@ struct fs_tree {
 	bool stopping;
 	pthread_cond_t stage_wake;
 
+	time_t folders_at;                /* monotonic: last folder list */
+	bool folders_loading;
+
 	/* the change watcher (fs_tree.c) */
 	pthread_t watcher;
 	bool watcher_running;

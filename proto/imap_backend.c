@@ -128,6 +128,33 @@ static bool list_flags_noselect(const struct mailimap_mbx_list_flags *fl)
 	return false;
 }
 
+/* The RFC 6154 special use of a folder, if the server says. */
+static const char *list_flags_special(const struct mailimap_mbx_list_flags *fl)
+{
+	static const char *const uses[] = {
+		"Sent", "Trash", "Drafts", "Junk", "Archive", "All", "Flagged",
+	};
+	static const char *const names[] = {
+		"\\Sent", "\\Trash", "\\Drafts", "\\Junk", "\\Archive",
+		"\\All", "\\Flagged",
+	};
+	clistiter *it;
+
+	if (!fl)
+		return NULL;
+	for (it = clist_begin(fl->mbf_oflags); it; it = clist_next(it)) {
+		struct mailimap_mbx_list_oflag *of = clist_content(it);
+
+		if (of->of_type != MAILIMAP_MBX_LIST_OFLAG_FLAG_EXT ||
+		    !of->of_flag_ext)
+			continue;
+		for (size_t i = 0; i < sizeof(uses) / sizeof(*uses); i++)
+			if (strcasecmp(of->of_flag_ext, uses[i]) == 0)
+				return names[i];
+	}
+	return NULL;
+}
+
 static enum backend_status imap_list_folders(struct backend *be,
 	struct backend_folder **folders_r, size_t *count_r,
 	const char **error_r)
@@ -169,6 +196,7 @@ static enum backend_status imap_list_folders(struct backend *be,
 			goto out_free_list;
 		}
 		f->noselect = list_flags_noselect(mb->mb_flag);
+		f->special_use = list_flags_special(mb->mb_flag);
 		n++;
 	}
 	*folders_r = folders;

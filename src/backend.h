@@ -46,6 +46,8 @@ struct backend_folder {
 	char **parts;        /* decoded UTF-8 path components, unsanitised; owned */
 	size_t n_parts;
 	bool noselect;       /* a directory that holds no messages */
+	const char *special_use;  /* "\\Sent", "\\Trash"... (RFC 6154) or
+	                             NULL; static storage */
 };
 
 /* Per-folder synchronisation state (RFC 3501, RFC 7162). */

@@ -21,6 +21,11 @@
 #include "src/meta_cache.h"
 #include "src/msg_reader.h"
 #include "src/options.h"
+#include "src/outbox_message.h"
+#include "src/outbox_sender.h"
+#include "src/outbox_spool.h"
+#include "fs/fs_outbox.h"
+#include "proto/smtp_client.h"
 #include "src/secret.h"
 
 enum { KEY_HELP, KEY_VERSION, KEY_FOREGROUND, KEY_DEBUG };
@@ -37,6 +42,13 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("connections=%u", connections, 0),
 	OPT("refresh=%u", refresh_s, 0),
 	OPT("trash=%s", trash, 0),
+	OPT("smtp=%s", smtp_text, 0),
+	OPT("smtp_password_file=%s", smtp_password_file, 0),
+	OPT("from=%s", from, 0),
+	OPT("sent=%s", sent, 0),
+	OPT("spool_dir=%s", spool_dir, 0),
+	OPT("retry_min=%u", retry_min_s, 0),
+	OPT("retry_max_age=%u", retry_max_age_s, 0),
 	OPT("allow_plaintext", allow_plaintext, 1),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
@@ -71,6 +83,17 @@ static void usage(FILE *out)
 "    -o connections=N       IMAP sessions in the pool (default 4)\n"
 "    -o refresh=SECONDS     re-list a folder older than this (default 30)\n"
 "    -o trash=FOLDER        rm moves messages there instead of expunging\n"
+"\n"
+"sending mail (files dropped into MOUNTPOINT/outbox/):\n"
+"    -o smtp=URL            smtps://user@host[:465] or smtp://user@host[:587]\n"
+"    -o smtp_password_file=PATH  SMTP password (default: the account's)\n"
+"    -o from=ADDRESS        sender for messages without a From header\n"
+"    -o sent=FOLDER|none    where copies of sent mail go (default: the\n"
+"                           \\\\Sent special-use folder, else Sent)\n"
+"    -o spool_dir=PATH      the queue (default\n"
+"                           $XDG_STATE_HOME/mailfs/USER@HOST/outbox)\n"
+"    -o retry_min=SECONDS   first retry delay, doubling to an hour (60)\n"
+"    -o retry_max_age=SECONDS  give up after this long (5 days)\n"
 "    -o allow_plaintext     permit imap:// without STARTTLS (unsafe)\n"
 "    -h, --help             this help and the FUSE options\n"
 "    -V, --version          version\n"
@@ -151,6 +174,56 @@ struct mount_ctx {
 	struct msg_reader *reader;
 };
 
+/* Copies of sent mail go to this folder (raw name; NULL: none). */
+struct sent_ctx {
+	struct backend *be;
+	char *folder;
+};
+
+static int file_sent(void *ctx, const char *bytes, size_t len)
+{
+	struct sent_ctx *sc = ctx;
+	enum backend_status st;
+	const char *error, *ignored;
+	uint32_t uid;
+
+	if (!sc->folder || !sc->be->ops->append)
+		return 0;
+	st = sc->be->ops->append(sc->be, sc->folder, bytes, len, "\\Seen", -1,
+		&uid, &error);
+	if (st == BACKEND_NOT_FOUND || st == BACKEND_REFUSED) {
+		/* No such folder yet ([TRYCREATE]): make it once. */
+		if (sc->be->ops->create_folder(sc->be, sc->folder,
+				&ignored) == BACKEND_OK)
+			st = sc->be->ops->append(sc->be, sc->folder, bytes, len,
+				"\\Seen", -1, &uid, &error);
+	}
+	if (st != BACKEND_OK) {
+		log_warn("sent mail was not filed in %s: %s", sc->folder,
+			error);
+		return -1;
+	}
+	return 0;
+}
+
+/* The \Sent special-use folder, else one named Sent. */
+static char *find_sent_folder(struct backend *be)
+{
+	struct backend_folder *f = NULL;
+	size_t n = 0;
+	char *out = NULL;
+
+	if (be->ops->list_folders(be, &f, &n, &(const char *){ NULL }) ==
+			BACKEND_OK) {
+		for (size_t i = 0; i < n && !out; i++)
+			if (f[i].special_use &&
+			    strcmp(f[i].special_use, "\\Sent") == 0)
+				out = strdup(f[i].raw_name);
+		backend_folders_free(&f, n);
+	}
+	return out ? out : strdup("Sent");
+}
+
 static char *stats_text(void *ctx)
 {
 	struct mount_ctx *mc = ctx;
@@ -208,6 +281,12 @@ int main(int argc, char **argv)
 	struct block_cache *cache = NULL;
 	struct meta_cache *meta = NULL;
 	bool offline = false;
+	struct outbox_spool *spool = NULL;
+	struct outbox_sender *sender = NULL;
+	struct fs_outbox *outbox = NULL;
+	struct sent_ctx sent = { 0 };
+	SSL_CTX *smtp_tls = NULL;
+	char *smtp_password = NULL;
 	struct backend *be = NULL;
 	struct msg_reader *reader = NULL;
 	struct fs_tree *tree = NULL;
@@ -247,6 +326,16 @@ int main(int argc, char **argv)
 	if (o.cache_size_text && parse_size(o.cache_size_text, &o.cache_size) < 0)
 		return fail("invalid cache_size '%s' (use e.g. 512M or 2G)",
 			o.cache_size_text), 2;
+	if (o.smtp_text) {
+		if (mail_url_parse(o.smtp_text, &o.smtp, &error) < 0)
+			return fail("%s", error), 2;
+		if (o.smtp.scheme != SCHEME_SMTPS &&
+		    o.smtp.scheme != SCHEME_SMTP)
+			return fail("smtp=%s: expected smtps:// or smtp://",
+				o.smtp_text), 2;
+		if (o.from && outbox_address_check(o.from, &error) < 0)
+			return fail("from=%s: %s", o.from, error), 2;
+	}
 	if (o.timeout_s == 0 || o.connections == 0)
 		return fail("%s", "timeout and connections must be at least 1"), 2;
 	if (o.allow_other && !o.default_permissions)
@@ -353,6 +442,56 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	if (o.smtp_text) {
+		char *stage_dir = NULL;
+		int r;
+
+		if (!o.spool_dir)
+			o.spool_dir = options_default_spool_dir(&o.source);
+		if (!o.spool_dir || make_private_dirs(o.spool_dir) < 0) {
+			fail("cannot create the outbox spool %s: %s",
+				o.spool_dir ? o.spool_dir : "", strerror(errno));
+			goto out;
+		}
+		r = outbox_spool_open(o.spool_dir, &spool, &error);
+		if (r < 0) {
+			fail("%s", error);
+			goto out;
+		}
+		if (o.smtp_password_file) {
+			smtp_password = secret_read_password(
+				o.smtp_password_file, NULL, &error);
+			if (!smtp_password) {
+				fail("%s", error);
+				goto out;
+			}
+		}
+		smtp_tls = net_tls_context_new(o.ca_file, &error);
+		if (!smtp_tls) {
+			fail("%s", error);
+			goto out;
+		}
+		sent.be = be;
+		if (o.sent && strcmp(o.sent, "none") == 0)
+			sent.folder = NULL;
+		else if (o.sent)
+			sent.folder = be->ops->encode_name ?
+				be->ops->encode_name(be, NULL, o.sent, &error) :
+				NULL;
+		else if (!offline && be->ops->append)
+			sent.folder = find_sent_folder(be);
+		else if (be->ops->append)
+			sent.folder = strdup("Sent");
+		if (asprintf(&stage_dir, "%s/staging", o.cache_dir) < 0 ||
+		    !(outbox = fs_outbox_new(spool, o.from, stage_dir))) {
+			free(stage_dir);
+			fail("%s", "out of memory");
+			goto out;
+		}
+		free(stage_dir);
+		fs_ops_set_outbox(outbox);
+	}
+
 	/* Keep the kernel's default_permissions checks meaningful and name
 	 * the mount after its source in /proc/mounts. */
 	char fsname[1024];
@@ -375,6 +514,28 @@ int main(int argc, char **argv)
 
 	/* Threads only now: fuse_daemonize forks. */
 	msg_reader_start(reader);
+	if (spool) {
+		struct outbox_sender_config cfg = {
+			.smtp = {
+				.host = o.smtp.host, .port = o.smtp.port,
+				.tls = o.smtp.scheme == SCHEME_SMTPS ?
+					SMTP_TLS_IMPLICIT : o.allow_plaintext ?
+					SMTP_TLS_NONE : SMTP_TLS_STARTTLS,
+				.tls_ctx = smtp_tls, .user = o.smtp.user,
+				.password = smtp_password ? smtp_password :
+					password,
+				.timeout_s = (int)o.timeout_s,
+			},
+			.default_from = o.from,
+			.retry_min_s = o.retry_min_s,
+			.retry_max_age_s = o.retry_max_age_s,
+			.file_sent = file_sent,
+			.file_sent_ctx = &sent,
+		};
+
+		if (outbox_sender_start(spool, &cfg, &sender, &error) < 0)
+			log_error("cannot start sending the outbox: %s", error);
+	}
 	if (fs_tree_start(tree, "INBOX") < 0)
 		log_error("cannot start the copy-in thread; new files will "
 			"not be appended");
@@ -391,6 +552,10 @@ out_signals:
 out_destroy:
 	fuse_session_destroy(se);
 out:
+	outbox_sender_stop(&sender);
+	fs_ops_set_outbox(NULL);
+	fs_outbox_free(&outbox);
+	outbox_spool_close(&spool);
 	fs_tree_free(&tree);
 	msg_reader_free(&reader);
 	backend_destroy(&be);
@@ -401,6 +566,16 @@ out:
 	if (ep.tls_ctx)
 		SSL_CTX_free(ep.tls_ctx);
 	secret_free(&password);
+	secret_free(&smtp_password);
+	if (smtp_tls)
+		SSL_CTX_free(smtp_tls);
+	free(sent.folder);
+	mail_url_clear(&o.smtp);
+	free(o.smtp_text);
+	free(o.smtp_password_file);
+	free(o.from);
+	free(o.sent);
+	free(o.spool_dir);
 	free(account);
 	mail_url_clear(&o.source);
 	free(o.source_text);

@@ -16,6 +16,8 @@ static const struct {
 	{ "imap://", SCHEME_IMAP, 143 },
 	{ "pop3s://", SCHEME_POP3S, 995 },
 	{ "pop3://", SCHEME_POP3, 110 },
+	{ "smtps://", SCHEME_SMTPS, 465 },
+	{ "smtp://", SCHEME_SMTP, 587 },
 };
 
 const char *mail_scheme_name(enum mail_scheme scheme)
@@ -80,32 +82,33 @@ int mail_url_parse(const char *text, struct mail_url *url_r,
 		}
 	}
 	if (!p) {
-		*error_r = errfmt("invalid source '%s': expected imaps://, "
-			"imap://, pop3s:// or pop3://user@host[:port]", text);
+		*error_r = errfmt("invalid URL '%s': expected imaps://, "
+			"imap://, pop3s://, pop3://, smtps:// or "
+			"smtp://user@host[:port]", text);
 		return -1;
 	}
 	end = p + strcspn(p, "/?#");
 	if (*end && strcmp(end, "/") != 0) {
-		*error_r = errfmt("invalid source '%s': unexpected path or "
+		*error_r = errfmt("invalid URL '%s': unexpected path or "
 			"query after the host", text);
 		return -1;
 	}
 	at = memrchr(p, '@', end - p);
 	if (!at || at == p) {
-		*error_r = errfmt("invalid source '%s': no user name "
+		*error_r = errfmt("invalid URL '%s': no user name "
 			"(expected user@host)", text);
 		return -1;
 	}
 	url.user = percent_decode(p, at - p);
 	if (!url.user || !*url.user) {
-		*error_r = errfmt("invalid source '%s': bad user name", text);
+		*error_r = errfmt("invalid URL '%s': bad user name", text);
 		goto fail;
 	}
 	host = at + 1;
 	if (*host == '[') {
 		host_end = memchr(host, ']', end - host);
 		if (!host_end) {
-			*error_r = errfmt("invalid source '%s': unterminated "
+			*error_r = errfmt("invalid URL '%s': unterminated "
 				"IPv6 address", text);
 			goto fail;
 		}
@@ -118,12 +121,12 @@ int mail_url_parse(const char *text, struct mail_url *url_r,
 		url.host = strndup(host, host_end - host);
 	}
 	if (!url.host || !*url.host) {
-		*error_r = errfmt("invalid source '%s': no host name", text);
+		*error_r = errfmt("invalid URL '%s': no host name", text);
 		goto fail;
 	}
 	for (const char *c = url.host; *c; c++)
 		if (!isalnum((unsigned char)*c) && !strchr(".-_:", *c)) {
-			*error_r = errfmt("invalid source '%s': bad character "
+			*error_r = errfmt("invalid URL '%s': bad character "
 				"in host name", text);
 			goto fail;
 		}
@@ -132,7 +135,7 @@ int mail_url_parse(const char *text, struct mail_url *url_r,
 		unsigned long port;
 
 		if (*host_end != ':') {
-			*error_r = errfmt("invalid source '%s': junk after "
+			*error_r = errfmt("invalid URL '%s': junk after "
 				"the host name", text);
 			goto fail;
 		}
@@ -141,7 +144,7 @@ int mail_url_parse(const char *text, struct mail_url *url_r,
 		port = strtoul(port_s, &num_end, 10);
 		if (num_end != end || num_end == port_s || errno ||
 		    port == 0 || port > 65535) {
-			*error_r = errfmt("invalid source '%s': bad port "
+			*error_r = errfmt("invalid URL '%s': bad port "
 				"number", text);
 			goto fail;
 		}
@@ -210,4 +213,20 @@ char *options_default_cache_dir(const struct mail_url *url)
 			return NULL;
 	}
 	return out;
+}
+
+char *options_default_spool_dir(const struct mail_url *url)
+{
+	const char *xdg = getenv("XDG_STATE_HOME");
+	const char *home = getenv("HOME");
+	char *out = NULL;
+	int r;
+
+	if (xdg && *xdg == '/')
+		r = asprintf(&out, "%s/mailfs/%s@%s/outbox", xdg, url->user,
+			url->host);
+	else
+		r = asprintf(&out, "%s/.local/state/mailfs/%s@%s/outbox",
+			home && *home ? home : "/tmp", url->user, url->host);
+	return r < 0 ? NULL : out;
 }

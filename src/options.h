@@ -10,6 +10,8 @@ enum mail_scheme {
 	SCHEME_IMAP,    /* STARTTLS required, 143 */
 	SCHEME_POP3S,   /* implicit TLS, 995 */
 	SCHEME_POP3,    /* STLS required, 110 */
+	SCHEME_SMTPS,   /* implicit TLS, 465 */
+	SCHEME_SMTP,    /* STARTTLS required, 587 */
 };
 
 /* A parsed SOURCE such as imaps://user@host:993.  Strings are owned. */
@@ -38,6 +40,14 @@ struct mailfs_options {
 	char *cache_dir;          /* resolved to the default when not given */
 	char *cache_size_text;
 	char *trash;              /* -o trash=FOLDER: rm moves there */
+	char *smtp_text;          /* -o smtp=URL */
+	struct mail_url smtp;
+	char *smtp_password_file;
+	char *from;
+	char *sent;               /* folder for copies, "none", NULL: find */
+	char *spool_dir;          /* default $XDG_STATE_HOME/mailfs/... */
+	unsigned retry_min_s;
+	unsigned retry_max_age_s;
 	uint64_t cache_size;      /* bytes */
 	unsigned timeout_s;
 	unsigned connections;
@@ -55,5 +65,10 @@ int parse_size(const char *text, uint64_t *size_r);
 /* The account's default cache directory:
  * $XDG_CACHE_HOME/mailfs/<user>@<host> (or ~/.cache/...).  Malloc'd. */
 char *options_default_cache_dir(const struct mail_url *url);
+
+/* The default outbox spool: $XDG_STATE_HOME/mailfs/<user>@<host>/outbox
+ * (or ~/.local/state/...): state, not cache, since it may hold mail that
+ * exists nowhere else.  Malloc'd. */
+char *options_default_spool_dir(const struct mail_url *url);
 
 #endif

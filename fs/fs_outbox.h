@@ -1,0 +1,74 @@
+/* The outbox/ directory: files dropped there are sent by SMTP.
+ *
+ * outbox/NAME          a message queued in the spool (read-only; rm
+ *                      cancels it unless it is being sent); its
+ *                      user.mail.status says queued, sending or deferred
+ * outbox/failed/NAME   a message that could not be sent, and NAME.error
+ *                      with the reason; rm removes them
+ *
+ * A new file is staged while written and handed to the spool when it is
+ * closed (flush), so close() itself reports a refused message (EINVAL) and
+ * returns 0 only once the message is durably queued.  Names starting with
+ * '.' are drafts: taken only when renamed to a plain name.
+ *
+ * Outbox inodes have FS_OUTBOX_INO_BIT set; fs_ops sends every request for
+ * such an inode here.  Thread-safe.
+ */
+#ifndef MAILFS_FS_OUTBOX_H
+#define MAILFS_FS_OUTBOX_H
+
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "fs/fs_tree.h"
+
+#define FS_OUTBOX_INO_BIT (1ULL << 63)
+#define FS_OUTBOX_NAME "outbox"
+
+struct outbox_spool;
+struct fs_outbox;
+
+/* spool is borrowed and must outlive the outbox; default_from (may be
+ * NULL) is copied; stage_dir is where files being written are kept. */
+struct fs_outbox *fs_outbox_new(struct outbox_spool *spool,
+	const char *default_from, const char *stage_dir);
+void fs_outbox_free(struct fs_outbox **ob);
+
+static inline bool fs_outbox_owns(fuse_ino_t ino)
+{
+	return (ino & FS_OUTBOX_INO_BIT) != 0;
+}
+
+/* The entry for MOUNTPOINT/outbox, for the root's lookups and listing. */
+void fs_outbox_root_entry(struct fs_outbox *ob, struct fuse_entry_param *e,
+	bool take_ref);
+
+/* FUSE operations on outbox inodes; the same contracts as fs_tree's.
+ * File handles are fd + 1 (0: none). */
+int fs_outbox_lookup(struct fs_outbox *ob, fuse_ino_t parent,
+	const char *name, struct fuse_entry_param *e);
+void fs_outbox_forget(struct fs_outbox *ob, fuse_ino_t ino, uint64_t n);
+int fs_outbox_getattr(struct fs_outbox *ob, fuse_ino_t ino, struct stat *st);
+int fs_outbox_snapshot_dir(struct fs_outbox *ob, fuse_ino_t ino,
+	struct fs_dir_snapshot **snap_r);
+int fs_outbox_open(struct fs_outbox *ob, fuse_ino_t ino, int flags,
+	int *fd_r);
+int fs_outbox_create(struct fs_outbox *ob, fuse_ino_t parent,
+	const char *name, struct fuse_entry_param *e, int *fd_r);
+void fs_outbox_wrote(struct fs_outbox *ob, fuse_ino_t ino, uint64_t end);
+int fs_outbox_flush(struct fs_outbox *ob, fuse_ino_t ino);
+int fs_outbox_unlink(struct fs_outbox *ob, fuse_ino_t parent,
+	const char *name);
+int fs_outbox_rename(struct fs_outbox *ob, fuse_ino_t parent,
+	const char *name, fuse_ino_t newparent, const char *newname);
+int fs_outbox_setattr(struct fs_outbox *ob, fuse_ino_t ino,
+	const struct stat *attr, int to_set, struct stat *st_r);
+int fs_outbox_getxattr(struct fs_outbox *ob, fuse_ino_t ino,
+	const char *name, char **value_r);
+int fs_outbox_listxattr(struct fs_outbox *ob, fuse_ino_t ino,
+	char **names_r, size_t *len_r);
+
+#endif
