@@ -720,8 +720,10 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 		free(list);
 		return -ENOMEM;
 	}
-	memcpy(by_uid, dir->msgs, dir->n_msgs * sizeof(*by_uid));
-	qsort(by_uid, dir->n_msgs, sizeof(*by_uid), node_uid_cmp);
+	if (dir->n_msgs) {
+		memcpy(by_uid, dir->msgs, dir->n_msgs * sizeof(*by_uid));
+		qsort(by_uid, dir->n_msgs, sizeof(*by_uid), node_uid_cmp);
+	}
 	for (size_t i = 0; i < dir->n_msgs; i++)
 		dir->msgs[i]->seen = false;
 	for (size_t i = 0; i < n; i++) {

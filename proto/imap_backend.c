@@ -598,11 +598,13 @@ static enum backend_status imap_resync_messages(struct backend *be,
 				st = BACKEND_TEMP, *error_r = "out of memory";
 			} else {
 				msgs = grown;
-				qsort(uf, n_uf, sizeof(*uf), compare_uid_flags);
+				if (n_uf)
+					qsort(uf, n_uf, sizeof(*uf),
+						compare_uid_flags);
 			}
 			for (size_t i = 0; st == BACKEND_OK && i < n_known; i++) {
 				struct uid_flags key = { .uid = known[i].uid };
-				struct uid_flags *hit = uf ? bsearch(&key, uf,
+				struct uid_flags *hit = n_uf ? bsearch(&key, uf,
 					n_uf, sizeof(*uf),
 					compare_uid_flags) : NULL;
 

@@ -102,7 +102,8 @@ static void mem_store(struct msg_reader *r, const struct block_key *key,
 		if (!slot->data)
 			return;
 	}
-	memcpy(slot->data, data, len);
+	if (len)
+		memcpy(slot->data, data, len);
 	slot->key = *key;
 	slot->len = len;
 	slot->eom = eom;
