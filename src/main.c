@@ -300,58 +300,85 @@ int main(int argc, char **argv)
 
 	log_init(false, false);
 	ps.o = &o;
+	ret = 2;   /* usage errors until the options are checked */
 	if (fuse_opt_parse(&args, &o, opt_spec, opt_proc) < 0)
-		return 2;
+		goto out;
 	if (ps.help) {
 		usage(stdout);
 		printf("FUSE options:\n");
 		fuse_lowlevel_help();
-		return 0;
+		ret = 0;
+		goto out;
 	}
 	if (ps.version) {
 		printf("mailfs %s\n", MAILFS_VERSION);
 		fuse_lowlevel_version();
-		return 0;
+		ret = 0;
+		goto out;
 	}
 	log_init(o.debug, false);
 	if (!o.source_text || !o.mountpoint) {
 		usage(stderr);
-		return 2;
+		goto out;
 	}
-	if (mail_url_parse(o.source_text, &o.source, &error) < 0)
-		return fail("%s", error), 2;
-	if (o.source.scheme != SCHEME_IMAPS && o.source.scheme != SCHEME_IMAP)
-		return fail("%s: only imaps:// and imap:// sources are "
-			"supported", o.source_text), 2;
-	if (o.cache_size_text && parse_size(o.cache_size_text, &o.cache_size) < 0)
-		return fail("invalid cache_size '%s' (use e.g. 512M or 2G)",
-			o.cache_size_text), 2;
+	if (mail_url_parse(o.source_text, &o.source, &error) < 0) {
+		fail("%s", error);
+		goto out;
+	}
+	if (o.source.scheme != SCHEME_IMAPS && o.source.scheme != SCHEME_IMAP) {
+		fail("%s: only imaps:// and imap:// sources are "
+			"supported", o.source_text);
+		goto out;
+	}
+	if (o.cache_size_text &&
+	    parse_size(o.cache_size_text, &o.cache_size) < 0) {
+		fail("invalid cache_size '%s' (use e.g. 512M or 2G)",
+			o.cache_size_text);
+		goto out;
+	}
 	if (o.smtp_text) {
-		if (mail_url_parse(o.smtp_text, &o.smtp, &error) < 0)
-			return fail("%s", error), 2;
+		if (mail_url_parse(o.smtp_text, &o.smtp, &error) < 0) {
+			fail("%s", error);
+			goto out;
+		}
 		if (o.smtp.scheme != SCHEME_SMTPS &&
-		    o.smtp.scheme != SCHEME_SMTP)
-			return fail("smtp=%s: expected smtps:// or smtp://",
-				o.smtp_text), 2;
-		if (o.from && outbox_address_check(o.from, &error) < 0)
-			return fail("from=%s: %s", o.from, error), 2;
+		    o.smtp.scheme != SCHEME_SMTP) {
+			fail("smtp=%s: expected smtps:// or smtp://",
+				o.smtp_text);
+			goto out;
+		}
+		if (o.from && outbox_address_check(o.from, &error) < 0) {
+			fail("from=%s: %s", o.from, error);
+			goto out;
+		}
 	}
-	if (o.timeout_s == 0 || o.connections == 0)
-		return fail("%s", "timeout and connections must be at least 1"), 2;
-	if (o.allow_other && !o.default_permissions)
-		return fail("%s", "allow_other requires default_permissions: "
-			"without it every local user could read this mailbox"), 2;
-	if (!realpath(o.mountpoint, mountpoint))
-		return fail("cannot use mount point: %s", strerror(errno)), 2;
+	if (o.timeout_s == 0 || o.connections == 0) {
+		fail("%s", "timeout and connections must be at least 1");
+		goto out;
+	}
+	if (o.allow_other && !o.default_permissions) {
+		fail("%s", "allow_other requires default_permissions: "
+			"without it every local user could read this mailbox");
+		goto out;
+	}
+	if (!realpath(o.mountpoint, mountpoint)) {
+		fail("cannot use mount point: %s", strerror(errno));
+		goto out;
+	}
 	if (!o.cache_dir)
 		o.cache_dir = options_default_cache_dir(&o.source);
-	if (asprintf(&account, "%s@%s", o.source.user, o.source.host) < 0)
-		return 1;
+	ret = 1;   /* from here on: failures to start */
+	if (asprintf(&account, "%s@%s", o.source.user, o.source.host) < 0) {
+		account = NULL;
+		goto out;
+	}
 
 	password = secret_read_password(o.password_file, o.password_cmd,
 		&error);
-	if (!password)
-		return fail("%s", error);
+	if (!password) {
+		fail("%s", error);
+		goto out;
+	}
 
 	ep.host = o.source.host;
 	ep.port = o.source.port;

@@ -52,7 +52,7 @@ struct mailfs_options {
 	unsigned timeout_s;
 	unsigned connections;
 	unsigned refresh_s;
-	bool allow_plaintext;
+	int allow_plaintext;      /* int: fuse_opt stores an int there */
 	bool foreground;
 	bool debug;
 	bool allow_other;         /* seen among the FUSE options */

@@ -1,0 +1,1252 @@
+/* One authenticated POP3 session: connect, TLS, capabilities, login, and
+ * the read-only commands.
+ *
+ * libetpan (1.9.4) sends the greeting, STLS, USER, PASS and QUIT for us.
+ * Everything that returns a multi-line answer is read here instead,
+ * because libetpan's readers cannot be trusted with it:
+ *  - mailpop3_retr/mailpop3_top rebuild each line with strlen() and append
+ *    CRLF: bytes after a NUL are lost and a bare LF becomes CRLF, so the
+ *    result is not the server's bytes.  They also grow one buffer without
+ *    limit (an endless message), as does every libetpan line read: the
+ *    few single lines left to libetpan are the greeting and the answers
+ *    to STLS, USER, PASS and QUIT.
+ *  - mailpop3_list stores entry n at index n-1 of an array it resizes to
+ *    n: "0 100" writes before the array, "4000000000 1" asks for 32 GB;
+ *    UIDL "0 x" reads before it; a failed UIDL is silently ignored, and
+ *    sizes go through strtol into 32 bits.
+ *  - mailpop3_user/mailpop3_pass format into a 513-byte buffer: a longer
+ *    credential loses its CRLF and the server waits for the rest.
+ *  - mailpop3_free() sends QUIT on any stream still attached, and only
+ *    QUIT frees the APOP timestamp of the greeting; a session we gave up
+ *    on has its stream closed and the timestamp freed here.
+ * Nothing in this file can send DELE or RSET.
+ */
+#include "proto/pop3_session.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "proto/net_stream.h"
+#include "src/errfmt.h"
+#include "src/log.h"
+
+/* QUIT at close waits at most this long. */
+#define QUIT_TIMEOUT_S 5
+/* Longest user name or password: libetpan formats "PASS %s\r\n" into 513
+ * bytes and would cut the line end off anything longer than 505. */
+#define CREDENTIAL_MAX 500
+/* Longest response or listing line we accept (RFC 2449 allows 512). */
+#define LINE_MAX_LEN 1024
+/* A LIST answer with more messages than this is not believed. */
+#define SCAN_MAX 1000000
+/* TOP commands sent ahead of their answers when PIPELINING is offered. */
+#define PIPELINE_DEPTH 32
+/* Debug protocol log: at most this many lines per chunk, bytes per line. */
+#define LOG_MAX_LINES 8
+#define LOG_MAX_LINE 200
+
+/* Copies at most dst_size - 1 bytes of src, control characters as '?'. */
+static void copy_printable(char *dst, size_t dst_size, const char *src,
+	size_t src_len)
+{
+	size_t i, n = src_len < dst_size - 1 ? src_len : dst_size - 1;
+
+	for (i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)src[i];
+
+		dst[i] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
+	}
+	dst[n] = '\0';
+}
+
+bool pop3_uidl_valid(const char *uidl, size_t len)
+{
+	if (len == 0 || len > POP3_UIDL_MAX)
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)uidl[i] < 0x21 || (unsigned char)uidl[i] > 0x7e)
+			return false;
+	return true;
+}
+
+const char *pop3_session_last_text(struct pop3_session *s)
+{
+	return s->text;
+}
+
+/* Keeps libetpan's idea of the last response (USER, PASS, STLS). */
+static void take_libetpan_text(struct pop3_session *s)
+{
+	const char *t = s->pop3->pop3_response;
+
+	if (t == NULL)
+		t = "";
+	copy_printable(s->text, sizeof(s->text), t, strlen(t));
+}
+
+static mailstream *session_stream(struct pop3_session *s)
+{
+	return s->pop3->pop3_stream;
+}
+
+static const char *stream_reason(struct pop3_session *s)
+{
+	const char *e = "";
+
+	if (session_stream(s) != NULL)
+		e = net_stream_last_error(session_stream(s));
+	return e[0] != '\0' ? e : "connection lost";
+}
+
+static enum backend_status stream_failed(struct pop3_session *s,
+	const char *what, const char **error_r)
+{
+	s->broken = true;
+	*error_r = errfmt("%s at %s failed: %s", what, s->label,
+		stream_reason(s));
+	return BACKEND_TEMP;
+}
+
+static enum backend_status protocol_failed(struct pop3_session *s,
+	const char *what, const char *why, const char **error_r)
+{
+	s->broken = true;
+	*error_r = errfmt("bad answer to %s from %s: %s", what, s->label, why);
+	return BACKEND_PROTOCOL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Protocol logging (debug only)                                       */
+
+static void log_chunk(struct pop3_session *s, const char *dir,
+	const char *str, size_t size)
+{
+	char line[LOG_MAX_LINE + 1];
+	size_t off = 0;
+	int lines = 0;
+
+	while (off < size) {
+		const char *nl = memchr(str + off, '\n', size - off);
+		size_t len = nl != NULL ? (size_t)(nl - (str + off)) : size - off;
+		size_t shown = len;
+
+		if (++lines > LOG_MAX_LINES) {
+			log_debug("pop3 %s %s ... (%zu more bytes)", s->label,
+				dir, size - off);
+			return;
+		}
+		if (shown > 0 && str[off + shown - 1] == '\r')
+			shown--;
+		copy_printable(line, sizeof(line), str + off, shown);
+		log_debug("pop3 %s %s %s%s", s->label, dir, line,
+			shown > LOG_MAX_LINE ? " ..." : "");
+		off += len + (nl != NULL ? 1 : 0);
+	}
+}
+
+static void session_logger(mailpop3 *pop3, int log_type, const char *str,
+	size_t size, void *context)
+{
+	struct pop3_session *s = context;
+
+	switch (log_type) {
+	case MAILSTREAM_LOG_TYPE_DATA_SENT_PRIVATE:
+		log_debug("pop3 %s C: (%zu bytes with credentials not shown)",
+			s->label, size);
+		break;
+	case MAILSTREAM_LOG_TYPE_DATA_SENT:
+		log_chunk(s, "C:", str, size);
+		break;
+	case MAILSTREAM_LOG_TYPE_DATA_RECEIVED:
+		/* Mail content is summarised by the command instead. */
+		if (!s->quiet)
+			log_chunk(s, "S:", str, size);
+		break;
+	default:
+		break;
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Reading                                                             */
+
+/* Walks the stream's read buffer in place and gives it back to libetpan
+ * (rd_done) before any libetpan call, so both can share the stream.
+ * Consuming line by line through mailstream_read() would memmove the
+ * whole buffer for every line. */
+struct rd {
+	struct pop3_session *s;
+	mailstream *st;
+	size_t pos;                    /* bytes of st->read_buffer used */
+	char line[LINE_MAX_LEN + 1];   /* a line that straddles two reads */
+};
+
+static void rd_init(struct rd *r, struct pop3_session *s)
+{
+	r->s = s;
+	r->st = session_stream(s);
+	r->pos = 0;
+}
+
+/* Drops what has been used from the stream's buffer. */
+static void rd_done(struct rd *r)
+{
+	mailstream *st = r->st;
+
+	if (r->pos == 0)
+		return;
+	st->read_buffer_len -= r->pos;
+	if (st->read_buffer_len != 0)
+		memmove(st->read_buffer, st->read_buffer + r->pos,
+			st->read_buffer_len);
+	r->pos = 0;
+}
+
+/* Makes unused bytes available; -1 when the stream failed (net_stream
+ * reports end of file as a failure too). */
+static int rd_fill(struct rd *r)
+{
+	if (r->pos < r->st->read_buffer_len)
+		return 0;
+	r->st->read_buffer_len = 0;
+	r->pos = 0;
+	if (mailstream_feed_read_buffer(r->st) <= 0) {
+		r->s->broken = true;
+		return -1;
+	}
+	return 0;
+}
+
+/* One line without its line end (LF, or CRLF).  *line_r points into the
+ * stream buffer or r->line and stays valid until the next rd_ call.
+ * Returns 0, -1 (stream failed) or -2 (line too long; session broken). */
+static int rd_line(struct rd *r, const char **line_r, size_t *len_r)
+{
+	size_t have = 0;
+	bool split = false;
+	const char *line;
+	size_t len;
+
+	for (;;) {
+		if (rd_fill(r) < 0)
+			return -1;
+
+		const char *p = r->st->read_buffer + r->pos;
+		size_t avail = r->st->read_buffer_len - r->pos;
+		const char *nl = memchr(p, '\n', avail);
+		size_t n = nl != NULL ? (size_t)(nl - p) + 1 : avail;
+
+		if (!split && nl != NULL) {
+			line = p;
+			len = n;
+			r->pos += n;
+			break;
+		}
+		if (have + n > LINE_MAX_LEN) {
+			r->s->broken = true;
+			return -2;
+		}
+		memcpy(r->line + have, p, n);
+		have += n;
+		r->pos += n;
+		split = true;
+		if (nl != NULL) {
+			line = r->line;
+			len = have;
+			break;
+		}
+	}
+	len--;                               /* LF */
+	if (len > 0 && line[len - 1] == '\r')
+		len--;
+	*line_r = line;
+	*len_r = len;
+	return 0;
+}
+
+static enum backend_status line_failed(struct rd *r, int rc, const char *what,
+	const char **error_r)
+{
+	rd_done(r);
+	if (rc == -2)
+		return protocol_failed(r->s, what, "line too long", error_r);
+	return stream_failed(r->s, what, error_r);
+}
+
+/* Reads a status line: 1 for +OK, 0 for -ERR (text kept for
+ * pop3_session_last_text), or a failure with *st_r set. */
+static int rd_status(struct rd *r, const char *what, enum backend_status *st_r,
+	const char **error_r)
+{
+	const char *line;
+	size_t len, skip;
+	int ok, rc;
+
+	rc = rd_line(r, &line, &len);
+	if (rc < 0) {
+		*st_r = line_failed(r, rc, what, error_r);
+		return -1;
+	}
+	if (len >= 3 && memcmp(line, "+OK", 3) == 0) {
+		ok = 1;
+		skip = 3;
+	} else if (len >= 4 && memcmp(line, "-ERR", 4) == 0) {
+		ok = 0;
+		skip = 4;
+	} else {
+		rd_done(r);
+		*st_r = protocol_failed(r->s, what, "neither +OK nor -ERR",
+			error_r);
+		return -1;
+	}
+	if (skip < len && line[skip] == ' ')
+		skip++;
+	copy_printable(r->s->text, sizeof(r->s->text), line + skip, len - skip);
+	return ok;
+}
+
+/* Where a multi-line body stands: at a line start, after a '.' that opens
+ * a line, after ".\r", or inside a line. */
+enum ml_state { ML_BOL, ML_DOT, ML_DOT_CR, ML_MID };
+
+/* Feeds n bytes of a multi-line answer (RFC 1939 3) through the state
+ * machine, passing content on to sink.  A line that opens with '.' loses
+ * that dot; "." CRLF (or a bare LF, from sloppy servers) ends the answer.
+ * Every other byte, CR and LF included, is content as sent.  Returns 1
+ * at the end (*used_r counts the terminator), 0 when it wants more, -1
+ * when the sink aborted. */
+static int ml_feed(enum ml_state *state, const char *p, size_t n,
+	size_t *used_r, pop3_sink_fn *sink, void *ctx)
+{
+	size_t i = 0;
+
+	while (i < n) {
+		switch (*state) {
+		case ML_MID: {
+			const char *nl = memchr(p + i, '\n', n - i);
+			size_t run = nl != NULL ? (size_t)(nl - (p + i)) + 1 : n - i;
+
+			if (sink(ctx, p + i, run) < 0)
+				return -1;
+			i += run;
+			if (nl != NULL)
+				*state = ML_BOL;
+			break;
+		}
+		case ML_BOL:
+			if (p[i] == '.') {
+				*state = ML_DOT;
+				i++;
+			} else {
+				*state = ML_MID;
+			}
+			break;
+		case ML_DOT:
+			if (p[i] == '\r') {
+				*state = ML_DOT_CR;
+				i++;
+			} else if (p[i] == '\n') {
+				*used_r = i + 1;
+				return 1;
+			} else {
+				*state = ML_MID;   /* the dot was stuffing */
+			}
+			break;
+		case ML_DOT_CR:
+			if (p[i] == '\n') {
+				*used_r = i + 1;
+				return 1;
+			}
+			/* ".\r" then more: a stuffed line whose CR is content. */
+			if (sink(ctx, "\r", 1) < 0)
+				return -1;
+			*state = ML_MID;
+			break;
+		}
+	}
+	*used_r = i;
+	return 0;
+}
+
+/* Reads a multi-line body after its +OK line. */
+static enum backend_status rd_multiline(struct rd *r, const char *what,
+	pop3_sink_fn *sink, void *ctx, const char **error_r)
+{
+	enum ml_state state = ML_BOL;
+
+	for (;;) {
+		size_t used = 0;
+		int rc;
+
+		if (rd_fill(r) < 0) {
+			rd_done(r);
+			return stream_failed(r->s, what, error_r);
+		}
+		rc = ml_feed(&state, r->st->read_buffer + r->pos,
+			r->st->read_buffer_len - r->pos, &used, sink, ctx);
+		r->pos += used;
+		if (rc == 1)
+			return BACKEND_OK;
+		if (rc < 0) {
+			rd_done(r);
+			r->s->broken = true;
+			*error_r = "transfer aborted";
+			return BACKEND_TEMP;
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Sending                                                             */
+
+/* Queues one command line; pop3_flush sends.  Our commands carry no
+ * secrets, so they may show in the debug log. */
+static enum backend_status send_command(struct pop3_session *s,
+	const char *what, const char *line, const char **error_r)
+{
+	mailstream *st = session_stream(s);
+	size_t len = strlen(line);
+
+	mailstream_set_privacy(st, 1);
+	if (mailstream_write(st, line, len) != (ssize_t)len ||
+	    mailstream_write(st, "\r\n", 2) != 2)
+		return stream_failed(s, what, error_r);
+	return BACKEND_OK;
+}
+
+static enum backend_status flush_commands(struct pop3_session *s,
+	const char *what, const char **error_r)
+{
+	if (mailstream_flush(session_stream(s)) == -1)
+		return stream_failed(s, what, error_r);
+	return BACKEND_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Capabilities                                                        */
+
+static bool word_is(const char *p, size_t len, const char *word)
+{
+	return strlen(word) == len && strncasecmp(p, word, len) == 0;
+}
+
+/* CAPA (RFC 2449).  A server without it (-ERR) leaves caps.known false. */
+static enum backend_status session_capa(struct pop3_session *s,
+	const char **error_r)
+{
+	struct pop3_caps caps = { 0 };
+	enum backend_status st;
+	const char *line;
+	struct rd r;
+	size_t len;
+	int rc;
+
+	memset(&s->caps, 0, sizeof(s->caps));
+	st = send_command(s, "CAPA", "CAPA", error_r);
+	if (st == BACKEND_OK)
+		st = flush_commands(s, "CAPA", error_r);
+	if (st != BACKEND_OK)
+		return st;
+	rd_init(&r, s);
+	rc = rd_status(&r, "CAPA", &st, error_r);
+	if (rc < 0)
+		return st;
+	if (rc == 0) {
+		rd_done(&r);
+		log_debug("pop3 %s: no CAPA (%s)", s->label, s->text);
+		return BACKEND_OK;
+	}
+	for (;;) {
+		rc = rd_line(&r, &line, &len);
+		if (rc < 0)
+			return line_failed(&r, rc, "CAPA", error_r);
+		if (len == 1 && line[0] == '.')
+			break;
+		/* The first word names the capability. */
+		size_t w = 0;
+
+		while (w < len && line[w] != ' ')
+			w++;
+		if (word_is(line, w, "TOP"))
+			caps.top = true;
+		else if (word_is(line, w, "UIDL"))
+			caps.uidl = true;
+		else if (word_is(line, w, "USER"))
+			caps.user = true;
+		else if (word_is(line, w, "STLS"))
+			caps.stls = true;
+		else if (word_is(line, w, "PIPELINING"))
+			caps.pipelining = true;
+	}
+	rd_done(&r);
+	caps.known = true;
+	s->caps = caps;
+	return BACKEND_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Open and close                                                      */
+
+static enum backend_status check_endpoint(const struct pop3_endpoint *ep,
+	const char **error_r)
+{
+	if (ep->host == NULL || ep->host[0] == '\0') {
+		*error_r = "no POP3 server given";
+		return BACKEND_INVALID;
+	}
+	if (ep->user == NULL || ep->user[0] == '\0' || ep->password == NULL) {
+		*error_r = "no POP3 user name or password given";
+		return BACKEND_INVALID;
+	}
+	/* libetpan sends them verbatim: a line break would end the command
+	 * and start one of the server's choosing.  (A C string holds no
+	 * NUL; secret_read_password refuses passwords that had one.) */
+	if (strpbrk(ep->user, "\r\n") != NULL ||
+	    strlen(ep->user) > CREDENTIAL_MAX) {
+		*error_r = "the POP3 user name contains a line break or is too long";
+		return BACKEND_INVALID;
+	}
+	if (strpbrk(ep->password, "\r\n") != NULL ||
+	    strlen(ep->password) > CREDENTIAL_MAX) {
+		*error_r = "the POP3 password contains a line break or is too long";
+		return BACKEND_INVALID;
+	}
+	if ((ep->tls == POP3_TLS_IMPLICIT || ep->tls == POP3_TLS_STARTTLS) &&
+	    ep->tls_ctx == NULL) {
+		*error_r = "TLS requested without a TLS context";
+		return BACKEND_INVALID;
+	}
+	return BACKEND_OK;
+}
+
+/* Connects and reads the greeting. */
+static enum backend_status session_connect(struct pop3_session *s,
+	const char **error_r)
+{
+	const struct pop3_endpoint *ep = s->ep;
+	enum net_failure failure;
+	mailstream *stream;
+	int r;
+
+	stream = net_stream_open(ep->host, ep->port,
+		ep->tls == POP3_TLS_IMPLICIT ? ep->tls_ctx : NULL,
+		ep->timeout_s, &failure, error_r);
+	if (stream == NULL) {
+		s->broken = true;
+		switch (failure) {
+		case NET_CONNECT:
+			return BACKEND_CONNECT;
+		case NET_TLS:
+			return BACKEND_TLS;
+		default:
+			return BACKEND_TEMP;
+		}
+	}
+
+	/* From here on the stream belongs to s->pop3, even on failure. */
+	r = mailpop3_connect(s->pop3, stream);
+	if (r == MAILPOP3_NO_ERROR)
+		return BACKEND_OK;
+	s->broken = true;
+	/* libetpan says UNAUTHORIZED for all three cases. */
+	if (net_stream_last_error(stream)[0] != '\0') {
+		*error_r = errfmt("no greeting from %s: %s", s->label,
+			stream_reason(s));
+		return BACKEND_TEMP;
+	}
+	if (s->pop3->pop3_response != NULL) {
+		take_libetpan_text(s);
+		*error_r = errfmt("server %s refused the connection: %s",
+			s->label, s->text);
+		return BACKEND_TEMP;
+	}
+	*error_r = errfmt("bad greeting from %s (not a POP3 server?)",
+		s->label);
+	return BACKEND_PROTOCOL;
+}
+
+/* STLS, the handshake, then capabilities afresh. */
+static enum backend_status session_stls(struct pop3_session *s,
+	const char **error_r)
+{
+	const struct pop3_endpoint *ep = s->ep;
+	int r;
+
+	r = mailpop3_stls(s->pop3);
+	if (r == MAILPOP3_ERROR_STREAM)
+		return stream_failed(s, "STLS", error_r);
+	if (r == MAILPOP3_ERROR_SSL ||
+	    (r == MAILPOP3_NO_ERROR && session_stream(s)->read_buffer_len != 0)) {
+		/* Patched libetpan (CVE-2020-15953) refuses bytes after the
+		 * +OK itself; net_stream_starttls checks too. */
+		s->broken = true;
+		*error_r = errfmt("server %s sent data before the TLS handshake"
+			" (possible injection attack)", s->label);
+		return BACKEND_TLS;
+	}
+	if (r != MAILPOP3_NO_ERROR) {
+		take_libetpan_text(s);
+		s->broken = true;
+		*error_r = errfmt("server %s refused STLS: %s; refusing to"
+			" continue without TLS", s->label, s->text);
+		return BACKEND_PROTOCOL;
+	}
+	/* Refuses bytes that arrived in clear after the +OK. */
+	if (net_stream_starttls(session_stream(s), ep->tls_ctx, ep->host,
+		error_r) < 0) {
+		s->broken = true;
+		return BACKEND_TLS;
+	}
+	/* Nothing learnt in clear text survives the handshake. */
+	return session_capa(s, error_r);
+}
+
+/* Everything between the greeting and USER that concerns TLS. */
+static enum backend_status session_secure(struct pop3_session *s,
+	const char **error_r)
+{
+	const struct pop3_endpoint *ep = s->ep;
+	enum backend_status st;
+
+	st = session_capa(s, error_r);
+	if (st != BACKEND_OK)
+		return st;
+
+	switch (ep->tls) {
+	case POP3_TLS_IMPLICIT:
+		return BACKEND_OK;
+
+	case POP3_TLS_STARTTLS:
+		if (!s->caps.stls) {
+			s->broken = true;
+			*error_r = errfmt("server %s does not offer STLS;"
+				" refusing to continue without TLS (use pop3s://"
+				" or -o allow_plaintext)", s->label);
+			return BACKEND_PROTOCOL;
+		}
+		return session_stls(s, error_r);
+
+	case POP3_TLS_NONE:
+	default:
+		/* Once offered, STLS must work: no silent downgrade. */
+		if (ep->tls_ctx != NULL && s->caps.stls)
+			return session_stls(s, error_r);
+		log_warn("pop3 %s: no TLS, credentials and mail travel in clear"
+			" text", s->label);
+		return BACKEND_OK;
+	}
+}
+
+/* RFC 3206 response codes tell a locked maildrop from a bad password. */
+static enum backend_status login_status(const char *text)
+{
+	if (strncasecmp(text, "[IN-USE]", 8) == 0 ||
+	    strncasecmp(text, "[LOGIN-DELAY]", 13) == 0 ||
+	    strncasecmp(text, "[SYS/TEMP]", 10) == 0)
+		return BACKEND_TEMP;
+	if (strncasecmp(text, "[SYS/PERM]", 10) == 0)
+		return BACKEND_REFUSED;
+	return BACKEND_AUTH;
+}
+
+static enum backend_status session_login(struct pop3_session *s,
+	const char **error_r)
+{
+	const struct pop3_endpoint *ep = s->ep;
+	enum backend_status st;
+	int r;
+
+	if (s->caps.known && !s->caps.user)
+		log_debug("pop3 %s: USER not listed in CAPA; trying it anyway",
+			s->label);
+	r = mailpop3_user(s->pop3, ep->user);
+	if (r == MAILPOP3_NO_ERROR)
+		r = mailpop3_pass(s->pop3, ep->password);
+	if (r == MAILPOP3_NO_ERROR)
+		return BACKEND_OK;
+	if (r == MAILPOP3_ERROR_STREAM)
+		return stream_failed(s, "login", error_r);
+	take_libetpan_text(s);
+	st = login_status(s->text);
+	if (st == BACKEND_TEMP)
+		*error_r = errfmt("mailbox of %s at %s is busy: %s", ep->user,
+			s->label, s->text);
+	else
+		*error_r = errfmt("login failed for %s at %s: %s", ep->user,
+			ep->host, s->text);
+	return st;
+}
+
+enum backend_status pop3_session_open(const struct pop3_endpoint *ep,
+	struct pop3_session **session_r, const char **error_r)
+{
+	struct pop3_session *s;
+	enum backend_status st;
+
+	*session_r = NULL;
+	st = check_endpoint(ep, error_r);
+	if (st != BACKEND_OK)
+		return st;
+
+	s = calloc(1, sizeof(*s));
+	if (s == NULL) {
+		*error_r = "out of memory";
+		return BACKEND_TEMP;
+	}
+	s->ep = ep;
+	/* Logging must not use errfmt(): it runs inside I/O and would
+	 * recycle error strings callers still hold. */
+	if (strchr(ep->host, ':') != NULL)
+		snprintf(s->label, sizeof(s->label), "[%s]:%u", ep->host,
+			ep->port);
+	else
+		snprintf(s->label, sizeof(s->label), "%s:%u", ep->host,
+			ep->port);
+	s->pop3 = mailpop3_new(0, NULL);
+	if (s->pop3 == NULL) {
+		*error_r = "out of memory";
+		st = BACKEND_TEMP;
+		goto out_close;
+	}
+	/* Only libetpan's own connect helpers read it; our stream enforces
+	 * the timeout. */
+	mailpop3_set_timeout(s->pop3, ep->timeout_s > 0 ? ep->timeout_s : 0);
+	if (log_debug_enabled())
+		mailpop3_set_logger(s->pop3, session_logger, s);
+
+	st = session_connect(s, error_r);
+	if (st != BACKEND_OK)
+		goto out_close;
+	st = session_secure(s, error_r);
+	if (st != BACKEND_OK)
+		goto out_close;
+	st = session_login(s, error_r);
+	if (st != BACKEND_OK)
+		goto out_close;
+	/* Servers may list more once the user is known. */
+	st = session_capa(s, error_r);
+	if (st != BACKEND_OK)
+		goto out_close;
+
+	log_debug("pop3 %s: session ready (%s%s%s%s)", s->label,
+		net_stream_is_tls(session_stream(s)) ? "TLS" : "plain text",
+		s->caps.top ? ", TOP" : "", s->caps.uidl ? ", UIDL" : "",
+		s->caps.pipelining ? ", PIPELINING" : "");
+	*session_r = s;
+	return BACKEND_OK;
+
+out_close:
+	/* Never QUIT a session that did not open: it may stall again. */
+	s->broken = true;
+	pop3_session_close(&s);
+	return st;
+}
+
+void pop3_session_close(struct pop3_session **session)
+{
+	struct pop3_session *s = *session;
+	mailpop3 *pop3;
+
+	if (s == NULL)
+		return;
+	*session = NULL;
+	pop3 = s->pop3;
+	if (pop3 != NULL) {
+		if (pop3->pop3_stream != NULL && !s->broken) {
+			int t = s->ep->timeout_s;
+
+			if (t <= 0 || t > QUIT_TIMEOUT_S)
+				t = QUIT_TIMEOUT_S;
+			net_stream_set_timeout(pop3->pop3_stream, t);
+			/* Nothing is marked deleted, so the UPDATE state
+			 * QUIT enters removes nothing. */
+			mailpop3_quit(pop3);        /* closes the stream */
+		}
+		/* mailpop3_free() would send QUIT on anything left, and
+		 * only QUIT frees the greeting's APOP timestamp. */
+		if (pop3->pop3_stream != NULL) {
+			mailstream_close(pop3->pop3_stream);
+			pop3->pop3_stream = NULL;
+		}
+		free(pop3->pop3_timestamp);
+		pop3->pop3_timestamp = NULL;
+		mailpop3_free(pop3);
+	}
+	free(s);
+}
+
+/* ------------------------------------------------------------------ */
+/* LIST and UIDL                                                       */
+
+/* Parses decimal digits at *i; false on none or overflow. */
+static bool parse_u64(const char *p, size_t len, size_t *i, uint64_t *v_r)
+{
+	uint64_t v = 0;
+	size_t start = *i;
+
+	while (*i < len && p[*i] >= '0' && p[*i] <= '9') {
+		unsigned d = (unsigned)(p[*i] - '0');
+
+		if (v > (UINT64_MAX - d) / 10)
+			return false;
+		v = v * 10 + d;
+		(*i)++;
+	}
+	*v_r = v;
+	return *i > start;
+}
+
+static void skip_blanks(const char *p, size_t len, size_t *i)
+{
+	while (*i < len && (p[*i] == ' ' || p[*i] == '\t'))
+		(*i)++;
+}
+
+static int compare_num(const void *a, const void *b)
+{
+	const struct pop3_scan_entry *x = a, *y = b;
+
+	return (x->num > y->num) - (x->num < y->num);
+}
+
+static enum backend_status read_list(struct pop3_session *s,
+	struct pop3_scan_entry **entries_r, size_t *count_r,
+	const char **error_r)
+{
+	struct pop3_scan_entry *e = NULL, *grown;
+	size_t n = 0, cap = 0;
+	enum backend_status st;
+	bool sorted = true;
+	const char *line;
+	struct rd r;
+	size_t len;
+	int rc;
+
+	st = send_command(s, "LIST", "LIST", error_r);
+	if (st == BACKEND_OK)
+		st = flush_commands(s, "LIST", error_r);
+	if (st != BACKEND_OK)
+		return st;
+	rd_init(&r, s);
+	rc = rd_status(&r, "LIST", &st, error_r);
+	if (rc < 0)
+		return st;
+	if (rc == 0) {
+		rd_done(&r);
+		*error_r = errfmt("LIST refused by %s: %s", s->label, s->text);
+		return BACKEND_REFUSED;
+	}
+	for (;;) {
+		uint64_t num, size;
+		size_t i = 0;
+
+		rc = rd_line(&r, &line, &len);
+		if (rc < 0) {
+			st = line_failed(&r, rc, "LIST", error_r);
+			goto out_free;
+		}
+		if (len == 1 && line[0] == '.')
+			break;
+		bool ok = parse_u64(line, len, &i, &num) && i < len &&
+			line[i] == ' ';
+
+		if (ok) {
+			skip_blanks(line, len, &i);
+			ok = parse_u64(line, len, &i, &size);
+		}
+		/* Anything after the size is allowed (RFC 1939 5). */
+		if (!ok || num == 0 || num > SCAN_MAX) {
+			rd_done(&r);
+			st = protocol_failed(s, "LIST", "malformed line",
+				error_r);
+			goto out_free;
+		}
+		if (n == SCAN_MAX) {
+			rd_done(&r);
+			st = protocol_failed(s, "LIST", "too many messages",
+				error_r);
+			goto out_free;
+		}
+		if (n == cap) {
+			cap = cap ? cap * 2 : 256;
+			grown = realloc(e, cap * sizeof(*e));
+			if (grown == NULL) {
+				/* The rest of the answer is still coming. */
+				rd_done(&r);
+				s->broken = true;
+				st = BACKEND_TEMP;
+				*error_r = "out of memory";
+				goto out_free;
+			}
+			e = grown;
+		}
+		if (n > 0 && num <= e[n - 1].num)
+			sorted = false;
+		e[n].num = (unsigned)num;
+		e[n].size = size;
+		e[n].uidl[0] = '\0';
+		n++;
+	}
+	rd_done(&r);
+	if (!sorted) {
+		qsort(e, n, sizeof(*e), compare_num);
+		for (size_t i = 1; i < n; i++)
+			if (e[i].num == e[i - 1].num) {
+				st = protocol_failed(s, "LIST",
+					"a message listed twice", error_r);
+				goto out_free;
+			}
+	}
+	*entries_r = e;
+	*count_r = n;
+	return BACKEND_OK;
+
+out_free:
+	free(e);
+	return st;
+}
+
+static enum backend_status read_uidl(struct pop3_session *s,
+	struct pop3_scan_entry *e, size_t n, bool *have_uidl_r,
+	const char **error_r)
+{
+	enum backend_status st;
+	size_t invalid = 0;
+	const char *line;
+	struct rd r;
+	size_t len;
+	int rc;
+
+	*have_uidl_r = false;
+	if (n == 0 || (s->caps.known && !s->caps.uidl))
+		return BACKEND_OK;
+	st = send_command(s, "UIDL", "UIDL", error_r);
+	if (st == BACKEND_OK)
+		st = flush_commands(s, "UIDL", error_r);
+	if (st != BACKEND_OK)
+		return st;
+	rd_init(&r, s);
+	rc = rd_status(&r, "UIDL", &st, error_r);
+	if (rc < 0)
+		return st;
+	if (rc == 0) {
+		rd_done(&r);
+		log_debug("pop3 %s: UIDL refused (%s)", s->label, s->text);
+		return BACKEND_OK;
+	}
+	for (;;) {
+		struct pop3_scan_entry key, *hit;
+		uint64_t num;
+		size_t i = 0, end;
+
+		rc = rd_line(&r, &line, &len);
+		if (rc < 0)
+			return line_failed(&r, rc, "UIDL", error_r);
+		if (len == 1 && line[0] == '.')
+			break;
+		if (!parse_u64(line, len, &i, &num) || i >= len ||
+		    line[i] != ' ') {
+			rd_done(&r);
+			return protocol_failed(s, "UIDL", "malformed line",
+				error_r);
+		}
+		/* A number LIST did not show has nothing to attach to. */
+		if (num == 0 || num > SCAN_MAX)
+			continue;
+		skip_blanks(line, len, &i);
+		end = len;
+		while (end > i && (line[end - 1] == ' ' || line[end - 1] == '\t'))
+			end--;
+		key.num = (unsigned)num;
+		hit = bsearch(&key, e, n, sizeof(*e), compare_num);
+		if (hit == NULL)
+			continue;
+		if (!pop3_uidl_valid(line + i, end - i)) {
+			invalid++;
+			hit->uidl[0] = '\0';
+			continue;
+		}
+		memcpy(hit->uidl, line + i, end - i);
+		hit->uidl[end - i] = '\0';
+	}
+	rd_done(&r);
+	if (invalid > 0)
+		log_debug("pop3 %s: %zu unique-ids not RFC 1939 valid; those"
+			" messages are known by their headers", s->label,
+			invalid);
+	*have_uidl_r = true;
+	return BACKEND_OK;
+}
+
+enum backend_status pop3_session_scan(struct pop3_session *s,
+	struct pop3_scan_entry **entries_r, size_t *count_r,
+	bool *have_uidl_r, const char **error_r)
+{
+	struct pop3_scan_entry *e = NULL;
+	enum backend_status st;
+	size_t n = 0;
+
+	*entries_r = NULL;
+	*count_r = 0;
+	*have_uidl_r = false;
+	if (s->broken) {
+		*error_r = errfmt("session with %s is broken", s->label);
+		return BACKEND_TEMP;
+	}
+	st = read_list(s, &e, &n, error_r);
+	if (st != BACKEND_OK)
+		return st;
+	st = read_uidl(s, e, n, have_uidl_r, error_r);
+	if (st != BACKEND_OK) {
+		free(e);
+		return st;
+	}
+	*entries_r = e;
+	*count_r = n;
+	return BACKEND_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* TOP and RETR                                                        */
+
+/* Keeps the header block of a message: everything up to and including
+ * the first empty line, at most max bytes of it. */
+struct header_sink {
+	char *buf;
+	size_t len, cap, max;
+	bool bol, cr_only, done, nomem;
+};
+
+static int header_sink(void *ctx, const char *data, size_t len)
+{
+	struct header_sink *h = ctx;
+
+	for (size_t i = 0; i < len && !h->done; i++) {
+		char c = data[i];
+
+		if (h->len < h->max) {
+			if (h->len == h->cap) {
+				size_t cap = h->cap ? h->cap * 2 : 2048;
+				char *grown;
+
+				if (cap > h->max)
+					cap = h->max;
+				grown = realloc(h->buf, cap + 1);
+				if (grown == NULL) {
+					h->nomem = true;
+					return -1;
+				}
+				h->buf = grown;
+				h->cap = cap;
+			}
+			h->buf[h->len++] = c;
+		}
+		if (c == '\n') {
+			if (h->bol || h->cr_only)
+				h->done = true;
+			h->bol = true;
+			h->cr_only = false;
+		} else {
+			h->cr_only = h->bol && c == '\r';
+			h->bol = false;
+		}
+	}
+	return 0;
+}
+
+/* Reads one answer to TOP or RETR into out (status line included). */
+static enum backend_status read_header_answer(struct pop3_session *s,
+	const char *what, size_t max_len, struct pop3_header *out,
+	const char **error_r)
+{
+	struct header_sink h = { .max = max_len, .bol = true };
+	enum backend_status st;
+	struct rd r;
+	int rc;
+
+	/* Mail stays out of the debug log, status line included: it may
+	 * arrive in the same read as the first lines. */
+	s->quiet = true;
+	rd_init(&r, s);
+	rc = rd_status(&r, what, &st, error_r);
+	if (rc <= 0) {
+		s->quiet = false;
+		if (rc < 0)
+			return st;
+		rd_done(&r);
+		out->refused = true;
+		return BACKEND_OK;
+	}
+	st = rd_multiline(&r, what, header_sink, &h, error_r);
+	s->quiet = false;
+	rd_done(&r);
+	if (st != BACKEND_OK) {
+		free(h.buf);
+		if (h.nomem)
+			*error_r = "out of memory";
+		return st;
+	}
+	if (h.buf == NULL) {
+		h.buf = malloc(1);
+		if (h.buf == NULL) {
+			*error_r = "out of memory";
+			return BACKEND_TEMP;
+		}
+	}
+	h.buf[h.len] = '\0';
+	out->data = h.buf;
+	out->len = h.len;
+	out->refused = false;
+	return BACKEND_OK;
+}
+
+static void headers_free(struct pop3_header *out, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(out[i].data);
+		out[i].data = NULL;
+		out[i].len = 0;
+	}
+}
+
+/* The header through RETR, for servers without TOP. */
+static enum backend_status header_by_retr(struct pop3_session *s,
+	unsigned num, size_t max_len, struct pop3_header *out,
+	const char **error_r)
+{
+	enum backend_status st;
+	char cmd[32];
+
+	snprintf(cmd, sizeof(cmd), "RETR %u", num);
+	st = send_command(s, "RETR", cmd, error_r);
+	if (st == BACKEND_OK)
+		st = flush_commands(s, "RETR", error_r);
+	if (st != BACKEND_OK)
+		return st;
+	return read_header_answer(s, "RETR", max_len, out, error_r);
+}
+
+enum backend_status pop3_session_headers(struct pop3_session *s,
+	const unsigned *nums, size_t n, size_t max_len,
+	struct pop3_header *out, const char **error_r)
+{
+	size_t depth = s->caps.pipelining ? PIPELINE_DEPTH : 1;
+	enum backend_status st = BACKEND_OK;
+	size_t done = 0;
+
+	memset(out, 0, n * sizeof(*out));
+	if (s->broken) {
+		*error_r = errfmt("session with %s is broken", s->label);
+		return BACKEND_TEMP;
+	}
+	if (s->caps.known && !s->caps.top)
+		s->no_top = true;
+	while (done < n) {
+		size_t batch = n - done < depth ? n - done : depth;
+		char cmd[40];
+
+		if (s->no_top) {
+			st = header_by_retr(s, nums[done], max_len, &out[done],
+				error_r);
+			if (st != BACKEND_OK)
+				goto out_free;
+			done++;
+			continue;
+		}
+		for (size_t i = 0; i < batch; i++) {
+			snprintf(cmd, sizeof(cmd), "TOP %u 0", nums[done + i]);
+			st = send_command(s, "TOP", cmd, error_r);
+			if (st != BACKEND_OK)
+				goto out_free;
+		}
+		st = flush_commands(s, "TOP", error_r);
+		if (st != BACKEND_OK)
+			goto out_free;
+		for (size_t i = 0; i < batch; i++) {
+			st = read_header_answer(s, "TOP", max_len,
+				&out[done + i], error_r);
+			if (st != BACKEND_OK)
+				goto out_free;
+		}
+		/* A refused TOP on a message LIST just showed means no TOP
+		 * (messages never vanish within a session): try RETR. */
+		for (size_t i = 0; i < batch; i++) {
+			struct pop3_header *h = &out[done + i];
+
+			if (!h->refused)
+				continue;
+			st = header_by_retr(s, nums[done + i], max_len, h,
+				error_r);
+			if (st != BACKEND_OK)
+				goto out_free;
+			if (!h->refused && !s->no_top) {
+				log_debug("pop3 %s: TOP refused; reading"
+					" headers through RETR", s->label);
+				s->no_top = true;
+			}
+		}
+		done += batch;
+	}
+	return BACKEND_OK;
+
+out_free:
+	headers_free(out, n);
+	return st;
+}
+
+/* Counts what passes to the caller's sink, for the log. */
+struct count_sink {
+	pop3_sink_fn *sink;
+	void *ctx;
+	uint64_t bytes;
+};
+
+static int count_sink(void *ctx, const char *data, size_t len)
+{
+	struct count_sink *c = ctx;
+
+	c->bytes += len;
+	return c->sink(c->ctx, data, len);
+}
+
+enum backend_status pop3_session_retr(struct pop3_session *s, unsigned num,
+	pop3_sink_fn *sink, void *ctx, const char **error_r)
+{
+	struct count_sink c = { .sink = sink, .ctx = ctx };
+	enum backend_status st;
+	struct rd r;
+	char cmd[32];
+	int rc;
+
+	if (s->broken) {
+		*error_r = errfmt("session with %s is broken", s->label);
+		return BACKEND_TEMP;
+	}
+	snprintf(cmd, sizeof(cmd), "RETR %u", num);
+	st = send_command(s, "RETR", cmd, error_r);
+	if (st == BACKEND_OK)
+		st = flush_commands(s, "RETR", error_r);
+	if (st != BACKEND_OK)
+		return st;
+	s->quiet = true;
+	rd_init(&r, s);
+	rc = rd_status(&r, "RETR", &st, error_r);
+	if (rc <= 0) {
+		s->quiet = false;
+		if (rc < 0)
+			return st;
+		rd_done(&r);
+		*error_r = errfmt("RETR %u refused by %s: %s", num, s->label,
+			s->text);
+		return BACKEND_NOT_FOUND;
+	}
+	st = rd_multiline(&r, "RETR", count_sink, &c, error_r);
+	s->quiet = false;
+	rd_done(&r);
+	if (st == BACKEND_OK)
+		log_debug("pop3 %s: RETR %u: %llu bytes", s->label, num,
+			(unsigned long long)c.bytes);
+	return st;
+}
