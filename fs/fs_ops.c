@@ -158,7 +158,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	if ((to_set & FUSE_SET_ATTR_SIZE) ||
 	    ((to_set & FUSE_SET_ATTR_MTIME) && attr->st_mtime != st.st_mtime) ||
 	    (to_set & FUSE_SET_ATTR_MTIME_NOW)) {
-		fuse_reply_err(req, EPERM);
+		fuse_reply_err(req, fs_tree_read_only(tree_of(req)) ?
+			EROFS : EPERM);
 		return;
 	}
 	fuse_reply_attr(req, &st, timeout);
@@ -204,8 +205,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
-		/* Messages on an IMAP server are immutable. */
-		fuse_reply_err(req, EPERM);
+		/* Messages on an IMAP server are immutable; a POP3 view
+		 * changes nothing at all. */
+		fuse_reply_err(req, fs_tree_read_only(tree_of(req)) ?
+			EROFS : EPERM);
 		return;
 	}
 	/* Content never changes for a given inode: keep the page cache. */
@@ -567,7 +570,7 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 	mode_t mode, dev_t rdev)
 {
 	/* Only regular files can become messages (through create). */
-	fuse_reply_err(req, EPERM);
+	fuse_reply_err(req, fs_tree_read_only(tree_of(req)) ? EROFS : EPERM);
 }
 
 const struct fuse_lowlevel_ops fs_ops = {

@@ -216,6 +216,7 @@ void fs_tree_free(struct fs_tree **tp)
 	free(t->trash);
 	free(t->stage_dir);
 	free(t->watch_folder);
+	free(t->source);
 	free(t);
 	*tp = NULL;
 }
@@ -303,6 +304,17 @@ void fs_tree_set_inval_hook(struct fs_tree *t,
 {
 	t->inval_hook = hook;
 	t->inval_ctx = ctx;
+}
+
+void fs_tree_set_source(struct fs_tree *t, const char *text)
+{
+	free(t->source);
+	t->source = text ? strdup(text) : NULL;
+}
+
+bool fs_tree_read_only(struct fs_tree *t)
+{
+	return t->be->read_only;
 }
 
 void fs_tree_set_stats_hook(struct fs_tree *t, char *(*hook)(void *ctx),
@@ -1365,6 +1377,10 @@ int fs_tree_getxattr(struct fs_tree *t, fuse_ino_t ino, const char *name,
 	char *v = NULL;
 	int ret = 0;
 
+	if (ino == FUSE_ROOT_ID && strcmp(name, "user.mailfs.source") == 0) {
+		*value_r = strdup(t->source ? t->source : "");
+		return *value_r ? 0 : -ENOMEM;
+	}
 	if (ino == FUSE_ROOT_ID && strcmp(name, "user.mailfs.stats") == 0) {
 		v = t->stats_hook ? t->stats_hook(t->stats_ctx) : strdup("");
 		if (!v)

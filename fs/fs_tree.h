@@ -127,6 +127,12 @@ void fs_tree_release_staged(struct fs_tree *tree, fuse_ino_t ino);
 int fs_tree_setattr_staged(struct fs_tree *tree, fuse_ino_t ino,
 	const struct stat *attr, int to_set, struct stat *st_r);
 
+/* The text of the root's user.mailfs.source (copied; may be NULL). */
+void fs_tree_set_source(struct fs_tree *tree, const char *text);
+
+/* True when the backend cannot change anything (POP3). */
+bool fs_tree_read_only(struct fs_tree *tree);
+
 /* The root's text for user.mailfs.stats is produced by this hook (set by
  * the caller that knows the caches); may be NULL. */
 void fs_tree_set_stats_hook(struct fs_tree *tree,

@@ -81,6 +81,7 @@ struct fs_tree {
 	struct meta_cache *meta;          /* may be NULL */
 	unsigned n_workers;               /* background refreshes running */
 	pthread_cond_t workers_done;
+	char *source;                     /* user.mailfs.source text */
 	char *(*stats_hook)(void *ctx);
 	void *stats_ctx;
 	void (*inval_hook)(void *ctx, fuse_ino_t parent, const char *name);

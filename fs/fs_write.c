@@ -413,6 +413,8 @@ int fs_tree_rename(struct fs_tree *t, fuse_ino_t parent, const char *name,
 
 	if (flags & ~RENAME_NOREPLACE)
 		return -EINVAL;
+	if (t->be->read_only)
+		return -EROFS;
 	pthread_mutex_lock(&t->lock);
 	dir = tree_find(t, parent);
 	newdir = tree_find(t, newparent);
@@ -449,6 +451,8 @@ int fs_tree_setxattr(struct fs_tree *t, fuse_ino_t ino, const char *name,
 	uint32_t uid, uidvalidity;
 	fuse_ino_t dir_ino;
 
+	if (t->be->read_only)
+		return -EROFS;
 	flags = strndup(value, size);
 	if (!flags)
 		return -ENOMEM;

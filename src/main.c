@@ -27,6 +27,7 @@
 #include "fs/fs_outbox.h"
 #include "proto/smtp_client.h"
 #include "src/secret.h"
+#include "src/source.h"
 
 enum { KEY_HELP, KEY_VERSION, KEY_FOREGROUND, KEY_DEBUG };
 
@@ -42,6 +43,7 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("connections=%u", connections, 0),
 	OPT("refresh=%u", refresh_s, 0),
 	OPT("trash=%s", trash, 0),
+	OPT("pop3=%s", pop3_text, 0),
 	OPT("smtp=%s", smtp_text, 0),
 	OPT("smtp_password_file=%s", smtp_password_file, 0),
 	OPT("from=%s", from, 0),
@@ -68,6 +70,8 @@ static void usage(FILE *out)
 "SOURCE:\n"
 "    imaps://user@host[:port]   IMAP over TLS (port 993)\n"
 "    imap://user@host[:port]    IMAP with STARTTLS, required (port 143)\n"
+"    pop3s://user@host[:port]   read-only POP3 view over TLS (port 995)\n"
+"    pop3://user@host[:port]    read-only POP3 view with STLS (port 110)\n"
 "\n"
 "options:\n"
 "    -f                     stay in the foreground\n"
@@ -83,6 +87,8 @@ static void usage(FILE *out)
 "    -o connections=N       IMAP sessions in the pool (default 4)\n"
 "    -o refresh=SECONDS     re-list a folder older than this (default 30)\n"
 "    -o trash=FOLDER        rm moves messages there instead of expunging\n"
+"    -o pop3=URL|none       POP3 view to fall back to when IMAP cannot be\n"
+"                           reached (default pop3s:// on the same host)\n"
 "\n"
 "sending mail (files dropped into MOUNTPOINT/outbox/):\n"
 "    -o smtp=URL            smtps://user@host[:465] or smtp://user@host[:587]\n"
@@ -276,8 +282,8 @@ int main(int argc, char **argv)
 		.timeout_s = 30, .connections = 4, .refresh_s = 30,
 		.cache_size = 1ULL << 30,
 	};
-	struct imap_endpoint ep = { 0 };
-	struct imap_session *first = NULL;
+	struct source src = { 0 };
+	SSL_CTX *tls_ctx = NULL;
 	struct block_cache *cache = NULL;
 	struct meta_cache *meta = NULL;
 	bool offline = false;
@@ -295,7 +301,6 @@ int main(int argc, char **argv)
 	struct mount_ctx mc = { 0 };
 	char *password = NULL, *account = NULL, mountpoint[PATH_MAX];
 	const char *error;
-	enum backend_status st;
 	int ret = 1;
 
 	log_init(false, false);
@@ -325,9 +330,9 @@ int main(int argc, char **argv)
 		fail("%s", error);
 		goto out;
 	}
-	if (o.source.scheme != SCHEME_IMAPS && o.source.scheme != SCHEME_IMAP) {
-		fail("%s: only imaps:// and imap:// sources are "
-			"supported", o.source_text);
+	if (o.source.scheme == SCHEME_SMTPS || o.source.scheme == SCHEME_SMTP) {
+		fail("%s: the source must be imaps://, imap://, pop3s:// or "
+			"pop3:// (SMTP goes in -o smtp=)", o.source_text);
 		goto out;
 	}
 	if (o.cache_size_text &&
@@ -380,58 +385,34 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
-	ep.host = o.source.host;
-	ep.port = o.source.port;
-	ep.user = o.source.user;
-	ep.password = password;
-	ep.timeout_s = (int)o.timeout_s;
-	ep.tls = o.source.scheme == SCHEME_IMAPS ? IMAP_TLS_IMPLICIT :
-		o.allow_plaintext ? IMAP_TLS_NONE : IMAP_TLS_STARTTLS;
 	if (o.allow_plaintext)
 		log_warn("allow_plaintext: the password and mail may cross "
 			"the network unencrypted if the server offers no "
 			"STARTTLS");
-	ep.tls_ctx = net_tls_context_new(o.ca_file, &error);
-	if (!ep.tls_ctx) {
+	tls_ctx = net_tls_context_new(o.ca_file, &error);
+	if (!tls_ctx) {
 		fail("%s", error);
 		goto out;
 	}
-
 	if (make_private_dirs(o.cache_dir) < 0) {
 		fail("cannot create cache directory %s: %s", o.cache_dir,
 			strerror(errno));
 		goto out;
 	}
-	if (block_cache_open(o.cache_dir, o.cache_size, &cache, &error) < 0 ||
-	    meta_cache_open(o.cache_dir, &meta, &error) < 0) {
+	if (block_cache_open(o.cache_dir, o.cache_size, &cache, &error) < 0) {
 		fail("%s", error);
 		goto out;
 	}
 	mc.cache = cache;
-
-	st = imap_session_open(&ep, &first, &error);
-	if (st == BACKEND_CONNECT || st == BACKEND_TEMP) {
-		/* Unreachable: with a metadata cache the mount still comes up
-		 * and serves what is cached; the pool reconnects by itself. */
-		struct backend_folder *cached;
-		size_t n_cached;
-
-		if (meta_cache_load_folders(meta, &cached, &n_cached) < 0) {
-			fail("%s", error);
-			goto out;
-		}
-		backend_folders_free(&cached, n_cached);
-		log_warn("%s; mounting offline from the cache", error);
-		offline = true;
-	} else if (st != BACKEND_OK) {
+	if (source_open(&o, password, tls_ctx, &src, &error) < 0) {
 		fail("%s", error);
 		goto out;
-	} else {
-		log_debug("logged in as %s at %s:%u", ep.user, ep.host, ep.port);
 	}
+	be = src.be;
+	meta = src.meta;
+	offline = src.offline;
+	log_debug("source: %s", src.description ? src.description : "?");
 
-	be = imap_backend_new(&ep, o.connections, first);
-	first = NULL;
 	reader = be ? msg_reader_new(be, cache, account) : NULL;
 	tree = reader ? fs_tree_new(be, reader, meta, o.refresh_s) : NULL;
 	if (!tree) {
@@ -441,11 +422,12 @@ int main(int argc, char **argv)
 	mc.reader = reader;
 	fs_tree_set_stats_hook(tree, stats_text, &mc);
 	fs_tree_set_inval_hook(tree, fs_ops_inval_entry, NULL);
-	{
+	fs_tree_set_source(tree, src.description);
+	if (!be->read_only) {
 		char *stage_dir = NULL, *trash_raw = NULL;
 		int r = -ENOMEM;
 
-		if (o.trash)
+		if (o.trash && be->ops->encode_name)
 			trash_raw = be->ops->encode_name(be, NULL, o.trash,
 				&error);
 		if (asprintf(&stage_dir, "%s/staging", o.cache_dir) >= 0 &&
@@ -493,11 +475,8 @@ int main(int argc, char **argv)
 				goto out;
 			}
 		}
-		smtp_tls = net_tls_context_new(o.ca_file, &error);
-		if (!smtp_tls) {
-			fail("%s", error);
-			goto out;
-		}
+		smtp_tls = tls_ctx;
+		SSL_CTX_up_ref(smtp_tls);
 		sent.be = be;
 		if (o.sent && strcmp(o.sent, "none") == 0)
 			sent.folder = NULL;
@@ -585,13 +564,10 @@ out:
 	outbox_spool_close(&spool);
 	fs_tree_free(&tree);
 	msg_reader_free(&reader);
-	backend_destroy(&be);
-	if (first)
-		imap_session_close(&first);
+	source_close(&src);
 	block_cache_close(&cache);
-	meta_cache_close(&meta);
-	if (ep.tls_ctx)
-		SSL_CTX_free(ep.tls_ctx);
+	if (tls_ctx)
+		SSL_CTX_free(tls_ctx);
 	secret_free(&password);
 	secret_free(&smtp_password);
 	if (smtp_tls)
@@ -599,6 +575,7 @@ out:
 	free(sent.folder);
 	mail_url_clear(&o.smtp);
 	free(o.smtp_text);
+	free(o.pop3_text);
 	free(o.smtp_password_file);
 	free(o.from);
 	free(o.sent);

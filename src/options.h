@@ -40,6 +40,7 @@ struct mailfs_options {
 	char *cache_dir;          /* resolved to the default when not given */
 	char *cache_size_text;
 	char *trash;              /* -o trash=FOLDER: rm moves there */
+	char *pop3_text;          /* -o pop3=URL|none: the IMAP fallback */
 	char *smtp_text;          /* -o smtp=URL */
 	struct mail_url smtp;
 	char *smtp_password_file;
@@ -63,7 +64,8 @@ struct mailfs_options {
 int parse_size(const char *text, uint64_t *size_r);
 
 /* The account's default cache directory:
- * $XDG_CACHE_HOME/mailfs/<user>@<host> (or ~/.cache/...).  Malloc'd. */
+ * $XDG_CACHE_HOME/mailfs/<user>@<host> (or ~/.cache/...), shared by the
+ * IMAP and POP3 views of the account.  Malloc'd. */
 char *options_default_cache_dir(const struct mail_url *url);
 
 /* The default outbox spool: $XDG_STATE_HOME/mailfs/<user>@<host>/outbox
