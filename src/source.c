@@ -106,10 +106,9 @@ int source_open(const struct mailfs_options *o, const char *password,
 		}
 		return 0;
 	}
-	/* A refused password or certificate is the user's to fix: never
-	 * hidden behind a fallback. */
-	if (st != BACKEND_CONNECT && st != BACKEND_TEMP &&
-	    st != BACKEND_PROTOCOL) {
+	/* A refused password, certificate or STARTTLS is the user's to fix:
+	 * never hidden behind a fallback. */
+	if (st != BACKEND_CONNECT && st != BACKEND_TEMP) {
 		*error_r = imap_error;
 		return -1;
 	}
@@ -142,8 +141,9 @@ int source_open(const struct mailfs_options *o, const char *password,
 				"read-only POP3 view instead", imap_error);
 			return 0;
 		}
+		/* The error that matters is IMAP's: keep stderr to it. */
 		if (src->pop3_url.user && src->pop3_url.host)
-			log_info("POP3 fallback not possible either: %s",
+			log_debug("POP3 fallback not possible either: %s",
 				pop3_error);
 	}
 
