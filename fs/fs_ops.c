@@ -155,6 +155,12 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
+	/* Directories are folders: their times and modes mean nothing on
+	 * the server, and cp -a and rsync -a set them after a restore. */
+	if (S_ISDIR(st.st_mode) && !(to_set & FUSE_SET_ATTR_SIZE)) {
+		fuse_reply_attr(req, &st, timeout);
+		return;
+	}
 	if ((to_set & FUSE_SET_ATTR_SIZE) ||
 	    ((to_set & FUSE_SET_ATTR_MTIME) && attr->st_mtime != st.st_mtime) ||
 	    (to_set & FUSE_SET_ATTR_MTIME_NOW)) {

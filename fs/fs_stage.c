@@ -318,9 +318,13 @@ static bool next_ready(struct fs_tree *t, bool all, struct commit *c)
 			struct node *x = d->staged[k];
 
 			if (x->committing || x->open_count || !appendable(x) ||
+			    (all && x->final_try) ||
 			    (!all && (now - x->changed_at < STAGE_QUIET_S ||
 				      now < x->retry_at)))
 				continue;
+			/* Unmounting: one last try each, then the file stays
+			 * in the staging directory. */
+			x->final_try = all;
 			x->committing = true;
 			c->ino = x->ino;
 			c->dir_ino = d->ino;

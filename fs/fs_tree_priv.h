@@ -61,6 +61,7 @@ struct node {
 	bool mtime_set;         /* the user set the time: use it as date */
 	bool flags_set;         /* the user set user.mail.flags */
 	bool committing;        /* an APPEND is under way */
+	bool final_try;         /* tried once while unmounting */
 	time_t changed_at;      /* monotonic: last write, close or setattr */
 	time_t retry_at;        /* monotonic: after a failed APPEND */
 };
