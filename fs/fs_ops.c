@@ -172,10 +172,19 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 }
 
 /* File handles: 0 for a message on the server (no state at all), fd + 1
- * for a staged file being copied in. */
+ * for a local file (copy-in, outbox), with FH_WRITE when opened for
+ * writing. */
+#define FH_WRITE (1ULL << 40)
+
 static int fh_fd(const struct fuse_file_info *fi)
 {
-	return fi->fh ? (int)fi->fh - 1 : -1;
+	return fi->fh ? (int)((fi->fh & ~FH_WRITE) - 1) : -1;
+}
+
+static uint64_t fh_make(int fd, int flags)
+{
+	return ((uint64_t)fd + 1) |
+		((flags & O_ACCMODE) != O_RDONLY ? FH_WRITE : 0);
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -188,7 +197,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			fuse_reply_err(req, -r);
 			return;
 		}
-		fi->fh = (uint64_t)fd + 1;
+		fi->fh = fh_make(fd, fi->flags);
 		fi->direct_io = 1;
 		fuse_reply_open(req, fi);
 		return;
@@ -196,7 +205,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	r = fs_tree_open_staged(tree_of(req), ino, fi->flags, &fd);
 
 	if (r == 0) {
-		fi->fh = (uint64_t)fd + 1;
+		fi->fh = fh_make(fd, fi->flags);
 		fi->direct_io = 1;   /* its content is still changing */
 		fuse_reply_open(req, fi);
 		return;
@@ -236,7 +245,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		fuse_reply_err(req, -r);
 		return;
 	}
-	fi->fh = (uint64_t)fd + 1;
+	fi->fh = fh_make(fd, O_WRONLY);
 	fi->direct_io = 1;
 	if (fuse_reply_create(req, &e, fi) != 0) {
 		close(fd);
@@ -283,7 +292,8 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	/* For the outbox this is where close() learns whether the message
 	 * was queued: release cannot report anything. */
-	fuse_reply_err(req, is_outbox(ino) ? -fs_outbox_flush(outbox, ino) : 0);
+	fuse_reply_err(req, is_outbox(ino) && (fi->fh & FH_WRITE) ?
+		-fs_outbox_flush(outbox, ino, false) : 0);
 }
 
 static void *notify_size_thread(void *arg)
@@ -349,6 +359,10 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 		close(fd);
 		if (!is_outbox(ino))
 			fs_tree_release_staged(tree_of(req), ino);
+		else if (fi->fh & FH_WRITE)
+			/* The last close of a writer: take what flush left
+			 * (an empty file); errors can only be logged now. */
+			fs_outbox_flush(outbox, ino, true);
 	}
 	fuse_reply_err(req, 0);
 }

@@ -545,7 +545,7 @@ static int submit_draft(struct fs_outbox *ob, struct ob_node *n,
 	return ret;
 }
 
-int fs_outbox_flush(struct fs_outbox *ob, fuse_ino_t ino)
+int fs_outbox_flush(struct fs_outbox *ob, fuse_ino_t ino, bool final)
 {
 	struct ob_node *n;
 	int ret = 0;
@@ -554,7 +554,8 @@ int fs_outbox_flush(struct fs_outbox *ob, fuse_ino_t ino)
 	n = node_by_ino(ob, ino);
 	/* Taken on close: what close() returns says whether it was queued.
 	 * Drafts (dot names) wait for their rename. */
-	if (n && n->kind == OB_DRAFT && n->dirty && n->name[0] != '.')
+	if (n && n->kind == OB_DRAFT && n->dirty && n->name[0] != '.' &&
+	    (final || n->size > 0))
 		ret = submit_draft(ob, n, n->name);
 	pthread_mutex_unlock(&ob->lock);
 	return ret;

@@ -59,7 +59,11 @@ int fs_outbox_open(struct fs_outbox *ob, fuse_ino_t ino, int flags,
 int fs_outbox_create(struct fs_outbox *ob, fuse_ino_t parent,
 	const char *name, struct fuse_entry_param *e, int *fd_r);
 void fs_outbox_wrote(struct fs_outbox *ob, fuse_ino_t ino, uint64_t end);
-int fs_outbox_flush(struct fs_outbox *ob, fuse_ino_t ino);
+/* Hands a written file to the spool.  Called at each close of a writer
+ * (flush, whose result close() returns) and at the last (release, final):
+ * an empty file is only taken at the last, since shells open, dup and
+ * close the target of a redirection before anything is written. */
+int fs_outbox_flush(struct fs_outbox *ob, fuse_ino_t ino, bool final);
 int fs_outbox_unlink(struct fs_outbox *ob, fuse_ino_t parent,
 	const char *name);
 int fs_outbox_rename(struct fs_outbox *ob, fuse_ino_t parent,

@@ -212,6 +212,35 @@ static int file_sent(void *ctx, const char *bytes, size_t len)
 	return 0;
 }
 
+/* The raw server name of a folder given as the mount shows it, levels
+ * separated by '/' ("Archiv/Gesendet").  Malloc'd, or NULL with *error_r. */
+static char *encode_folder_path(struct backend *be, const char *path,
+	const char **error_r)
+{
+	char *copy = strdup(path), *raw = NULL, *save = NULL, *part;
+	bool any = false;
+
+	if (!copy || !be->ops->encode_name) {
+		free(copy);
+		*error_r = "this source has no folders to name";
+		return NULL;
+	}
+	for (part = strtok_r(copy, "/", &save); part;
+	     part = strtok_r(NULL, "/", &save)) {
+		char *next = be->ops->encode_name(be, raw, part, error_r);
+
+		any = true;
+		free(raw);
+		raw = next;
+		if (!raw)
+			break;
+	}
+	if (!any)
+		*error_r = "empty folder name";
+	free(copy);
+	return raw;
+}
+
 /* The \Sent special-use folder, else one named Sent. */
 static char *find_sent_folder(struct backend *be)
 {
@@ -427,9 +456,8 @@ int main(int argc, char **argv)
 		char *stage_dir = NULL, *trash_raw = NULL;
 		int r = -ENOMEM;
 
-		if (o.trash && be->ops->encode_name)
-			trash_raw = be->ops->encode_name(be, NULL, o.trash,
-				&error);
+		if (o.trash)
+			trash_raw = encode_folder_path(be, o.trash, &error);
 		if (asprintf(&stage_dir, "%s/staging", o.cache_dir) >= 0 &&
 		    (!o.trash || trash_raw))
 			r = fs_tree_enable_writes(tree, trash_raw, stage_dir);
@@ -478,16 +506,18 @@ int main(int argc, char **argv)
 		smtp_tls = tls_ctx;
 		SSL_CTX_up_ref(smtp_tls);
 		sent.be = be;
-		if (o.sent && strcmp(o.sent, "none") == 0)
+		if (be->read_only || (o.sent && strcmp(o.sent, "none") == 0)) {
 			sent.folder = NULL;
-		else if (o.sent)
-			sent.folder = be->ops->encode_name ?
-				be->ops->encode_name(be, NULL, o.sent, &error) :
-				NULL;
-		else if (!offline && be->ops->append)
-			sent.folder = find_sent_folder(be);
-		else if (be->ops->append)
-			sent.folder = strdup("Sent");
+		} else if (o.sent) {
+			sent.folder = encode_folder_path(be, o.sent, &error);
+			if (!sent.folder) {
+				fail("sent=%s: %s", o.sent, error);
+				goto out;
+			}
+		} else {
+			sent.folder = offline ? strdup("Sent") :
+				find_sent_folder(be);
+		}
 		if (asprintf(&stage_dir, "%s/staging", o.cache_dir) < 0 ||
 		    !(outbox = fs_outbox_new(spool, o.from, stage_dir))) {
 			free(stage_dir);
