@@ -226,10 +226,15 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			EROFS : EPERM);
 		return;
 	}
-	/* Content never changes for a given inode: keep the page cache. */
 	fi->fh = 0;
-	fi->keep_cache = 1;
 	fi->noflush = 1;
+	if (r == 1)
+		/* The size is a guess until one full read: the page cache
+		 * would cut reads at it, so read around it this once. */
+		fi->direct_io = 1;
+	else
+		/* Content never changes for an inode: keep the page cache. */
+		fi->keep_cache = 1;
 	fuse_reply_open(req, fi);
 }
 
@@ -521,7 +526,7 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 
 static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
-	fuse_reply_err(req, EPERM);
+	fuse_reply_err(req, fs_tree_read_only(tree_of(req)) ? EROFS : EPERM);
 }
 
 static void op_statfs(fuse_req_t req, fuse_ino_t ino)

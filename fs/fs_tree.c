@@ -201,6 +201,13 @@ void fs_tree_free(struct fs_tree **tp)
 	while (t->n_workers > 0)
 		pthread_cond_wait(&t->workers_done, &t->lock);
 	pthread_mutex_unlock(&t->lock);
+	/* No other thread is left: no lock needed to save listings whose
+	 * sizes reads corrected. */
+	for (size_t i = 0; t->meta && i < t->n_buckets; i++)
+		for (struct node *n = t->buckets[i]; n; n = n->hnext)
+			if (n->is_dir && n->meta_dirty && n->raw && n->listing)
+				meta_cache_save_messages(t->meta, n->raw,
+					&n->state, n->listing, n->n_listing);
 	for (size_t i = 0; i < t->n_buckets; i++) {
 		struct node *n = t->buckets[i], *next;
 
@@ -769,10 +776,20 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 			x->folder_raw = strdup(dir->raw);
 			x->size = bm->size;
 			x->mtime = bm->internaldate;
+			x->size_uncertain = bm->size_uncertain;
 			tree_hash_add(t, x);
 		} else if (x->name && strcmp(x->name, nm[i].name) != 0 &&
 			   x->attached) {
 			tree_inval_add(il, dir->ino, x->name);
+		}
+		/* A size a full read settled beats an estimate. */
+		if (x->size_uncertain) {
+			x->size = bm->size;
+			x->size_uncertain = bm->size_uncertain;
+		} else if (bm->size_uncertain) {
+			m[nm[i].index].size = x->size;
+			m[nm[i].index].size_uncertain = false;
+			dir->meta_dirty = true;
 		}
 		free(x->name);
 		x->name = nm[i].name;
@@ -1258,9 +1275,27 @@ int fs_tree_check_message(struct fs_tree *t, fuse_ino_t ino)
 
 	pthread_mutex_lock(&t->lock);
 	x = tree_find(t, ino);
-	ret = !x ? -ENOENT : x->is_dir ? -EISDIR : 0;
+	ret = !x ? -ENOENT : x->is_dir ? -EISDIR : x->size_uncertain ? 1 : 0;
 	pthread_mutex_unlock(&t->lock);
 	return ret;
+}
+
+/* A full read showed the message's real size: remember it, also in the
+ * listing the metadata cache keeps (saved when unmounting). */
+static void settle_size(struct node *x, uint64_t true_size)
+{
+	struct node *dir = x->attached ? x->parent : NULL;
+
+	x->size_uncertain = false;
+	if (!dir)
+		return;
+	for (size_t i = 0; i < dir->n_listing; i++)
+		if (dir->listing[i].uid == x->uid) {
+			dir->listing[i].size = true_size;
+			dir->listing[i].size_uncertain = false;
+			dir->meta_dirty = true;
+			break;
+		}
 }
 
 #define READAHEAD_FILES 64
@@ -1352,6 +1387,14 @@ ssize_t fs_tree_read(struct fs_tree *t, fuse_ino_t ino, uint64_t offset,
 
 	got = msg_reader_read(t->reader, &ref, offset, length, buf, &true_size);
 	free(folder);
+	if (got >= 0 && true_size) {
+		pthread_mutex_lock(&t->lock);
+		x = tree_find(t, ino);
+		if (x && !x->is_dir && (x->size_uncertain ||
+					x->size != true_size))
+			settle_size(x, true_size);
+		pthread_mutex_unlock(&t->lock);
+	}
 	if (got >= 0 && true_size && true_size != ref.size) {
 		pthread_mutex_lock(&t->lock);
 		x = tree_find(t, ino);

@@ -71,8 +71,9 @@ void fs_dir_snapshot_free(struct fs_dir_snapshot **snap);
 bool fs_tree_ref_entry(struct fs_tree *tree, fuse_ino_t ino,
 	struct fuse_entry_param *e);
 
-/* For a message node: 0 if ino is a message, -EISDIR for a directory,
- * -ENOENT otherwise. */
+/* 0 if ino is a message, 1 if it is one whose size is only an estimate
+ * (POP3's LIST: the kernel must not cut reads at it), -EISDIR for a
+ * directory, -ENOENT otherwise. */
 int fs_tree_check_message(struct fs_tree *tree, fuse_ino_t ino);
 
 /* Reads message content.  Returns bytes read or a negative errno.  When

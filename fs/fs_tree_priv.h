@@ -41,6 +41,7 @@ struct node {
 	struct backend_message *listing;  /* last listing, UID order; owned */
 	size_t n_listing;
 	struct backend_folder_state state;
+	bool meta_dirty;        /* listing changed since saved: save at exit */
 	size_t last_read;       /* index+1 of the message last read from 0 */
 	size_t prefetched_upto; /* read-ahead queued up to this index */
 	bool seen;              /* scratch for folder-list merges */
@@ -51,6 +52,7 @@ struct node {
 	uint32_t msg_uidvalidity;
 	uint32_t uid;
 	uint64_t size;
+	bool size_uncertain;    /* read uncached until a full read settles it */
 	int64_t mtime;
 	char *flags;
 

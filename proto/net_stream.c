@@ -375,6 +375,7 @@ static int conn_handshake(struct net_conn *c, SSL_CTX *ctx,
 	const char **error_r)
 {
 	int64_t deadline = deadline_after(c->timeout_ms);
+	bool timed_out = false;
 	BIO *bio;
 	int r, err, saved_errno;
 
@@ -430,6 +431,9 @@ static int conn_handshake(struct net_conn *c, SSL_CTX *ctx,
 			else
 				*error_r = errfmt("TLS handshake with %s failed: %s",
 					c->label, strerror(errno));
+			/* A silent or vanished server is a network failure,
+			 * not a verdict on its certificate. */
+			timed_out = true;
 			goto out_free_ssl;
 		}
 		*error_r = handshake_error(c, err, saved_errno);
@@ -440,7 +444,7 @@ out_free_ssl:
 	SSL_free(c->ssl);   /* frees the BIO too */
 	c->ssl = NULL;
 	ERR_clear_error();  /* the message is made; leave no stale queue */
-	return -1;
+	return timed_out ? -2 : -1;
 }
 
 /* ------------------------------------------------------------------ */
@@ -782,6 +786,7 @@ mailstream *net_stream_open(const char *host, uint16_t port, SSL_CTX *ctx,
 	struct net_conn *c;
 	mailstream_low *low;
 	mailstream *stream;
+	int r;
 
 	if (host == NULL || host[0] == '\0' ||
 	    strlen(host) >= sizeof(c->host)) {
@@ -805,8 +810,8 @@ mailstream *net_stream_open(const char *host, uint16_t port, SSL_CTX *ctx,
 		*failure_r = NET_CONNECT;
 		goto out_free_conn;
 	}
-	if (ctx != NULL && conn_handshake(c, ctx, error_r) < 0) {
-		*failure_r = NET_TLS;
+	if (ctx != NULL && (r = conn_handshake(c, ctx, error_r)) < 0) {
+		*failure_r = r == -2 ? NET_IO : NET_TLS;
 		goto out_close_fd;
 	}
 

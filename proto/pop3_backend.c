@@ -1664,6 +1664,7 @@ static enum backend_status build_list(struct pop3_backend *pb,
 
 		m->uid = k->uid;
 		m->size = k->true_size != 0 ? k->true_size : k->list_size;
+		m->size_uncertain = k->true_size == 0;
 		m->internaldate = k->header != NULL ? k->date : k->first_seen;
 		m->flags = strdup("");
 		m->header_len = k->header != NULL ? k->header_len : 0;

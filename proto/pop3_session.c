@@ -1211,42 +1211,65 @@ static int count_sink(void *ctx, const char *data, size_t len)
 	return c->sink(c->ctx, data, len);
 }
 
-enum backend_status pop3_session_retr(struct pop3_session *s, unsigned num,
-	pop3_sink_fn *sink, void *ctx, const char **error_r)
+/* Streams the answer to one whole-message command (RETR or TOP n LOTS)
+ * to sink.  Returns BACKEND_NOT_FOUND when the server refused it. */
+static enum backend_status fetch_whole(struct pop3_session *s,
+	const char *verb, const char *cmd, unsigned num, pop3_sink_fn *sink,
+	void *ctx, const char **error_r)
 {
 	struct count_sink c = { .sink = sink, .ctx = ctx };
 	enum backend_status st;
 	struct rd r;
-	char cmd[32];
 	int rc;
 
-	if (s->broken) {
-		*error_r = errfmt("session with %s is broken", s->label);
-		return BACKEND_TEMP;
-	}
-	snprintf(cmd, sizeof(cmd), "RETR %u", num);
-	st = send_command(s, "RETR", cmd, error_r);
+	st = send_command(s, verb, cmd, error_r);
 	if (st == BACKEND_OK)
-		st = flush_commands(s, "RETR", error_r);
+		st = flush_commands(s, verb, error_r);
 	if (st != BACKEND_OK)
 		return st;
 	s->quiet = true;
 	rd_init(&r, s);
-	rc = rd_status(&r, "RETR", &st, error_r);
+	rc = rd_status(&r, verb, &st, error_r);
 	if (rc <= 0) {
 		s->quiet = false;
 		if (rc < 0)
 			return st;
 		rd_done(&r);
-		*error_r = errfmt("RETR %u refused by %s: %s", num, s->label,
-			s->text);
+		*error_r = errfmt("%s %u refused by %s: %s", verb, num,
+			s->label, s->text);
 		return BACKEND_NOT_FOUND;
 	}
-	st = rd_multiline(&r, "RETR", count_sink, &c, error_r);
+	st = rd_multiline(&r, verb, count_sink, &c, error_r);
 	s->quiet = false;
 	rd_done(&r);
 	if (st == BACKEND_OK)
-		log_debug("pop3 %s: RETR %u: %llu bytes", s->label, num,
+		log_debug("pop3 %s: %s %u: %llu bytes", s->label, verb, num,
 			(unsigned long long)c.bytes);
 	return st;
+}
+
+enum backend_status pop3_session_retr(struct pop3_session *s, unsigned num,
+	pop3_sink_fn *sink, void *ctx, const char **error_r)
+{
+	enum backend_status st;
+	char cmd[48];
+
+	if (s->broken) {
+		*error_r = errfmt("session with %s is broken", s->label);
+		return BACKEND_TEMP;
+	}
+	/* Servers that keep flags (Dovecot, Courier) mark a message \Seen
+	 * when it is RETRieved, but not when it is read with TOP: asking TOP
+	 * for more lines than any message has reads it whole and leaves it
+	 * unread.  RETR only when TOP is not offered or refused (nothing was
+	 * sent yet in that case, so the fallback is safe). */
+	if (!s->caps.known || s->caps.top) {
+		snprintf(cmd, sizeof(cmd), "TOP %u %u", num, 2147483647u);
+		st = fetch_whole(s, "TOP", cmd, num, sink, ctx, error_r);
+		if (st != BACKEND_NOT_FOUND || s->broken)
+			return st;
+		log_debug("pop3 %s: TOP refused; reading with RETR", s->label);
+	}
+	snprintf(cmd, sizeof(cmd), "RETR %u", num);
+	return fetch_whole(s, "RETR", cmd, num, sink, ctx, error_r);
 }

@@ -63,6 +63,8 @@ struct backend_folder_state {
 struct backend_message {
 	uint32_t uid;
 	uint64_t size;          /* RFC822.SIZE */
+	bool size_uncertain;    /* only an estimate (POP3 LIST) until the
+	                           message has been read in full */
 	int64_t internaldate;   /* INTERNALDATE, seconds since the epoch (UTC) */
 	char *flags;            /* space-separated, e.g. "\\Seen \\Flagged"; owned */
 	char *header;           /* raw header fields used for the name

@@ -13,7 +13,7 @@
 #include "src/meta_cache.h"
 
 #define META_MAGIC "MFSMETA1"
-#define META_VERSION 1
+#define META_VERSION 2
 #define HEADER_SIZE 24          /* magic 8, version 4, length 4, xxh 8 */
 #define MAX_PAYLOAD (1U << 30)  /* refuse absurd files instead of reading them */
 
@@ -351,6 +351,7 @@ int meta_cache_save_messages(struct meta_cache *mc, const char *raw,
 		w_u32(&w, m[i].uid);
 		w_u64(&w, m[i].size);
 		w_u64(&w, (uint64_t)m[i].internaldate);
+		w_u32(&w, m[i].size_uncertain ? 1 : 0);
 		w_str(&w, m[i].flags ? m[i].flags : "",
 			m[i].flags ? strlen(m[i].flags) : 0);
 		w_str(&w, m[i].header ? m[i].header : "", m[i].header_len);
@@ -388,8 +389,8 @@ int meta_cache_load_messages(struct meta_cache *mc, const char *raw,
 	state_r->highestmodseq = r_u64(&r);
 	state_r->exists = r_u32(&r);
 	count = r_u32(&r);
-	/* Each message takes at least 28 bytes: bound the allocation. */
-	if (r.failed || count > len / 28 + 1)
+	/* Each message takes at least 32 bytes: bound the allocation. */
+	if (r.failed || count > len / 32 + 1)
 		goto fail;
 	m = calloc(count + 1, sizeof(*m));
 	if (!m)
@@ -398,6 +399,7 @@ int meta_cache_load_messages(struct meta_cache *mc, const char *raw,
 		m[n].uid = r_u32(&r);
 		m[n].size = r_u64(&r);
 		m[n].internaldate = (int64_t)r_u64(&r);
+		m[n].size_uncertain = (r_u32(&r) & 1) != 0;
 		m[n].flags = r_str(&r, NULL);
 		m[n].header = r_str(&r, &m[n].header_len);
 		if (r.failed) {
