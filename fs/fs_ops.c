@@ -192,7 +192,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	int fd, r;
 
 	if (is_outbox(ino)) {
-		r = fs_outbox_open(outbox, ino, fi->flags, &fd);
+		r = fs_outbox_open(outbox, ino, fi->flags,
+			fuse_req_ctx(req)->pid, &fd);
 		if (r < 0) {
 			fuse_reply_err(req, -r);
 			return;
@@ -243,7 +244,8 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 {
 	struct fuse_entry_param e;
 	int fd, r = is_outbox(parent) ?
-		fs_outbox_create(outbox, parent, name, &e, &fd) :
+		fs_outbox_create(outbox, parent, name,
+			fuse_req_ctx(req)->pid, &e, &fd) :
 		fs_tree_create(tree_of(req), parent, name, &e, &fd);
 
 	if (r < 0) {
@@ -274,9 +276,14 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		fuse_reply_err(req, errno);
 		return;
 	}
-	if (is_outbox(ino))
-		fs_outbox_wrote(outbox, ino, (uint64_t)off + n);
-	else
+	if (is_outbox(ino)) {
+		int r = fs_outbox_wrote(outbox, ino, (uint64_t)off + n);
+
+		if (r < 0) {
+			fuse_reply_err(req, -r);
+			return;
+		}
+	} else
 		fs_tree_wrote_staged(tree_of(req), ino, (uint64_t)off + n);
 	fuse_reply_write(req, (size_t)n);
 }
@@ -298,7 +305,8 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	/* For the outbox this is where close() learns whether the message
 	 * was queued: release cannot report anything. */
 	fuse_reply_err(req, is_outbox(ino) && (fi->fh & FH_WRITE) ?
-		-fs_outbox_flush(outbox, ino, false) : 0);
+		-fs_outbox_flush(outbox, ino, fuse_req_ctx(req)->pid, false) :
+		0);
 }
 
 static void *notify_size_thread(void *arg)
@@ -367,7 +375,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 		else if (fi->fh & FH_WRITE)
 			/* The last close of a writer: take what flush left
 			 * (an empty file); errors can only be logged now. */
-			fs_outbox_flush(outbox, ino, true);
+			fs_outbox_flush(outbox, ino, 0, true);
 	}
 	fuse_reply_err(req, 0);
 }

@@ -30,6 +30,7 @@ struct ob_node {
 	uint64_t size;
 	int64_t mtime;
 	bool dirty;             /* written since created or last submitted */
+	pid_t writer;           /* the process that opened it for writing */
 };
 
 struct fs_outbox {
@@ -371,7 +372,8 @@ int fs_outbox_snapshot_dir(struct fs_outbox *ob, fuse_ino_t ino,
 	return 0;
 }
 
-int fs_outbox_open(struct fs_outbox *ob, fuse_ino_t ino, int flags, int *fd_r)
+int fs_outbox_open(struct fs_outbox *ob, fuse_ino_t ino, int flags,
+	pid_t pid, int *fd_r)
 {
 	struct ob_node *n;
 	int fd, ret = 0;
@@ -391,8 +393,10 @@ int fs_outbox_open(struct fs_outbox *ob, fuse_ino_t ino, int flags, int *fd_r)
 			*fd_r = fd;
 			if (flags & O_TRUNC)
 				n->size = 0;
-			if ((flags & O_ACCMODE) != O_RDONLY)
+			if ((flags & O_ACCMODE) != O_RDONLY) {
 				n->dirty = true;
+				n->writer = pid;
+			}
 		}
 	} else if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)) {
 		ret = -EPERM;   /* queued mail is not edited in place */
@@ -409,7 +413,7 @@ int fs_outbox_open(struct fs_outbox *ob, fuse_ino_t ino, int flags, int *fd_r)
 }
 
 int fs_outbox_create(struct fs_outbox *ob, fuse_ino_t parent,
-	const char *name, struct fuse_entry_param *e, int *fd_r)
+	const char *name, pid_t pid, struct fuse_entry_param *e, int *fd_r)
 {
 	struct ob_node *n;
 	struct stat st;
@@ -419,9 +423,9 @@ int fs_outbox_create(struct fs_outbox *ob, fuse_ino_t parent,
 
 	if (parent != OB_DIR_INO)
 		return -EPERM;   /* failed/ only holds what the spool put */
-	if (name[0] != '.' && outbox_spool_name_check(name, &error) < 0) {
+	if (name[0] != '.' && (ret = outbox_spool_name_check(name, &error)) < 0) {
 		log_warn("outbox: refusing name '%s': %s", name, error);
-		return -EINVAL;
+		return ret;
 	}
 	pthread_mutex_lock(&ob->lock);
 	if (strcmp(name, FAILED_NAME) == 0 || draft_by_name(ob, name) ||
@@ -451,6 +455,7 @@ int fs_outbox_create(struct fs_outbox *ob, fuse_ino_t parent,
 	path = NULL;
 	n->mtime = time(NULL);
 	n->dirty = true;
+	n->writer = pid;
 	n->nlookup = 1;
 	file_stat(ob, n->ino, 0, n->mtime, &st);
 	fill_entry(e, &st);
@@ -461,9 +466,10 @@ out_unlock:
 	return ret;
 }
 
-void fs_outbox_wrote(struct fs_outbox *ob, fuse_ino_t ino, uint64_t end)
+int fs_outbox_wrote(struct fs_outbox *ob, fuse_ino_t ino, uint64_t end)
 {
 	struct ob_node *n;
+	int ret = 0;
 
 	pthread_mutex_lock(&ob->lock);
 	n = node_by_ino(ob, ino);
@@ -471,8 +477,12 @@ void fs_outbox_wrote(struct fs_outbox *ob, fuse_ino_t ino, uint64_t end)
 		if (end > n->size)
 			n->size = end;
 		n->dirty = true;
+	} else {
+		/* Already queued (or refused): these bytes would be lost. */
+		ret = -EIO;
 	}
 	pthread_mutex_unlock(&ob->lock);
+	return ret;
 }
 
 static char *read_file(const char *path, size_t *len_r)
@@ -545,7 +555,8 @@ static int submit_draft(struct fs_outbox *ob, struct ob_node *n,
 	return ret;
 }
 
-int fs_outbox_flush(struct fs_outbox *ob, fuse_ino_t ino, bool final)
+int fs_outbox_flush(struct fs_outbox *ob, fuse_ino_t ino, pid_t pid,
+	bool final)
 {
 	struct ob_node *n;
 	int ret = 0;
@@ -553,9 +564,11 @@ int fs_outbox_flush(struct fs_outbox *ob, fuse_ino_t ino, bool final)
 	pthread_mutex_lock(&ob->lock);
 	n = node_by_ino(ob, ino);
 	/* Taken on close: what close() returns says whether it was queued.
-	 * Drafts (dot names) wait for their rename. */
+	 * Only the writer's own close counts: children that inherited the
+	 * descriptor (`{ cat a; cat b; } > outbox/x`) close it before the
+	 * message is complete.  Drafts (dot names) wait for their rename. */
 	if (n && n->kind == OB_DRAFT && n->dirty && n->name[0] != '.' &&
-	    (final || n->size > 0))
+	    (final || (n->size > 0 && pid == n->writer)))
 		ret = submit_draft(ob, n, n->name);
 	pthread_mutex_unlock(&ob->lock);
 	return ret;
@@ -616,9 +629,9 @@ int fs_outbox_rename(struct fs_outbox *ob, fuse_ino_t parent,
 		}
 		goto out_unlock;
 	}
-	if (outbox_spool_name_check(newname, &error) < 0) {
+	ret = outbox_spool_name_check(newname, &error);
+	if (ret < 0) {
 		log_warn("outbox: refusing name '%s': %s", newname, error);
-		ret = -EINVAL;
 		goto out_unlock;
 	}
 	/* A draft renamed to a plain name is taken now. */

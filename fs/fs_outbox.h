@@ -55,15 +55,18 @@ int fs_outbox_getattr(struct fs_outbox *ob, fuse_ino_t ino, struct stat *st);
 int fs_outbox_snapshot_dir(struct fs_outbox *ob, fuse_ino_t ino,
 	struct fs_dir_snapshot **snap_r);
 int fs_outbox_open(struct fs_outbox *ob, fuse_ino_t ino, int flags,
-	int *fd_r);
+	pid_t pid, int *fd_r);
 int fs_outbox_create(struct fs_outbox *ob, fuse_ino_t parent,
-	const char *name, struct fuse_entry_param *e, int *fd_r);
-void fs_outbox_wrote(struct fs_outbox *ob, fuse_ino_t ino, uint64_t end);
+	const char *name, pid_t pid, struct fuse_entry_param *e, int *fd_r);
+/* After a write; -EIO when the file was already handed to the spool. */
+int fs_outbox_wrote(struct fs_outbox *ob, fuse_ino_t ino, uint64_t end);
 /* Hands a written file to the spool.  Called at each close of a writer
  * (flush, whose result close() returns) and at the last (release, final):
  * an empty file is only taken at the last, since shells open, dup and
- * close the target of a redirection before anything is written. */
-int fs_outbox_flush(struct fs_outbox *ob, fuse_ino_t ino, bool final);
+ * close the target of a redirection before anything is written, and only
+ * the close of the process that opened it for writing (pid) counts. */
+int fs_outbox_flush(struct fs_outbox *ob, fuse_ino_t ino, pid_t pid,
+	bool final);
 int fs_outbox_unlink(struct fs_outbox *ob, fuse_ino_t parent,
 	const char *name);
 int fs_outbox_rename(struct fs_outbox *ob, fuse_ino_t parent,

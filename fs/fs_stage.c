@@ -409,18 +409,23 @@ static void commit_one(struct fs_tree *t, struct commit *c)
 		return;
 	}
 	log_debug("appended %s to %s as UID %u", c->name, c->folder, new_uid);
-	/* The staged name goes; the folder's listing shows the message. */
-	if (x) {
-		if (x->attached)
-			tree_inval_add(&il, c->dir_ino, x->name);
-		tree_drop_staged(t, x);
-	}
+	/* The folder's listing must show the message before the staged name
+	 * goes, so the file never vanishes in between.  A listing already
+	 * under way may predate the APPEND: wait for it, then list again. */
 	dir = tree_find(t, c->dir_ino);
-	if (dir && dir->attached && dir->selectable && !dir->loading) {
+	if (dir && dir->attached && dir->selectable) {
 		dir->pins++;
+		while (dir->loading)
+			pthread_cond_wait(&t->loaded, &t->lock);
 		tree_refresh_messages(t, dir, &il);
 		dir->pins--;
 		tree_maybe_free(t, dir);
+	}
+	x = tree_find(t, c->ino);
+	if (x && x->is_staged) {
+		if (x->attached)
+			tree_inval_add(&il, c->dir_ino, x->name);
+		tree_drop_staged(t, x);
 	}
 	pthread_mutex_unlock(&t->lock);
 	tree_inval_send(t, &il);

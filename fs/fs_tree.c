@@ -115,6 +115,7 @@ void tree_node_free(struct node *n)
 	free(n->flags);
 	backend_messages_free(&n->listing, n->n_listing);
 	free(n->staged);
+	free(n->by_ino);
 	free(n->prev_dirs);
 	free(n->stage_path);
 	free(n);
@@ -815,6 +816,10 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 	qsort(list, k, sizeof(*list), node_name_cmp);
 	dir->msgs = list;
 	dir->n_msgs = k;
+	free(dir->by_ino);
+	dir->by_ino = NULL;
+	dir->n_by_ino = 0;
+	dir->prefetched_upto = dir->prefetched_upto_ino = 0;
 	dir->uidvalidity = uidvalidity;
 	backend_messages_free(&dir->listing, dir->n_listing);
 	dir->listing = m;
@@ -1302,60 +1307,98 @@ static void settle_size(struct node *x, uint64_t true_size)
 
 /* A folder read file after file in name order (grep -r, cp -r): queue the
  * heads of the next messages, fetched in batches.  Lock held. */
-static void readahead_files(struct fs_tree *t, struct node *x)
+static int node_ino_cmp(const void *a, const void *b)
 {
-	struct node *dir = x->parent;
-	size_t lo = 0, hi, i, from, to, n = 0;
+	const struct node *const *x = a, *const *y = b;
+
+	return ((*x)->ino > (*y)->ino) - ((*x)->ino < (*y)->ino);
+}
+
+/* The folder's messages in inode order, built when first needed: cp -r
+ * and rsync read a directory in that order, grep -r in name order. */
+static struct node **msgs_by_ino(struct node *dir)
+{
+	if (dir->by_ino && dir->n_by_ino == dir->n_msgs)
+		return dir->by_ino;
+	free(dir->by_ino);
+	dir->by_ino = malloc((dir->n_msgs + 1) * sizeof(*dir->by_ino));
+	dir->n_by_ino = 0;
+	if (!dir->by_ino)
+		return NULL;
+	memcpy(dir->by_ino, dir->msgs, dir->n_msgs * sizeof(*dir->by_ino));
+	if (dir->n_msgs)
+		qsort(dir->by_ino, dir->n_msgs, sizeof(*dir->by_ino),
+			node_ino_cmp);
+	dir->n_by_ino = dir->n_msgs;
+	return dir->by_ino;
+}
+
+/* The position of x in order[] (sorted by cmp), or SIZE_MAX. */
+static size_t index_in(struct node **order, size_t n, struct node *x,
+	int (*cmp)(const void *, const void *))
+{
+	struct node **hit = n ? bsearch(&x, order, n, sizeof(*order), cmp) :
+		NULL;
+
+	return hit && *hit == x ? (size_t)(hit - order) : SIZE_MAX;
+}
+
+/* One reading order: queues the heads of the next files when the reader
+ * went on from the previous (or the one before).  Lock held. */
+static void readahead_order(struct fs_tree *t, struct node *dir,
+	struct node **order, size_t n, size_t i, size_t *last,
+	size_t *upto)
+{
+	bool sequential = *last && *last <= i + 1 && *last + 2 >= i + 1;
+	size_t from, to, k = 0;
 	uint32_t *uids;
 	uint64_t *sizes;
-	char *folder;
 
-	if (!x->attached || !dir || !dir->raw)
+	*last = i + 1;
+	if (!sequential || *upto >= i + READAHEAD_FILES / 2)
 		return;
-	for (hi = dir->n_msgs; lo < hi;) {
-		size_t mid = (lo + hi) / 2;
-		int c = strcmp(x->name, dir->msgs[mid]->name);
-
-		if (c == 0) {
-			lo = mid;
-			break;
-		}
-		if (c < 0)
-			hi = mid;
-		else
-			lo = mid + 1;
-	}
-	if (lo >= dir->n_msgs || dir->msgs[lo] != x)
-		return;
-	i = lo;
-	/* Sequential: the previous message (or the one before) was read. */
-	bool sequential = dir->last_read && dir->last_read <= i + 1 &&
-		dir->last_read + 2 >= i + 1;
-	dir->last_read = i + 1;
-	if (!sequential || dir->prefetched_upto >= i + READAHEAD_FILES / 2)
-		return;
-	from = dir->prefetched_upto > i + 1 ? dir->prefetched_upto : i + 1;
+	from = *upto > i + 1 ? *upto : i + 1;
 	to = i + 1 + READAHEAD_FILES;
-	if (to > dir->n_msgs)
-		to = dir->n_msgs;
+	if (to > n)
+		to = n;
 	if (from >= to)
 		return;
 	uids = calloc(to - from, sizeof(*uids));
 	sizes = calloc(to - from, sizeof(*sizes));
-	folder = strdup(dir->raw);
-	if (uids && sizes && folder) {
-		for (size_t k = from; k < to; k++) {
-			uids[n] = dir->msgs[k]->uid;
-			sizes[n++] = dir->msgs[k]->size;
+	if (uids && sizes) {
+		for (size_t j = from; j < to; j++) {
+			uids[k] = order[j]->uid;
+			sizes[k++] = order[j]->size;
 		}
-		dir->prefetched_upto = to;
+		*upto = to;
 		/* Queuing only copies: cheap enough under the lock. */
-		msg_reader_prefetch_heads(t->reader, folder, dir->uidvalidity,
-			uids, sizes, n);
+		msg_reader_prefetch_heads(t->reader, dir->raw, dir->uidvalidity,
+			uids, sizes, k);
 	}
 	free(uids);
 	free(sizes);
-	free(folder);
+}
+
+/* A folder read file after file (grep -r in name order, cp -r and rsync
+ * in inode order): queue the heads of the next messages, fetched in
+ * batched commands.  Lock held. */
+static void readahead_files(struct fs_tree *t, struct node *x)
+{
+	struct node *dir = x->parent, **by_ino;
+	size_t i;
+
+	if (!x->attached || !dir || !dir->raw)
+		return;
+	i = index_in(dir->msgs, dir->n_msgs, x, node_name_cmp);
+	if (i != SIZE_MAX)
+		readahead_order(t, dir, dir->msgs, dir->n_msgs, i,
+			&dir->last_read, &dir->prefetched_upto);
+	by_ino = msgs_by_ino(dir);
+	i = by_ino ? index_in(by_ino, dir->n_msgs, x, node_ino_cmp) :
+		SIZE_MAX;
+	if (i != SIZE_MAX)
+		readahead_order(t, dir, by_ino, dir->n_msgs, i,
+			&dir->last_read_ino, &dir->prefetched_upto_ino);
 }
 
 ssize_t fs_tree_read(struct fs_tree *t, fuse_ino_t ino, uint64_t offset,
@@ -1431,6 +1474,10 @@ int fs_tree_getxattr(struct fs_tree *t, fuse_ino_t ino, const char *name,
 		*value_r = v;
 		return 0;
 	}
+	/* Only user.* exists here.  Saying so (rather than ENODATA) lets ls
+	 * stop asking for security.selinux and ACLs on every file. */
+	if (strncmp(name, "user.", 5) != 0)
+		return -ENOTSUP;
 	pthread_mutex_lock(&t->lock);
 	x = tree_find(t, ino);
 	if (!x)

@@ -44,6 +44,9 @@ struct node {
 	bool meta_dirty;        /* listing changed since saved: save at exit */
 	size_t last_read;       /* index+1 of the message last read from 0 */
 	size_t prefetched_upto; /* read-ahead queued up to this index */
+	struct node **by_ino;   /* msgs in inode order, built when needed */
+	size_t n_by_ino;
+	size_t last_read_ino, prefetched_upto_ino;  /* the same, that order */
 	bool seen;              /* scratch for folder-list merges */
 	unsigned pins;          /* in use by a refresh: do not free */
 

@@ -41,6 +41,9 @@ void tree_detach_message(struct fs_tree *t, struct node *dir, struct node *x)
 			dir->n_msgs--;
 			break;
 		}
+	free(dir->by_ino);
+	dir->by_ino = NULL;
+	dir->n_by_ino = 0;
 	for (size_t i = 0; i < dir->n_listing; i++)
 		if (dir->listing[i].uid == x->uid) {
 			free(dir->listing[i].flags);
@@ -178,7 +181,11 @@ int fs_tree_rmdir(struct fs_tree *t, fuse_ino_t parent, const char *name)
 		return -ENOMEM;
 
 	st = t->be->ops->delete_folder(t->be, raw, &error);
-	if (st != BACKEND_OK) {
+	if (st == BACKEND_NOT_FOUND) {
+		/* A parent that only existed through its children goes away
+		 * with the last of them: gone is what rmdir wanted. */
+		log_debug("folder %s is already gone: %s", raw, error);
+	} else if (st != BACKEND_OK) {
 		log_warn("cannot delete folder %s: %s", raw, error);
 		free(raw);
 		return -backend_errno(st);
@@ -201,6 +208,11 @@ int fs_tree_rmdir(struct fs_tree *t, fuse_ino_t parent, const char *name)
 		tree_detach_messages(t, d);
 		tree_maybe_free(t, d);
 	}
+	pthread_mutex_unlock(&t->lock);
+	free(raw);
+	/* Implied parents may have vanished with it. */
+	fs_tree_load_folders(t, &error);
+	return 0;
 out_unlock:
 	pthread_mutex_unlock(&t->lock);
 	free(raw);

@@ -647,39 +647,120 @@ static enum backend_status imap_list_messages(struct backend *be,
 		msgs_r, count_r, error_r);
 }
 
-/* Copies the part of a BODY[]<origin> answer that covers [offset,
- * offset+length) into buf.  Servers may ignore the range (then origin is
- * absent and the whole message arrives) or shorten it; anything else is a
- * protocol error rather than wrong bytes. */
-static enum backend_status take_body_range(
-	const struct mailimap_msg_att_body_section *sec, uint64_t offset,
-	size_t length, void *buf, size_t *got_r, const char **error_r)
-{
-	uint64_t origin = sec->sec_origin_octet;
-	size_t len = sec->sec_length;
-	uint64_t skip;
+/* Message bodies are streamed from libetpan's parser into a bounded sink
+ * instead of letting it allocate whatever size a literal announces: a
+ * hostile or broken server cannot make us allocate gigabytes.  The sink
+ * keeps the bytes [offset, offset+cap) of one answer and gives up (the
+ * session is then dropped) once an answer runs far past what we asked. */
+#define BODY_SLACK (64u * 1024 * 1024)
 
-	if (origin == offset) {
-		skip = 0;
-	} else if (origin == 0) {
-		/* Range ignored: the answer is the whole message. */
-		if (len < offset) {
-			*got_r = 0;
-			return BACKEND_OK;
-		}
-		skip = offset;
-	} else {
-		*error_r = errfmt("server answered range <%llu> for <%llu>",
-			(unsigned long long)origin,
-			(unsigned long long)offset);
-		return BACKEND_PROTOCOL;
+struct body_sink {
+	char *buf;              /* cap bytes; borrowed */
+	size_t cap;
+	uint64_t offset;        /* the first byte we asked for */
+	size_t len;             /* bytes kept */
+	uint64_t seen;          /* literal bytes received for this answer */
+	uint64_t skip;          /* bytes to drop: the server ignored the range */
+	bool started, bad_origin, overflow, got_body;
+	/* read_heads: each answer is handed on, keyed by its UID */
+	uint32_t want_uid;      /* read_range: the UID asked for */
+	bool found;
+	void (*got)(void *ctx, uint32_t uid, const void *data, size_t len);
+	void *got_ctx;
+};
+
+static void sink_reset(struct body_sink *bs)
+{
+	bs->len = 0;
+	bs->seen = 0;
+	bs->skip = 0;
+	bs->started = bs->bad_origin = bs->got_body = false;
+}
+
+static bool sink_body(int att_type, struct mailimap_msg_att_body_section *sec,
+	const char *bytes, size_t len, void *ctx)
+{
+	struct body_sink *bs = ctx;
+	size_t take;
+
+	if (!bs->started) {
+		uint64_t origin = sec ? sec->sec_origin_octet : 0;
+
+		bs->started = true;
+		bs->got_body = true;
+		if (origin == bs->offset)
+			bs->skip = 0;
+		else if (origin == 0)
+			bs->skip = bs->offset;   /* the whole message came */
+		else
+			bs->bad_origin = true;
 	}
-	len -= skip;
-	if (len > length)
-		len = length;
-	memcpy(buf, sec->sec_body_part + skip, len);
-	*got_r = len;
-	return BACKEND_OK;
+	bs->seen += len;
+	if (bs->seen > bs->offset + bs->cap + BODY_SLACK) {
+		bs->overflow = true;
+		return false;   /* libetpan fails the command: never buffer on */
+	}
+	if (bs->bad_origin || bs->found)
+		return true;
+	if (bs->skip >= len) {
+		bs->skip -= len;
+		return true;
+	}
+	bytes += bs->skip;
+	len -= bs->skip;
+	bs->skip = 0;
+	take = bs->cap - bs->len < len ? bs->cap - bs->len : len;
+	memcpy(bs->buf + bs->len, bytes, take);
+	bs->len += take;
+	return true;
+}
+
+static uint32_t uid_of(const struct mailimap_msg_att *att)
+{
+	clistiter *it;
+
+	for (it = clist_begin(att->att_list); it; it = clist_next(it)) {
+		struct mailimap_msg_att_item *item = clist_content(it);
+
+		if (item->att_type == MAILIMAP_MSG_ATT_ITEM_STATIC &&
+		    item->att_data.att_static->att_type == MAILIMAP_MSG_ATT_UID)
+			return item->att_data.att_static->att_data.att_uid;
+	}
+	return 0;
+}
+
+/* Called once per FETCH response, after its body went to the sink. */
+static void sink_msg_att(struct mailimap_msg_att *att, void *ctx)
+{
+	struct body_sink *bs = ctx;
+	uint32_t uid = uid_of(att);
+
+	if (!bs->got_body)
+		return;   /* flags only: nothing of ours */
+	if (bs->got) {
+		if (!bs->bad_origin && uid)
+			bs->got(bs->got_ctx, uid, bs->buf, bs->len);
+	} else if (uid == bs->want_uid && !bs->bad_origin && !bs->found) {
+		bs->found = true;
+		return;   /* keep what the sink holds */
+	}
+	sink_reset(bs);
+}
+
+static int fetch_into_sink(struct imap_session *s, struct mailimap_set *set,
+	struct mailimap_fetch_type *ft, struct body_sink *bs)
+{
+	clist *result = NULL;
+	int r;
+
+	mailimap_set_msg_body_handler(s->imap, sink_body, bs);
+	mailimap_set_msg_att_handler(s->imap, sink_msg_att, bs);
+	r = mailimap_uid_fetch(s->imap, set, ft, &result);
+	mailimap_set_msg_body_handler(s->imap, NULL, NULL);
+	mailimap_set_msg_att_handler(s->imap, NULL, NULL);
+	if (result)
+		mailimap_fetch_list_free(result);
+	return r;
 }
 
 static enum backend_status imap_read_range(struct backend *be,
@@ -688,13 +769,13 @@ static enum backend_status imap_read_range(struct backend *be,
 	const char **error_r)
 {
 	struct imap_backend *ib = to_imap(be);
+	struct body_sink bs = {
+		.buf = buf, .cap = length, .offset = offset, .want_uid = uid,
+	};
 	struct mailimap_fetch_type *ft;
 	struct mailimap_set *set;
 	struct imap_session *s;
 	enum backend_status st;
-	clist *result = NULL;
-	clistiter *it, *jt;
-	bool found = false;
 	int r;
 
 	st = imap_pool_get(ib->pool, &s, error_r);
@@ -718,75 +799,33 @@ static enum backend_status imap_read_range(struct backend *be,
 			mailimap_section_new(NULL), (uint32_t)offset,
 			(uint32_t)length));
 	set = mailimap_set_new_single(uid);
-	r = mailimap_uid_fetch(s->imap, set, ft, &result);
+	r = fetch_into_sink(s, set, ft, &bs);
 	mailimap_set_free(set);
 	mailimap_fetch_type_free(ft);
+	if (bs.overflow) {
+		s->broken = true;
+		st = BACKEND_PROTOCOL;
+		*error_r = errfmt("UID %u in %s: the server sent far more than "
+			"the %zu bytes asked for", uid, folder, length);
+		goto out_put;
+	}
 	if (r != MAILIMAP_NO_ERROR) {
 		st = command_failed(s, r, "UID FETCH BODY.PEEK in", folder,
 			error_r);
 		goto out_put;
 	}
-	st = BACKEND_OK;
-	for (it = clist_begin(result); it && !found; it = clist_next(it)) {
-		struct mailimap_msg_att *att = clist_content(it);
-		struct mailimap_msg_att_body_section *sec = NULL;
-		uint32_t got_uid = 0;
-
-		for (jt = clist_begin(att->att_list); jt; jt = clist_next(jt)) {
-			struct mailimap_msg_att_item *item = clist_content(jt);
-
-			if (item->att_type != MAILIMAP_MSG_ATT_ITEM_STATIC)
-				continue;
-			if (item->att_data.att_static->att_type ==
-			    MAILIMAP_MSG_ATT_UID)
-				got_uid = item->att_data.att_static->
-					att_data.att_uid;
-			else if (item->att_data.att_static->att_type ==
-				 MAILIMAP_MSG_ATT_BODY_SECTION)
-				sec = item->att_data.att_static->
-					att_data.att_body_section;
-		}
-		/* Unsolicited FETCH responses (flag changes) may come too. */
-		if (got_uid != uid || !sec)
-			continue;
-		found = true;
-		if (!sec->sec_body_part) {
-			*got_r = 0;   /* NIL body: nothing at this offset */
-			break;
-		}
-		st = take_body_range(sec, offset, length, buf, got_r, error_r);
+	if (!bs.found) {
+		st = bs.bad_origin ? BACKEND_PROTOCOL : BACKEND_NOT_FOUND;
+		*error_r = bs.bad_origin ?
+			errfmt("UID %u in %s: the server answered another range",
+				uid, folder) :
+			errfmt("message UID %u is gone from %s", uid, folder);
+		goto out_put;
 	}
-	if (!found && st == BACKEND_OK) {
-		st = BACKEND_NOT_FOUND;
-		*error_r = errfmt("message UID %u is gone from %s", uid, folder);
-	}
-	mailimap_fetch_list_free(result);
+	*got_r = bs.len;
 out_put:
 	imap_pool_put(ib->pool, &s);
 	return st;
-}
-
-/* The UID and BODY[]<0> parts of one FETCH response. */
-static bool body_of(const struct mailimap_msg_att *att, uint32_t *uid_r,
-	struct mailimap_msg_att_body_section **sec_r)
-{
-	clistiter *jt;
-
-	*uid_r = 0;
-	*sec_r = NULL;
-	for (jt = clist_begin(att->att_list); jt; jt = clist_next(jt)) {
-		struct mailimap_msg_att_item *item = clist_content(jt);
-
-		if (item->att_type != MAILIMAP_MSG_ATT_ITEM_STATIC)
-			continue;
-		if (item->att_data.att_static->att_type == MAILIMAP_MSG_ATT_UID)
-			*uid_r = item->att_data.att_static->att_data.att_uid;
-		else if (item->att_data.att_static->att_type ==
-			 MAILIMAP_MSG_ATT_BODY_SECTION)
-			*sec_r = item->att_data.att_static->
-				att_data.att_body_section;
-	}
-	return *uid_r && *sec_r;
 }
 
 static enum backend_status imap_read_heads(struct backend *be,
@@ -796,17 +835,23 @@ static enum backend_status imap_read_heads(struct backend *be,
 	void *ctx, const char **error_r)
 {
 	struct imap_backend *ib = to_imap(be);
+	struct body_sink bs = {
+		.cap = length, .got = got, .got_ctx = ctx,
+	};
 	struct mailimap_fetch_type *ft;
 	struct mailimap_set *set;
 	struct imap_session *s;
 	enum backend_status st;
-	clist *result = NULL;
-	clistiter *it;
 	int r;
 
+	bs.buf = malloc(length ? length : 1);
+	if (!bs.buf) {
+		*error_r = "out of memory";
+		return BACKEND_TEMP;
+	}
 	st = imap_pool_get(ib->pool, &s, error_r);
 	if (st != BACKEND_OK)
-		return st;
+		goto out_free;
 	st = session_examine(s, folder, false, error_r);
 	if (st != BACKEND_OK)
 		goto out_put;
@@ -824,32 +869,22 @@ static enum backend_status imap_read_heads(struct backend *be,
 	mailimap_fetch_type_new_fetch_att_list_add(ft,
 		mailimap_fetch_att_new_body_peek_section_partial(
 			mailimap_section_new(NULL), 0, (uint32_t)length));
-	r = mailimap_uid_fetch(s->imap, set, ft, &result);
+	r = fetch_into_sink(s, set, ft, &bs);
 	mailimap_set_free(set);
 	mailimap_fetch_type_free(ft);
-	if (r != MAILIMAP_NO_ERROR) {
+	if (bs.overflow) {
+		s->broken = true;
+		st = BACKEND_PROTOCOL;
+		*error_r = errfmt("%s: the server sent far more than asked for",
+			folder);
+	} else if (r != MAILIMAP_NO_ERROR) {
 		st = command_failed(s, r, "UID FETCH BODY.PEEK in", folder,
 			error_r);
-		goto out_put;
 	}
-	for (it = clist_begin(result); it; it = clist_next(it)) {
-		struct mailimap_msg_att_body_section *sec;
-		uint32_t uid;
-		size_t len;
-
-		if (!body_of(clist_content(it), &uid, &sec))
-			continue;
-		/* Only an answer that starts at 0 is the head we asked for. */
-		if (sec->sec_origin_octet != 0)
-			continue;
-		len = sec->sec_body_part ? sec->sec_length : 0;
-		if (len > length)
-			len = length;
-		got(ctx, uid, sec->sec_body_part, len);
-	}
-	mailimap_fetch_list_free(result);
 out_put:
 	imap_pool_put(ib->pool, &s);
+out_free:
+	free(bs.buf);
 	return st;
 }
 

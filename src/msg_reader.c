@@ -7,7 +7,8 @@
 #include "src/msg_reader.h"
 
 #define BLOCK BLOCK_CACHE_BLOCK_SIZE
-#define MEM_BLOCKS 16              /* in-memory LRU: 16 MiB at most */
+#define MEM_BLOCKS 256             /* in-memory LRU entries */
+#define MEM_BYTES (32u * 1024 * 1024)  /* ... holding at most this much */
 #define WORKERS 2                  /* read-ahead threads */
 #define QUEUE_MAX 8                /* pending read-ahead jobs */
 #define HEADS_PER_BATCH 32         /* messages per batched fetch */
@@ -48,6 +49,7 @@ struct msg_reader {
 	pthread_cond_t fetched;    /* an in-flight block finished */
 	struct inflight *inflight;
 	struct mem_block mem[MEM_BLOCKS];
+	size_t mem_bytes;
 	uint64_t clock;
 	struct msg_reader_stats stats;
 
@@ -81,27 +83,45 @@ static struct mem_block *mem_find(struct msg_reader *r,
 	return NULL;
 }
 
+static struct mem_block *mem_lru(struct msg_reader *r)
+{
+	struct mem_block *lru = NULL;
+
+	for (int i = 0; i < MEM_BLOCKS; i++)
+		if (r->mem[i].used && (!lru || r->mem[i].stamp < lru->stamp))
+			lru = &r->mem[i];
+	return lru;
+}
+
+static void mem_drop(struct msg_reader *r, struct mem_block *mb)
+{
+	r->mem_bytes -= mb->len;
+	free(mb->data);
+	mb->data = NULL;
+	mb->len = 0;
+	mb->used = false;
+}
+
+/* Blocks are kept at their own size, so many small messages fit. */
 static void mem_store(struct msg_reader *r, const struct block_key *key,
 	const char *data, size_t len, bool eom)
 {
-	struct mem_block *slot = mem_find(r, key);
+	struct mem_block *slot = mem_find(r, key), *lru;
 
+	if (slot)
+		mem_drop(r, slot);
+	while (r->mem_bytes + len > MEM_BYTES && (lru = mem_lru(r)))
+		mem_drop(r, lru);
+	for (int i = 0; !slot && i < MEM_BLOCKS; i++)
+		if (!r->mem[i].used)
+			slot = &r->mem[i];
 	if (!slot) {
-		slot = &r->mem[0];
-		for (int i = 0; i < MEM_BLOCKS; i++) {
-			if (!r->mem[i].used) {
-				slot = &r->mem[i];
-				break;
-			}
-			if (r->mem[i].stamp < slot->stamp)
-				slot = &r->mem[i];
-		}
+		slot = mem_lru(r);
+		mem_drop(r, slot);
 	}
-	if (!slot->data) {
-		slot->data = malloc(BLOCK);
-		if (!slot->data)
-			return;
-	}
+	slot->data = malloc(len ? len : 1);
+	if (!slot->data)
+		return;
 	if (len)
 		memcpy(slot->data, data, len);
 	slot->key = *key;
@@ -109,6 +129,7 @@ static void mem_store(struct msg_reader *r, const struct block_key *key,
 	slot->eom = eom;
 	slot->used = true;
 	slot->stamp = ++r->clock;
+	r->mem_bytes += len;
 }
 
 /* ---- in-flight blocks (lock held) ---------------------------------------- */
@@ -531,8 +552,9 @@ ssize_t msg_reader_read(struct msg_reader *r, const struct msg_ref *ref,
 		len = get_block(r, ref, index, block, &eom);
 		if (len < 0) {
 			free(block);
-			/* Bytes already copied are valid: return them. */
-			return done ? (ssize_t)done : len;
+			/* Never a short read: the kernel would take it for the
+			 * end of the file. */
+			return len;
 		}
 		last_index = index;
 		if ((size_t)len <= in_block) {
