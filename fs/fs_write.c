@@ -210,8 +210,9 @@ int fs_tree_rmdir(struct fs_tree *t, fuse_ino_t parent, const char *name)
 	}
 	pthread_mutex_unlock(&t->lock);
 	free(raw);
-	/* Implied parents may have vanished with it. */
-	fs_tree_load_folders(t, &error);
+	/* Implied parents that vanished with it stay until rmdir'ed too
+	 * (DELETE then finds nothing, which is what rmdir wanted) or until
+	 * the next folder refresh. */
 	return 0;
 out_unlock:
 	pthread_mutex_unlock(&t->lock);

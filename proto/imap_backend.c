@@ -649,58 +649,83 @@ static enum backend_status imap_list_messages(struct backend *be,
 
 /* Message bodies are streamed from libetpan's parser into a bounded sink
  * instead of letting it allocate whatever size a literal announces: a
- * hostile or broken server cannot make us allocate gigabytes.  The sink
- * keeps the bytes [offset, offset+cap) of one answer and gives up (the
- * session is then dropped) once an answer runs far past what we asked. */
+ * hostile or broken server cannot make us allocate gigabytes.  Each body
+ * of the answer becomes one part holding the bytes [offset, offset+cap)
+ * of that message; the sink gives up (the session is then dropped) once a
+ * body runs far past what we asked.  Parts are matched to their FETCH
+ * responses afterwards, in order (libetpan adds the responses, without
+ * their bodies, to the result list as usual). */
 #define BODY_SLACK (64u * 1024 * 1024)
 
-struct body_sink {
-	char *buf;              /* cap bytes; borrowed */
-	size_t cap;
-	uint64_t offset;        /* the first byte we asked for */
-	size_t len;             /* bytes kept */
-	uint64_t seen;          /* literal bytes received for this answer */
-	uint64_t skip;          /* bytes to drop: the server ignored the range */
-	bool started, bad_origin, overflow, got_body;
-	/* read_heads: each answer is handed on, keyed by its UID */
-	uint32_t want_uid;      /* read_range: the UID asked for */
-	bool found;
-	void (*got)(void *ctx, uint32_t uid, const void *data, size_t len);
-	void *got_ctx;
+struct body_part {
+	size_t off, len;        /* in the sink's pool */
+	bool bad_origin;
 };
 
-static void sink_reset(struct body_sink *bs)
+struct body_sink {
+	uint64_t offset;        /* the first byte asked for */
+	size_t cap;             /* bytes kept per body */
+	size_t max_parts;
+	char *pool;             /* max_parts * cap bytes */
+	struct body_part *parts;
+	size_t n_parts;
+	const void *cur;        /* the body section being received */
+	uint64_t seen, skip;
+	bool overflow;
+};
+
+static int sink_init(struct body_sink *bs, uint64_t offset, size_t cap,
+	size_t max_parts)
 {
-	bs->len = 0;
-	bs->seen = 0;
-	bs->skip = 0;
-	bs->started = bs->bad_origin = bs->got_body = false;
+	memset(bs, 0, sizeof(*bs));
+	bs->offset = offset;
+	bs->cap = cap;
+	bs->max_parts = max_parts;
+	bs->pool = malloc(cap * max_parts + 1);
+	bs->parts = calloc(max_parts + 1, sizeof(*bs->parts));
+	return bs->pool && bs->parts ? 0 : -1;
+}
+
+static void sink_free(struct body_sink *bs)
+{
+	free(bs->pool);
+	free(bs->parts);
 }
 
 static bool sink_body(int att_type, struct mailimap_msg_att_body_section *sec,
 	const char *bytes, size_t len, void *ctx)
 {
 	struct body_sink *bs = ctx;
+	struct body_part *p;
 	size_t take;
 
-	if (!bs->started) {
+	if (sec != bs->cur || bs->n_parts == 0) {
 		uint64_t origin = sec ? sec->sec_origin_octet : 0;
 
-		bs->started = true;
-		bs->got_body = true;
+		if (bs->n_parts == bs->max_parts) {
+			bs->overflow = true;   /* more bodies than asked for */
+			return false;
+		}
+		p = &bs->parts[bs->n_parts];
+		p->off = bs->n_parts * bs->cap;
+		p->len = 0;
+		bs->n_parts++;
+		bs->cur = sec;
+		bs->seen = 0;
 		if (origin == bs->offset)
 			bs->skip = 0;
 		else if (origin == 0)
 			bs->skip = bs->offset;   /* the whole message came */
 		else
-			bs->bad_origin = true;
+			p->bad_origin = true;
 	}
+	p = &bs->parts[bs->n_parts - 1];
 	bs->seen += len;
 	if (bs->seen > bs->offset + bs->cap + BODY_SLACK) {
 		bs->overflow = true;
 		return false;   /* libetpan fails the command: never buffer on */
 	}
-	if (bs->bad_origin || bs->found)
+	if (p->bad_origin)
 		return true;
 	if (bs->skip >= len) {
 		bs->skip -= len;
@@ -709,58 +734,87 @@ static bool sink_body(int att_type, struct mailimap_msg_att_body_section *sec,
 	bytes += bs->skip;
 	len -= bs->skip;
 	bs->skip = 0;
-	take = bs->cap - bs->len < len ? bs->cap - bs->len : len;
-	memcpy(bs->buf + bs->len, bytes, take);
-	bs->len += take;
+	take = bs->cap - p->len < len ? bs->cap - p->len : len;
+	memcpy(bs->pool + p->off + p->len, bytes, take);
+	p->len += take;
 	return true;
 }
 
-static uint32_t uid_of(const struct mailimap_msg_att *att)
+/* The UID of a FETCH response, and whether it carried a body. */
+static uint32_t uid_of(const struct mailimap_msg_att *att, bool *has_body_r)
 {
+	uint32_t uid = 0;
 	clistiter *it;
 
+	*has_body_r = false;
 	for (it = clist_begin(att->att_list); it; it = clist_next(it)) {
 		struct mailimap_msg_att_item *item = clist_content(it);
 
-		if (item->att_type == MAILIMAP_MSG_ATT_ITEM_STATIC &&
-		    item->att_data.att_static->att_type == MAILIMAP_MSG_ATT_UID)
-			return item->att_data.att_static->att_data.att_uid;
+		if (item->att_type != MAILIMAP_MSG_ATT_ITEM_STATIC)
+			continue;
+		if (item->att_data.att_static->att_type == MAILIMAP_MSG_ATT_UID)
+			uid = item->att_data.att_static->att_data.att_uid;
+		else if (item->att_data.att_static->att_type ==
+			 MAILIMAP_MSG_ATT_BODY_SECTION)
+			*has_body_r = true;
 	}
-	return 0;
+	return uid;
 }
 
-/* Called once per FETCH response, after its body went to the sink. */
-static void sink_msg_att(struct mailimap_msg_att *att, void *ctx)
-{
-	struct body_sink *bs = ctx;
-	uint32_t uid = uid_of(att);
-
-	if (!bs->got_body)
-		return;   /* flags only: nothing of ours */
-	if (bs->got) {
-		if (!bs->bad_origin && uid)
-			bs->got(bs->got_ctx, uid, bs->buf, bs->len);
-	} else if (uid == bs->want_uid && !bs->bad_origin && !bs->found) {
-		bs->found = true;
-		return;   /* keep what the sink holds */
-	}
-	sink_reset(bs);
-}
-
+/* Runs the fetch with the sink, then calls each(uid, part) for every
+ * response that carried a body. */
 static int fetch_into_sink(struct imap_session *s, struct mailimap_set *set,
-	struct mailimap_fetch_type *ft, struct body_sink *bs)
+	struct mailimap_fetch_type *ft, struct body_sink *bs,
+	void (*each)(void *ctx, uint32_t uid, const struct body_part *p,
+		const char *data),
+	void *ctx)
 {
 	clist *result = NULL;
+	clistiter *it;
+	size_t k = 0;
 	int r;
 
 	mailimap_set_msg_body_handler(s->imap, sink_body, bs);
-	mailimap_set_msg_att_handler(s->imap, sink_msg_att, bs);
 	r = mailimap_uid_fetch(s->imap, set, ft, &result);
 	mailimap_set_msg_body_handler(s->imap, NULL, NULL);
-	mailimap_set_msg_att_handler(s->imap, NULL, NULL);
+	if (r == MAILIMAP_NO_ERROR && result)
+		for (it = clist_begin(result); it; it = clist_next(it)) {
+			bool has_body;
+			uint32_t uid = uid_of(clist_content(it), &has_body);
+
+			if (!has_body)
+				continue;   /* flag updates and the like */
+			if (k < bs->n_parts && uid)
+				each(ctx, uid, &bs->parts[k],
+					bs->pool + bs->parts[k].off);
+			k++;
+		}
 	if (result)
 		mailimap_fetch_list_free(result);
 	return r;
+}
+
+struct range_ctx {
+	uint32_t want;
+	void *buf;
+	size_t got;
+	bool found, bad_origin;
+};
+
+static void range_each(void *ctx, uint32_t uid, const struct body_part *p,
+	const char *data)
+{
+	struct range_ctx *rc = ctx;
+
+	if (uid != rc->want || rc->found)
+		return;
+	if (p->bad_origin) {
+		rc->bad_origin = true;
+		return;
+	}
+	memcpy(rc->buf, data, p->len);
+	rc->got = p->len;
+	rc->found = true;
 }
 
 static enum backend_status imap_read_range(struct backend *be,
@@ -769,18 +823,23 @@ static enum backend_status imap_read_range(struct backend *be,
 	const char **error_r)
 {
 	struct imap_backend *ib = to_imap(be);
-	struct body_sink bs = {
-		.buf = buf, .cap = length, .offset = offset, .want_uid = uid,
-	};
+	struct range_ctx rc = { .want = uid, .buf = buf };
 	struct mailimap_fetch_type *ft;
 	struct mailimap_set *set;
 	struct imap_session *s;
+	struct body_sink bs;
 	enum backend_status st;
 	int r;
 
+	/* A few parts: unsolicited answers may carry bodies too. */
+	if (sink_init(&bs, offset, length, 4) < 0) {
+		sink_free(&bs);
+		*error_r = "out of memory";
+		return BACKEND_TEMP;
+	}
 	st = imap_pool_get(ib->pool, &s, error_r);
 	if (st != BACKEND_OK)
-		return st;
+		goto out_free;
 	st = session_examine(s, folder, false, error_r);
 	if (st != BACKEND_OK)
 		goto out_put;
@@ -799,7 +858,7 @@ static enum backend_status imap_read_range(struct backend *be,
 			mailimap_section_new(NULL), (uint32_t)offset,
 			(uint32_t)length));
 	set = mailimap_set_new_single(uid);
-	r = fetch_into_sink(s, set, ft, &bs);
+	r = fetch_into_sink(s, set, ft, &bs, range_each, &rc);
 	mailimap_set_free(set);
 	mailimap_fetch_type_free(ft);
 	if (bs.overflow) {
@@ -814,18 +873,34 @@ static enum backend_status imap_read_range(struct backend *be,
 			error_r);
 		goto out_put;
 	}
-	if (!bs.found) {
-		st = bs.bad_origin ? BACKEND_PROTOCOL : BACKEND_NOT_FOUND;
-		*error_r = bs.bad_origin ?
+	if (!rc.found) {
+		st = rc.bad_origin ? BACKEND_PROTOCOL : BACKEND_NOT_FOUND;
+		*error_r = rc.bad_origin ?
 			errfmt("UID %u in %s: the server answered another range",
 				uid, folder) :
 			errfmt("message UID %u is gone from %s", uid, folder);
 		goto out_put;
 	}
-	*got_r = bs.len;
+	*got_r = rc.got;
 out_put:
 	imap_pool_put(ib->pool, &s);
+out_free:
+	sink_free(&bs);
 	return st;
+}
+
+struct heads_ctx {
+	void (*got)(void *ctx, uint32_t uid, const void *data, size_t len);
+	void *ctx;
+};
+
+static void heads_each(void *ctx, uint32_t uid, const struct body_part *p,
+	const char *data)
+{
+	struct heads_ctx *hc = ctx;
+
+	if (!p->bad_origin)
+		hc->got(hc->ctx, uid, data, p->len);
 }
 
 static enum backend_status imap_read_heads(struct backend *be,
@@ -835,17 +910,16 @@ static enum backend_status imap_read_heads(struct backend *be,
 	void *ctx, const char **error_r)
 {
 	struct imap_backend *ib = to_imap(be);
-	struct body_sink bs = {
-		.cap = length, .got = got, .got_ctx = ctx,
-	};
+	struct heads_ctx hc = { got, ctx };
 	struct mailimap_fetch_type *ft;
 	struct mailimap_set *set;
 	struct imap_session *s;
+	struct body_sink bs;
 	enum backend_status st;
 	int r;
 
-	bs.buf = malloc(length ? length : 1);
-	if (!bs.buf) {
+	if (sink_init(&bs, 0, length, n_uids + 2) < 0) {
+		sink_free(&bs);
 		*error_r = "out of memory";
 		return BACKEND_TEMP;
 	}
@@ -869,7 +943,7 @@ static enum backend_status imap_read_heads(struct backend *be,
 	mailimap_fetch_type_new_fetch_att_list_add(ft,
 		mailimap_fetch_att_new_body_peek_section_partial(
 			mailimap_section_new(NULL), 0, (uint32_t)length));
-	r = fetch_into_sink(s, set, ft, &bs);
+	r = fetch_into_sink(s, set, ft, &bs, heads_each, &hc);
 	mailimap_set_free(set);
 	mailimap_fetch_type_free(ft);
 	if (bs.overflow) {
@@ -884,7 +958,7 @@ static enum backend_status imap_read_heads(struct backend *be,
 out_put:
 	imap_pool_put(ib->pool, &s);
 out_free:
-	free(bs.buf);
+	sink_free(&bs);
 	return st;
 }
 

@@ -436,6 +436,11 @@ static int conn_handshake(struct net_conn *c, SSL_CTX *ctx,
 			timed_out = true;
 			goto out_free_ssl;
 		}
+		/* A connection closed or reset mid-handshake, with nothing
+		 * wrong with the certificate, is a network failure too. */
+		timed_out = SSL_get_verify_result(c->ssl) == X509_V_OK &&
+			(err == SSL_ERROR_SYSCALL ||
+			 err == SSL_ERROR_ZERO_RETURN || ssl_unexpected_eof());
 		*error_r = handshake_error(c, err, saved_errno);
 		goto out_free_ssl;
 	}
