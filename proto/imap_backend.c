@@ -173,6 +173,8 @@ static enum backend_status imap_list_folders(struct backend *be,
 		return st;
 	r = mailimap_list(s->imap, "", "*", &list);
 	if (r != MAILIMAP_NO_ERROR) {
+		if (list)
+			mailimap_list_result_free(list);
 		st = command_failed(s, r, "LIST", NULL, error_r);
 		goto out_put;
 	}
@@ -212,13 +214,23 @@ out_put:
 /* INTERNALDATE to seconds since the epoch; dt_zone is +-HHMM. */
 static int64_t date_time_to_epoch(const struct mailimap_date_time *dt)
 {
-	struct tm tm = {
-		.tm_year = dt->dt_year - 1900, .tm_mon = dt->dt_month - 1,
-		.tm_mday = dt->dt_day, .tm_hour = dt->dt_hour,
-		.tm_min = dt->dt_min, .tm_sec = dt->dt_sec,
-	};
-	int zone = dt->dt_zone < 0 ? -dt->dt_zone : dt->dt_zone;
-	int64_t offset = (zone / 100) * 3600 + (zone % 100) * 60;
+	struct tm tm = { 0 };
+
+	/* The server's numbers are not trusted: out of range means 0. */
+	if (dt->dt_year < 1900 || dt->dt_year > 9999 || dt->dt_month < 1 ||
+	    dt->dt_month > 12 || dt->dt_day < 1 || dt->dt_day > 31 ||
+	    dt->dt_hour < 0 || dt->dt_hour > 23 || dt->dt_min < 0 ||
+	    dt->dt_min > 59 || dt->dt_sec < 0 || dt->dt_sec > 60)
+		return 0;
+	tm.tm_year = dt->dt_year - 1900;
+	tm.tm_mon = dt->dt_month - 1;
+	tm.tm_mday = dt->dt_day;
+	tm.tm_hour = dt->dt_hour;
+	tm.tm_min = dt->dt_min;
+	tm.tm_sec = dt->dt_sec;
+	/* A zone beyond +-23:59 is garbage: take the time as UTC. */
+	int64_t zone = dt->dt_zone < 0 ? -(int64_t)dt->dt_zone : dt->dt_zone;
+	int64_t offset = zone > 2359 ? 0 : (zone / 100) * 3600 + (zone % 100) * 60;
 
 	return (int64_t)timegm(&tm) - (dt->dt_zone < 0 ? -offset : offset);
 }

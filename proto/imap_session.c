@@ -34,6 +34,33 @@
 /* Longest user name or password we will send. */
 #define CREDENTIAL_MAX 1024
 
+/* Like mailimap_has_extension(), without its crash on a CAPABILITY answer
+ * that listed nothing. */
+static bool has_cap_of(mailimap *imap, int type, const char *name)
+{
+	struct mailimap_capability_data *cd;
+	clistiter *it;
+
+	if (!imap->imap_connection_info ||
+	    !(cd = imap->imap_connection_info->imap_capability) ||
+	    !cd->cap_list)
+		return false;
+	for (it = clist_begin(cd->cap_list); it; it = clist_next(it)) {
+		struct mailimap_capability *c = clist_content(it);
+		const char *v = !c ? NULL : type == MAILIMAP_CAPABILITY_NAME ?
+			c->cap_data.cap_name : c->cap_data.cap_auth_type;
+
+		if (c && c->cap_type == type && v && strcasecmp(v, name) == 0)
+			return true;
+	}
+	return false;
+}
+
+static bool has_cap(mailimap *imap, const char *name)
+{
+	return has_cap_of(imap, MAILIMAP_CAPABILITY_NAME, name);
+}
+
 /* Copies at most dst_size - 1 bytes of src, control characters as '?'. */
 static void copy_printable(char *dst, size_t dst_size, const char *src,
 	size_t src_len)
@@ -358,7 +385,7 @@ static int auth_plain(struct imap_session *s, const char *user,
 {
 	mailimap *imap = s->imap;
 	mailstream *stream = imap->imap_stream;
-	bool sasl_ir = mailimap_has_extension(imap, "SASL-IR");
+	bool sasl_ir = has_cap(imap, "SASL-IR");
 	size_t ulen = strlen(user), plen = strlen(password);
 	size_t mlen = ulen + plen + 2, blen = 4 * ((mlen + 2) / 3) + 1;
 	unsigned char *msg;
@@ -449,8 +476,8 @@ static enum backend_status session_login(struct imap_session *s,
 	const struct imap_endpoint *ep = s->ep;
 	mailimap *imap = s->imap;
 	bool ascii = is_plain_ascii(ep->user) && is_plain_ascii(ep->password);
-	bool plain = mailimap_has_authentication(imap, "PLAIN");
-	bool disabled = mailimap_has_extension(imap, "LOGINDISABLED");
+	bool plain = has_cap_of(imap, MAILIMAP_CAPABILITY_AUTH_TYPE, "PLAIN");
+	bool disabled = has_cap(imap, "LOGINDISABLED");
 	enum backend_status st;
 	int r;
 
@@ -536,16 +563,16 @@ static void fill_caps(struct imap_session *s)
 	mailimap *imap = s->imap;
 	struct imap_caps *c = &s->caps;
 
-	c->uidplus = mailimap_has_extension(imap, "UIDPLUS");
-	c->move = mailimap_has_extension(imap, "MOVE");
-	c->condstore = mailimap_has_extension(imap, "CONDSTORE");
-	c->qresync = mailimap_has_extension(imap, "QRESYNC");
-	c->idle = mailimap_has_extension(imap, "IDLE");
-	c->enable = mailimap_has_extension(imap, "ENABLE");
-	c->special_use = mailimap_has_extension(imap, "SPECIAL-USE");
-	c->literal_plus = mailimap_has_extension(imap, "LITERAL+");
-	c->esearch = mailimap_has_extension(imap, "ESEARCH");
-	c->namespace_ = mailimap_has_extension(imap, "NAMESPACE");
+	c->uidplus = has_cap(imap, "UIDPLUS");
+	c->move = has_cap(imap, "MOVE");
+	c->condstore = has_cap(imap, "CONDSTORE");
+	c->qresync = has_cap(imap, "QRESYNC");
+	c->idle = has_cap(imap, "IDLE");
+	c->enable = has_cap(imap, "ENABLE");
+	c->special_use = has_cap(imap, "SPECIAL-USE");
+	c->literal_plus = has_cap(imap, "LITERAL+");
+	c->esearch = has_cap(imap, "ESEARCH");
+	c->namespace_ = has_cap(imap, "NAMESPACE");
 }
 
 static enum backend_status session_delimiter(struct imap_session *s,
@@ -556,6 +583,10 @@ static enum backend_status session_delimiter(struct imap_session *s,
 	int r;
 
 	r = mailimap_list(s->imap, "", "", &list);
+	if (r != MAILIMAP_NO_ERROR && list) {
+		mailimap_list_result_free(list);   /* partial answers too */
+		list = NULL;
+	}
 	if (r == MAILIMAP_ERROR_LIST) {
 		log_debug("imap %s: LIST \"\" \"\" refused (%s); assuming a"
 			" flat namespace", s->label,
@@ -694,7 +725,7 @@ static enum backend_status session_secure(struct imap_session *s,
 		st = session_capability(s, false, error_r);
 		if (st != BACKEND_OK)
 			return st;
-		if (!mailimap_has_extension(s->imap, "STARTTLS")) {
+		if (!has_cap(s->imap, "STARTTLS")) {
 			s->broken = true;
 			*error_r = errfmt("server %s does not offer STARTTLS;"
 				" refusing to continue without TLS (use imaps://"
@@ -715,7 +746,7 @@ static enum backend_status session_secure(struct imap_session *s,
 			return st;
 		/* Once offered, STARTTLS must work: no silent downgrade. */
 		if (ep->tls_ctx != NULL &&
-		    mailimap_has_extension(s->imap, "STARTTLS"))
+		    has_cap(s->imap, "STARTTLS"))
 			return session_starttls(s, error_r);
 		/* Every pooled session passes here; main warns once. */
 		log_debug("imap %s: no TLS offered, continuing in plain text",
@@ -780,8 +811,8 @@ enum backend_status imap_session_open(const struct imap_endpoint *ep,
 	if (st != BACKEND_OK)
 		goto out_close;
 
-	if (!mailimap_has_extension(s->imap, "IMAP4rev1") &&
-	    !mailimap_has_extension(s->imap, "IMAP4rev2")) {
+	if (!has_cap(s->imap, "IMAP4rev1") &&
+	    !has_cap(s->imap, "IMAP4rev2")) {
 		*error_r = errfmt("server %s does not speak IMAP4rev1",
 			s->label);
 		st = BACKEND_PROTOCOL;
