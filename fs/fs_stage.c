@@ -232,11 +232,37 @@ int fs_tree_setattr_staged(struct fs_tree *t, fuse_ino_t ino,
 	return ret;
 }
 
+/* Flags are IMAP atoms, \\-prefixed for system flags, separated by
+ * spaces: refuse anything else now, where cp -a can report it, rather
+ * than have every APPEND fail later. */
+static bool flags_valid(const char *v)
+{
+	bool start = true;
+
+	for (; *v; v++) {
+		unsigned char c = (unsigned char)*v;
+
+		if (c == ' ') {
+			start = true;
+			continue;
+		}
+		if (c == '\\' ? !start :
+		    c < 0x21 || c > 0x7e || strchr("(){%*\"]", c))
+			return false;
+		start = false;
+	}
+	return true;
+}
+
 int stage_setxattr(struct fs_tree *t, struct node *x, const char *name,
 	const char *value)
 {
 	if (strcmp(name, "user.mail.flags") == 0) {
-		char *f = strdup(value);
+		char *f;
+
+		if (!flags_valid(value))
+			return -EINVAL;
+		f = strdup(value);
 
 		if (!f)
 			return -ENOMEM;
