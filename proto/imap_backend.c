@@ -829,22 +829,23 @@ static void range_each(void *ctx, uint32_t uid, const struct body_part *p,
 	rc->found = true;
 }
 
-static enum backend_status imap_read_range(struct backend *be,
-	const char *folder, uint32_t uidvalidity, uint32_t uid,
-	uint64_t offset, size_t length, void *buf, size_t *got_r,
-	const char **error_r)
+/* UID FETCH set (UID BODY.PEEK[]<offset.length>) in folder, each body
+ * through a sink of max_parts parts, each(ctx, uid, part, data) for every
+ * answer.  The one place both reads talk to the server. */
+static enum backend_status fetch_bodies(struct imap_backend *ib,
+	const char *folder, uint32_t uidvalidity, struct mailimap_set *set,
+	uint64_t offset, size_t length, size_t max_parts,
+	void (*each)(void *ctx, uint32_t uid, const struct body_part *p,
+		const char *data),
+	void *ctx, const char **error_r)
 {
-	struct imap_backend *ib = to_imap(be);
-	struct range_ctx rc = { .want = uid, .buf = buf };
 	struct mailimap_fetch_type *ft;
-	struct mailimap_set *set;
 	struct imap_session *s;
 	struct body_sink bs;
 	enum backend_status st;
 	int r;
 
-	/* A few parts: unsolicited answers may carry bodies too. */
-	if (sink_init(&bs, offset, length, 4) < 0) {
+	if (sink_init(&bs, offset, length, max_parts) < 0) {
 		sink_free(&bs);
 		*error_r = "out of memory";
 		return BACKEND_TEMP;
@@ -869,36 +870,48 @@ static enum backend_status imap_read_range(struct backend *be,
 		mailimap_fetch_att_new_body_peek_section_partial(
 			mailimap_section_new(NULL), (uint32_t)offset,
 			(uint32_t)length));
-	set = mailimap_set_new_single(uid);
-	r = fetch_into_sink(s, set, ft, &bs, range_each, &rc);
-	mailimap_set_free(set);
+	r = fetch_into_sink(s, set, ft, &bs, each, ctx);
 	mailimap_fetch_type_free(ft);
 	if (bs.overflow) {
 		s->broken = true;
 		st = BACKEND_PROTOCOL;
-		*error_r = errfmt("UID %u in %s: the server sent far more than "
-			"the %zu bytes asked for", uid, folder, length);
-		goto out_put;
-	}
-	if (r != MAILIMAP_NO_ERROR) {
+		*error_r = errfmt("%s: the server sent far more than the %zu "
+			"bytes asked for", folder, length);
+	} else if (r != MAILIMAP_NO_ERROR) {
 		st = command_failed(s, r, "UID FETCH BODY.PEEK in", folder,
 			error_r);
-		goto out_put;
 	}
-	if (!rc.found) {
-		st = rc.bad_origin ? BACKEND_PROTOCOL : BACKEND_NOT_FOUND;
-		*error_r = rc.bad_origin ?
-			errfmt("UID %u in %s: the server answered another range",
-				uid, folder) :
-			errfmt("message UID %u is gone from %s", uid, folder);
-		goto out_put;
-	}
-	*got_r = rc.got;
 out_put:
 	imap_pool_put(ib->pool, &s);
 out_free:
 	sink_free(&bs);
 	return st;
+}
+
+static enum backend_status imap_read_range(struct backend *be,
+	const char *folder, uint32_t uidvalidity, uint32_t uid,
+	uint64_t offset, size_t length, void *buf, size_t *got_r,
+	const char **error_r)
+{
+	struct range_ctx rc = { .want = uid, .buf = buf };
+	struct mailimap_set *set = mailimap_set_new_single(uid);
+	enum backend_status st;
+
+	/* A few parts: unsolicited answers may carry bodies too. */
+	st = fetch_bodies(to_imap(be), folder, uidvalidity, set, offset,
+		length, 4, range_each, &rc, error_r);
+	mailimap_set_free(set);
+	if (st != BACKEND_OK)
+		return st;
+	if (!rc.found) {
+		*error_r = rc.bad_origin ?
+			errfmt("UID %u in %s: the server answered another range",
+				uid, folder) :
+			errfmt("message UID %u is gone from %s", uid, folder);
+		return rc.bad_origin ? BACKEND_PROTOCOL : BACKEND_NOT_FOUND;
+	}
+	*got_r = rc.got;
+	return BACKEND_OK;
 }
 
 struct heads_ctx {
@@ -921,56 +934,15 @@ static enum backend_status imap_read_heads(struct backend *be,
 	void (*got)(void *ctx, uint32_t uid, const void *data, size_t len),
 	void *ctx, const char **error_r)
 {
-	struct imap_backend *ib = to_imap(be);
 	struct heads_ctx hc = { got, ctx };
-	struct mailimap_fetch_type *ft;
-	struct mailimap_set *set;
-	struct imap_session *s;
-	struct body_sink bs;
+	struct mailimap_set *set = mailimap_set_new_empty();
 	enum backend_status st;
-	int r;
 
-	if (sink_init(&bs, 0, length, n_uids + 2) < 0) {
-		sink_free(&bs);
-		*error_r = "out of memory";
-		return BACKEND_TEMP;
-	}
-	st = imap_pool_get(ib->pool, &s, error_r);
-	if (st != BACKEND_OK)
-		goto out_free;
-	st = session_examine(s, folder, false, error_r);
-	if (st != BACKEND_OK)
-		goto out_put;
-	if (s->selected_uidvalidity != uidvalidity) {
-		st = BACKEND_NOT_FOUND;
-		*error_r = errfmt("folder %s was recreated", folder);
-		goto out_put;
-	}
-	set = mailimap_set_new_empty();
 	for (size_t i = 0; i < n_uids; i++)
 		mailimap_set_add_single(set, uids[i]);
-	ft = mailimap_fetch_type_new_fetch_att_list_empty();
-	mailimap_fetch_type_new_fetch_att_list_add(ft,
-		mailimap_fetch_att_new_uid());
-	mailimap_fetch_type_new_fetch_att_list_add(ft,
-		mailimap_fetch_att_new_body_peek_section_partial(
-			mailimap_section_new(NULL), 0, (uint32_t)length));
-	r = fetch_into_sink(s, set, ft, &bs, heads_each, &hc);
+	st = fetch_bodies(to_imap(be), folder, uidvalidity, set, 0, length,
+		n_uids + 2, heads_each, &hc, error_r);
 	mailimap_set_free(set);
-	mailimap_fetch_type_free(ft);
-	if (bs.overflow) {
-		s->broken = true;
-		st = BACKEND_PROTOCOL;
-		*error_r = errfmt("%s: the server sent far more than asked for",
-			folder);
-	} else if (r != MAILIMAP_NO_ERROR) {
-		st = command_failed(s, r, "UID FETCH BODY.PEEK in", folder,
-			error_r);
-	}
-out_put:
-	imap_pool_put(ib->pool, &s);
-out_free:
-	sink_free(&bs);
 	return st;
 }
 
