@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "proto/imap_backend.h"
+#include "proto/imap_meta_fetch.h"
 #include "proto/imap_pool.h"
 #include "proto/mutf7.h"
 #include "proto/net_stream.h"
@@ -211,165 +212,6 @@ out_put:
 	return st;
 }
 
-/* INTERNALDATE to seconds since the epoch; dt_zone is +-HHMM. */
-static int64_t date_time_to_epoch(const struct mailimap_date_time *dt)
-{
-	struct tm tm = { 0 };
-
-	/* The server's numbers are not trusted: out of range means 0. */
-	if (dt->dt_year < 1900 || dt->dt_year > 9999 || dt->dt_month < 1 ||
-	    dt->dt_month > 12 || dt->dt_day < 1 || dt->dt_day > 31 ||
-	    dt->dt_hour < 0 || dt->dt_hour > 23 || dt->dt_min < 0 ||
-	    dt->dt_min > 59 || dt->dt_sec < 0 || dt->dt_sec > 60)
-		return 0;
-	tm.tm_year = dt->dt_year - 1900;
-	tm.tm_mon = dt->dt_month - 1;
-	tm.tm_mday = dt->dt_day;
-	tm.tm_hour = dt->dt_hour;
-	tm.tm_min = dt->dt_min;
-	tm.tm_sec = dt->dt_sec;
-	/* A zone beyond +-23:59 is garbage: take the time as UTC. */
-	int64_t zone = dt->dt_zone < 0 ? -(int64_t)dt->dt_zone : dt->dt_zone;
-	int64_t offset = zone > 2359 ? 0 : (zone / 100) * 3600 + (zone % 100) * 60;
-
-	return (int64_t)timegm(&tm) - (dt->dt_zone < 0 ? -offset : offset);
-}
-
-static const char *flag_name(const struct mailimap_flag *fl)
-{
-	switch (fl->fl_type) {
-	case MAILIMAP_FLAG_ANSWERED: return "\\Answered";
-	case MAILIMAP_FLAG_FLAGGED: return "\\Flagged";
-	case MAILIMAP_FLAG_DELETED: return "\\Deleted";
-	case MAILIMAP_FLAG_SEEN: return "\\Seen";
-	case MAILIMAP_FLAG_DRAFT: return "\\Draft";
-	case MAILIMAP_FLAG_KEYWORD: return fl->fl_data.fl_keyword;
-	case MAILIMAP_FLAG_EXTENSION: return NULL; /* handled by caller */
-	}
-	return NULL;
-}
-
-/* Joins the FETCH FLAGS of one message into "\\Seen \\Flagged kw". */
-static char *flags_to_string(const struct mailimap_msg_att_dynamic *dyn)
-{
-	char buf[4096];
-	size_t len = 0;
-	clistiter *it;
-
-	buf[0] = '\0';
-	if (dyn && dyn->att_list)
-		for (it = clist_begin(dyn->att_list); it; it = clist_next(it)) {
-			struct mailimap_flag_fetch *ff = clist_content(it);
-			char ext[256];
-			const char *name;
-
-			if (ff->fl_type != MAILIMAP_FLAG_FETCH_OTHER ||
-			    !ff->fl_flag)
-				continue;  /* \Recent is per-session noise */
-			name = flag_name(ff->fl_flag);
-			if (ff->fl_flag->fl_type == MAILIMAP_FLAG_EXTENSION) {
-				snprintf(ext, sizeof(ext), "\\%s",
-					ff->fl_flag->fl_data.fl_extension);
-				name = ext;
-			}
-			if (!name)
-				continue;
-			int w = snprintf(buf + len, sizeof(buf) - len, "%s%s",
-				len ? " " : "", name);
-			if (w < 0 || (size_t)w >= sizeof(buf) - len)
-				break;
-			len += w;
-		}
-	return strdup(buf);
-}
-
-static struct mailimap_fetch_type *metadata_fetch_type(void)
-{
-	static const char *const fields[] = {
-		"DATE", "SUBJECT", "MESSAGE-ID", "FROM",
-	};
-	struct mailimap_fetch_type *ft;
-	clist *hdrs = clist_new();
-
-	for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
-		clist_append(hdrs, strdup(fields[i]));
-	ft = mailimap_fetch_type_new_fetch_att_list_empty();
-	mailimap_fetch_type_new_fetch_att_list_add(ft,
-		mailimap_fetch_att_new_uid());
-	mailimap_fetch_type_new_fetch_att_list_add(ft,
-		mailimap_fetch_att_new_rfc822_size());
-	mailimap_fetch_type_new_fetch_att_list_add(ft,
-		mailimap_fetch_att_new_internaldate());
-	mailimap_fetch_type_new_fetch_att_list_add(ft,
-		mailimap_fetch_att_new_flags());
-	mailimap_fetch_type_new_fetch_att_list_add(ft,
-		mailimap_fetch_att_new_body_peek_section(
-			mailimap_section_new_header_fields(
-				mailimap_header_list_new(hdrs))));
-	return ft;
-}
-
-/* Fills one backend_message from a FETCH response; returns false when it
- * carried no UID (not a message we asked for). */
-static bool parse_metadata(const struct mailimap_msg_att *att,
-	struct backend_message *m)
-{
-	clistiter *it;
-
-	memset(m, 0, sizeof(*m));
-	for (it = clist_begin(att->att_list); it; it = clist_next(it)) {
-		struct mailimap_msg_att_item *item = clist_content(it);
-
-		if (item->att_type == MAILIMAP_MSG_ATT_ITEM_DYNAMIC) {
-			free(m->flags);
-			m->flags = flags_to_string(item->att_data.att_dyn);
-			continue;
-		}
-		if (item->att_type != MAILIMAP_MSG_ATT_ITEM_STATIC)
-			continue;
-		struct mailimap_msg_att_static *st = item->att_data.att_static;
-
-		switch (st->att_type) {
-		case MAILIMAP_MSG_ATT_UID:
-			m->uid = st->att_data.att_uid;
-			break;
-		case MAILIMAP_MSG_ATT_RFC822_SIZE:
-			m->size = st->att_data.att_rfc822_size;
-			break;
-		case MAILIMAP_MSG_ATT_INTERNALDATE:
-			if (st->att_data.att_internal_date)
-				m->internaldate = date_time_to_epoch(
-					st->att_data.att_internal_date);
-			break;
-		case MAILIMAP_MSG_ATT_BODY_SECTION: {
-			struct mailimap_msg_att_body_section *sec =
-				st->att_data.att_body_section;
-
-			if (!sec || !sec->sec_body_part)
-				break;
-			free(m->header);
-			m->header = malloc(sec->sec_length + 1);
-			if (m->header) {
-				memcpy(m->header, sec->sec_body_part,
-					sec->sec_length);
-				m->header[sec->sec_length] = '\0';
-				m->header_len = sec->sec_length;
-			}
-			break;
-		}
-		default:
-			break;
-		}
-	}
-	if (!m->flags)
-		m->flags = strdup("");
-	if (!m->header) {
-		m->header = strdup("");
-		m->header_len = 0;
-	}
-	return m->uid != 0;
-}
-
 static int compare_uid(const void *a, const void *b)
 {
 	const struct backend_message *x = a, *y = b;
@@ -377,45 +219,17 @@ static int compare_uid(const void *a, const void *b)
 	return (x->uid > y->uid) - (x->uid < y->uid);
 }
 
-/* Runs UID FETCH set (metadata) and appends the messages with
- * uid >= min_uid to *msgs (UID order not guaranteed). */
+/* Runs UID FETCH first:last (metadata; last 0 is '*') and appends the
+ * messages with uid >= min_uid to *msgs (UID order not guaranteed). */
 static enum backend_status fetch_metadata(struct imap_session *s,
 	const char *folder, uint32_t first, uint32_t last, uint32_t min_uid,
 	struct backend_message **msgs, size_t *n, const char **error_r)
 {
-	struct mailimap_fetch_type *ft = metadata_fetch_type();
-	struct mailimap_set *set = mailimap_set_new_interval(first, last);
-	struct backend_message *grown;
-	enum backend_status st = BACKEND_OK;
-	clist *result = NULL;
-	clistiter *it;
-	int r;
+	struct imap_meta_query q = {
+		.first = first, .last = last, .min_uid = min_uid,
+	};
 
-	r = mailimap_uid_fetch(s->imap, set, ft, &result);
-	mailimap_set_free(set);
-	mailimap_fetch_type_free(ft);
-	if (r != MAILIMAP_NO_ERROR)
-		return command_failed(s, r, "UID FETCH in", folder, error_r);
-	grown = realloc(*msgs, (*n + clist_count(result) + 1) * sizeof(**msgs));
-	if (!grown) {
-		st = BACKEND_TEMP;
-		*error_r = "out of memory";
-		goto out;
-	}
-	*msgs = grown;
-	for (it = clist_begin(result); it; it = clist_next(it)) {
-		struct backend_message *m = &(*msgs)[*n];
-
-		if (parse_metadata(clist_content(it), m) && m->uid >= min_uid) {
-			(*n)++;
-		} else {
-			free(m->flags);
-			free(m->header);
-		}
-	}
-out:
-	mailimap_fetch_list_free(result);
-	return st;
+	return imap_meta_fetch(s, folder, &q, msgs, n, error_r);
 }
 
 /* UID and FLAGS of messages first:last, optionally only those changed
@@ -429,51 +243,30 @@ static enum backend_status fetch_flags(struct imap_session *s,
 	const char *folder, uint32_t first, uint32_t last, uint64_t since,
 	struct uid_flags **out, size_t *n_out, const char **error_r)
 {
-	struct mailimap_fetch_type *ft;
-	struct mailimap_set *set;
-	clist *result = NULL;
-	clistiter *it;
+	struct imap_meta_query q = {
+		.first = first, .last = last, .min_uid = first,
+		.max_uid = last, .flags_only = true, .changed_since = since,
+	};
+	struct backend_message *m = NULL;
+	enum backend_status st;
 	size_t n = 0;
-	int r;
 
-	ft = mailimap_fetch_type_new_fetch_att_list_empty();
-	mailimap_fetch_type_new_fetch_att_list_add(ft,
-		mailimap_fetch_att_new_uid());
-	mailimap_fetch_type_new_fetch_att_list_add(ft,
-		mailimap_fetch_att_new_flags());
-	set = mailimap_set_new_interval(first, last);
-	if (since)
-		r = mailimap_uid_fetch_changedsince(s->imap, set, ft, since,
-			&result);
-	else
-		r = mailimap_uid_fetch(s->imap, set, ft, &result);
-	mailimap_set_free(set);
-	mailimap_fetch_type_free(ft);
-	if (r != MAILIMAP_NO_ERROR)
-		return command_failed(s, r, "UID FETCH FLAGS in", folder,
-			error_r);
-	*out = calloc(clist_count(result) + 1, sizeof(**out));
-	if (!*out) {
-		mailimap_fetch_list_free(result);
+	st = imap_meta_fetch(s, folder, &q, &m, &n, error_r);
+	if (st == BACKEND_OK)
+		*out = calloc(n + 1, sizeof(**out));
+	if (st == BACKEND_OK && !*out) {
+		st = BACKEND_TEMP;
 		*error_r = "out of memory";
-		return BACKEND_TEMP;
 	}
-	for (it = clist_begin(result); it; it = clist_next(it)) {
-		struct backend_message m;
-
-		if (parse_metadata(clist_content(it), &m) && m.uid >= first &&
-		    m.uid <= last) {
-			(*out)[n].uid = m.uid;
-			(*out)[n].flags = m.flags;
-			m.flags = NULL;
-			n++;
-		}
-		free(m.flags);
-		free(m.header);
+	for (size_t i = 0; st == BACKEND_OK && i < n; i++) {
+		(*out)[i].uid = m[i].uid;
+		(*out)[i].flags = m[i].flags;
+		m[i].flags = NULL;
 	}
-	mailimap_fetch_list_free(result);
-	*n_out = n;
-	return BACKEND_OK;
+	if (st == BACKEND_OK)
+		*n_out = n;
+	backend_messages_free(&m, n);
+	return st;
 }
 
 static int compare_uid_flags(const void *a, const void *b)
