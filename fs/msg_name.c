@@ -429,6 +429,26 @@ static bool parse_date(const char *v, int64_t *out)
 
 /* ---- names ---------------------------------------------------------- */
 
+/* ISO 8859-1 to UTF-8; returns a malloc'd string or NULL. */
+static char *latin1_to_utf8(const char *s)
+{
+	size_t len = strlen(s);
+	char *out = malloc(2 * len + 1), *o = out;
+
+	if (!out)
+		return NULL;
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p < 0x80) {
+			*o++ = (char)*p;
+		} else {
+			*o++ = (char)(0xc0 | (*p >> 6));
+			*o++ = (char)(0x80 | (*p & 0x3f));
+		}
+	}
+	*o = '\0';
+	return out;
+}
+
 /* Decodes the Subject value into (mostly) UTF-8; make_slug copes with
  * what is left invalid.  Returns a malloc'd string, NULL if out of memory. */
 static char *decode_subject(const struct span *sp)
@@ -447,6 +467,17 @@ static char *decode_subject(const struct span *sp)
 
 	/* bare 8-bit text is UTF-8 when it is valid, else most likely
 	 * Latin-1; encoded words name their own charset */
+	if (!strstr(raw, "=?")) {
+		/* No encoded word: skip the decoder, which opens an iconv
+		 * descriptor for every subject (most of a large listing's
+		 * naming time).  Same result: the slug only keeps letters
+		 * and digits, so how words are spaced does not matter. */
+		if (utf8_valid(raw))
+			return raw;
+		out = latin1_to_utf8(raw);
+		free(raw);
+		return out;
+	}
 	if (mailmime_encoded_phrase_parse(utf8_valid(raw) ? "utf-8" :
 					  "iso-8859-1", raw, len, &idx,
 					  "utf-8", &dec) != MAILIMF_NO_ERROR ||
