@@ -27,6 +27,8 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <xxhash.h>
@@ -600,21 +602,33 @@ enum read_result {
 	READ_CORRUPT,	/* delete it */
 };
 
+/* Recency is recorded in atime for the order of eviction after a
+ * restart; an hour's precision is plenty, and not touching a file read
+ * recently keeps reads from dirtying inodes. */
+#define ATIME_PRECISION_S 3600
+
 static enum read_result block_read(struct block_cache *cache,
 	const char *path, const struct block_key *key, void *buf, size_t cap,
 	struct block_header *h_r)
 {
 	const struct timespec touch[2] = {
-		{ .tv_nsec = UTIME_NOW },	/* atime records recency */
+		{ .tv_nsec = UTIME_NOW },
 		{ .tv_nsec = UTIME_OMIT },
 	};
-	uint8_t hdr[BLOCK_CACHE_HEADER_SIZE];
+	uint8_t hdr[BLOCK_CACHE_HEADER_SIZE], extra;
+	/* Header and data in one read; a byte past them means the file is
+	 * longer than its header says. */
+	struct iovec iov[3] = {
+		{ hdr, sizeof(hdr) }, { buf, cap }, { &extra, 1 },
+	};
 	enum read_result res = READ_CORRUPT;
+	struct timespec now;
 	struct stat st;
 	ssize_t n;
 	int fd;
 
-	fd = openat(cache->dir_fd, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	fd = openat(cache->dir_fd, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC |
+		O_NONBLOCK);
 	if (fd < 0)
 		return errno == ENOENT ? READ_MISSING : READ_SKIP;
 	if (fstat(fd, &st) < 0) {
@@ -623,25 +637,41 @@ static enum read_result block_read(struct block_cache *cache,
 	}
 	if (!S_ISREG(st.st_mode) || st.st_size < BLOCK_CACHE_HEADER_SIZE)
 		goto out_close;
-	n = pread_full(fd, hdr, sizeof(hdr), 0);
-	if (n != (ssize_t)sizeof(hdr) || !header_decode(hdr, h_r) ||
-	    !key_equal(&h_r->key, key) ||
-	    (uint64_t)st.st_size != BLOCK_CACHE_HEADER_SIZE + h_r->len)
+	do
+		n = preadv(fd, iov, 3, 0);
+	while (n < 0 && errno == EINTR);
+	if (n < (ssize_t)sizeof(hdr) || !header_decode(hdr, h_r) ||
+	    !key_equal(&h_r->key, key))
 		goto out_close;
 	if (h_r->len > cap) {
 		res = READ_SKIP;
 		goto out_close;
 	}
-	n = pread_full(fd, buf, h_r->len, BLOCK_CACHE_HEADER_SIZE);
-	if (n != (ssize_t)h_r->len ||
+	if ((uint64_t)n != BLOCK_CACHE_HEADER_SIZE + h_r->len ||
+	    (uint64_t)st.st_size != BLOCK_CACHE_HEADER_SIZE + h_r->len ||
 	    XXH3_64bits(buf, h_r->len) != h_r->data_hash)
 		goto out_close;
-	/* Best effort: only the order after a restart depends on it. */
-	futimens(fd, touch);
+	clock_gettime(CLOCK_REALTIME, &now);
+	if (now.tv_sec - st.st_atim.tv_sec > ATIME_PRECISION_S)
+		futimens(fd, touch);   /* best effort */
 	res = READ_OK;
 out_close:
 	close(fd);
 	return res;
+}
+
+void block_cache_warm(struct block_cache *cache, const struct block_key *key)
+{
+	char path[REL_PATH_MAX];
+	int fd;
+
+	key_rel_path(key, path);
+	fd = openat(cache->dir_fd, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC |
+		O_NONBLOCK);
+	if (fd < 0)
+		return;
+	posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+	close(fd);
 }
 
 bool block_cache_contains(struct block_cache *cache,

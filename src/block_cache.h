@@ -86,6 +86,11 @@ bool block_cache_get(struct block_cache *cache, const struct block_key *key,
 bool block_cache_contains(struct block_cache *cache,
 	const struct block_key *key);
 
+/* Asks the kernel to start reading the key's block file into the page
+ * cache (read-ahead for a block about to be wanted); no verification,
+ * nothing happens if it is not there. */
+void block_cache_warm(struct block_cache *cache, const struct block_key *key);
+
 /* Stores a block; `eom` says it is the message's last block.  Evicts least
  * recently used blocks to stay within the bound.  Returns 0, or -1 when the
  * block could not be stored (the caller carries on without the cache). */

@@ -186,11 +186,16 @@ static void store_block(struct msg_reader *r, const struct block_key *key,
 	pthread_mutex_unlock(&r->lock);
 }
 
-/* Gets block `index` into buf (BLOCK bytes of room).  Returns its length
- * or -errno; *eom_r says whether the message ends in this block.  Only a
- * short block proves the end: the announced size may be wrong. */
+/* Copies bytes [off, off + want) of block `index` (or what of them the
+ * block has) to dst, setting *copied_r.  A block from memory is copied
+ * from there directly; one read from disk or the server passes through
+ * *scratch (BLOCK bytes, allocated on first need, owned by the caller).
+ * Returns the block's length or -errno; *eom_r says whether the message
+ * ends in this block.  Only a short block proves the end: the announced
+ * size may be wrong. */
 static ssize_t get_block(struct msg_reader *r, const struct msg_ref *ref,
-	uint32_t index, char *buf, bool *eom_r)
+	uint32_t index, size_t off, size_t want, char *dst, size_t *copied_r,
+	char **scratch, bool *eom_r)
 {
 	struct block_key key = key_of(r, ref->folder, ref->uidvalidity,
 		ref->uid, index);
@@ -198,13 +203,17 @@ static ssize_t get_block(struct msg_reader *r, const struct msg_ref *ref,
 	enum backend_status st;
 	const char *error;
 	size_t len;
+	char *buf;
 
 	pthread_mutex_lock(&r->lock);
 	for (;;) {
 		mb = mem_find(r, &key);
 		if (mb) {
-			memcpy(buf, mb->data, mb->len);
 			len = mb->len;
+			*copied_r = len > off ? (len - off < want ?
+				len - off : want) : 0;
+			if (*copied_r)
+				memcpy(dst, mb->data + off, *copied_r);
 			*eom_r = mb->eom;
 			mb->stamp = ++r->clock;
 			r->stats.memory_hits++;
@@ -219,6 +228,16 @@ static ssize_t get_block(struct msg_reader *r, const struct msg_ref *ref,
 	inflight_add(r, &key);
 	pthread_mutex_unlock(&r->lock);
 
+	if (!*scratch)
+		*scratch = malloc(BLOCK);
+	buf = *scratch;
+	if (!buf) {
+		pthread_mutex_lock(&r->lock);
+		inflight_remove(r, &key);
+		pthread_cond_broadcast(&r->fetched);
+		pthread_mutex_unlock(&r->lock);
+		return -ENOMEM;
+	}
 	if (r->cache && block_cache_get(r->cache, &key, buf, BLOCK, &len,
 			eom_r)) {
 		pthread_mutex_lock(&r->lock);
@@ -243,6 +262,9 @@ out_done:
 	inflight_remove(r, &key);
 	pthread_cond_broadcast(&r->fetched);
 	pthread_mutex_unlock(&r->lock);
+	*copied_r = len > off ? (len - off < want ? len - off : want) : 0;
+	if (*copied_r)
+		memcpy(dst, buf + off, *copied_r);
 	return (ssize_t)len;
 }
 
@@ -308,8 +330,11 @@ static void run_heads_job(struct msg_reader *r, struct job *j)
 		struct block_key key = key_of(r, j->folder, j->uidvalidity,
 			j->uids[i], 0);
 
-		if (r->cache && block_cache_contains(r->cache, &key))
+		if (r->cache && block_cache_contains(r->cache, &key)) {
+			/* Cached: have the disk start on it now. */
+			block_cache_warm(r->cache, &key);
 			continue;
+		}
 		pthread_mutex_lock(&r->lock);
 		if (!mem_find(r, &key) && !inflight_has(r, &key) &&
 		    inflight_add(r, &key)) {
@@ -342,15 +367,15 @@ static void run_block_job(struct msg_reader *r, struct job *j)
 	};
 	struct block_key key = key_of(r, j->folder, j->uidvalidity,
 		j->uids[0], j->index);
-	char *buf;
+	char *buf = NULL;
+	size_t n;
 	bool eom;
 
-	if (r->cache && block_cache_contains(r->cache, &key))
+	if (r->cache && block_cache_contains(r->cache, &key)) {
+		block_cache_warm(r->cache, &key);
 		return;
-	buf = malloc(BLOCK);
-	if (!buf)
-		return;
-	if (get_block(r, &ref, j->index, buf, &eom) >= 0) {
+	}
+	if (get_block(r, &ref, j->index, 0, 0, NULL, &n, &buf, &eom) >= 0) {
 		pthread_mutex_lock(&r->lock);
 		r->stats.prefetched++;
 		pthread_mutex_unlock(&r->lock);
@@ -544,12 +569,8 @@ ssize_t msg_reader_read(struct msg_reader *r, const struct msg_ref *ref,
 		bool eom = false;
 		ssize_t len;
 
-		if (!block) {
-			block = malloc(BLOCK);
-			if (!block)
-				return -ENOMEM;
-		}
-		len = get_block(r, ref, index, block, &eom);
+		len = get_block(r, ref, index, in_block, length - done,
+			buf + done, &n, &block, &eom);
 		if (len < 0) {
 			free(block);
 			/* Never a short read: the kernel would take it for the
@@ -561,10 +582,6 @@ ssize_t msg_reader_read(struct msg_reader *r, const struct msg_ref *ref,
 			*true_size_r = (uint64_t)index * BLOCK + len;
 			break;
 		}
-		n = (size_t)len - in_block;
-		if (n > length - done)
-			n = length - done;
-		memcpy(buf + done, block + in_block, n);
 		done += n;
 		if (eom && in_block + n == (size_t)len)
 			*true_size_r = (uint64_t)index * BLOCK + len;
