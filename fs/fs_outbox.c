@@ -30,6 +30,9 @@ struct ob_node {
 	uint64_t size;
 	int64_t mtime;
 	bool dirty;             /* written since created or last submitted */
+	bool refused;           /* its writer's close() was told it could not
+	                           be queued: the last close (whose result
+	                           nobody sees) must not queue it after all */
 	pid_t writer;           /* the process that opened it for writing */
 };
 
@@ -395,6 +398,7 @@ int fs_outbox_open(struct fs_outbox *ob, fuse_ino_t ino, int flags,
 				n->size = 0;
 			if ((flags & O_ACCMODE) != O_RDONLY) {
 				n->dirty = true;
+				n->refused = false;
 				n->writer = pid;
 			}
 		}
@@ -568,8 +572,15 @@ int fs_outbox_flush(struct fs_outbox *ob, fuse_ino_t ino, pid_t pid,
 	 * descriptor (`{ cat a; cat b; } > outbox/x`) close it before the
 	 * message is complete.  Drafts (dot names) wait for their rename. */
 	if (n && n->kind == OB_DRAFT && n->dirty && n->name[0] != '.' &&
-	    (final || (n->size > 0 && pid == n->writer)))
+	    (final ? !n->refused : (n->size > 0 && pid == n->writer))) {
 		ret = submit_draft(ob, n, n->name);
+		/* Still a draft (submit_draft keeps it only then): the writer
+		 * learns of the failure now; queueing it at the last close,
+		 * say once the spool has room again, would send a message
+		 * its writer was told was not taken. */
+		if (ret < 0 && ret != -EINVAL && !final)
+			n->refused = true;
+	}
 	pthread_mutex_unlock(&ob->lock);
 	return ret;
 }

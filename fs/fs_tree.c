@@ -363,6 +363,23 @@ static struct want_dir *want_find(struct want_dir *w, size_t n,
 	return NULL;
 }
 
+/* The directory directly below parent path `parent` (plen bytes, ""
+ * at the top; depth levels deep) that stands for the server folder
+ * `raw`, or NULL. */
+static struct want_dir *want_find_raw(struct want_dir *w, size_t n,
+	const char *raw, size_t depth, const char *parent, size_t plen)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (w[i].depth != depth || !w[i].raw ||
+		    strcmp(w[i].raw, raw) != 0)
+			continue;
+		if (plen == 0 || (strncmp(w[i].path, parent, plen) == 0 &&
+				  w[i].path[plen] == '/'))
+			return &w[i];
+	}
+	return NULL;
+}
+
 static void want_free(struct want_dir *w, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
@@ -373,8 +390,6 @@ static void want_free(struct want_dir *w, size_t n)
 	free(w);
 }
 
-/* Turns the server's folders (and the parents they imply) into a list of
- * directories, parents before children. */
 /* The raw name of the first `levels` levels of raw (a parent implied by a
  * deeper folder), or NULL. */
 static char *raw_prefix(const char *raw, char delim, size_t levels)
@@ -393,66 +408,193 @@ static char *raw_prefix(const char *raw, char delim, size_t levels)
 	return strndup(raw, p - raw);
 }
 
+/* name with "~v" appended, cut at a character boundary so that the
+ * result stays within MSG_NAME_MAX bytes. */
+static char *dir_name_variant(const char *name, unsigned v)
+{
+	char suffix[16];
+	size_t slen = (size_t)snprintf(suffix, sizeof(suffix), "~%u", v);
+	size_t len = strlen(name);
+	char *out;
+
+	if (len + slen > MSG_NAME_MAX) {
+		len = MSG_NAME_MAX - slen;
+		while (len > 0 && ((unsigned char)name[len] & 0xc0) == 0x80)
+			len--;
+	}
+	out = malloc(len + slen + 1);
+	if (!out)
+		return NULL;
+	memcpy(out, name, len);
+	memcpy(out + len, suffix, slen + 1);
+	return out;
+}
+
+/* Order of naming: parents first; among folders whose names collide once
+ * made safe, the one shown unchanged keeps the name and the others get
+ * "~2", "~3", ...; ties go by raw name, so the result does not depend on
+ * the order of the server's listing. */
+struct folder_order {
+	const struct backend_folder *f;
+	bool exact;       /* every component is shown unchanged */
+};
+
+static int folder_order_cmp(const void *a, const void *b)
+{
+	const struct folder_order *x = a, *y = b;
+
+	if (x->f->n_parts != y->f->n_parts)
+		return x->f->n_parts < y->f->n_parts ? -1 : 1;
+	if (x->exact != y->exact)
+		return x->exact ? -1 : 1;
+	return strcmp(x->f->raw_name, y->f->raw_name);
+}
+
+static bool folder_exact(const struct backend_folder *f)
+{
+	for (size_t j = 0; j < f->n_parts; j++) {
+		char *clean = folder_name_sanitize(f->parts[j]);
+		bool same = clean && strcmp(clean, f->parts[j]) == 0;
+
+		free(clean);
+		if (!same)
+			return false;
+	}
+	return true;
+}
+
+/* Turns the server's folders (and the parents they imply) into a list of
+ * directories, parents before children.  Two server folders never share a
+ * directory: when their names are the same once made safe ("a/b" in a
+ * flat name and "a_b", or names that differ only in control characters),
+ * all but one get a "~N" suffix.  Folders whose raw names cannot be sent
+ * back safely (backend_raw_name_sendable) are left out. */
 static struct want_dir *folders_to_dirs(const struct backend_folder *f,
 	size_t nf, char delim, size_t *count_r)
 {
 	size_t cap = 16, n = 0;
 	struct want_dir *w = calloc(cap, sizeof(*w));
+	struct folder_order *order = calloc(nf ? nf : 1, sizeof(*order));
 
-	if (!w)
+	if (!w || !order) {
+		free(w);
+		free(order);
 		return NULL;
+	}
+	size_t no = 0;
+
 	for (size_t i = 0; i < nf; i++) {
+		if (!backend_raw_name_sendable(f[i].raw_name)) {
+			char *shown = folder_name_sanitize(f[i].raw_name);
+
+			log_warn("folder '%s': its name holds a line break;"
+				" not shown", shown ? shown : "?");
+			free(shown);
+			continue;
+		}
+		order[no].f = &f[i];
+		order[no].exact = folder_exact(&f[i]);
+		no++;
+	}
+	qsort(order, no, sizeof(*order), folder_order_cmp);
+
+	for (size_t i = 0; i < no; i++) {
+		const struct backend_folder *fo = order[i].f;
 		char path[4096] = "";
 		size_t plen = 0;
 
-		for (size_t j = 0; j < f[i].n_parts; j++) {
-			char *name = folder_name_sanitize(f[i].parts[j]);
+		for (size_t j = 0; j < fo->n_parts; j++) {
+			bool last = j + 1 == fo->n_parts;
+			char *rp = last ? strdup(fo->raw_name) :
+				raw_prefix(fo->raw_name, delim, j + 1);
 			struct want_dir *d;
-			bool last = j + 1 == f[i].n_parts;
 
-			if (!name)
+			if (last && !rp)
 				goto fail;
-			int wr = snprintf(path + plen, sizeof(path) - plen,
-				"%s%s", plen ? "/" : "", name);
-			if (wr < 0 || (size_t)wr >= sizeof(path) - plen) {
-				free(name);
-				break;   /* absurdly deep: ignore the rest */
-			}
-			plen += wr;
-			d = want_find(w, n, path);
+			d = rp ? want_find_raw(w, n, rp, j, path, plen) : NULL;
 			if (!d) {
-				if (n == cap) {
-					struct want_dir *nw = realloc(w,
-						2 * cap * sizeof(*w));
-					if (!nw) {
-						free(name);
+				char *name = folder_name_sanitize(fo->parts[j]);
+				char cand[sizeof(path)];
+				unsigned v = 1;
+				int wr;
+
+				if (!name) {
+					free(rp);
+					goto fail;
+				}
+				for (;;) {
+					wr = snprintf(cand, sizeof(cand),
+						"%.*s%s%s", (int)plen, path,
+						plen ? "/" : "", name);
+					if (wr < 0 || (size_t)wr >= sizeof(cand))
+						break;
+					d = want_find(w, n, cand);
+					/* the same folder, or one nobody named */
+					if (!d || !d->raw || !rp ||
+					    strcmp(d->raw, rp) == 0)
+						break;
+					/* a different folder: another name */
+					char *alt = dir_name_variant(name, ++v);
+
+					free(name);
+					name = alt;
+					if (!name) {
+						free(rp);
 						goto fail;
 					}
-					w = nw;
-					cap *= 2;
 				}
-				d = &w[n++];
-				memset(d, 0, sizeof(*d));
-				d->path = strdup(path);
-				d->name = name;
-				d->depth = j;
-				name = NULL;
+				if (wr < 0 || (size_t)wr >= sizeof(cand)) {
+					free(name);
+					free(rp);
+					break;   /* absurdly deep: ignore the rest */
+				}
+				if (!d) {
+					if (n == cap) {
+						struct want_dir *nw = realloc(w,
+							2 * cap * sizeof(*w));
+
+						if (!nw) {
+							free(name);
+							free(rp);
+							goto fail;
+						}
+						w = nw;
+						cap *= 2;
+					}
+					d = &w[n++];
+					memset(d, 0, sizeof(*d));
+					d->path = strdup(cand);
+					d->name = name;
+					d->depth = j;
+					name = NULL;
+					if (!d->path) {
+						free(rp);
+						goto fail;
+					}
+				}
+				free(name);
 			}
-			free(name);
 			if (last && !d->real) {
 				free(d->raw);
-				d->raw = strdup(f[i].raw_name);
-				d->selectable = !f[i].noselect;
+				d->raw = rp;
+				rp = NULL;
+				d->selectable = !fo->noselect;
 				d->real = true;
 			} else if (!last && !d->raw) {
-				d->raw = raw_prefix(f[i].raw_name, delim, j + 1);
+				d->raw = rp;
+				rp = NULL;
 			}
+			free(rp);
+			plen = strlen(d->path);
+			memcpy(path, d->path, plen + 1);
 		}
 	}
+	free(order);
 	qsort(w, n, sizeof(*w), want_cmp);
 	*count_r = n;
 	return w;
 fail:
+	free(order);
 	want_free(w, n);
 	return NULL;
 }

@@ -1,4 +1,5 @@
 #include <stdlib.h>
+#include <string.h>
 
 #include "src/backend.h"
 
@@ -23,6 +24,11 @@ const char *backend_status_name(enum backend_status status)
 	if ((unsigned)status < sizeof(names) / sizeof(names[0]) && names[status])
 		return names[status];
 	return "unknown error";
+}
+
+bool backend_raw_name_sendable(const char *raw)
+{
+	return raw && !strpbrk(raw, "\r\n");
 }
 
 void backend_folders_free(struct backend_folder **folders, size_t count)

@@ -189,6 +189,12 @@ struct backend {
 	bool read_only;
 };
 
+/* Whether a raw folder name as listed by the server can be sent back in a
+ * command.  Names are written as quoted strings, so a CR or LF would end
+ * the command line and start another one: a folder so named is left out
+ * of the tree, and never addressed. */
+bool backend_raw_name_sendable(const char *raw);
+
 void backend_folders_free(struct backend_folder **folders, size_t count);
 void backend_messages_free(struct backend_message **msgs, size_t count);
 

@@ -252,7 +252,8 @@ static char *find_sent_folder(struct backend *be)
 			BACKEND_OK) {
 		for (size_t i = 0; i < n && !out; i++)
 			if (f[i].special_use &&
-			    strcmp(f[i].special_use, "\\Sent") == 0)
+			    strcmp(f[i].special_use, "\\Sent") == 0 &&
+			    backend_raw_name_sendable(f[i].raw_name))
 				out = strdup(f[i].raw_name);
 		backend_folders_free(&f, n);
 	}
@@ -291,16 +292,27 @@ static char *stats_text(void *ctx)
 	return out;
 }
 
-/* Start-up failures: one line on stderr, naming the cause. */
+/* Start-up failures: one line on stderr, naming the cause.  Control
+ * characters (a line break in an option's value) are shown as '?', so
+ * that the line stays one. */
 static __attribute__((format(printf, 1, 2))) int fail(const char *fmt, ...)
 {
+	char *text = NULL;
 	va_list ap;
+	int n;
 
-	fputs("mailfs: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	n = vasprintf(&text, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	if (n < 0) {
+		fputs("mailfs: out of memory\n", stderr);
+		return 1;
+	}
+	for (char *p = text; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '?';
+	fprintf(stderr, "mailfs: %s\n", text);
+	free(text);
 	return 1;
 }
 

@@ -128,12 +128,23 @@ static bool is_atext(unsigned char c)
 	       strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL;
 }
 
+/* RFC 5321 section 4.5.3.1: local part and domain, in octets; RFC 1035:
+ * one label of a domain name. */
+#define LOCAL_PART_MAX 64
+#define DOMAIN_MAX 255
+#define LABEL_MAX 63
+
 static int check_local_part(const char *s, size_t len, const char **error_r)
 {
 	size_t i;
 
 	if (len == 0) {
 		*error_r = "the part before '@' is empty";
+		return -1;
+	}
+	if (len > LOCAL_PART_MAX) {
+		*error_r = errfmt("the part before '@' is longer than %d octets",
+			LOCAL_PART_MAX);
 		return -1;
 	}
 	if (s[0] == '"') {
@@ -180,6 +191,11 @@ static int check_domain(const char *s, size_t len, const char **error_r)
 		*error_r = "the domain after '@' is empty";
 		return -1;
 	}
+	if (len > DOMAIN_MAX) {
+		*error_r = errfmt("the domain after '@' is longer than %d"
+			" octets", DOMAIN_MAX);
+		return -1;
+	}
 	if (s[0] == '[') {
 		if (len < 3 || s[len - 1] != ']') {
 			*error_r = "unbalanced brackets in the domain";
@@ -214,7 +230,11 @@ static int check_domain(const char *s, size_t len, const char **error_r)
 				" a domain", c);
 			return -1;
 		}
-		label++;
+		if (++label > LABEL_MAX) {
+			*error_r = errfmt("a label of the domain is longer than"
+				" %d octets", LABEL_MAX);
+			return -1;
+		}
 	}
 	if (label == 0) {
 		*error_r = "the domain ends with a dot";

@@ -11,9 +11,11 @@
  *    several), or the configured default when there is no From;
  *  - To, Cc and Bcc together name at least one recipient;
  *  - every envelope address is a plain SMTP mailbox (local@domain) of at
- *    most OUTBOX_ADDRESS_MAX octets with no control character, space,
- *    '<' or '>', valid UTF-8, and appears verbatim in its field (so a
- *    parser that silently drops characters cannot change where mail goes).
+ *    most OUTBOX_ADDRESS_MAX octets (the local part at most 64, the
+ *    domain at most 255, each of its labels at most 63) with no control
+ *    character, space, '<' or '>', valid UTF-8, and appears verbatim in
+ *    its field (so a parser that silently drops characters cannot change
+ *    where mail goes).
  *
  * Line ends may be LF, CRLF or CR; every result of this module uses CRLF.
  */

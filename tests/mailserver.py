@@ -261,6 +261,9 @@ class Dovecot:
             "mail_location = maildir:~/Maildir",
             "mail_plugins =",
             "pop3_uidl_format = %08Xu%08Xv",
+            # A message with an X-UIDL header gets it as its POP3 unique-id
+            # (test_hostile.py); no other test's mail has one.
+            "pop3_reuse_xuidl = yes",
             "log_timestamp = \"%Y-%m-%d %H:%M:%S \"",
             "namespace inbox {",
             "  inbox = yes",

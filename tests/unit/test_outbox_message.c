@@ -283,15 +283,18 @@ static void test_hostile(void)
 
 static void test_long_addresses(void)
 {
-	char addr[400], text[1024];
+	char addr[400], text[1024], label[64];
 	struct outbox_message msg;
 	const char *error;
-	size_t local;
 
-	/* Exactly 256 octets: local part + "@example.org" (12). */
-	local = 256 - 12;
-	memset(addr, 'a', local);
-	snprintf(addr + local, sizeof(addr) - local, "@example.org");
+	memset(label, 'd', 63);
+	label[63] = '\0';
+
+	/* Exactly 256 octets: a 64-octet local part, '@', and a domain of
+	 * three 63-octet labels. */
+	memset(addr, 'a', 64);
+	snprintf(addr + 64, sizeof(addr) - 64, "@%s.%s.%s", label, label,
+		label);
 	CHECK(strlen(addr) == 256, "len %zu", strlen(addr));
 	CHECK(outbox_address_check(addr, &error) == 0, "256 octets: %s", error);
 	snprintf(text, sizeof(text), "From: a@example.org\r\nTo: %s\r\n\r\n",
@@ -299,13 +302,37 @@ static void test_long_addresses(void)
 	VALID(text, NULL, &msg);
 	outbox_message_clear(&msg);
 
-	memset(addr, 'a', local + 1);
-	snprintf(addr + local + 1, sizeof(addr) - local - 1, "@example.org");
+	/* 257 octets, every part within its own limit */
+	snprintf(addr + 64, sizeof(addr) - 64, "@%s.%s.%.62s.b", label, label,
+		label);
+	CHECK(strlen(addr) == 257, "len %zu", strlen(addr));
 	CHECK(outbox_address_check(addr, &error) < 0 &&
 		strstr(error, "256") != NULL, "257 octets");
 	snprintf(text, sizeof(text), "From: a@example.org\r\nTo: %s\r\n\r\n",
 		addr);
 	INVALID(text, NULL, "longer than 256");
+
+	/* RFC 5321 4.5.3.1: a local part over 64 octets */
+	memset(addr, 'a', 65);
+	snprintf(addr + 65, sizeof(addr) - 65, "@example.org");
+	CHECK(outbox_address_check(addr, &error) < 0 &&
+		strstr(error, "64") != NULL, "65-octet local part");
+	memset(addr, 'a', 64);
+	snprintf(addr + 64, sizeof(addr) - 64, "@example.org");
+	CHECK(outbox_address_check(addr, &error) == 0, "64: %s", error);
+	/* a quoted one counts its quotes */
+	addr[0] = '"';
+	addr[63] = '"';
+	CHECK(outbox_address_check(addr, &error) == 0, "quoted 64: %s", error);
+	snprintf(addr, sizeof(addr), "\"%s\"@example.org", label);
+	CHECK(outbox_address_check(addr, &error) < 0, "quoted 65");
+
+	/* a label over 63 octets */
+	snprintf(addr, sizeof(addr), "a@%sd.example.org", label);
+	CHECK(outbox_address_check(addr, &error) < 0 &&
+		strstr(error, "63") != NULL, "64-octet label");
+	snprintf(addr, sizeof(addr), "a@%s.example.org", label);
+	CHECK(outbox_address_check(addr, &error) == 0, "63: %s", error);
 }
 
 static void test_eight_bit(void)
