@@ -9,7 +9,8 @@
 #define BLOCK BLOCK_CACHE_BLOCK_SIZE
 #define MEM_BLOCKS 256             /* in-memory LRU entries */
 #define MEM_BYTES (32u * 1024 * 1024)  /* ... holding at most this much */
-#define WORKERS 2                  /* read-ahead threads */
+#define WORKERS 3                  /* read-ahead threads */
+#define BLOCKS_AHEAD WORKERS       /* of a message read in order */
 #define QUEUE_MAX 8                /* pending read-ahead jobs */
 #define HEADS_PER_BATCH 32         /* messages per batched fetch */
 #define HEADS_BYTES_PER_BATCH (8u * 1024 * 1024)
@@ -38,6 +39,7 @@ struct job {
 	size_t n;
 	uint32_t *uids;
 	uint64_t *sizes;
+	bool urgent;               /* queued ahead of the others */
 };
 
 struct msg_reader {
@@ -280,7 +282,9 @@ static void job_free(struct job *j)
 
 /* Queues a job (takes it), dropping it when the queue is full: read-ahead
  * is an optimisation, and a stale job is worth less than a new one. */
-static void queue_job(struct msg_reader *r, struct job *j)
+/* Urgent jobs (the next blocks of a message being read) go first: the
+ * reader will wait for them before any of the next files. */
+static void queue_job(struct msg_reader *r, struct job *j, bool urgent)
 {
 	pthread_mutex_lock(&r->lock);
 	if (r->stopping || r->queued >= QUEUE_MAX || r->n_workers == 0) {
@@ -288,9 +292,18 @@ static void queue_job(struct msg_reader *r, struct job *j)
 		job_free(j);
 		return;
 	}
-	j->next = NULL;
-	*r->queue_tail = j;
-	r->queue_tail = &j->next;
+	struct job **at = &r->queue;
+
+	j->urgent = urgent;
+	if (urgent)
+		while (*at && (*at)->urgent)
+			at = &(*at)->next;
+	else
+		at = r->queue_tail;
+	j->next = *at;
+	*at = j;
+	if (!j->next)
+		r->queue_tail = &j->next;
 	r->queued++;
 	pthread_cond_signal(&r->work);
 	pthread_mutex_unlock(&r->lock);
@@ -457,7 +470,7 @@ void msg_reader_prefetch_heads(struct msg_reader *r, const char *folder,
 		memcpy(j->uids, uids + start, (i - start) * sizeof(*uids));
 		memcpy(j->sizes, sizes + start, (i - start) * sizeof(*sizes));
 		j->index = UINT32_MAX;   /* marks a heads job */
-		queue_job(r, j);
+		queue_job(r, j, false);
 	}
 }
 
@@ -482,7 +495,7 @@ static void prefetch_block(struct msg_reader *r, const struct msg_ref *ref,
 	j->uids[0] = ref->uid;
 	j->sizes[0] = ref->size;
 	j->index = index;
-	queue_job(r, j);
+	queue_job(r, j, true);
 }
 
 /* ---- public ------------------------------------------------------------------- */
@@ -592,6 +605,7 @@ ssize_t msg_reader_read(struct msg_reader *r, const struct msg_ref *ref,
 	/* Past the first part of a block, a reader going forward will want
 	 * the next one: fetch it while this one is being consumed. */
 	if (done > 0 && !*true_size_r && (offset + done) % BLOCK >= BLOCK / 4)
-		prefetch_block(r, ref, last_index + 1);
+		for (uint32_t k = 1; k <= BLOCKS_AHEAD; k++)
+			prefetch_block(r, ref, last_index + k);
 	return (ssize_t)done;
 }
