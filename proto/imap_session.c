@@ -11,6 +11,16 @@
  *  - LOGIN sends the password as a quoted string, which cannot carry
  *    8-bit bytes under RFC 3501; such passwords go through AUTHENTICATE
  *    PLAIN (base64) when the server offers it.
+ *  - Its parser crashes on some response codes: PERMANENTFLAGS or
+ *    BADCHARSET with a list in the greeting (parsed without a parser
+ *    context: NULL dereference), two BADCHARSET codes in one answer (a
+ *    double free), "[PERMANENTFLAGS (" followed by junk (clist_foreach on
+ *    NULL).  Before TLS anyone on the path can send those, so the
+ *    greeting and the answers to CAPABILITY and STARTTLS that arrive in
+ *    clear text are read ahead into the stream's buffer and checked here
+ *    (check_line) before libetpan parses them; STARTTLS is sent by hand
+ *    for that reason.  (After login libetpan parses everything itself:
+ *    with TLS only the authenticated server could send such codes.)
  */
 #include "proto/imap_session.h"
 
@@ -33,6 +43,12 @@
 #define LOG_MAX_LINE 200
 /* Longest user name or password we will send. */
 #define CREDENTIAL_MAX 1024
+/* Longest greeting, and longest answer read ahead before TLS; a
+ * CAPABILITY list rarely passes 1 KiB. */
+#define GREETING_MAX 16384
+#define PLAIN_ANSWER_MAX 65536
+/* Bytes of a refused line quoted in the error message. */
+#define QUOTE_MAX 80
 
 /* Like mailimap_has_extension(), without its crash on a CAPABILITY answer
  * that listed nothing. */
@@ -280,6 +296,222 @@ static void session_logger(mailimap *imap, int log_type, const char *str,
 }
 
 /* ------------------------------------------------------------------ */
+/* Checking what arrives in clear text                                 */
+
+enum line_kind {
+	LINE_UNTAGGED,          /* "* ..." */
+	LINE_CONTINUATION,      /* "+ ..." */
+	LINE_TAGGED,            /* "TAG ...": ends an answer */
+};
+
+/* ATOM-CHAR of RFC 3501, without the ']' that ends a response code. */
+static bool atom_char(unsigned char ch)
+{
+	return ch > 0x20 && ch < 0x7f && strchr("(){%*\"\\]", ch) == NULL;
+}
+
+/* True if p[0..n) is word, ASCII case ignored. */
+static bool word_is(const char *p, size_t n, const char *word)
+{
+	return n == strlen(word) && strncasecmp(p, word, n) == 0;
+}
+
+/* Checks the response code after '[' at p (up to end); NULL if libetpan
+ * may parse it, else why not.  Accepted: CAPABILITY with atoms, and any
+ * other code whose arguments are plain words (ALERT, UIDNEXT 5, REFERRAL
+ * imap://...).  Refused: lists, quoted strings and literals, which is
+ * where libetpan's bugs live, and PERMANENTFLAGS and BADCHARSET in any
+ * form: they belong to SELECT and SEARCH answers, never to what a server
+ * says before TLS. */
+static const char *code_problem(const char *p, const char *end)
+{
+	const char *name = p;
+	size_t n;
+	bool capability;
+
+	while (p < end && atom_char((unsigned char)*p))
+		p++;
+	n = (size_t)(p - name);
+	if (n == 0)
+		return "an empty response code";
+	if (word_is(name, n, "PERMANENTFLAGS"))
+		return "refused response code PERMANENTFLAGS";
+	if (word_is(name, n, "BADCHARSET"))
+		return "refused response code BADCHARSET";
+	capability = word_is(name, n, "CAPABILITY");
+	for (; p < end && *p != ']'; p++) {
+		unsigned char ch = (unsigned char)*p;
+
+		if (ch == ' ')
+			continue;
+		if (capability ? !atom_char(ch) :
+		    (ch < 0x20 || ch > 0x7e || strchr("(){\"\\[", ch)))
+			return "a response code with a list, quoted string or"
+				" literal";
+	}
+	if (p == end)
+		return "an unterminated response code";
+	return NULL;
+}
+
+/* Checks resp-text at p: a response code, if any, must pass. */
+static const char *text_problem(const char *p, const char *end)
+{
+	while (p < end && *p == ' ')
+		p++;
+	if (p < end && *p == '[')
+		return code_problem(p + 1, end);
+	return NULL;
+}
+
+/* Checks one line (len bytes with its '\n') of what the server sent in
+ * clear text; NULL if libetpan may parse it, else why not.  *kind_r says
+ * what the line is.  A greeting must be "* OK", "* PREAUTH" or "* BYE". */
+static const char *check_line(const char *line, size_t len, bool greeting,
+	enum line_kind *kind_r)
+{
+	const char *end = line + len, *p, *word;
+	size_t n;
+
+	if (memchr(line, '\0', len) != NULL)
+		return "a NUL byte";
+	end--;                              /* the '\n' */
+	if (end > line && end[-1] == '\r')
+		end--;
+	p = memchr(line, ' ', (size_t)(end - line));
+	if (p == NULL)
+		p = end;
+	if (p - line == 1 && line[0] == '+') {
+		*kind_r = LINE_CONTINUATION;
+		if (greeting)
+			return "not an IMAP greeting";
+		return text_problem(p, end);
+	}
+	*kind_r = p - line == 1 && line[0] == '*' ? LINE_UNTAGGED :
+		LINE_TAGGED;
+	if (greeting && *kind_r != LINE_UNTAGGED)
+		return "not an IMAP greeting";
+	/* Literals would need libetpan's grammar to follow; no answer
+	 * expected before TLS carries one. */
+	if (!greeting && end > line && end[-1] == '}')
+		return "a literal";
+
+	word = p < end ? p + 1 : end;
+	for (p = word; p < end && *p != ' '; p++)
+		;
+	n = (size_t)(p - word);
+	if (word_is(word, n, "OK") || word_is(word, n, "PREAUTH") ||
+	    word_is(word, n, "BYE") ||
+	    (!greeting && (word_is(word, n, "NO") || word_is(word, n, "BAD"))))
+		return text_problem(p, end);
+	if (greeting)
+		return "not an IMAP greeting";
+	return NULL;                        /* data: CAPABILITY, EXISTS, ... */
+}
+
+/* A printable excerpt of a refused line for the error message. */
+static const char *quote_line(const char *line, size_t len)
+{
+	char buf[QUOTE_MAX + 1];
+	bool cut = false;
+
+	while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+		len--;
+	if (len > QUOTE_MAX) {
+		len = QUOTE_MAX;
+		cut = true;
+	}
+	copy_printable(buf, sizeof(buf), line, len);
+	return errfmt("%s%s", buf, cut ? " ..." : "");
+}
+
+/* Reads the greeting ahead and checks it before libetpan parses it.  A
+ * BYE greeting is answered here: libetpan leaks it. */
+static enum backend_status check_greeting(struct imap_session *s,
+	const char **error_r)
+{
+	mailstream *stream = s->imap->imap_stream;
+	enum line_kind kind;
+	const char *line, *problem, *p;
+	ssize_t n;
+
+	n = net_stream_peek_line(stream, 0, GREETING_MAX, &line);
+	if (n < 0) {
+		s->broken = true;
+		*error_r = errfmt("no greeting from %s: %s", s->label,
+			stream_reason(s));
+		return BACKEND_TEMP;
+	}
+	if (n == 0) {
+		s->broken = true;
+		*error_r = errfmt("bad greeting from %s: longer than %d bytes"
+			" (not an IMAP server?)", s->label, GREETING_MAX);
+		return BACKEND_PROTOCOL;
+	}
+	if (log_debug_enabled())
+		log_chunk(s, "S:", line, (size_t)n);
+	problem = check_line(line, (size_t)n, true, &kind);
+	if (problem != NULL) {
+		s->broken = true;
+		*error_r = errfmt("bad greeting from %s: %s: %s", s->label,
+			problem, quote_line(line, (size_t)n));
+		return BACKEND_PROTOCOL;
+	}
+	p = line + 2;
+	if (strncasecmp(p, "BYE", 3) == 0) {
+		s->broken = true;
+		p += 3;
+		while (*p == ' ')
+			p++;
+		*error_r = errfmt("server %s refused the connection: %s",
+			s->label, quote_line(p, (size_t)(line + n - p)));
+		return BACKEND_TEMP;
+	}
+	return BACKEND_OK;
+}
+
+/* Reads the answer to a command sent in clear text ahead, up to its
+ * tagged line, and checks every line before libetpan parses any.  Bytes
+ * left over from earlier answers are checked with it. */
+static enum backend_status check_plain_answer(struct imap_session *s,
+	const char *what, const char **error_r)
+{
+	mailstream *stream = s->imap->imap_stream;
+	enum line_kind kind;
+	const char *line, *problem;
+	size_t off = 0;
+	ssize_t n;
+
+	for (;;) {
+		n = net_stream_peek_line(stream, off, PLAIN_ANSWER_MAX, &line);
+		if (n < 0) {
+			s->broken = true;
+			*error_r = errfmt("%s at %s failed: %s", what, s->label,
+				stream_reason(s));
+			return BACKEND_TEMP;
+		}
+		if (n == 0) {
+			s->broken = true;
+			*error_r = errfmt("bad answer to %s from %s: longer than"
+				" %d bytes before TLS", what, s->label,
+				PLAIN_ANSWER_MAX);
+			return BACKEND_PROTOCOL;
+		}
+		problem = check_line(line, (size_t)n, false, &kind);
+		if (problem != NULL) {
+			s->broken = true;
+			*error_r = errfmt("bad answer to %s from %s: %s: %s",
+				what, s->label, problem,
+				quote_line(line, (size_t)n));
+			return BACKEND_PROTOCOL;
+		}
+		if (kind == LINE_TAGGED)
+			return BACKEND_OK;
+		off += (size_t)n;
+	}
+}
+
+/* ------------------------------------------------------------------ */
 /* Commands sent by hand                                               */
 
 static int stream_puts(mailstream *stream, const char *str)
@@ -322,50 +554,65 @@ static void caps_forget(mailimap *imap)
 	}
 }
 
-/* CAPABILITY; libetpan stores the answer in imap_connection_info. */
-static int send_capability(mailimap *imap)
+/* Sends "TAG command" and reads its answer, checked first while the
+ * stream is not TLS; *cond_r is the tagged condition
+ * (MAILIMAP_RESP_COND_STATE_*).  Anything but an answer is explained in
+ * *error_r.  libetpan keeps what it learns (capabilities) as usual. */
+static enum backend_status plain_command(struct imap_session *s,
+	const char *command, int *cond_r, const char **error_r)
 {
-	int r, cond;
+	mailimap *imap = s->imap;
+	enum backend_status st;
+	int r;
 
-	if (imap->imap_connection_info == NULL)
-		return MAILIMAP_ERROR_MEMORY;
-	caps_forget(imap);
 	r = mailimap_send_current_tag(imap);
-	if (r != MAILIMAP_NO_ERROR)
-		return r;
-	r = stream_puts(imap->imap_stream, "CAPABILITY\r\n");
-	if (r != MAILIMAP_NO_ERROR)
-		return r;
-	if (mailstream_flush(imap->imap_stream) == -1)
-		return MAILIMAP_ERROR_STREAM;
-	if (mailimap_read_line(imap) == NULL)
-		return MAILIMAP_ERROR_STREAM;
-	r = read_response(imap, &cond);
-	if (r != MAILIMAP_NO_ERROR)
-		return r;
-	if (cond != MAILIMAP_RESP_COND_STATE_OK)
-		return MAILIMAP_ERROR_CAPABILITY;
-	return MAILIMAP_NO_ERROR;
+	if (r == MAILIMAP_NO_ERROR)
+		r = stream_puts(imap->imap_stream, command);
+	if (r == MAILIMAP_NO_ERROR)
+		r = stream_puts(imap->imap_stream, "\r\n");
+	if (r == MAILIMAP_NO_ERROR && mailstream_flush(imap->imap_stream) == -1)
+		r = MAILIMAP_ERROR_STREAM;
+	if (r == MAILIMAP_NO_ERROR && !net_stream_is_tls(imap->imap_stream)) {
+		st = check_plain_answer(s, command, error_r);
+		if (st != BACKEND_OK)
+			return st;
+	}
+	if (r == MAILIMAP_NO_ERROR && mailimap_read_line(imap) == NULL)
+		r = MAILIMAP_ERROR_STREAM;
+	if (r == MAILIMAP_NO_ERROR)
+		r = read_response(imap, cond_r);
+	if (r == MAILIMAP_NO_ERROR)
+		return BACKEND_OK;
+	st = imap_session_status(s, r);
+	*error_r = errfmt("%s at %s failed: %s", command, s->label,
+		s->broken && st == BACKEND_TEMP ? stream_reason(s) :
+		imap_session_last_text(s));
+	return st;
 }
 
-/* Reads capabilities unless already known; explains failures. */
+/* Reads capabilities unless already known; explains failures.  CAPABILITY
+ * is sent by hand (see the top of this file); libetpan stores the answer
+ * in imap_connection_info. */
 static enum backend_status session_capability(struct imap_session *s,
 	bool force, const char **error_r)
 {
 	enum backend_status st;
-	int r;
+	int cond;
 
 	if (!force && caps_known(s->imap))
 		return BACKEND_OK;
-	r = send_capability(s->imap);
-	if (r != MAILIMAP_NO_ERROR) {
-		st = imap_session_status(s, r);
-		if (s->broken && st == BACKEND_TEMP)
-			*error_r = errfmt("CAPABILITY at %s failed: %s",
-				s->label, stream_reason(s));
-		else
-			*error_r = errfmt("CAPABILITY at %s failed: %s",
-				s->label, imap_session_last_text(s));
+	if (s->imap->imap_connection_info == NULL) {
+		*error_r = "out of memory";
+		return BACKEND_TEMP;
+	}
+	caps_forget(s->imap);
+	st = plain_command(s, "CAPABILITY", &cond, error_r);
+	if (st != BACKEND_OK)
+		return st;
+	if (cond != MAILIMAP_RESP_COND_STATE_OK) {
+		st = imap_session_status(s, MAILIMAP_ERROR_CAPABILITY);
+		*error_r = errfmt("CAPABILITY at %s failed: %s", s->label,
+			imap_session_last_text(s));
 		return st;
 	}
 	if (!caps_known(s->imap)) {
@@ -523,29 +770,28 @@ static enum backend_status session_starttls(struct imap_session *s,
 {
 	const struct imap_endpoint *ep = s->ep;
 	enum backend_status st;
-	int r;
+	int cond;
 
-	r = mailimap_starttls(s->imap);
-	if (r == MAILIMAP_ERROR_STARTTLS &&
+	/* By hand, like CAPABILITY, so that the answer is checked before
+	 * libetpan parses it (mailimap_starttls does no more than this). */
+	st = plain_command(s, "STARTTLS", &cond, error_r);
+	if (st == BACKEND_TEMP && s->broken)
+		return st;
+	if (st == BACKEND_OK && cond == MAILIMAP_RESP_COND_STATE_OK &&
 	    s->imap->imap_stream->read_buffer_len != 0) {
-		/* Patched libetpan (CVE-2020-15953) refuses extra bytes
-		 * after the reply itself; net_stream_starttls checks too. */
+		/* Answered here so that the message says why;
+		 * net_stream_starttls checks too. */
 		s->broken = true;
 		*error_r = errfmt("server %s sent data before the TLS handshake"
 			" (possible injection attack)", s->label);
 		return BACKEND_TLS;
 	}
-	if (r != MAILIMAP_NO_ERROR) {
-		st = imap_session_status(s, r);
-		if (s->broken && st == BACKEND_TEMP) {
-			*error_r = errfmt("STARTTLS at %s failed: %s",
-				s->label, stream_reason(s));
-			return st;
-		}
+	if (st != BACKEND_OK || cond != MAILIMAP_RESP_COND_STATE_OK) {
+		if (st == BACKEND_OK)
+			*error_r = errfmt("server %s refused STARTTLS: %s;"
+				" refusing to continue without TLS", s->label,
+				imap_session_last_text(s));
 		s->broken = true;
-		*error_r = errfmt("server %s refused STARTTLS: %s; refusing to"
-			" continue without TLS", s->label,
-			imap_session_last_text(s));
 		return BACKEND_PROTOCOL;
 	}
 	if (net_stream_starttls(s->imap->imap_stream, ep->tls_ctx, ep->host,
@@ -659,6 +905,7 @@ static enum backend_status session_connect(struct imap_session *s,
 {
 	const struct imap_endpoint *ep = s->ep;
 	enum net_failure failure;
+	enum backend_status st;
 	mailstream *stream;
 	int r;
 
@@ -677,7 +924,12 @@ static enum backend_status session_connect(struct imap_session *s,
 		}
 	}
 
-	/* From here on the stream belongs to s->imap, even on failure. */
+	/* From here on the stream belongs to s->imap, even on failure:
+	 * mailimap_connect() sets the same pointer again. */
+	s->imap->imap_stream = stream;
+	st = check_greeting(s, error_r);
+	if (st != BACKEND_OK)
+		return st;
 	r = mailimap_connect(s->imap, stream);
 	switch (r) {
 	case MAILIMAP_NO_ERROR_AUTHENTICATED:

@@ -28,7 +28,8 @@ struct imap_endpoint {
 	SSL_CTX *tls_ctx;       /* from net_tls_context_new */
 	const char *user;
 	const char *password;
-	int timeout_s;
+	int timeout_s;          /* per wait; each command exchange gets the
+	                           overall deadline of proto/net_stream.h */
 };
 
 /* Capabilities that change what we send. */
@@ -53,11 +54,17 @@ struct imap_session {
 /* Connects, establishes TLS as the endpoint asks (refusing STARTTLS that is
  * not offered or fails, refusing PREAUTH when STARTTLS is required), reads
  * capabilities after TLS, logs in, re-reads capabilities and the hierarchy
- * delimiter.  Returns BACKEND_OK with *session_r owned by the caller, or:
+ * delimiter.  The greeting, and the answers to CAPABILITY and STARTTLS
+ * while the stream is not TLS, are checked before libetpan parses them:
+ * a greeting other than "* OK", "* PREAUTH" or "* BYE", a NUL byte, or a
+ * response code libetpan 1.9.4 mishandles (PERMANENTFLAGS, BADCHARSET,
+ * lists, quoted strings or literals in a code; see imap_session.c) fails
+ * the connect.  Returns BACKEND_OK with *session_r owned by the caller, or:
  * BACKEND_CONNECT (unreachable), BACKEND_TLS (handshake/certificate),
  * BACKEND_AUTH (login refused), BACKEND_PROTOCOL (no STARTTLS, no IMAP4rev1,
- * bad greeting), BACKEND_TEMP (timeout or connection lost), each with a
- * one-line *error_r naming the cause and the server. */
+ * bad greeting or refused answer before TLS), BACKEND_TEMP (timeout,
+ * connection lost, BYE greeting), each with a one-line *error_r naming the
+ * cause and the server. */
 enum backend_status imap_session_open(const struct imap_endpoint *ep,
 	struct imap_session **session_r, const char **error_r);
 

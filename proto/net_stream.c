@@ -1,10 +1,11 @@
 /* Network streams for libetpan: TCP with deadlines, TLS through OpenSSL.
  *
  * The socket is non-blocking from connect() on; every wait is a poll()
- * bounded by the stream's timeout.  Once an operation fails the stream is
- * marked dead and every later read or write fails at once, so that the
- * LOGOUT libetpan sends from mailimap_free() cannot stall on a stream we
- * already gave up on.
+ * bounded by the stream's timeout and by the exchange deadline (see
+ * net_stream.h).  Once an operation fails the stream is marked dead and
+ * every later read or write fails at once, so that the LOGOUT libetpan
+ * sends from mailimap_free() cannot stall on a stream we already gave up
+ * on.
  *
  * TLS goes through a small BIO of our own that uses send(MSG_NOSIGNAL):
  * OpenSSL's socket BIO uses write(), which raises SIGPIPE when the peer has
@@ -45,6 +46,11 @@ struct net_conn {
 	int fd;
 	SSL *ssl;               /* NULL while plain */
 	int timeout_ms;         /* -1: no deadline */
+	/* The exchange under way: when it began and the bytes moved since;
+	 * the next write after a read begins another one. */
+	int64_t exchange_start;
+	uint64_t exchange_bytes;
+	bool read_since_write;
 	bool dead;              /* an operation failed: refuse all others */
 	atomic_bool cancelled;  /* mailstream_cancel() was called */
 	uint16_t port;
@@ -80,6 +86,16 @@ static int ms_left(int64_t deadline)
 static int64_t deadline_after(int timeout_ms)
 {
 	return timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+}
+
+/* The earlier of two deadlines (-1 = none). */
+static int64_t earlier(int64_t a, int64_t b)
+{
+	if (a < 0)
+		return b;
+	if (b < 0)
+		return a;
+	return a < b ? a : b;
 }
 
 static bool is_ip_literal(const char *host)
@@ -196,6 +212,54 @@ static void conn_set_host(struct net_conn *c, const char *host)
 		snprintf(c->label, sizeof(c->label), "[%s]:%u", host, c->port);
 	else
 		snprintf(c->label, sizeof(c->label), "%s:%u", host, c->port);
+}
+
+static void exchange_begin(struct net_conn *c)
+{
+	c->exchange_start = now_ms();
+	c->exchange_bytes = 0;
+	c->read_since_write = false;
+}
+
+/* When the exchange under way runs out (-1 = never): NET_EXCHANGE_TIMEOUTS
+ * timeouts, plus a second per NET_EXCHANGE_MIN_RATE bytes moved. */
+static int64_t exchange_deadline(const struct net_conn *c)
+{
+	uint64_t allowance;
+
+	if (c->timeout_ms < 0)
+		return -1;
+	allowance = (uint64_t)c->timeout_ms * NET_EXCHANGE_TIMEOUTS +
+		c->exchange_bytes / NET_EXCHANGE_MIN_RATE * 1000;
+	if (allowance > INT64_MAX / 2)
+		return -1;
+	return c->exchange_start + (int64_t)allowance;
+}
+
+static bool exchange_expired(const struct net_conn *c)
+{
+	int64_t d = exchange_deadline(c);
+
+	return d >= 0 && now_ms() >= d;
+}
+
+static void conn_fail_slow(struct net_conn *c)
+{
+	conn_fail(c, "%s is too slow: %llu bytes in %lld s (at most %d s"
+		" plus 1 s per %d KiB)", c->label,
+		(unsigned long long)c->exchange_bytes,
+		(long long)((now_ms() - c->exchange_start) / 1000),
+		c->timeout_ms / 1000 * NET_EXCHANGE_TIMEOUTS,
+		NET_EXCHANGE_MIN_RATE / 1024);
+}
+
+/* After a wait that ran out: which deadline it was. */
+static void conn_fail_wait(struct net_conn *c)
+{
+	if (exchange_expired(c))
+		conn_fail_slow(c);
+	else
+		conn_fail_timeout(c);
 }
 
 /* ------------------------------------------------------------------ */
@@ -455,6 +519,14 @@ out_free_ssl:
 /* ------------------------------------------------------------------ */
 /* The mailstream_low driver                                           */
 
+/* Counts n bytes just read into the exchange; returns n. */
+static ssize_t conn_got(struct net_conn *c, size_t n)
+{
+	c->exchange_bytes += n;
+	c->read_since_write = true;
+	return (ssize_t)n;
+}
+
 static ssize_t net_low_read(mailstream_low *low, void *buf, size_t len)
 {
 	struct net_conn *c = low->data;
@@ -481,7 +553,7 @@ static ssize_t net_low_read(mailstream_low *low, void *buf, size_t len)
 			errno = 0;
 			r = SSL_read(c->ssl, buf, (int)len);
 			if (r > 0)
-				return r;
+				return conn_got(c, (size_t)r);
 			err = SSL_get_error(c->ssl, r);
 			if (err == SSL_ERROR_WANT_WRITE) {
 				events = POLLOUT;
@@ -502,7 +574,7 @@ static ssize_t net_low_read(mailstream_low *low, void *buf, size_t len)
 		} else {
 			n = recv(c->fd, buf, len, 0);
 			if (n > 0)
-				return n;
+				return conn_got(c, (size_t)n);
 			if (n == 0) {
 				conn_fail_closed(c);
 				return -1;
@@ -515,9 +587,15 @@ static ssize_t net_low_read(mailstream_low *low, void *buf, size_t len)
 			}
 		}
 
-		r = wait_fd(c->fd, events, deadline);
+		/* Nothing there: a wait, which the exchange bounds too. */
+		if (exchange_expired(c)) {
+			conn_fail_slow(c);
+			return -1;
+		}
+		r = wait_fd(c->fd, events,
+			earlier(deadline, exchange_deadline(c)));
 		if (r == 0) {
-			conn_fail_timeout(c);
+			conn_fail_wait(c);
 			return -1;
 		}
 		if (r < 0) {
@@ -540,6 +618,9 @@ static ssize_t net_low_write(mailstream_low *low, const void *buf, size_t len)
 		conn_fail_closed(c);
 		return -1;
 	}
+	/* Sending after the server's answer: the next command. */
+	if (c->read_since_write)
+		exchange_begin(c);
 
 	/* All or nothing: a large APPEND literal arrives here in one call,
 	 * so the deadline restarts whenever bytes move (inactivity). */
@@ -555,6 +636,7 @@ static ssize_t net_low_write(mailstream_low *low, const void *buf, size_t len)
 			r = SSL_write(c->ssl, p + done, (int)chunk);
 			if (r > 0) {
 				done += (size_t)r;
+				c->exchange_bytes += (size_t)r;
 				deadline = deadline_after(c->timeout_ms);
 				continue;
 			}
@@ -577,6 +659,7 @@ static ssize_t net_low_write(mailstream_low *low, const void *buf, size_t len)
 			n = send(c->fd, p + done, chunk, MSG_NOSIGNAL);
 			if (n > 0) {
 				done += (size_t)n;
+				c->exchange_bytes += (size_t)n;
 				deadline = deadline_after(c->timeout_ms);
 				continue;
 			}
@@ -588,9 +671,14 @@ static ssize_t net_low_write(mailstream_low *low, const void *buf, size_t len)
 			}
 		}
 
-		r = wait_fd(c->fd, events, deadline);
+		if (exchange_expired(c)) {
+			conn_fail_slow(c);
+			return -1;
+		}
+		r = wait_fd(c->fd, events,
+			earlier(deadline, exchange_deadline(c)));
 		if (r == 0) {
-			conn_fail_timeout(c);
+			conn_fail_wait(c);
 			return -1;
 		}
 		if (r < 0) {
@@ -820,6 +908,8 @@ mailstream *net_stream_open(const char *host, uint16_t port, SSL_CTX *ctx,
 		goto out_close_fd;
 	}
 
+	/* The greeting is the first exchange. */
+	exchange_begin(c);
 	low = mailstream_low_new(c, &net_driver);
 	if (low == NULL)
 		goto out_nomem;
@@ -921,10 +1011,11 @@ int net_stream_wait_readable(mailstream *stream, int timeout_ms, int wake_fd)
 	if (c == NULL || c->dead || atomic_load(&c->cancelled))
 		return -1;
 	/* Bytes already past the socket would never wake poll(). */
-	if (stream->read_buffer_len > 0)
+	if (stream->read_buffer_len > 0 ||
+	    (c->ssl != NULL && SSL_has_pending(c->ssl))) {
+		exchange_begin(c);
 		return 1;
-	if (c->ssl != NULL && SSL_has_pending(c->ssl))
-		return 1;
+	}
 
 	pfd[0] = (struct pollfd){ .fd = c->fd, .events = POLLIN };
 	pfd[1] = (struct pollfd){ .fd = wake_fd, .events = POLLIN };
@@ -940,5 +1031,38 @@ int net_stream_wait_readable(mailstream *stream, int timeout_ms, int wake_fd)
 	}
 	if (wake_fd >= 0 && (pfd[1].revents & (POLLIN | POLLHUP | POLLERR)))
 		return 2;
+	exchange_begin(c);
 	return 1;   /* data, EOF or error: the next read tells which */
+}
+
+ssize_t net_stream_peek_line(mailstream *stream, size_t from, size_t max,
+	const char **line_r)
+{
+	mailstream_low *low;
+	const char *nl;
+	ssize_t n;
+
+	if (stream == NULL || (low = mailstream_get_low(stream)) == NULL)
+		return -1;
+	if (max > stream->buffer_max_size)
+		max = stream->buffer_max_size;
+	for (;;) {
+		if (from < stream->read_buffer_len) {
+			nl = memchr(stream->read_buffer + from, '\n',
+				stream->read_buffer_len - from);
+			if (nl != NULL) {
+				*line_r = stream->read_buffer + from;
+				return nl - *line_r + 1;
+			}
+		}
+		if (stream->read_buffer_len >= max)
+			return 0;
+		/* Through the low layer: its logger sees the bytes too. */
+		n = mailstream_low_read(low,
+			stream->read_buffer + stream->read_buffer_len,
+			max - stream->read_buffer_len);
+		if (n <= 0)
+			return -1;   /* ours never returns 0 (see the driver) */
+		stream->read_buffer_len += (size_t)n;
+	}
 }

@@ -6,16 +6,41 @@
  * with TLS (implicit TLS).  TLS >= 1.2, SNI, peer verification against the
  * system store plus an optional CA file, and a host name (or IP) check.
  *
- * Every read and write waits at most `timeout_s` seconds for progress; past
- * that it fails and the stream is unusable (the caller drops the session).
+ * Two deadlines bound every exchange with the server, whichever passes
+ * first:
+ *  - inactivity: each read or write waits at most `timeout_s` seconds for
+ *    progress;
+ *  - the exchange deadline: an exchange begins when the client starts
+ *    sending (the first write after anything was read) or when the
+ *    connection is made, and ends when the next one begins.  It may last
+ *    at most NET_EXCHANGE_TIMEOUTS x timeout_s, plus one second for every
+ *    NET_EXCHANGE_MIN_RATE bytes moved in either direction during it, so
+ *    a large answer arriving at a sane rate is never cut, but a server
+ *    that trickles a byte now and then cannot hold a command open for
+ *    longer than that.  With the default timeout of 30 s that is 2
+ *    minutes plus 256 s per MiB: anything steadier than 4 KiB/s finishes,
+ *    a trickle fails after about 2 minutes.  Only waits fail on it: bytes
+ *    already received are still handed over.  Time spent in
+ *    net_stream_wait_readable() (IDLE) is not part of any exchange.
+ * Past either deadline the read or write fails like any I/O error and the
+ * stream is unusable (the caller drops the session).  Every command of
+ * IMAP, POP3 and SMTP is a write followed by reads, so the rule needs no
+ * help from the protocol code; an APPEND literal or an SMTP message body
+ * sent after the server's go-ahead is an exchange of its own.
  */
 #ifndef MAILFS_NET_STREAM_H
 #define MAILFS_NET_STREAM_H
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <libetpan/libetpan.h>
 #include <openssl/ssl.h>
+
+/* The exchange deadline (above): timeout_s times this ... */
+#define NET_EXCHANGE_TIMEOUTS 4
+/* ... plus one second per this many bytes sent or received. */
+#define NET_EXCHANGE_MIN_RATE 4096
 
 enum net_failure {
 	NET_OK = 0,
@@ -68,15 +93,28 @@ bool net_stream_is_tls(mailstream *stream);
  * stream; valid until it is closed. */
 const char *net_stream_last_error(mailstream *stream);
 
-/* Changes the per-operation timeout of an open stream (<= 0: none). */
+/* Changes the timeout of an open stream (<= 0: none); the exchange
+ * deadline follows it, for the exchange under way too. */
 void net_stream_set_timeout(mailstream *stream, int timeout_s);
+
+/* Reads from the server until the stream's read buffer holds a whole line
+ * starting at offset `from` of the buffered bytes (through its '\n'),
+ * consuming nothing: libetpan reads the same bytes next.  For checking
+ * what a server sends before libetpan parses it.  At most max bytes (and
+ * never more than the buffer's size) are buffered.  Returns the line's
+ * length with *line_r pointing at it in the stream's buffer (valid until
+ * the next read or peek), 0 when the limit is reached without a line end,
+ * or -1 when the stream failed (net_stream_last_error says why). */
+ssize_t net_stream_peek_line(mailstream *stream, size_t from, size_t max,
+	const char **line_r);
 
 /* Waits up to timeout_ms (-1: forever) until the stream has something to
  * read, counting bytes already buffered by libetpan or OpenSSL (which
  * poll() on the socket cannot see), or until wake_fd (ignored if < 0)
  * becomes readable.  For IDLE.  Returns 1 readable (data, EOF or error:
  * the next read tells which), 2 woken by wake_fd, 0 timed out, -1 failed
- * or dead stream. */
+ * or dead stream.  Neither deadline applies to this wait; a return of 1
+ * starts a new exchange (the server spoke unasked). */
 int net_stream_wait_readable(mailstream *stream, int timeout_ms, int wake_fd);
 
 /* "host:port", or "[v6addr]:port", for messages.  Uses errfmt(). */

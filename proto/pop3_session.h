@@ -43,7 +43,8 @@ struct pop3_endpoint {
 	                           only with POP3_TLS_NONE */
 	const char *user;
 	const char *password;
-	int timeout_s;
+	int timeout_s;          /* per wait; each command exchange gets the
+	                           overall deadline of proto/net_stream.h */
 };
 
 /* Capabilities (RFC 2449) as listed after login.  When the server has no

@@ -9,7 +9,9 @@
  * smtp_session_cancel() may be called from another thread.
  *
  * Every network operation waits at most the endpoint's timeout for
- * progress; a timeout, a lost connection or a reply that is not SMTP
+ * progress, and each command exchange (the message body after DATA's 354
+ * is one) ends within the overall deadline of proto/net_stream.h; a
+ * timeout, a lost connection or a reply that is not SMTP
  * leaves the session broken (smtp_session_broken()): close it and open a
  * new one.
  */

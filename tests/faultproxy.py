@@ -11,6 +11,10 @@ Faults on the server->client direction:
 
   delay(seconds, chunk)     hold every piece of at most `chunk` bytes for
                             `seconds` before forwarding it (a slow link)
+  trickle(interval, nbytes=1)
+                            send `nbytes` bytes every `interval` seconds: a
+                            server that never quite stops (delay() with
+                            tiny pieces)
   stall() / resume()        stop forwarding (nothing is read from the
                             server, the connections stay open) / go on
   cut_after(n, after=None)  close a connection once n more bytes went to
@@ -43,12 +47,13 @@ while stalled: a request left without an answer), injected, rewritten.
 
 ScriptedImapServer greets each connection with fixed bytes and answers
 command lines through a function, for servers that misbehave from their
-first word on.
+first word on; given an ssl.SSLContext it speaks implicit TLS (imaps).
 """
 
 import re
 import select
 import socket
+import ssl
 import threading
 import time
 
@@ -505,6 +510,9 @@ class FaultProxy:
             f.delay_chunk = int(chunk)
         self._change(fn)
 
+    def trickle(self, interval, nbytes=1):
+        self.delay(interval, chunk=nbytes)
+
     def stall(self):
         with self._lock:
             self._stall = True
@@ -570,12 +578,16 @@ class FaultProxy:
 class ScriptedImapServer:
     """Listens on 127.0.0.1; every connection gets `greeting` and then, for
     each line the client sends, whatever answer(line) returns (bytes, or
-    None to close the connection).  The default answers BAD."""
+    None to close the connection).  The default answers BAD.  With `tls`
+    (a server-side ssl.SSLContext) each connection starts with a TLS
+    handshake.  `connections` counts the connections accepted."""
 
-    def __init__(self, greeting, answer=None):
+    def __init__(self, greeting, answer=None, tls=None):
         self.greeting = greeting
         self.answer = answer or self._bad
+        self.tls = tls
         self.lines = []
+        self.connections = 0
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
@@ -599,11 +611,20 @@ class ScriptedImapServer:
                 return
             with self._lock:
                 self._conns.append(c)
+                self.connections += 1
             threading.Thread(target=self._serve, args=(c,),
                              daemon=True).start()
 
     def _serve(self, c):
         try:
+            if self.tls is not None:
+                raw = c
+                raw.settimeout(30)
+                c = self.tls.wrap_socket(raw, server_side=True)
+                c.settimeout(None)
+                with self._lock:   # wrap_socket took over the fd
+                    self._conns = [c if x is raw else x
+                                   for x in self._conns]
             c.sendall(self.greeting)
             buf = b""
             while True:
@@ -620,7 +641,7 @@ class ScriptedImapServer:
                     if reply is None:
                         return
                     c.sendall(reply)
-        except OSError:
+        except OSError:   # ssl.SSLError included
             pass
         finally:
             try:

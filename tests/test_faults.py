@@ -19,6 +19,7 @@ import random
 import secrets
 import shutil
 import signal
+import ssl
 import struct
 import subprocess
 import threading
@@ -882,3 +883,93 @@ def test_copy_out_through_cutting_proxy(tool, fault, proxies, make_account,
     # The mount still tells the right sizes.
     for rel, data in want.items():
         assert os.stat(os.path.join(m.path, rel)).st_size == len(data), rel
+
+
+# ---------------------------------- response codes libetpan mishandles
+
+# libetpan 1.9.4 parses a greeting's response code without a parser
+# context: PERMANENTFLAGS or BADCHARSET with a list there crash it.  Before
+# STARTTLS anyone on the path can send such a greeting; mailfs must refuse
+# it with one clear line, never crash.
+GREETING_CODES = {
+    "permanentflags": (b"PERMANENTFLAGS", rb"[PERMANENTFLAGS (\Seen)]"),
+    "badcharset": (b"BADCHARSET", rb"[BADCHARSET (x)]"),
+}
+
+
+def assert_refused_cleanly(rc, err, account, *words):
+    assert rc > 0, f"mailfs died of signal {-rc}:\n{err}"
+    line = assert_one_line(err, *words)
+    assert account.password not in err
+    return line
+
+
+@pytest.mark.parametrize("code", sorted(GREETING_CODES))
+def test_starttls_greeting_with_bad_response_code_refused(code, proxies,
+                                                          account,
+                                                          mount_fails):
+    name, text = GREETING_CODES[code]
+    proxy = proxies(account.server.imap_port)
+    # Dovecot's greeting, "* OK [CAPABILITY ...] ...", with a code in front
+    # (a replacement template: backslashes doubled).
+    proxy.rewrite(rb"^\* OK ",
+                  b"* OK " + text.replace(b"\\", b"\\\\") + b" ")
+    rc, err = mount_fails(account, source=proxy_url(account, proxy, "imap"),
+                          options=["timeout=10", "pop3=none"])
+    assert proxy.rewritten >= 1, "the greeting was never seen"
+    line = assert_refused_cleanly(rc, err, account, "greeting")
+    assert name.decode() in line, line
+
+
+@pytest.mark.parametrize("code", sorted(GREETING_CODES))
+def test_imaps_greeting_with_bad_response_code_refused(code, servers,
+                                                       account, mount_fails):
+    """Inside TLS only the server itself can send it; still no crash."""
+    name, text = GREETING_CODES[code]
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(servers.cert, servers.key)
+    server = ScriptedImapServer(b"* OK " + text + b" hi\r\n", tls=tls)
+    try:
+        rc, err = mount_fails(
+            account, source=f"imaps://{account.user}@127.0.0.1:{server.port}",
+            options=["timeout=10", "pop3=none"])
+    finally:
+        server.close()
+    assert server.connections >= 1
+    line = assert_refused_cleanly(rc, err, account, "greeting")
+    assert name.decode() in line, line
+    sent = b"\n".join(server.lines).upper()
+    assert b"LOGIN" not in sent and b"AUTHENTICATE" not in sent, sent
+
+
+def test_starttls_injected_response_codes_refused(proxies, account,
+                                                  mount_fails):
+    """Two BADCHARSET codes in one answer make libetpan free a list twice;
+    injected after the greeting they would be read with the answer to
+    STARTTLS, before TLS."""
+    proxy = proxies(account.server.imap_port)
+    proxy.inject_after(rb"^\* OK ", b"* OK [BADCHARSET (a)] one\r\n"
+                       b"* OK [BADCHARSET (b)] two\r\n")
+    rc, err = mount_fails(account, source=proxy_url(account, proxy, "imap"),
+                          options=["timeout=10", "pop3=none"])
+    assert proxy.injected >= 1
+    line = assert_refused_cleanly(rc, err, account, "badcharset")
+    assert "starttls" in line.lower(), line
+
+
+def test_permanentflags_after_select_still_works(account, mount):
+    """The same codes in their proper place (Dovecot answers SELECT and
+    EXAMINE with PERMANENTFLAGS) are parsed as before."""
+    raw = make_message("permflags", 5000)
+    seed(account, {"INBOX": [raw]})
+    m = mount(account, args=["-d"], options=["pop3=none"])
+    inbox = os.path.join(m.path, "INBOX")
+    [name] = files_in(inbox)
+    path = os.path.join(inbox, name)
+    assert read_bytes(path) == raw
+    os.setxattr(path, "user.mail.flags", b"\\Flagged $Checked")
+    [flags] = account.flags().values()
+    assert flags == {"\\Flagged", "$Checked"}, flags
+    assert "[PERMANENTFLAGS (" in m.stderr(), \
+        "Dovecot's SELECT answer carried no PERMANENTFLAGS"
+    m.unmount()
