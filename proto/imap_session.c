@@ -162,8 +162,24 @@ static enum backend_status code_status(struct imap_session *s,
 	return fallback;
 }
 
+/* After a tagged answer the stream should hold nothing, or an untagged
+ * response that came early.  Anything else is the rest of a line cut
+ * short by a bare LF (Dovecot echoes folder names into NO texts, LF and
+ * all), which libetpan would take for the answer to the next command:
+ * such a session is not reused. */
+static void check_stray_bytes(struct imap_session *s)
+{
+	mailstream *st = s->imap->imap_stream;
+
+	if (st != NULL && st->read_buffer_len > 0 && st->read_buffer[0] != '*')
+		s->broken = true;
+}
+
 enum backend_status imap_session_status(struct imap_session *s, int r)
 {
+	if (r != MAILIMAP_NO_ERROR && r != MAILIMAP_NO_ERROR_AUTHENTICATED &&
+	    r != MAILIMAP_NO_ERROR_NON_AUTHENTICATED)
+		check_stray_bytes(s);
 	switch (r) {
 	case MAILIMAP_NO_ERROR:
 	case MAILIMAP_NO_ERROR_AUTHENTICATED:

@@ -294,10 +294,6 @@ def listdir_settled(path):
     return os.listdir(path)
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason=(
-    "libetpan takes a bare LF for the end of the tagged NO, the rest of "
-    "the line is read as the answer to the next command, and that "
-    "command fails (EIO) instead of being retried on a new connection"))
 def test_bare_lf_in_a_response_fails_no_other_folder(account, mount):
     """A response line broken by a bare LF (Dovecot's NO to EXAMINE of
     "lf&AAo-x") must cost at most that folder, not the next command on
