@@ -11,7 +11,7 @@
 #define MEM_BYTES (32u * 1024 * 1024)  /* ... holding at most this much */
 #define WORKERS 3                  /* read-ahead threads */
 #define BLOCKS_AHEAD WORKERS       /* of a message read in order */
-#define QUEUE_MAX 8                /* pending read-ahead jobs */
+#define QUEUE_MAX 64               /* pending read-ahead jobs */
 #define HEADS_PER_BATCH 32         /* messages per batched fetch */
 #define HEADS_BYTES_PER_BATCH (8u * 1024 * 1024)
 
@@ -188,6 +188,43 @@ static void store_block(struct msg_reader *r, const struct block_key *key,
 	pthread_mutex_unlock(&r->lock);
 }
 
+/* The queued job that will fetch this block, not started yet: a heads
+ * job for block 0 or a job for this one block.  Lock held. */
+static struct job **queued_job_for(struct msg_reader *r,
+	const struct msg_ref *ref, uint32_t index)
+{
+	for (struct job **at = &r->queue; *at; at = &(*at)->next) {
+		struct job *j = *at;
+
+		if (j->uidvalidity != ref->uidvalidity ||
+		    strcmp(j->folder, ref->folder) != 0)
+			continue;
+		if (j->index == UINT32_MAX) {
+			for (size_t k = 0; index == 0 && k < j->n; k++)
+				if (j->uids[k] == ref->uid)
+					return at;
+		} else if (j->index == index && j->uids[0] == ref->uid) {
+			return at;
+		}
+	}
+	return NULL;
+}
+
+/* Moves a queued job to the front.  Lock held. */
+static void queue_promote(struct msg_reader *r, struct job **at)
+{
+	struct job *j = *at;
+
+	if (at == &r->queue)
+		return;
+	*at = j->next;
+	if (!j->next)
+		r->queue_tail = at;
+	j->next = r->queue;
+	r->queue = j;
+	j->urgent = true;
+}
+
 /* Copies bytes [off, off + want) of block `index` (or what of them the
  * block has) to dst, setting *copied_r.  A block from memory is copied
  * from there directly; one read from disk or the server passes through
@@ -222,12 +259,24 @@ static ssize_t get_block(struct msg_reader *r, const struct msg_ref *ref,
 			pthread_mutex_unlock(&r->lock);
 			return (ssize_t)len;
 		}
-		if (!inflight_has(r, &key))
-			break;
+		if (!inflight_has(r, &key)) {
+			/* Read-ahead that will fetch it, not started yet: a
+			 * reader moves it to the front and waits for it
+			 * rather than spend a round trip of its own (a
+			 * worker, dst NULL, does not wait for the queue). */
+			struct job **at = dst ? queued_job_for(r, ref, index) :
+				NULL;
+
+			if (!at)
+				break;
+			queue_promote(r, at);
+		}
 		/* Someone (often read-ahead) is fetching it: wait. */
 		pthread_cond_wait(&r->fetched, &r->lock);
 	}
 	inflight_add(r, &key);
+	/* Readers waiting for a queued job look again: it is ours now. */
+	pthread_cond_broadcast(&r->fetched);
 	pthread_mutex_unlock(&r->lock);
 
 	if (!*scratch)
@@ -356,6 +405,10 @@ static void run_heads_job(struct msg_reader *r, struct job *j)
 		}
 		pthread_mutex_unlock(&r->lock);
 	}
+	/* Readers waiting for this job while queued look again. */
+	pthread_mutex_lock(&r->lock);
+	pthread_cond_broadcast(&r->fetched);
+	pthread_mutex_unlock(&r->lock);
 	if (n == 0)
 		goto out_free;
 	st = r->be->ops->read_heads(r->be, j->folder, j->uidvalidity, uids, n,
@@ -384,10 +437,18 @@ static void run_block_job(struct msg_reader *r, struct job *j)
 	size_t n;
 	bool eom;
 
+	bool known;
+
 	if (r->cache && block_cache_contains(r->cache, &key)) {
 		block_cache_warm(r->cache, &key);
 		return;
 	}
+	/* Someone has it or is at it: waiting would only hold a worker. */
+	pthread_mutex_lock(&r->lock);
+	known = mem_find(r, &key) || inflight_has(r, &key);
+	pthread_mutex_unlock(&r->lock);
+	if (known)
+		return;
 	if (get_block(r, &ref, j->index, 0, 0, NULL, &n, &buf, &eom) >= 0) {
 		pthread_mutex_lock(&r->lock);
 		r->stats.prefetched++;
@@ -444,6 +505,9 @@ static struct job *job_new(const char *folder, uint32_t uidvalidity,
 	return j;
 }
 
+static void prefetch_block(struct msg_reader *r, const struct msg_ref *ref,
+	uint32_t index, bool urgent);
+
 void msg_reader_prefetch_heads(struct msg_reader *r, const char *folder,
 	uint32_t uidvalidity, const uint32_t *uids, const uint64_t *sizes,
 	size_t n)
@@ -471,11 +535,23 @@ void msg_reader_prefetch_heads(struct msg_reader *r, const char *folder,
 		memcpy(j->sizes, sizes + start, (i - start) * sizeof(*sizes));
 		j->index = UINT32_MAX;   /* marks a heads job */
 		queue_job(r, j, false);
+		/* A folder read file after file reads the large ones whole:
+		 * queue their next blocks too, rather than wait a round trip
+		 * for each when the reader gets there. */
+		for (size_t k = start; k < i; k++) {
+			struct msg_ref ref = {
+				.folder = folder, .uidvalidity = uidvalidity,
+				.uid = uids[k], .size = sizes[k],
+			};
+
+			for (uint32_t b = 1; b <= BLOCKS_AHEAD; b++)
+				prefetch_block(r, &ref, b, false);
+		}
 	}
 }
 
 static void prefetch_block(struct msg_reader *r, const struct msg_ref *ref,
-	uint32_t index)
+	uint32_t index, bool urgent)
 {
 	struct block_key key = key_of(r, ref->folder, ref->uidvalidity,
 		ref->uid, index);
@@ -485,7 +561,10 @@ static void prefetch_block(struct msg_reader *r, const struct msg_ref *ref,
 	if ((uint64_t)index * BLOCK >= ref->size)
 		return;
 	pthread_mutex_lock(&r->lock);
-	known = mem_find(r, &key) || inflight_has(r, &key);
+	/* A reader going through a large message asks for the same blocks
+	 * on every read. */
+	known = mem_find(r, &key) || inflight_has(r, &key) ||
+		queued_job_for(r, ref, index);
 	pthread_mutex_unlock(&r->lock);
 	if (known || (r->cache && block_cache_contains(r->cache, &key)))
 		return;
@@ -495,7 +574,7 @@ static void prefetch_block(struct msg_reader *r, const struct msg_ref *ref,
 	j->uids[0] = ref->uid;
 	j->sizes[0] = ref->size;
 	j->index = index;
-	queue_job(r, j, true);
+	queue_job(r, j, urgent);
 }
 
 /* ---- public ------------------------------------------------------------------- */
@@ -606,6 +685,6 @@ ssize_t msg_reader_read(struct msg_reader *r, const struct msg_ref *ref,
 	 * the next one: fetch it while this one is being consumed. */
 	if (done > 0 && !*true_size_r && (offset + done) % BLOCK >= BLOCK / 4)
 		for (uint32_t k = 1; k <= BLOCKS_AHEAD; k++)
-			prefetch_block(r, ref, last_index + k);
+			prefetch_block(r, ref, last_index + k, true);
 	return (ssize_t)done;
 }
