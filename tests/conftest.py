@@ -8,11 +8,14 @@ Fixtures
   mount         factory: mount(account, ...) -> Mount, unmounted at teardown
   mount_fails   helper: mount_fails(account, ...) -> (exit code, stderr)
   corpus        (session) the list of corpus.Message
+  proxies       factory: proxies(upstream_port) -> a started FaultProxy
 
 See the docstrings of Account, Mount and _MountFactory for details.
 """
 
+import contextlib
 import os
+import poplib
 import re
 import shutil
 import signal
@@ -25,6 +28,7 @@ import pytest
 
 import corpus as corpus_mod
 import mailserver
+from faultproxy import FaultProxy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FUSERMOUNT = shutil.which("fusermount3") or "/usr/bin/fusermount3"
@@ -97,6 +101,7 @@ class Account:
     file holding the password).
     url(scheme="imaps", host=None) -> "imaps://user@127.0.0.1:port"
     client(starttls=False) -> mailserver.ImapClient (a context manager)
+    pop3() -> poplib.POP3_SSL logged in (a context manager that QUITs)
     seed(messages, folder=None) -> {message key: uid}; creates folders.
     """
 
@@ -115,6 +120,18 @@ class Account:
 
     def client(self, starttls=False):
         return self.server.client(self.user, self.password, starttls=starttls)
+
+    @contextlib.contextmanager
+    def pop3(self):
+        server = self.server
+        p = poplib.POP3_SSL(server.host, server.pop3s_port,
+                            context=server.ca.ssl_context(), timeout=60)
+        try:
+            p.user(self.user)
+            p.pass_(self.password)
+            yield p
+        finally:
+            p.quit()
 
     def seed(self, messages, folder=None):
         uids = {}
@@ -529,6 +546,24 @@ def mount_fails(_mounts):
 @pytest.fixture(scope="session")
 def corpus():
     return corpus_mod.build()
+
+
+@pytest.fixture
+def proxies():
+    """proxies(upstream_port) -> a started FaultProxy, closed at teardown
+    (after the mounts, when requested before `mount`)."""
+    made = []
+
+    def make(port):
+        p = FaultProxy(port).start()
+        made.append(p)
+        return p
+
+    try:
+        yield make
+    finally:
+        for p in made:
+            p.close()
 
 
 # ---------------------------------------------------------------- helpers

@@ -23,6 +23,7 @@ hierarchy delimiter and encoded in modified UTF-7 (RFC 3501 5.1.3).
 """
 
 import base64
+import contextlib
 import datetime
 import imaplib
 import os
@@ -314,11 +315,15 @@ class Dovecot:
     # -- life cycle
 
     def start(self, timeout=60.0):
-        self.imap_port = free_port()
-        self.pop3_port = free_port()
-        if self.ssl:
-            self.imaps_port = free_port()
-            self.pop3s_port = free_port()
+        """Starts Dovecot.  Started again after stop() it keeps its ports,
+        so that a client made before the stop can reconnect."""
+        again = self.imap_port is not None
+        if not again:
+            self.imap_port = free_port()
+            self.pop3_port = free_port()
+            if self.ssl:
+                self.imaps_port = free_port()
+                self.pop3s_port = free_port()
         with open(self.conf, "w") as f:
             f.write(self._config())
         out = open(self.out_path, "ab")
@@ -340,9 +345,19 @@ class Dovecot:
             self._check_greeting(timeout)
         except Exception as e:
             self.stop()
-            raise RuntimeError(f"Dovecot did not start: {e}\n"
+            raise RuntimeError(f"Dovecot did not start"
+                               f"{' again' if again else ''}: {e}\n"
                                f"{self.diagnostics()}") from e
         return self
+
+    def is_down(self):
+        """True when the IMAPS port refuses connections."""
+        try:
+            with socket.create_connection(
+                    (self.host, self.imaps_port), timeout=2):
+                return False
+        except OSError:
+            return True
 
     def _check_greeting(self, timeout):
         deadline = time.monotonic() + timeout
@@ -722,6 +737,23 @@ class ServerSet:
         server.start()
         self._servers[variant] = server
         return server
+
+    @contextlib.contextmanager
+    def private_dovecot(self, label):
+        """A started Dovecot of one test's own (TLS, '/' separator), which
+        the test may stop and start again; stopped and removed at the
+        end."""
+        token = secrets.token_hex(4)
+        root = os.path.join(self.root, f"{label}-{token}")
+        server = Dovecot(root, ssl=True, cert=self.cert, key=self.key,
+                         ca=self.ca, separator="/",
+                         name=f"mailfs-{label}-{os.getpid()}-{token}")
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+            shutil.rmtree(root, ignore_errors=True)
 
     def stop(self):
         errors = []

@@ -8,60 +8,37 @@ the background the tests poll with generous deadlines.
 """
 
 import errno
-import hashlib
 import os
 import random
-import secrets
-import shutil
 import signal
 import socket
 import stat
-import struct
 import subprocess
 import threading
 import time
 
 import pytest
 
-import mailserver
 from conftest import FUSERMOUNT, Account, is_mounted, read_bytes
+from helpers import BLOCK_HEADER as HEADER
+from helpers import (Background, block_files, block_header, files_in,
+                     poll_until, proxy_url, seed, sha, sized_message,
+                     tmp_files, uid_of)
 
 MiB = 1024 * 1024                # also the block size
-HEADER = 56                 # bytes before a block file's data
 POLL_SECONDS = 180   # deadline for what mailfs does in the background
 
 
 # ---------------------------------------------------------------- helpers
 
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
-
-
 def make_message(tag, size=0, subject=None, minute=0):
-    """A message whose bytes, name and Message-ID are determined by tag.
-    The body is base64-looking lines of pseudo-random data, so that the
-    whole message is about `size` bytes (never less than its header)."""
+    """A message whose bytes, name and Message-ID are determined by tag,
+    about `size` bytes long; `minute` sets its Date."""
     rng = random.Random(tag)
-    subject = subject or f"Cache test {tag}"
-    head = (
-        f"Date: Mon, 02 Jun 2025 {9 + minute // 60 % 12:02d}:"
-        f"{minute % 60:02d}:00 +0000\r\n"
-        f"From: Alice Example <alice@example.org>\r\n"
-        f"To: Bob Builder <bob@example.net>\r\n"
-        f"Subject: {subject}\r\n"
-        f"Message-ID: <{tag}.{rng.getrandbits(64):016x}@cache.example>\r\n"
-        f"MIME-Version: 1.0\r\n"
-        f"Content-Type: text/plain; charset=us-ascii\r\n"
-        f"\r\n").encode()
-    alphabet = (b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                b"abcdefghijklmnopqrstuvwxyz0123456789+/")
-    lines = max(1, (size - len(head)) // 78)
-    pool = bytes(rng.choice(alphabet) for _ in range(76 * 64))
-    body = []
-    for _ in range(lines):
-        start = rng.randrange(0, len(pool) - 76)
-        body.append(pool[start:start + 76] + b"\r\n")
-    return head + b"".join(body)
+    date = (f"Mon, 02 Jun 2025 {9 + minute // 60 % 12:02d}:"
+            f"{minute % 60:02d}:00 +0000")
+    return sized_message(rng, tag, size, subject or f"Cache test {tag}",
+                         date, "cache.example")
 
 
 def stats(mount):
@@ -75,15 +52,6 @@ def stats(mount):
                 "evictions", "bytes_on_disk", "blocks_on_disk"):
         assert key in out, f"{key} missing from user.mailfs.stats: {text!r}"
     return out
-
-
-def files_in(directory):
-    return sorted(n for n in os.listdir(directory)
-                  if os.path.isfile(os.path.join(directory, n)))
-
-
-def uid_of(path):
-    return int(os.getxattr(path, "user.mail.uid").decode().strip())
 
 
 def flags_of(path):
@@ -112,65 +80,20 @@ def snapshot(root):
 
 
 def wait_for(what, check, timeout=POLL_SECONDS, interval=0.25):
-    """Polls check() until it returns something true; returns it.  Fails
-    with `what` when the deadline passes."""
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except OSError as e:
-            last_error = e
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not the case after {timeout:.0f}s"
-                                 + (f" (last error: {last_error})"
-                                    if last_error else ""))
-        time.sleep(interval)
+    """Polls check() until it returns something true (OSError counts as
+    not yet); returns that."""
+    return poll_until(check, what, timeout, interval, tolerate=OSError)
 
 
 def read_in_thread(path, offset=0, length=None, timeout=POLL_SECONDS):
     """Reads in a thread; returns ("ok", bytes) or ("error", OSError).
     Fails when the read neither succeeds nor fails within timeout."""
-    result = {}
+    def read():
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read() if length is None else f.read(length)
 
-    def run():
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                result["ok"] = f.read() if length is None else f.read(length)
-        except OSError as e:
-            result["error"] = e
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"reading {path} hung for {timeout:.0f}s"
-    return next(iter(result.items()))
-
-
-def block_files(cache_dir):
-    """Paths of every file under <cache_dir>/blocks."""
-    out = []
-    for dirpath, _, filenames in os.walk(os.path.join(cache_dir, "blocks")):
-        out.extend(os.path.join(dirpath, n) for n in filenames)
-    return sorted(out)
-
-
-def tmp_files(cache_dir):
-    out = []
-    for dirpath, _, filenames in os.walk(os.path.join(cache_dir, "tmp")):
-        out.extend(os.path.join(dirpath, n) for n in filenames)
-    return out
-
-
-def block_header(path):
-    """(magic, data length) of a block file."""
-    with open(path, "rb") as f:
-        head = f.read(HEADER)
-    assert len(head) == HEADER, f"{path}: shorter than a block header"
-    return head[:8], struct.unpack_from("<Q", head, 32)[0]
+    return Background(read).join(timeout, f"reading {path}")
 
 
 def flip_bytes(path):
@@ -192,56 +115,12 @@ def mount_log(mount):
 
 # ------------------------------------------------------------ a private server
 
-class PrivateDovecot(mailserver.Dovecot):
-    """A Dovecot of one test's own: stop() and start() again keep the
-    ports, so a mount made before the stop can reconnect after it."""
-
-    def start(self, timeout=60.0):
-        if self.imap_port is None:
-            return super().start(timeout)
-        with open(self.conf, "w") as f:
-            f.write(self._config())
-        out = open(self.out_path, "ab")
-        try:
-            self.proc = subprocess.Popen(
-                [self._dovecot, "-F", "-c", self.conf],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                start_new_session=True)
-        finally:
-            out.close()
-        try:
-            for p in (self.imap_port, self.pop3_port, self.imaps_port,
-                      self.pop3s_port):
-                mailserver.wait_for_port(p, timeout=timeout, proc=self.proc)
-            self._check_greeting(timeout)
-        except Exception as e:
-            self.stop()
-            raise RuntimeError(f"Dovecot did not start again: {e}\n"
-                               f"{self.diagnostics()}") from e
-        return self
-
-    def is_down(self):
-        try:
-            with socket.create_connection(
-                    (self.host, self.imaps_port), timeout=2):
-                return False
-        except OSError:
-            return True
-
-
 @pytest.fixture
 def private_server(servers):
-    token = secrets.token_hex(4)
-    root = os.path.join(servers.root, f"cache-{token}")
-    server = PrivateDovecot(root, ssl=True, cert=servers.cert, key=servers.key,
-                            ca=servers.ca, separator="/",
-                            name=f"mailfs-cache-{os.getpid()}-{token}")
-    server.start()
-    try:
+    """A Dovecot of the test's own: stop() and start() again keep the
+    ports, so a mount made before the stop can reconnect after it."""
+    with servers.private_dovecot("cache") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -264,8 +143,7 @@ OFFLINE_OPTS = ["timeout=5", "pop3=none"]
 def test_partial_read_fetches_at_most_two_blocks(account, mount):
     raw = make_message("partial", size=5 * MiB + 12345)
     assert len(raw) > 5 * MiB
-    with account.client() as c:
-        c.append("INBOX", raw)
+    seed(account, {"INBOX": [raw]})
     m = mount(account)
     inbox = os.path.join(m.path, "INBOX")
     [name] = files_in(inbox)
@@ -305,12 +183,7 @@ def test_offline_remount_serves_cache(private_server, private_account, mount,
         "Work": [make_message("off-w1", 5000), make_message("off-w2", 9000)],
         "Later": [make_message("off-later", 1 * MiB + 5000)],
     }
-    with account.client() as c:
-        for folder, raws in msgs.items():
-            if folder != "INBOX":
-                c.create(folder)
-            for raw in raws:
-                c.append(folder, raw)
+    seed(account, msgs)
     cache = str(tmp_path / "cache-offline")
 
     m = mount(account, cache_dir=cache, options=OFFLINE_OPTS)
@@ -412,10 +285,7 @@ def test_offline_with_broken_server(account, mount, tmp_path, scheme,
     cached fails with EIO instead of hanging."""
     raw = make_message("stall-a", 1 * MiB + 20000)
     later = make_message("stall-later", 3000)
-    with account.client() as c:
-        c.create("Later")
-        c.append("INBOX", raw)
-        c.append("Later", later)
+    seed(account, {"INBOX": [raw], "Later": [later]})
     cache = str(tmp_path / "cache-stalled")
     m = mount(account, scheme=scheme, cache_dir=cache, options=OFFLINE_OPTS)
     before = snapshot(m.path)
@@ -428,7 +298,7 @@ def test_offline_with_broken_server(account, mount, tmp_path, scheme,
     # behind a server that does not work.
     broken = BrokenServer(behaviour)
     try:
-        source = f"{scheme}://{account.user}@127.0.0.1:{broken.port}"
+        source = proxy_url(account, broken, scheme)
         m = mount(account, source=source, cache_dir=cache,
                   options=OFFLINE_OPTS)
         check_offline_mount(m, before, name, raw, later_name)
@@ -441,9 +311,7 @@ def test_offline_with_broken_server(account, mount, tmp_path, scheme,
 def test_corrupt_blocks_are_fetched_again(account, mount, tmp_path):
     raws = [make_message("corrupt-big", 2 * MiB + 100000),
             make_message("corrupt-small", 7000)]
-    with account.client() as c:
-        for raw in raws:
-            c.append("INBOX", raw)
+    seed(account, {"INBOX": raws})
     cache = str(tmp_path / "cache-corrupt")
     m = mount(account, cache_dir=cache)
     inbox = os.path.join(m.path, "INBOX")
@@ -477,9 +345,7 @@ def test_corrupt_blocks_offline_fail(private_server, private_account, mount,
     server, account = private_server, private_account
     raws = [make_message("coff-big", 2 * MiB + 100000),
             make_message("coff-small", 7000)]
-    with account.client() as c:
-        for raw in raws:
-            c.append("INBOX", raw)
+    seed(account, {"INBOX": raws})
     cache = str(tmp_path / "cache-corrupt-offline")
     m = mount(account, cache_dir=cache, options=OFFLINE_OPTS)
     inbox = os.path.join(m.path, "INBOX")
@@ -517,9 +383,7 @@ def test_cache_size_bound(account, mount, tmp_path):
     raws = [make_message(f"bound-{i}", 2 * MiB - 4096, minute=i)
             for i in range(5)]
     assert all(MiB < len(r) < 2 * MiB for r in raws)
-    with account.client() as c:
-        for raw in raws:
-            c.append("INBOX", raw)
+    seed(account, {"INBOX": raws})
     cache = str(tmp_path / "cache-bound")
     limit = 3 * MiB
     m = mount(account, cache_dir=cache, options=["cache_size=3M"])
@@ -558,8 +422,7 @@ def test_cache_size_bound(account, mount, tmp_path):
 def test_sigkill_during_read_leaves_usable_cache(account, mount, tmp_path):
     raw = make_message("crash-big", 20 * MiB)
     assert len(raw) > 19 * MiB
-    with account.client() as c:
-        c.append("INBOX", raw)
+    seed(account, {"INBOX": [raw]})
     cache = str(tmp_path / "cache-crash")
     m = mount(account, cache_dir=cache)
     inbox = os.path.join(m.path, "INBOX")
@@ -694,10 +557,7 @@ def test_large_listing_served_from_metadata_cache(private_server,
 
 def test_cache_permissions(account, mount, tmp_path):
     raws = [make_message("perm-big", MiB + 50000), make_message("perm-s", 900)]
-    with account.client() as c:
-        c.create("Work")
-        c.append("INBOX", raws[0])
-        c.append("Work", raws[1])
+    seed(account, {"INBOX": [raws[0]], "Work": [raws[1]]})
     cache = str(tmp_path / "cache-perm")
     os.mkdir(cache, 0o755)
     os.chmod(cache, 0o755)

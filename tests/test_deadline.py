@@ -18,28 +18,13 @@ import time
 
 import pytest
 
-from faultproxy import FaultProxy
-from test_faults import (Background, files_in, make_message, proxy_url,
-                         read_uncached, seed, wait_for)
+from helpers import Background, files_in, proxy_url, read_uncached, seed
+from test_faults import make_message, wait_for
 
 MiB = 1024 * 1024
 TIMEOUT = 2                  # -o timeout=: the exchange deadline is 8 s
 GUARD_SECONDS = 90           # "fails rather than hangs"; the trickled
                              # read would take days to complete
-
-
-@pytest.fixture
-def proxies():
-    made = []
-
-    def make(port):
-        p = FaultProxy(port).start()
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.close()
 
 
 @pytest.mark.parametrize("scheme", ["imap", "pop3"])

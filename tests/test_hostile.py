@@ -17,9 +17,7 @@ speed of the machine: waits poll with generous deadlines.
 """
 
 import errno
-import hashlib
 import os
-import poplib
 import random
 import stat
 import subprocess
@@ -28,7 +26,7 @@ import sys
 import pytest
 
 from conftest import read_bytes
-from faultproxy import FaultProxy
+from helpers import sha, tmpfs
 # The outbox fixtures and helpers (make_smtp, smtp, outbox) are shared.
 from test_outbox import (  # noqa: F401,F811  (fixtures used by name)
     close_errno, listing, make_smtp, message, outbox, smtp, subject_of)
@@ -38,10 +36,6 @@ NAME_MAX = 255
 
 
 # ---------------------------------------------------------------- helpers
-
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
-
 
 def make_message(tag, size=0):
     """A message identified by tag (in its Subject and Message-ID)."""
@@ -193,24 +187,6 @@ def messages_by_hash(root, files):
     for f in sorted(files):
         out.setdefault(sha(read_bytes(os.path.join(root, f))), []).append(f)
     return out
-
-
-# ---------------------------------------------------------------- fixtures
-
-@pytest.fixture
-def proxies():
-    made = []
-
-    def make(port):
-        p = FaultProxy(port).start()
-        made.append(p)
-        return p
-
-    try:
-        yield make
-    finally:
-        for p in made:
-            p.close()
 
 
 # ------------------------------------------------- folder names from Dovecot
@@ -433,15 +409,8 @@ def xuidl_message(i, uidl):
 
 
 def pop3_uidls(account):
-    server = account.server
-    p = poplib.POP3_SSL(server.host, server.pop3s_port,
-                        context=server.ca.ssl_context(), timeout=60)
-    try:
-        p.user(account.user)
-        p.pass_(account.password)
+    with account.pop3() as p:
         _, lines, _ = p.uidl()
-    finally:
-        p.quit()
     return [line.split(b" ", 1)[1].decode() for line in lines]
 
 
@@ -557,18 +526,8 @@ def test_allow_other_with_default_permissions(account, mount):
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
     """A 64 KiB tmpfs, always unmounted at teardown."""
-    path = str(tmp_path / "tiny")
-    os.makedirs(path)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700",
-                        "mailfs-hostile", path], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stdout.decode().strip()}")
-    try:
+    with tmpfs(str(tmp_path / "tiny"), "64k", "mailfs-hostile") as path:
         yield path
-    finally:
-        subprocess.run(["umount", "-l", path], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def fill_up(directory):

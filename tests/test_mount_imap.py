@@ -4,7 +4,6 @@ Every test gets its own user with an empty mailbox and its own mount; what
 the server holds is always read back over a separate imaplib connection.
 """
 
-import hashlib
 import os
 import re
 import subprocess
@@ -15,24 +14,12 @@ import pytest
 import corpus as corpus_mod
 from conftest import (assert_no_sanitizer_report, mailfs_bin, message_files,
                       read_bytes)
+from helpers import assert_one_line, files_in, sha, uid_of
 from mailserver import closed_port
 
 NAME_RE = re.compile(
     r"^(?P<date>\d{4}-\d{2}-\d{2}_\d{4})_(?P<slug>.+)_(?P<hash>[0-9a-f]{8})"
     r"(?:~(?P<n>\d+))?\.eml$")
-
-
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
-
-
-def uid_of(path):
-    return int(os.getxattr(path, "user.mail.uid").decode().strip())
-
-
-def files_in(directory):
-    return sorted(n for n in os.listdir(directory)
-                  if os.path.isfile(os.path.join(directory, n)))
 
 
 # ---------------------------------------------------------------- harness
@@ -320,16 +307,6 @@ def test_plaintext_when_allowed(make_account, corpus, mount):
 
 
 # ---------------------------------------------------------------- refusals
-
-def assert_one_line(stderr, *words):
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
-    if words:
-        low = lines[0].lower()
-        assert any(w.lower() in low for w in words), \
-            f"{lines[0]!r} names none of {words}"
-    return lines[0]
-
 
 def test_refuses_untrusted_certificate(account, mount_fails):
     rc, err = mount_fails(account, ca_file=False)

@@ -22,6 +22,7 @@ import time
 import pytest
 
 from conftest import FUSERMOUNT, MountError, read_bytes
+from helpers import poll_until
 from smtpserver import SmtpServer
 
 DEADLINE = float(os.environ.get("MAILFS_TEST_OUTBOX_DEADLINE", "120"))
@@ -85,16 +86,20 @@ def close_errno(path, data):
     return None
 
 
-def wait_until(predicate, what, timeout=DEADLINE, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting "
-                                 f"for {what}")
-        time.sleep(interval)
+def wait_until(predicate, what, timeout=DEADLINE):
+    return poll_until(predicate, what, timeout, interval=0.1)
+
+
+def wait_filed(account, folder):
+    """Waits until the server has `folder` and it holds messages; returns
+    them as account.fetch(folder) does."""
+    def filed():
+        with account.client() as c:
+            if folder not in {name for name, _, _ in c.list()}:
+                return None
+            return c.fetch(folder) or None
+
+    return wait_until(filed, f"the copy in {folder}")
 
 
 def status_of(path):
@@ -453,14 +458,7 @@ def test_sent_copy_filed_with_seen(account, outbox, smtp, folder, option,
     [d] = smtp.wait_deliveries(1)
     assert b"hidden@example.com" not in d.data
     ob.wait_gone("filed.eml")
-
-    def sent_copies():
-        with account.client() as c:
-            if folder not in {name for name, _, _ in c.list()}:
-                return None
-            return c.fetch(folder) or None
-
-    copies = wait_until(sent_copies, f"the copy in {folder}")
+    copies = wait_filed(account, folder)
     [(uid, info)] = copies.items()
     assert "\\Seen" in info["flags"]
     # The sender's record keeps the Bcc; otherwise it is what was sent.
@@ -486,14 +484,7 @@ def test_nested_sent_folder_not_silently_ignored(account, outbox, smtp):
     ob.send("nested.eml", message("nested"))
     smtp.wait_deliveries(1)
     ob.wait_gone("nested.eml")
-
-    def copies():
-        with account.client() as c:
-            if folder not in {name for name, _, _ in c.list()}:
-                return None
-            return c.fetch(folder) or None
-
-    found = wait_until(copies, f"the copy in {folder}")
+    found = wait_filed(account, folder)
     [(uid, info)] = found.items()
     assert header_values(info["raw"], "Subject") == [b"nested"]
     assert "\\Seen" in info["flags"]

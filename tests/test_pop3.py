@@ -18,9 +18,7 @@ deadlines, and nothing asserts how long something took.
 import base64
 import email.utils
 import errno
-import hashlib
 import os
-import poplib
 import re
 import socket
 import stat
@@ -31,6 +29,7 @@ import pytest
 
 import corpus as corpus_mod
 from conftest import message_files, read_bytes
+from helpers import assert_one_line, files_in, poll_until, seed, sha
 from mailserver import closed_port
 
 DEADLINE = float(os.environ.get("MAILFS_TEST_POP3_DEADLINE", "120"))
@@ -41,25 +40,8 @@ NAME_RE = re.compile(
 
 # ---------------------------------------------------------------- helpers
 
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
-
-
-def files_in(directory):
-    return sorted(n for n in os.listdir(directory)
-                  if os.path.isfile(os.path.join(directory, n)))
-
-
-def wait_until(predicate, what, timeout=DEADLINE, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting "
-                                 f"for {what}")
-        time.sleep(interval)
+def wait_until(predicate, what, timeout=DEADLINE):
+    return poll_until(predicate, what, timeout, interval=0.2)
 
 
 def pop3_url(account):
@@ -98,15 +80,8 @@ def server_count(account):
 def pop3_list_sizes(account):
     """[size] from the server's POP3 LIST, in message order (LIST and
     QUIT only: no flags change)."""
-    server = account.server
-    p = poplib.POP3_SSL(server.host, server.pop3s_port,
-                        context=server.ca.ssl_context(), timeout=60)
-    try:
-        p.user(account.user)
-        p.pass_(account.password)
+    with account.pop3() as p:
         _, lines, _ = p.list()
-    finally:
-        p.quit()
     return [int(line.split()[1]) for line in lines]
 
 
@@ -150,12 +125,6 @@ def simple_message(subject, token, size=0):
             f"Subject: {subject}\r\n"
             f"Message-ID: <{token}.1@example.org>\r\n"
             f"\r\n").encode() + body
-
-
-def seed_raw(account, raws):
-    with account.client() as c:
-        for raw in raws:
-            c.append("INBOX", raw)
 
 
 # ------------------------------------------------------ Dovecot's POP3 log
@@ -206,7 +175,7 @@ def pop3_attempts(account):
 def test_corpus_reads_back_byte_identical(account, corpus, mount):
     account.seed(corpus)
     dots = dots_message()
-    seed_raw(account, [dots])
+    seed(account, {"INBOX": [dots]})
     want = sorted(sha(r) for r in server_raws(account))
     assert sha(dots) in want and len(want) == len(corpus) + 1
     m = mount_pop3(mount, account)
@@ -255,15 +224,8 @@ def pop3_retr_bytes(account, num):
     """Message num as POP3 RETR delivers it (dot-unstuffed; Dovecot ends
     every line with CRLF).  RETR may set \\Seen: only for tests that do
     not look at flags."""
-    server = account.server
-    p = poplib.POP3_SSL(server.host, server.pop3s_port,
-                        context=server.ca.ssl_context(), timeout=60)
-    try:
-        p.user(account.user)
-        p.pass_(account.password)
+    with account.pop3() as p:
         _, lines, _ = p.retr(num)
-    finally:
-        p.quit()
     return b"".join(line + b"\r\n" for line in lines)
 
 
@@ -273,7 +235,7 @@ def undercounted_message(account):
     bytes the server sends)."""
     raw = simple_message("No final newline", "nofinal")[:-2]
     assert not raw.endswith(b"\n")
-    seed_raw(account, [raw])
+    seed(account, {"INBOX": [raw]})
     [list_size] = pop3_list_sizes(account)
     retr = pop3_retr_bytes(account, 1)
     assert retr == raw + b"\r\n"
@@ -324,7 +286,7 @@ def test_partial_and_interleaved_reads(account, corpus, mount):
     others = [simple_message(f"Filler {i}", f"filler{i}x", size=900_000)
               for i in range(3)]
     account.seed([big])
-    seed_raw(account, others)
+    seed(account, {"INBOX": others})
     m = mount_pop3(mount, account)
     inbox = inbox_of(m)
     names = files_in(inbox)
@@ -375,7 +337,7 @@ def test_message_larger_than_memory_bound(account, mount):
            b"Content-Transfer-Encoding: base64\r\n"
            b"\r\n" + b64)
     assert len(raw) > 33 * 1024 * 1024
-    seed_raw(account, [raw])
+    seed(account, {"INBOX": [raw]})
     m = mount_pop3(mount, account)
     inbox = inbox_of(m)
     [name] = files_in(inbox)
@@ -415,7 +377,7 @@ def test_content_served_from_cache_after_remount(account, corpus, mount,
 
 def test_names_match_the_imap_view(account, corpus, mount):
     account.seed(corpus)
-    seed_raw(account, [dots_message()])
+    seed(account, {"INBOX": [dots_message()]})
     mi = mount(account)
     imap = {n: sha(read_bytes(os.path.join(inbox_of(mi), n)))
             for n in files_in(inbox_of(mi))}
@@ -746,15 +708,6 @@ def test_fallback_when_imap_server_never_answers(account, corpus, mount,
         m.unmount()
     finally:
         srv.close()
-
-
-def assert_one_line(stderr, *words):
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
-    low = lines[0].lower()
-    assert any(w.lower() in low for w in words), \
-        f"{lines[0]!r} names none of {words}"
-    return lines[0]
 
 
 def test_no_fallback_on_wrong_password(account, corpus, mount, mount_fails,

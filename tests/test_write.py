@@ -12,7 +12,6 @@ nothing here depends on how fast the machine is.
 
 import email.utils
 import errno
-import hashlib
 import os
 import queue
 import re
@@ -27,6 +26,7 @@ import pytest
 
 import corpus as corpus_mod
 from conftest import message_files, read_bytes
+from helpers import files_in, poll_until, proxy_url, sha, uid_of
 from mailserver import mutf7_encode
 
 NAME_RE = re.compile(
@@ -40,33 +40,13 @@ CHANGE_DEADLINE = 20
 
 # ---------------------------------------------------------------- helpers
 
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
-
-
-def uid_of(path):
-    return int(os.getxattr(path, "user.mail.uid").decode().strip())
-
-
 def flags_of(path):
     return set(os.getxattr(path, "user.mail.flags").decode().split())
 
 
-def files_in(directory):
-    return sorted(n for n in os.listdir(directory)
-                  if os.path.isfile(os.path.join(directory, n)))
-
-
-def wait_for(predicate, what, timeout=APPEND_DEADLINE, interval=0.25):
+def wait_for(predicate, what, timeout=APPEND_DEADLINE):
     """Polls predicate() until it returns something true; returns that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} after {timeout:.0f}s")
-        time.sleep(interval)
+    return poll_until(predicate, what, timeout)
 
 
 def server_folders(account):
@@ -743,8 +723,7 @@ def test_copy_in_never_vanishes_from_listing(account, corpus, mount):
     with account.client() as c:
         c.create("Work")
     with SlowLink(account.server.imaps_port, delay=0.3) as link:
-        m = mount(account,
-                  source=f"imaps://{account.user}@127.0.0.1:{link.port}")
+        m = mount(account, source=proxy_url(account, link))
         work = os.path.join(m.path, "Work")
         assert files_in(work) == []
         with open(os.path.join(work, "incoming.eml"), "wb") as f:

@@ -18,25 +18,15 @@
 #include <xxhash.h>
 
 #include "src/block_cache.h"
+#include "tests/unit/check.h"
 
 #define HDR BLOCK_CACHE_HEADER_SIZE
 #define BLK BLOCK_CACHE_BLOCK_SIZE
 #define PATH_LEN 4096
 #define DIR_LEN 256	/* test directories; leaves room below them */
 
-static int failures;
 static char root[64];
 static int dir_counter;
-
-#define CHECK(cond, ...) do {						\
-	if (!(cond)) {							\
-		failures++;						\
-		fprintf(stderr, "%s:%d: check failed: %s: ",		\
-			__FILE__, __LINE__, #cond);			\
-		fprintf(stderr, __VA_ARGS__);				\
-		fputc('\n', stderr);					\
-	}								\
-} while (0)
 
 /* Helpers */
 
@@ -1255,10 +1245,5 @@ int main(void)
 	test_stress();
 
 	rm_rf(root);
-	if (failures) {
-		fprintf(stderr, "%d check(s) failed\n", failures);
-		return 1;
-	}
-	printf("all block cache tests passed\n");
-	return 0;
+	return check_summary("block_cache");
 }

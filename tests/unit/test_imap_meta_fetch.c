@@ -5,17 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int failures;
-static int checks;
-
-#define CHECK(cond) do {						\
-	checks++;							\
-	if (!(cond)) {							\
-		failures++;						\
-		fprintf(stderr, "%s:%d: FAIL: %s\n", __FILE__, __LINE__,\
-			#cond);						\
-	}								\
-} while (0)
+#include "tests/unit/check.h"
 
 static int parse(const char *resp, struct backend_message *m)
 {
@@ -126,6 +116,5 @@ int main(void)
 	test_dovecot_listing();
 	test_variants();
 	test_malformed();
-	printf("%d checks, %d failures\n", checks, failures);
-	return failures ? 1 : 0;
+	return check_summary("imap_meta_fetch");
 }

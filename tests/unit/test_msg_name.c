@@ -10,17 +10,7 @@
 
 #include <xxhash.h>
 
-static int failures;
-static int checks;
-
-#define CHECK(cond) do {						\
-	checks++;							\
-	if (!(cond)) {							\
-		failures++;						\
-		fprintf(stderr, "%s:%d: FAIL: %s\n", __FILE__, __LINE__,\
-			#cond);						\
-	}								\
-} while (0)
+#include "tests/unit/check.h"
 
 /* 2025-06-04 12:00:00 UTC */
 #define IDATE 1749038400
@@ -519,10 +509,7 @@ static uint32_t rng_state = 88172645u;
 
 static uint32_t rnd(void)
 {
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 17;
-	rng_state ^= rng_state << 5;
-	return rng_state;
+	return check_xorshift(&rng_state);
 }
 
 /* Random headers built from tokens likely to upset a parser. */
@@ -712,6 +699,5 @@ int main(void)
 	test_variants();
 	test_folders();
 
-	printf("msg_name: %d checks, %d failed\n", checks, failures);
-	return failures ? 1 : 0;
+	return check_summary("msg_name");
 }

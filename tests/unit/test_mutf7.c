@@ -6,17 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int failures;
-static int checks;
-
-#define CHECK(cond) do {						\
-	checks++;							\
-	if (!(cond)) {							\
-		failures++;						\
-		fprintf(stderr, "%s:%d: FAIL: %s\n", __FILE__, __LINE__,\
-			#cond);						\
-	}								\
-} while (0)
+#include "tests/unit/check.h"
 
 /* Compares a malloc'd result with the expected string (NULL meaning
  * "rejected") and frees it. */
@@ -145,10 +135,7 @@ static uint32_t rng_state = 2463534242u;
 
 static uint32_t rnd(void)
 {
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 17;
-	rng_state ^= rng_state << 5;
-	return rng_state;
+	return check_xorshift(&rng_state);
 }
 
 static size_t put_utf8(char *o, uint32_t c)
@@ -260,6 +247,5 @@ int main(void)
 	test_random_round_trips();
 	test_random_decode();
 
-	printf("mutf7: %d checks, %d failed\n", checks, failures);
-	return failures ? 1 : 0;
+	return check_summary("mutf7");
 }

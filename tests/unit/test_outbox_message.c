@@ -6,18 +6,7 @@
 #include <time.h>
 
 #include "src/outbox_message.h"
-
-static int failures;
-
-#define CHECK(cond, ...) do {						\
-	if (!(cond)) {							\
-		failures++;						\
-		fprintf(stderr, "%s:%d: check failed: %s: ",		\
-			__FILE__, __LINE__, #cond);			\
-		fprintf(stderr, __VA_ARGS__);				\
-		fputc('\n', stderr);					\
-	}								\
-} while (0)
+#include "tests/unit/check.h"
 
 /* Parses a NUL-terminated message; returns 0 or -1 like the function. */
 static int parse(const char *text, const char *from,
@@ -505,10 +494,5 @@ int main(void)
 	test_line_ends();
 	test_bcc_removal();
 	test_added_fields();
-	if (failures > 0) {
-		fprintf(stderr, "%d check(s) failed\n", failures);
-		return 1;
-	}
-	printf("all outbox_message tests passed\n");
-	return 0;
+	return check_summary("outbox_message");
 }

@@ -16,22 +16,12 @@
 
 #include "src/outbox_sender.h"
 #include "src/outbox_spool.h"
+#include "tests/unit/check.h"
 
 #define PATH_LEN 4096
 
-static int failures;
 static char root[64];
 static int dir_counter;
-
-#define CHECK(cond, ...) do {						\
-	if (!(cond)) {							\
-		failures++;						\
-		fprintf(stderr, "%s:%d: check failed: %s: ",		\
-			__FILE__, __LINE__, #cond);			\
-		fprintf(stderr, __VA_ARGS__);				\
-		fputc('\n', stderr);					\
-	}								\
-} while (0)
 
 #define S(x) ((x) != NULL ? (x) : "(null)")
 
@@ -635,10 +625,5 @@ int main(void)
 	test_send_cycle();
 	test_retry_delay();
 	nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-	if (failures > 0) {
-		fprintf(stderr, "%d check(s) failed\n", failures);
-		return 1;
-	}
-	printf("all outbox_spool tests passed\n");
-	return 0;
+	return check_summary("outbox_spool");
 }
