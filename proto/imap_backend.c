@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "proto/imap_backend.h"
 #include "proto/imap_meta_fetch.h"
@@ -981,45 +982,249 @@ static enum backend_status imap_move(struct backend *be, const char *from,
 	return st;
 }
 
+/* LITERAL- (RFC 7888) allows non-synchronizing literals up to this size. */
+#define LITERAL_MINUS_MAX 4096
+
+/* Writes a mailbox name as libetpan's mailimap_mailbox_send() does: an
+ * atom when it is ASCII letters, digits and '-' only, else a quoted
+ * string.  False for a name no command can carry. */
+static bool put_mailbox(FILE *f, const char *name)
+{
+	const char *p;
+	bool atom = name[0] != '\0';
+
+	if (!backend_raw_name_sendable(name))
+		return false;
+	for (p = name; *p; p++) {
+		unsigned char c = (unsigned char)*p;
+
+		if (!(c == '-' || (c >= '0' && c <= '9') ||
+		      ((c | 0x20) >= 'a' && (c | 0x20) <= 'z')))
+			atom = false;
+	}
+	if (atom) {
+		fputs(name, f);
+		return true;
+	}
+	fputc('"', f);
+	for (p = name; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			fputc('\\', f);
+		fputc(*p, f);
+	}
+	fputc('"', f);
+	return true;
+}
+
+/* Writes a flag list as libetpan's flag-list sender does. */
+static void put_flag_list(FILE *f, const struct mailimap_flag_list *fl)
+{
+	static const char *const sys[] = {
+		[MAILIMAP_FLAG_ANSWERED] = "\\Answered",
+		[MAILIMAP_FLAG_FLAGGED] = "\\Flagged",
+		[MAILIMAP_FLAG_DELETED] = "\\Deleted",
+		[MAILIMAP_FLAG_SEEN] = "\\Seen",
+		[MAILIMAP_FLAG_DRAFT] = "\\Draft",
+	};
+	const char *sep = "";
+	clistiter *it;
+
+	fputc('(', f);
+	for (it = fl->fl_list ? clist_begin(fl->fl_list) : NULL; it;
+	     it = clist_next(it)) {
+		const struct mailimap_flag *flag = clist_content(it);
+
+		if (flag->fl_type == MAILIMAP_FLAG_KEYWORD)
+			fprintf(f, "%s%s", sep, flag->fl_data.fl_keyword);
+		else if (flag->fl_type == MAILIMAP_FLAG_EXTENSION)
+			fprintf(f, "%s\\%s", sep, flag->fl_data.fl_extension);
+		else if ((size_t)flag->fl_type < sizeof(sys) / sizeof(*sys) &&
+			 sys[flag->fl_type])
+			fprintf(f, "%s%s", sep, sys[flag->fl_type]);
+		else
+			continue;
+		sep = " ";
+	}
+	fputc(')', f);
+}
+
+/* The APPEND command after the tag, as mailimap_append() formats it:
+ * mailbox, flag list, INTERNALDATE in UTC unless internaldate < 0, and
+ * the literal's size, "{size}" or non-synchronizing "{size+}", with its
+ * CRLF.  A date gmtime() cannot give a four-digit year for is left out
+ * (libetpan would send a wrong year).  Returns NULL with *error_r set;
+ * the caller frees. */
+static char *append_command(const char *folder,
+	const struct mailimap_flag_list *fl, int64_t internaldate,
+	size_t size, bool nonsync, const char **error_r)
+{
+	static const char *const months[] = { "Jan", "Feb", "Mar", "Apr",
+		"May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+	char *cmd = NULL;
+	size_t cmd_len;
+	FILE *f = open_memstream(&cmd, &cmd_len);
+	bool ok;
+
+	if (!f) {
+		*error_r = "out of memory";
+		return NULL;
+	}
+	fputs("APPEND ", f);
+	ok = put_mailbox(f, folder);
+	fputc(' ', f);
+	put_flag_list(f, fl);
+	if (internaldate >= 0) {
+		time_t t = (time_t)internaldate;
+		struct tm tm;
+
+		if (gmtime_r(&t, &tm) && tm.tm_year + 1900 <= 9999)
+			fprintf(f, " \"%2d-%s-%04d %02d:%02d:%02d +0000\"",
+				tm.tm_mday, months[tm.tm_mon],
+				tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+				tm.tm_sec);
+	}
+	fprintf(f, " {%zu%s}\r\n", size, nonsync ? "+" : "");
+	if (fclose(f) != 0 || !cmd) {
+		free(cmd);
+		*error_r = "out of memory";
+		return NULL;
+	}
+	if (!ok) {
+		free(cmd);
+		*error_r = errfmt("folder name %s cannot be sent", folder);
+		return NULL;
+	}
+	return cmd;
+}
+
+/* The UID the APPENDUID code (RFC 4315) of the last answer gives, or 0;
+ * as mailimap_uidplus_append() finds it. */
+static uint32_t appended_uid(mailimap *imap)
+{
+	struct mailimap_response_info *info = imap->imap_response_info;
+	clistiter *it;
+
+	if (!info || !info->rsp_extension_list)
+		return 0;
+	for (it = clist_begin(info->rsp_extension_list); it;
+	     it = clist_next(it)) {
+		struct mailimap_extension_data *ext = clist_content(it);
+		struct mailimap_uidplus_resp_code_apnd *apnd;
+
+		if (ext->ext_extension != &mailimap_extension_uidplus ||
+		    ext->ext_type != MAILIMAP_UIDPLUS_RESP_CODE_APND)
+			continue;
+		apnd = ext->ext_data;
+		return first_uid_of(apnd->uid_set);
+	}
+	return 0;
+}
+
+/* Reads the tagged answer whose first line is next in the stream;
+ * MAILIMAP_NO_ERROR for OK, `refused` for NO. */
+static int read_tagged(mailimap *imap, int refused)
+{
+	struct mailimap_response *resp;
+	int r, cond;
+
+	if (mailimap_read_line(imap) == NULL)
+		return MAILIMAP_ERROR_STREAM;
+	r = mailimap_parse_response(imap, &resp);
+	if (r != MAILIMAP_NO_ERROR)
+		return r;
+	cond = resp->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state->rsp_type;
+	mailimap_response_free(resp);
+	return cond == MAILIMAP_RESP_COND_STATE_OK ? MAILIMAP_NO_ERROR : refused;
+}
+
+/* APPEND by hand, the same command mailimap_append() sends, but without
+ * letting libetpan parse the continuation request (see
+ * imap_session_continuation).  With LITERAL+, or LITERAL- and a small
+ * message, the literal goes along at once and no continuation comes. */
+static enum backend_status append_message(struct imap_session *s,
+	const char *folder, const struct mailimap_flag_list *fl,
+	int64_t internaldate, const void *data, size_t len,
+	uint32_t *new_uid_r, const char **error_r)
+{
+	mailimap *imap = s->imap;
+	mailstream *stream = imap->imap_stream;
+	/* Bare LFs go out as CRLF, as mailimap_append() sends them. */
+	size_t size = mailstream_get_data_crlf_size(data, len);
+	bool nonsync = s->caps.literal_plus ||
+		(s->caps.literal_minus && size <= LITERAL_MINUS_MAX);
+	bool go = true;
+	enum backend_status st;
+	size_t cmd_len;
+	char *cmd;
+	int r;
+
+	if (size > UINT32_MAX) {
+		*error_r = "message too large for IMAP";
+		return BACKEND_INVALID;
+	}
+	if (imap->imap_state != MAILIMAP_STATE_AUTHENTICATED &&
+	    imap->imap_state != MAILIMAP_STATE_SELECTED)
+		return command_failed(s, MAILIMAP_ERROR_BAD_STATE, "APPEND to",
+			folder, error_r);
+	cmd = append_command(folder, fl, internaldate, size, nonsync, error_r);
+	if (!cmd)
+		return BACKEND_INVALID;
+	cmd_len = strlen(cmd);
+	r = mailimap_send_current_tag(imap);
+	if (r == MAILIMAP_NO_ERROR &&
+	    mailstream_write(stream, cmd, cmd_len) != (ssize_t)cmd_len)
+		r = MAILIMAP_ERROR_STREAM;
+	free(cmd);
+	if (r == MAILIMAP_NO_ERROR && !nonsync) {
+		if (mailstream_flush(stream) == -1)
+			return command_failed(s, MAILIMAP_ERROR_STREAM,
+				"APPEND to", folder, error_r);
+		st = imap_session_continuation(s, "APPEND", &go, NULL,
+			error_r);
+		if (st != BACKEND_OK) {
+			*error_r = errfmt("APPEND to %s: %s: %s", folder,
+				backend_status_name(st), *error_r);
+			return st;
+		}
+	}
+	if (r == MAILIMAP_NO_ERROR && go &&
+	    (mailstream_send_data_crlf(stream, data, len, 0, NULL) == -1 ||
+	     mailstream_write(stream, "\r\n", 2) != 2 ||
+	     mailstream_flush(stream) == -1))
+		r = MAILIMAP_ERROR_STREAM;
+	if (r == MAILIMAP_NO_ERROR) {
+		r = read_tagged(imap, MAILIMAP_ERROR_APPEND);
+		/* Done without the message: no better than a NO. */
+		if (r == MAILIMAP_NO_ERROR && !go)
+			r = MAILIMAP_ERROR_APPEND;
+	}
+	if (r != MAILIMAP_NO_ERROR)
+		return command_failed(s, r, "APPEND to", folder, error_r);
+	if (s->caps.uidplus)
+		*new_uid_r = appended_uid(imap);
+	return BACKEND_OK;
+}
+
 static enum backend_status imap_append(struct backend *be,
 	const char *folder, const void *data, size_t len, const char *flags,
 	int64_t internaldate, uint32_t *new_uid_r, const char **error_r)
 {
 	struct imap_backend *ib = to_imap(be);
-	struct mailimap_date_time *dt = NULL;
 	struct mailimap_flag_list *fl;
 	struct imap_session *s;
 	enum backend_status st;
-	uint32_t validity = 0;
-	int r;
 
 	*new_uid_r = 0;
 	fl = parse_flag_list(flags, error_r);
 	if (!fl)
 		return BACKEND_INVALID;
-	if (internaldate >= 0) {
-		time_t t = (time_t)internaldate;
-		struct tm tm;
-
-		gmtime_r(&t, &tm);
-		dt = mailimap_date_time_new(tm.tm_mday, tm.tm_mon + 1,
-			tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec, 0);
-	}
 	st = imap_pool_get(ib->pool, &s, error_r);
-	if (st != BACKEND_OK)
-		goto out_free;
-	if (s->caps.uidplus)
-		r = mailimap_uidplus_append(s->imap, folder, fl, dt, data, len,
-			&validity, new_uid_r);
-	else
-		r = mailimap_append(s->imap, folder, fl, dt, data, len);
-	if (r != MAILIMAP_NO_ERROR)
-		st = command_failed(s, r, "APPEND to", folder, error_r);
-	imap_pool_put(ib->pool, &s);
-out_free:
+	if (st == BACKEND_OK) {
+		st = append_message(s, folder, fl, internaldate, data, len,
+			new_uid_r, error_r);
+		imap_pool_put(ib->pool, &s);
+	}
 	mailimap_flag_list_free(fl);
-	if (dt)
-		mailimap_date_time_free(dt);
 	return st;
 }
 
@@ -1139,6 +1344,9 @@ static char *imap_encode_name(struct backend *be, const char *raw_parent,
 
 /* ---- watching for changes ------------------------------------------------ */
 
+/* Before opening or idling again after a failure. */
+#define IDLE_RETRY_S 30
+
 /* Sleeps up to ms unless woken; true when woken. */
 static bool sleep_or_wake(struct imap_backend *ib, int ms)
 {
@@ -1147,19 +1355,60 @@ static bool sleep_or_wake(struct imap_backend *ib, int ms)
 	return poll(&pfd, 1, ms) > 0;
 }
 
+/* IDLE by hand up to the server's "+", leaving the session as
+ * mailimap_idle() does, for mailimap_idle_done(); libetpan would parse
+ * the "+" line itself (see imap_session_continuation).  *news_r: untagged
+ * responses came first, so something changed already. */
+static enum backend_status idle_start(struct imap_session *s,
+	const char *folder, bool *news_r, const char **error_r)
+{
+	mailimap *imap = s->imap;
+	enum backend_status st;
+	bool go;
+	int r;
+
+	if (imap->imap_selection_info) {
+		imap->imap_selection_info->sel_has_exists = 0;
+		imap->imap_selection_info->sel_has_recent = 0;
+	}
+	imap->imap_idle_timestamp = time(NULL);
+	r = mailimap_send_current_tag(imap);
+	if (r == MAILIMAP_NO_ERROR &&
+	    (mailstream_write(imap->imap_stream, "IDLE\r\n", 6) != 6 ||
+	     mailstream_flush(imap->imap_stream) == -1))
+		r = MAILIMAP_ERROR_STREAM;
+	if (r != MAILIMAP_NO_ERROR)
+		return command_failed(s, r, "IDLE in", folder, error_r);
+	st = imap_session_continuation(s, "IDLE", &go, news_r, error_r);
+	if (st != BACKEND_OK) {
+		*error_r = errfmt("IDLE in %s: %s: %s", folder,
+			backend_status_name(st), *error_r);
+		return st;
+	}
+	if (!go) {
+		/* Refused (or done at once, which is no better). */
+		r = read_tagged(imap, MAILIMAP_ERROR_EXTENSION);
+		return command_failed(s, r == MAILIMAP_NO_ERROR ?
+			MAILIMAP_ERROR_EXTENSION : r, "IDLE in", folder,
+			error_r);
+	}
+	return BACKEND_OK;
+}
+
 static enum backend_status imap_wait_changes(struct backend *be,
 	const char *folder, int max_wait_s, const char **error_r)
 {
 	struct imap_backend *ib = to_imap(be);
 	enum backend_status st;
 	struct imap_session *s;
+	bool news = false;
 	int r, w;
 
 	if (!ib->idle) {
 		st = imap_session_open(ib->ep, &ib->idle, error_r);
 		if (st != BACKEND_OK) {
 			/* Offline: look again later, unless told to stop. */
-			sleep_or_wake(ib, 30 * 1000);
+			sleep_or_wake(ib, IDLE_RETRY_S * 1000);
 			return st;
 		}
 	}
@@ -1170,16 +1419,18 @@ static enum backend_status imap_wait_changes(struct backend *be,
 		return BACKEND_OK;
 	}
 	st = session_examine(s, folder, true, error_r);
-	if (st != BACKEND_OK)
-		goto out_check;
-	r = mailimap_idle(s->imap);
-	if (r != MAILIMAP_NO_ERROR) {
-		st = command_failed(s, r, "IDLE in", folder, error_r);
-		goto out_check;
+	if (st == BACKEND_OK)
+		st = idle_start(s, folder, &news, error_r);
+	if (st != BACKEND_OK) {
+		if (s->broken)
+			imap_session_close(&ib->idle);
+		/* The caller comes straight back: not in a tight loop. */
+		sleep_or_wake(ib, IDLE_RETRY_S * 1000);
+		return st;
 	}
 	/* Leave the timeout to the wait: an idle server is silent. */
-	w = net_stream_wait_readable(s->imap->imap_stream, max_wait_s * 1000,
-		ib->wake[0]);
+	w = news ? 1 : net_stream_wait_readable(s->imap->imap_stream,
+		max_wait_s * 1000, ib->wake[0]);
 	r = mailimap_idle_done(s->imap);
 	if (w < 0 || r != MAILIMAP_NO_ERROR) {
 		s->broken = true;
@@ -1187,7 +1438,6 @@ static enum backend_status imap_wait_changes(struct backend *be,
 		*error_r = errfmt("IDLE in %s ended: %s", folder,
 			net_stream_last_error(s->imap->imap_stream));
 	}
-out_check:
 	if (s->broken)
 		imap_session_close(&ib->idle);
 	return st;

@@ -21,6 +21,10 @@
  *    (check_line) before libetpan parses them; STARTTLS is sent by hand
  *    for that reason.  (After login libetpan parses everything itself:
  *    with TLS only the authenticated server could send such codes.)
+ *    The continuation requests that answer APPEND and IDLE are the
+ *    exception: mailimap_append() and mailimap_idle() parse them without
+ *    a parser context too, so those commands are sent by hand and
+ *    imap_session_continuation() checks and consumes the "+" line.
  */
 #include "proto/imap_session.h"
 
@@ -47,6 +51,8 @@
  * CAPABILITY list rarely passes 1 KiB. */
 #define GREETING_MAX 16384
 #define PLAIN_ANSWER_MAX 65536
+/* Untagged responses dropped while waiting for a continuation request. */
+#define CONTINUATION_DROP_MAX (1024 * 1024)
 /* Bytes of a refused line quoted in the error message. */
 #define QUOTE_MAX 80
 
@@ -381,7 +387,8 @@ static const char *text_problem(const char *p, const char *end)
 }
 
 /* Checks one line (len bytes with its '\n') of what the server sent in
- * clear text; NULL if libetpan may parse it, else why not.  *kind_r says
+ * clear text, or of a continuation request (imap_session_continuation);
+ * NULL if libetpan may parse it, else why not.  *kind_r says
  * what the line is.  A greeting must be "* OK", "* PREAUTH" or "* BYE". */
 static const char *check_line(const char *line, size_t len, bool greeting,
 	enum line_kind *kind_r)
@@ -394,15 +401,17 @@ static const char *check_line(const char *line, size_t len, bool greeting,
 	end--;                              /* the '\n' */
 	if (end > line && end[-1] == '\r')
 		end--;
-	p = memchr(line, ' ', (size_t)(end - line));
-	if (p == NULL)
-		p = end;
-	if (p - line == 1 && line[0] == '+') {
+	/* libetpan takes "+" for a continuation request with or without
+	 * a space after it. */
+	if (line[0] == '+') {
 		*kind_r = LINE_CONTINUATION;
 		if (greeting)
 			return "not an IMAP greeting";
-		return text_problem(p, end);
+		return text_problem(line + 1, end);
 	}
+	p = memchr(line, ' ', (size_t)(end - line));
+	if (p == NULL)
+		p = end;
 	*kind_r = p - line == 1 && line[0] == '*' ? LINE_UNTAGGED :
 		LINE_TAGGED;
 	if (greeting && *kind_r != LINE_UNTAGGED)
@@ -604,6 +613,85 @@ static enum backend_status plain_command(struct imap_session *s,
 		s->broken && st == BACKEND_TEMP ? stream_reason(s) :
 		imap_session_last_text(s));
 	return st;
+}
+
+enum backend_status imap_session_continuation(struct imap_session *s,
+	const char *what, bool *go_r, bool *untagged_r, const char **error_r)
+{
+	mailimap *imap = s->imap;
+	mailstream *stream = imap->imap_stream;
+	enum line_kind kind;
+	const char *line, *problem, *end;
+	size_t dropped = 0;
+	bool literal;
+	ssize_t n;
+
+	*go_r = false;
+	if (untagged_r != NULL)
+		*untagged_r = false;
+	for (;;) {
+		/* One line at a time from the start of the buffer: each
+		 * untagged one is consumed before the next is read. */
+		n = net_stream_peek_line(stream, 0, PLAIN_ANSWER_MAX, &line);
+		if (n < 0) {
+			s->broken = true;
+			*error_r = errfmt("%s at %s failed: %s", what, s->label,
+				stream_reason(s));
+			return BACKEND_TEMP;
+		}
+		if (n == 0) {
+			s->broken = true;
+			*error_r = errfmt("bad answer to %s from %s: a line"
+				" longer than %d bytes", what, s->label,
+				PLAIN_ANSWER_MAX);
+			return BACKEND_PROTOCOL;
+		}
+		if (line[0] == '+') {
+			problem = check_line(line, (size_t)n, false, &kind);
+			if (problem != NULL) {
+				s->broken = true;
+				*error_r = errfmt("bad continuation request from"
+					" %s answering %s: %s: %s", s->label,
+					what, problem,
+					quote_line(line, (size_t)n));
+				return BACKEND_PROTOCOL;
+			}
+			/* Consumed unparsed: libetpan has nothing to add. */
+			if (mailimap_read_line(imap) == NULL) {
+				s->broken = true;
+				*error_r = errfmt("%s at %s failed: %s", what,
+					s->label, stream_reason(s));
+				return BACKEND_TEMP;
+			}
+			*go_r = true;
+			return BACKEND_OK;
+		}
+		if (line[0] != '*')
+			return BACKEND_OK;      /* tagged: refused, or junk */
+
+		/* Dropping lines one by one would lose track inside a
+		 * literal; no server sends one unasked this early. */
+		end = line + n - 1;             /* the '\n', after the '*' */
+		if (end[-1] == '\r')
+			end--;
+		literal = end[-1] == '}';
+		dropped += (size_t)n;
+		if (literal || dropped > CONTINUATION_DROP_MAX) {
+			s->broken = true;
+			*error_r = errfmt("bad answer to %s from %s: %s before"
+				" the continuation request", what, s->label,
+				literal ? "a literal" : "too much data");
+			return BACKEND_PROTOCOL;
+		}
+		if (mailimap_read_line(imap) == NULL) {
+			s->broken = true;
+			*error_r = errfmt("%s at %s failed: %s", what, s->label,
+				stream_reason(s));
+			return BACKEND_TEMP;
+		}
+		if (untagged_r != NULL)
+			*untagged_r = true;
+	}
 }
 
 /* Reads capabilities unless already known; explains failures.  CAPABILITY
@@ -833,6 +921,7 @@ static void fill_caps(struct imap_session *s)
 	c->enable = has_cap(imap, "ENABLE");
 	c->special_use = has_cap(imap, "SPECIAL-USE");
 	c->literal_plus = has_cap(imap, "LITERAL+");
+	c->literal_minus = has_cap(imap, "LITERAL-");
 	c->esearch = has_cap(imap, "ESEARCH");
 	c->namespace_ = has_cap(imap, "NAMESPACE");
 }

@@ -35,7 +35,7 @@ struct imap_endpoint {
 /* Capabilities that change what we send. */
 struct imap_caps {
 	bool uidplus, move, condstore, qresync, idle, enable, special_use,
-	     literal_plus, esearch, namespace_;
+	     literal_plus, literal_minus, esearch, namespace_;
 };
 
 struct imap_session {
@@ -83,6 +83,27 @@ void imap_session_close(struct imap_session **session);
  * libetpan reports a tagged BAD as MAILIMAP_ERROR_PROTOCOL, the same code
  * as a response with the wrong tag, so a BAD breaks the session too. */
 enum backend_status imap_session_status(struct imap_session *s, int r);
+
+/* For a command sent by hand that waits for the server's go-ahead (APPEND
+ * with a synchronizing literal, IDLE), once it is flushed: reads the
+ * answer ahead, one line at a time, before libetpan sees it.
+ * mailimap_append() and mailimap_idle() would parse a continuation
+ * request without a parser context, and crash on some response codes
+ * ("+ [BADCHARSET (x)] go"); here the "+" line is checked like the
+ * greeting (see imap_session_open) and consumed unparsed.  Untagged
+ * responses before it are dropped (*untagged_r, which may be NULL, says
+ * whether there were any).  Returns:
+ *  - BACKEND_OK, *go_r true: the continuation request was consumed; send
+ *    what follows;
+ *  - BACKEND_OK, *go_r false: the tagged answer came instead (the server
+ *    refused the command), left for mailimap_read_line() and
+ *    mailimap_parse_response();
+ *  - BACKEND_PROTOCOL (a refused continuation request, a literal or more
+ *    than 1 MiB of untagged data before it) or BACKEND_TEMP (the stream
+ *    failed), with the session broken and a one-line *error_r naming
+ *    `what` (the command), the server and the cause. */
+enum backend_status imap_session_continuation(struct imap_session *s,
+	const char *what, bool *go_r, bool *untagged_r, const char **error_r);
 
 /* The server's text from the last tagged response, with its response
  * code ("[AUTHENTICATIONFAILED] Authentication failed."), control

@@ -26,9 +26,11 @@ Faults on the server->client direction:
                             once per connection: send `data` right after
                             the first line matching `pattern` (in the same
                             segment, or in a later one with separate=True)
-  rewrite(pattern, repl, cut_after=None, flood=None)
-                            substitute `repl` for `pattern` in the first
-                            matching line of each connection, then
+  rewrite(pattern, repl, cut_after=None, flood=None, every=False)
+                            substitute `repl` (bytes, or a function of the
+                            match as for re.sub) for `pattern` in the first
+                            matching line of each connection (in every
+                            matching line with every=True), then
                             optionally close it after cut_after more bytes
                             from the server, or send `flood` bytes of
                             filler lines instead and close it
@@ -83,6 +85,7 @@ class _Faults:
         self.rewrite_repl = b""
         self.rewrite_cut = None
         self.rewrite_flood = None
+        self.rewrite_every = False
 
     def copy(self):
         f = _Faults()
@@ -107,7 +110,7 @@ class _Conn:
         self.line_cut = None      # regex starting the budget
         self.line_cut_bytes = None
         self.inject = None        # (regex, data, separate)
-        self.rewrite = None       # (regex, repl, cut)
+        self.rewrite = None       # (regex, repl, cut, flood, every)
         self.hold = b""           # incomplete line held for line faults
 
     # -- life
@@ -143,7 +146,7 @@ class _Conn:
         self.inject = (f.inject_pattern, f.inject_data, f.inject_separate) \
             if f.inject_pattern is not None else None
         self.rewrite = (f.rewrite_pattern, f.rewrite_repl, f.rewrite_cut,
-                        f.rewrite_flood) \
+                        f.rewrite_flood, f.rewrite_every) \
             if f.rewrite_pattern is not None else None
         return f
 
@@ -234,11 +237,12 @@ class _Conn:
                 break
             line, buf = buf[:nl + 1], buf[nl + 1:]
             if self.rewrite is not None:
-                pat, repl, cut, flood = self.rewrite
+                pat, repl, cut, flood, every = self.rewrite
                 new, n = pat.subn(repl, line, count=1)
                 if n:
                     line = new
-                    self.rewrite = None
+                    if not every:
+                        self.rewrite = None
                     self.proxy._count("rewritten")
                     if flood is not None:
                         out += line
@@ -542,12 +546,14 @@ class FaultProxy:
             f.inject_separate = bool(separate)
         self._change(fn)
 
-    def rewrite(self, pattern, repl, cut_after=None, flood=None):
+    def rewrite(self, pattern, repl, cut_after=None, flood=None,
+                every=False):
         def fn(f):
             f.rewrite_pattern = re.compile(pattern)
             f.rewrite_repl = repl
             f.rewrite_cut = cut_after
             f.rewrite_flood = flood
+            f.rewrite_every = bool(every)
         self._change(fn)
 
     def drop_all(self):

@@ -13,72 +13,38 @@ background the tests poll.
 """
 
 import errno
-import hashlib
 import os
 import random
-import secrets
-import shutil
 import signal
 import ssl
-import struct
 import subprocess
-import threading
 import time
 
 import pytest
 
-import mailserver
 from conftest import FUSERMOUNT, Account, is_mounted, read_bytes
-from faultproxy import FaultProxy, ScriptedImapServer
+from faultproxy import ScriptedImapServer
+from helpers import (BLOCK_HEADER, Background, assert_one_line, block_files,
+                     block_header, files_in, poll_until, proxy_url,
+                     read_uncached, seed, sha, sized_message, tmp_files,
+                     tmpfs, uid_of)
 
 MiB = 1024 * 1024
 BLOCK = MiB
-BLOCK_HEADER = 56            # bytes before a cache block file's data
 POLL_SECONDS = 180           # for anything mailfs does by itself
 BOUND_SECONDS = 60           # "fails within a bounded time"
 
 
 # ---------------------------------------------------------------- helpers
 
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
-
-
 def make_message(tag, size=0, subject=None):
     """A message whose bytes are determined by tag, about `size` bytes
     long (never less than its header): base64-looking CRLF lines."""
     rng = random.Random(tag)
-    subject = subject or f"Fault test {tag}"
-    head = (
-        f"Date: Tue, 03 Jun 2025 {rng.randrange(8, 18):02d}:"
-        f"{rng.randrange(60):02d}:00 +0000\r\n"
-        f"From: Alice Example <alice@example.org>\r\n"
-        f"To: Bob Builder <bob@example.net>\r\n"
-        f"Subject: {subject}\r\n"
-        f"Message-ID: <{tag}.{rng.getrandbits(64):016x}@faults.example>\r\n"
-        f"MIME-Version: 1.0\r\n"
-        f"Content-Type: text/plain; charset=us-ascii\r\n"
-        f"\r\n").encode()
-    alphabet = (b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                b"abcdefghijklmnopqrstuvwxyz0123456789+/")
-    pool = bytes(rng.choice(alphabet) for _ in range(76 * 64))
-    lines = max(1, (size - len(head)) // 78)
-    body = []
-    for _ in range(lines):
-        start = rng.randrange(0, len(pool) - 76)
-        body.append(pool[start:start + 76] + b"\r\n")
-    return head + b"".join(body)
-
-
-def seed(account, messages):
-    """messages: {folder: [raw, ...]}; creates folders as needed."""
-    with account.client() as c:
-        existing = {name for name, _, _ in c.list()}
-        for folder, raws in messages.items():
-            if folder != "INBOX" and folder not in existing:
-                c.create(folder)
-            for raw in raws:
-                c.append(folder, raw)
+    date = (f"Tue, 03 Jun 2025 {rng.randrange(8, 18):02d}:"
+            f"{rng.randrange(60):02d}:00 +0000")
+    return sized_message(rng, tag, size, subject or f"Fault test {tag}",
+                         date, "faults.example")
 
 
 def server_messages(account, folder="INBOX"):
@@ -87,92 +53,10 @@ def server_messages(account, folder="INBOX"):
             for uid, info in account.fetch(folder).items()}
 
 
-def files_in(directory):
-    return sorted(n for n in os.listdir(directory)
-                  if os.path.isfile(os.path.join(directory, n)))
-
-
-def uid_of(path):
-    return int(os.getxattr(path, "user.mail.uid").decode().strip())
-
-
-def proxy_url(account, proxy, scheme="imaps"):
-    return f"{scheme}://{account.user}@127.0.0.1:{proxy.port}"
-
-
-def read_uncached(path, offset=0, length=None):
-    """Reads `length` bytes (all to the end when None) through mailfs, not
-    the kernel's page cache (which keeps what an earlier read returned).
-    Reads again after a short read, as programs do: a short read followed
-    by an error is an error, followed by end of file a short file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        out = []
-        pos, left = offset, length
-        while left is None or left > 0:
-            chunk = os.pread(fd, 1 << 20 if left is None else left, pos)
-            if not chunk:
-                break
-            out.append(chunk)
-            pos += len(chunk)
-            if left is not None:
-                left -= len(chunk)
-        return b"".join(out)
-    finally:
-        os.close(fd)
-
-
-class Background:
-    """Runs fn() in a daemon thread; .result is ("ok", value) or
-    ("error", OSError) once it is done.  join() re-raises anything else."""
-
-    def __init__(self, fn):
-        self.result = None
-        self.started = time.monotonic()
-        self.ended = None
-        self.thread = threading.Thread(target=self._run, args=(fn,),
-                                       daemon=True)
-        self.thread.start()
-
-    def _run(self, fn):
-        try:
-            self.result = ("ok", fn())
-        except OSError as e:
-            self.result = ("error", e)
-        except BaseException as e:   # an assertion in fn: join() raises it
-            self.result = ("raised", e)
-        self.ended = time.monotonic()
-
-    def alive(self):
-        return self.thread.is_alive()
-
-    def join(self, timeout, what):
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), \
-            f"{what}: still blocked after {timeout:.0f}s"
-        if self.result[0] == "raised":
-            raise self.result[1]
-        return self.result
-
-
 def wait_for(what, check, timeout=POLL_SECONDS, interval=0.5):
     """Polls check() until it returns something true (OSError counts as
     not yet); returns that."""
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except OSError as e:
-            last_error = e
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not the case after {timeout:.0f}s"
-                                 + (f" (last error: {last_error!r})"
-                                    if last_error else ""))
-        time.sleep(interval)
+    return poll_until(check, what, timeout, interval, tolerate=OSError)
 
 
 def assert_eio_or_correct(result, want, what):
@@ -192,30 +76,14 @@ def assert_eio_or_correct(result, want, what):
     return True
 
 
-def block_files(cache_dir):
-    out = []
-    for dirpath, _, names in os.walk(os.path.join(cache_dir, "blocks")):
-        out.extend(os.path.join(dirpath, n) for n in names)
-    return sorted(out)
-
-
-def tmp_files(cache_dir):
-    out = []
-    for dirpath, _, names in os.walk(os.path.join(cache_dir, "tmp")):
-        out.extend(os.path.join(dirpath, n) for n in names)
-    return out
-
-
 def assert_blocks_whole(cache_dir, sizes):
     """Every cached block holds a whole block of one of the messages: 1 MiB,
     or the tail of a message of one of `sizes` bytes.  A block cut short
     by a failed transfer would have another length."""
     allowed = {BLOCK} | {s % BLOCK for s in sizes if s % BLOCK}
     for p in block_files(cache_dir):
-        with open(p, "rb") as f:
-            head = f.read(BLOCK_HEADER)
-        assert len(head) == BLOCK_HEADER and head[:8] == b"MFSBLK01", p
-        length = struct.unpack_from("<Q", head, 32)[0]
+        magic, length = block_header(p)
+        assert magic == b"MFSBLK01", p
         assert os.path.getsize(p) == BLOCK_HEADER + length, p
         assert length in allowed, \
             f"{p}: a cached block of {length} bytes, a whole block has " \
@@ -231,15 +99,6 @@ def proc_status_kib(pid, field):
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
-def assert_one_line(stderr, *words):
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
-    low = lines[0].lower()
-    assert any(w.lower() in low for w in words), \
-        f"{lines[0]!r} names none of {words}"
-    return lines[0]
-
-
 def end_daemon(m):
     """After the daemon is gone by other means: the fixture must neither
     unmount nor expect status 0 again."""
@@ -250,37 +109,11 @@ def end_daemon(m):
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture
-def proxies():
-    """proxies(upstream_port) -> a started FaultProxy, closed at teardown
-    (after the mounts, when requested before `mount`)."""
-    made = []
-
-    def make(port):
-        p = FaultProxy(port).start()
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.close()
-
-
-@pytest.fixture
 def small_tmpfs(tmp_path):
     """A 2 MiB tmpfs; detached lazily at teardown (a mount may still hold
     files in it then)."""
-    path = str(tmp_path / "tmpfs")
-    os.makedirs(path)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700",
-                        "mailfs-test", path], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stdout.decode().strip()}")
-    try:
+    with tmpfs(str(tmp_path / "tmpfs"), "2m", "mailfs-test") as path:
         yield path
-    finally:
-        subprocess.run(["umount", "-l", path], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 # ---------------------------------------------------------- a stalled server
@@ -465,49 +298,12 @@ def test_flipped_byte_in_tls_stream_is_never_served(proxies, account, mount,
 
 # ---------------------------------------------------------------- restarts
 
-class RestartableDovecot(mailserver.Dovecot):
-    """A Dovecot of one test's own whose start() after stop() keeps the
-    ports, so that a mount made before the stop can reconnect."""
-
-    def start(self, timeout=60.0):
-        if self.imap_port is None:
-            return super().start(timeout)
-        with open(self.conf, "w") as f:
-            f.write(self._config())
-        out = open(self.out_path, "ab")
-        try:
-            self.proc = subprocess.Popen(
-                [self._dovecot, "-F", "-c", self.conf],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                start_new_session=True)
-        finally:
-            out.close()
-        try:
-            for p in (self.imap_port, self.pop3_port, self.imaps_port,
-                      self.pop3s_port):
-                mailserver.wait_for_port(p, timeout=timeout, proc=self.proc)
-            self._check_greeting(timeout)
-        except Exception as e:
-            self.stop()
-            raise RuntimeError(f"Dovecot did not start again: {e}\n"
-                               f"{self.diagnostics()}") from e
-        return self
-
-
 @pytest.fixture
 def restartable_server(servers):
-    token = secrets.token_hex(4)
-    root = os.path.join(servers.root, f"faults-{token}")
-    server = RestartableDovecot(root, ssl=True, cert=servers.cert,
-                                key=servers.key, ca=servers.ca,
-                                separator="/",
-                                name=f"mailfs-faults-{os.getpid()}-{token}")
-    server.start()
-    try:
+    """A Dovecot of the test's own whose start() after stop() keeps the
+    ports, so that a mount made before the stop can reconnect."""
+    with servers.private_dovecot("faults") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.parametrize("what", ["proxy", "dovecot"])
@@ -972,4 +768,121 @@ def test_permanentflags_after_select_still_works(account, mount):
     assert flags == {"\\Flagged", "$Checked"}, flags
     assert "[PERMANENTFLAGS (" in m.stderr(), \
         "Dovecot's SELECT answer carried no PERMANENTFLAGS"
+    m.unmount()
+
+
+# ------------------------------------ continuation requests (APPEND, IDLE)
+
+# libetpan 1.9.4 parses the "+" line that answers APPEND or IDLE without a
+# parser context, like a greeting, and crashes on a response code with a
+# list in it.  mailfs reads that line itself and refuses it; given
+# LITERAL+ (Dovecot offers it) it sends the message without waiting for
+# one at all.  Dovecot's go-ahead is "+ OK" for APPEND, "+ idling" for IDLE.
+BAD_CODE = b"[BADCHARSET (x)] "
+
+
+def spoil_continuations(proxy, go_ahead, strip_literal_plus):
+    """Puts BAD_CODE in front of the text of every continuation request
+    matching go_ahead (a regex for the text after "+ "); with
+    strip_literal_plus, drops LITERAL+ and LITERAL- from every capability
+    list too.  Returns counters {"go_ahead": n, "caps": n}, updated as the
+    proxy rewrites."""
+    seen = {"go_ahead": 0, "caps": 0}
+
+    def repl(match):
+        if match.group("lit") is None:
+            seen["go_ahead"] += 1
+            return b"+ " + BAD_CODE
+        if not strip_literal_plus:
+            return match.group(0)
+        seen["caps"] += 1
+        return b""
+
+    proxy.rewrite(rb"(?P<lit> LITERAL[+-](?=[ \]\r]))|^\+ (?=" + go_ahead +
+                  rb")", repl, every=True)
+    return seen
+
+
+def mount_through(mount, account, proxy, args=()):
+    return mount(account, source=proxy_url(account, proxy, "imap"),
+                 ca_file=False, args=list(args),
+                 options=["allow_plaintext", "timeout=10", "pop3=none"])
+
+
+def log_lines_with(m, *words):
+    return [line for line in m.stderr().splitlines()
+            if all(w in line for w in words)]
+
+
+def test_copy_in_with_bad_go_ahead_is_refused(proxies, make_account, mount):
+    """Without LITERAL+ mailfs waits for the "+": one that carries a
+    response code libetpan mishandles fails that APPEND (logged, retried),
+    never mailfs."""
+    account = make_account("nossl")
+    proxy = proxies(account.server.imap_port)
+    seen = spoil_continuations(proxy, rb"OK\r\n$", strip_literal_plus=True)
+    m = mount_through(mount, account, proxy)
+    assert seen["caps"] >= 1, "the server offered no LITERAL+ to take away"
+    inbox = os.path.join(m.path, "INBOX")
+    raw = make_message("bad-go-ahead", 5000)
+    with open(os.path.join(inbox, "incoming.eml"), "wb") as f:
+        f.write(raw)
+
+    wait_for("the refused APPEND in the log",
+             lambda: log_lines_with(m, "bad continuation request"))
+    assert m.proc.poll() is None, "mailfs died"
+    assert seen["go_ahead"] >= 1
+    line = log_lines_with(m, "bad continuation request")[0]
+    assert "APPEND" in line and "BADCHARSET" in line, line
+    assert account.password not in m.stderr()
+    assert account.fetch("INBOX") == {}
+    assert "incoming.eml" in os.listdir(inbox)
+
+    # The copy-in is kept and goes in once the server behaves.
+    proxy.clear()
+    wait_for("the message on the server",
+             lambda: list(server_messages(account).values()) == [raw])
+    assert m.proc.poll() is None, "mailfs died"
+    m.unmount()
+
+
+def test_copy_in_with_literal_plus_reads_no_go_ahead(proxies, make_account,
+                                                     mount):
+    """With LITERAL+ the message goes with the command ("{n+}"): a "+"
+    the server might send is never waited for."""
+    account = make_account("nossl")
+    proxy = proxies(account.server.imap_port)
+    seen = spoil_continuations(proxy, rb"OK\r\n$", strip_literal_plus=False)
+    m = mount_through(mount, account, proxy, args=["-d"])
+    inbox = os.path.join(m.path, "INBOX")
+    raw = make_message("literal-plus", 5000)
+    with open(os.path.join(inbox, "incoming.eml"), "wb") as f:
+        f.write(raw)
+    wait_for("the message on the server",
+             lambda: list(server_messages(account).values()) == [raw])
+    assert log_lines_with(m, "APPEND INBOX", f"{{{len(raw)}+}}"), \
+        "the APPEND did not use a non-synchronizing literal"
+    assert seen["go_ahead"] == 0
+    assert not log_lines_with(m, "bad continuation request")
+    assert m.proc.poll() is None, "mailfs died"
+    m.unmount()
+
+
+def test_idle_with_bad_go_ahead_is_refused(proxies, make_account, mount):
+    """The watcher's IDLE: refused the same way (the session is dropped,
+    no DONE), retried only after a pause; the mount goes on working."""
+    account = make_account("nossl")
+    seed(account, {"INBOX": [make_message("idle-go-ahead", 2000)]})
+    proxy = proxies(account.server.imap_port)
+    seen = spoil_continuations(proxy, rb"idling", strip_literal_plus=False)
+    m = mount_through(mount, account, proxy, args=["-d"])
+    wait_for("the watcher's IDLE", lambda: seen["go_ahead"] >= 1)
+    wait_for("the bad go-ahead in the log",
+             lambda: log_lines_with(m, "S: + [BADCHARSET (x)] idling"))
+    assert len(files_in(os.path.join(m.path, "INBOX"))) == 1
+    time.sleep(2)
+    assert m.proc.poll() is None, "mailfs died"
+    # The watcher logs why once its pause is over; it pauses 30 s.
+    assert seen["go_ahead"] == 1, "IDLE was retried at once"
+    assert not log_lines_with(m, "C: DONE")
     m.unmount()
