@@ -1445,7 +1445,7 @@ static void settle_size(struct node *x, uint64_t true_size)
 		}
 }
 
-#define READAHEAD_FILES 192
+#define READAHEAD_FILES 384
 
 /* A folder read file after file in name order (grep -r, cp -r): queue the
  * heads of the next messages, fetched in batches.  Lock held. */

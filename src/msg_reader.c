@@ -12,7 +12,7 @@
 #define WORKERS 3                  /* read-ahead threads */
 #define BLOCKS_AHEAD WORKERS       /* of a message read in order */
 #define QUEUE_MAX 64               /* pending read-ahead jobs */
-#define HEADS_PER_BATCH 32         /* messages per batched fetch */
+#define HEADS_PER_BATCH 128        /* messages per batched fetch */
 #define HEADS_BYTES_PER_BATCH (8u * 1024 * 1024)
 
 struct mem_block {
