@@ -497,9 +497,11 @@ static bool ends_in_literal(struct response *rp, uint64_t *n_r)
 		return false;
 	for (i = end - 1; i > 0 && rp->buf[i - 1] >= '0' &&
 	     rp->buf[i - 1] <= '9'; i--) {
+		/* More digits than fit: too big, as any caller will find. */
 		if (end - i > 19)
-			return false;
-		n += (uint64_t)(rp->buf[i - 1] - '0') * scale;
+			n = UINT64_MAX;
+		else
+			n += (uint64_t)(rp->buf[i - 1] - '0') * scale;
 		scale *= 10;
 	}
 	if (i == end - 1 || i == 0 || rp->buf[i - 1] != '{')
