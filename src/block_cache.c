@@ -641,14 +641,15 @@ static enum read_result block_read(struct block_cache *cache,
 		n = preadv(fd, iov, 3, 0);
 	while (n < 0 && errno == EINTR);
 	if (n < (ssize_t)sizeof(hdr) || !header_decode(hdr, h_r) ||
-	    !key_equal(&h_r->key, key))
+	    !key_equal(&h_r->key, key) ||
+	    (uint64_t)st.st_size != BLOCK_CACHE_HEADER_SIZE + h_r->len)
 		goto out_close;
 	if (h_r->len > cap) {
+		/* Well formed, only too big for this reader: keep it. */
 		res = READ_SKIP;
 		goto out_close;
 	}
 	if ((uint64_t)n != BLOCK_CACHE_HEADER_SIZE + h_r->len ||
-	    (uint64_t)st.st_size != BLOCK_CACHE_HEADER_SIZE + h_r->len ||
 	    XXH3_64bits(buf, h_r->len) != h_r->data_hash)
 		goto out_close;
 	clock_gettime(CLOCK_REALTIME, &now);
