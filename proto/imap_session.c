@@ -495,33 +495,46 @@ static enum backend_status check_greeting(struct imap_session *s,
 	return BACKEND_OK;
 }
 
+/* Peeks the answer line at `off` in the stream's buffer (reading more as
+ * needed) into *line_r / *len_r; a lost stream or a line longer than
+ * PLAIN_ANSWER_MAX fails the session with an error naming `what`. */
+static enum backend_status peek_answer_line(struct imap_session *s,
+	size_t off, const char *what, const char **line_r, ssize_t *len_r,
+	const char **error_r)
+{
+	ssize_t n = net_stream_peek_line(s->imap->imap_stream, off,
+		PLAIN_ANSWER_MAX, line_r);
+
+	*len_r = n;
+	if (n > 0)
+		return BACKEND_OK;
+	s->broken = true;
+	if (n < 0) {
+		*error_r = errfmt("%s at %s failed: %s", what, s->label,
+			stream_reason(s));
+		return BACKEND_TEMP;
+	}
+	*error_r = errfmt("bad answer to %s from %s: a line longer than %d"
+		" bytes", what, s->label, PLAIN_ANSWER_MAX);
+	return BACKEND_PROTOCOL;
+}
+
 /* Reads the answer to a command sent in clear text ahead, up to its
  * tagged line, and checks every line before libetpan parses any.  Bytes
  * left over from earlier answers are checked with it. */
 static enum backend_status check_plain_answer(struct imap_session *s,
 	const char *what, const char **error_r)
 {
-	mailstream *stream = s->imap->imap_stream;
+	enum backend_status st;
 	enum line_kind kind;
 	const char *line, *problem;
 	size_t off = 0;
 	ssize_t n;
 
 	for (;;) {
-		n = net_stream_peek_line(stream, off, PLAIN_ANSWER_MAX, &line);
-		if (n < 0) {
-			s->broken = true;
-			*error_r = errfmt("%s at %s failed: %s", what, s->label,
-				stream_reason(s));
-			return BACKEND_TEMP;
-		}
-		if (n == 0) {
-			s->broken = true;
-			*error_r = errfmt("bad answer to %s from %s: longer than"
-				" %d bytes before TLS", what, s->label,
-				PLAIN_ANSWER_MAX);
-			return BACKEND_PROTOCOL;
-		}
+		st = peek_answer_line(s, off, what, &line, &n, error_r);
+		if (st != BACKEND_OK)
+			return st;
 		problem = check_line(line, (size_t)n, false, &kind);
 		if (problem != NULL) {
 			s->broken = true;
@@ -619,7 +632,7 @@ enum backend_status imap_session_continuation(struct imap_session *s,
 	const char *what, bool *go_r, bool *untagged_r, const char **error_r)
 {
 	mailimap *imap = s->imap;
-	mailstream *stream = imap->imap_stream;
+	enum backend_status st;
 	enum line_kind kind;
 	const char *line, *problem, *end;
 	size_t dropped = 0;
@@ -632,20 +645,9 @@ enum backend_status imap_session_continuation(struct imap_session *s,
 	for (;;) {
 		/* One line at a time from the start of the buffer: each
 		 * untagged one is consumed before the next is read. */
-		n = net_stream_peek_line(stream, 0, PLAIN_ANSWER_MAX, &line);
-		if (n < 0) {
-			s->broken = true;
-			*error_r = errfmt("%s at %s failed: %s", what, s->label,
-				stream_reason(s));
-			return BACKEND_TEMP;
-		}
-		if (n == 0) {
-			s->broken = true;
-			*error_r = errfmt("bad answer to %s from %s: a line"
-				" longer than %d bytes", what, s->label,
-				PLAIN_ANSWER_MAX);
-			return BACKEND_PROTOCOL;
-		}
+		st = peek_answer_line(s, 0, what, &line, &n, error_r);
+		if (st != BACKEND_OK)
+			return st;
 		if (line[0] == '+') {
 			problem = check_line(line, (size_t)n, false, &kind);
 			if (problem != NULL) {
