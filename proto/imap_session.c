@@ -1007,6 +1007,11 @@ static enum backend_status check_endpoint(const struct imap_endpoint *ep,
 }
 
 /* Connects and reads the greeting; *preauth_r tells PREAUTH. */
+static const char *guard_inspect(void *ctx, const char *data, size_t len)
+{
+	return imap_guard_feed(ctx, data, len);
+}
+
 static enum backend_status session_connect(struct imap_session *s,
 	bool *preauth_r, const char **error_r)
 {
@@ -1034,6 +1039,8 @@ static enum backend_status session_connect(struct imap_session *s,
 	/* From here on the stream belongs to s->imap, even on failure:
 	 * mailimap_connect() sets the same pointer again. */
 	s->imap->imap_stream = stream;
+	imap_guard_init(&s->guard);
+	net_stream_set_inspect(stream, guard_inspect, &s->guard);
 	st = check_greeting(s, error_r);
 	if (st != BACKEND_OK)
 		return st;

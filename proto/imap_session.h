@@ -11,6 +11,7 @@
 #include <libetpan/libetpan.h>
 #include <openssl/ssl.h>
 
+#include "proto/imap_guard.h"
 #include "src/backend.h"
 
 enum imap_tls_mode {
@@ -49,6 +50,7 @@ struct imap_session {
 	const struct imap_endpoint *ep;  /* borrowed from imap_session_open */
 	char text[256];         /* imap_session_last_text(), sanitised */
 	char label[280];        /* "host:port" for log lines */
+	struct imap_guard guard;  /* follows everything the server sends */
 };
 
 /* Connects, establishes TLS as the endpoint asks (refusing STARTTLS that is

@@ -57,6 +57,9 @@ struct net_conn {
 	char host[256];
 	char label[264];        /* "host:port" or "[v6]:port" */
 	char error[320];        /* why the stream died, "" while alive */
+	/* Sees every chunk read before it is handed over (borrowed). */
+	net_inspect_fn *inspect;
+	void *inspect_ctx;
 };
 
 /* ------------------------------------------------------------------ */
@@ -520,10 +523,19 @@ out_free_ssl:
 /* The mailstream_low driver                                           */
 
 /* Counts n bytes just read into the exchange; returns n. */
-static ssize_t conn_got(struct net_conn *c, size_t n)
+static ssize_t conn_got(struct net_conn *c, const void *buf, size_t n)
 {
 	c->exchange_bytes += n;
 	c->read_since_write = true;
+	if (c->inspect != NULL) {
+		const char *problem = c->inspect(c->inspect_ctx, buf, n);
+
+		if (problem != NULL) {
+			conn_fail(c, "refused answer from %s: %s", c->label,
+				problem);
+			return -1;
+		}
+	}
 	return (ssize_t)n;
 }
 
@@ -553,7 +565,7 @@ static ssize_t net_low_read(mailstream_low *low, void *buf, size_t len)
 			errno = 0;
 			r = SSL_read(c->ssl, buf, (int)len);
 			if (r > 0)
-				return conn_got(c, (size_t)r);
+				return conn_got(c, buf, (size_t)r);
 			err = SSL_get_error(c->ssl, r);
 			if (err == SSL_ERROR_WANT_WRITE) {
 				events = POLLOUT;
@@ -574,7 +586,7 @@ static ssize_t net_low_read(mailstream_low *low, void *buf, size_t len)
 		} else {
 			n = recv(c->fd, buf, len, 0);
 			if (n > 0)
-				return conn_got(c, (size_t)n);
+				return conn_got(c, buf, (size_t)n);
 			if (n == 0) {
 				conn_fail_closed(c);
 				return -1;
@@ -991,6 +1003,17 @@ const char *net_stream_last_error(mailstream *stream)
 	if (c == NULL)
 		return "";
 	return c->error;
+}
+
+void net_stream_set_inspect(mailstream *stream, net_inspect_fn *inspect,
+	void *ctx)
+{
+	struct net_conn *c = stream_conn(stream);
+
+	if (c == NULL)
+		return;
+	c->inspect = inspect;
+	c->inspect_ctx = ctx;
 }
 
 void net_stream_set_timeout(mailstream *stream, int timeout_s)

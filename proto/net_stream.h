@@ -88,6 +88,18 @@ int net_stream_starttls(mailstream *stream, SSL_CTX *ctx, const char *host,
 /* True once the stream runs over TLS. */
 bool net_stream_is_tls(mailstream *stream);
 
+/* Something that checks what a server sends: called with every chunk
+ * read, in order, before it is handed to anyone; returns NULL to let it
+ * through, else a static string saying why not. */
+typedef const char *net_inspect_fn(void *ctx, const char *data, size_t len);
+
+/* Installs (or with NULL removes) the stream's inspector.  A refused
+ * chunk fails the read like an I/O error, with "refused answer from
+ * HOST: WHY" as the stream's last error; the stream is then dead.  ctx is
+ * borrowed and must outlive the stream or the next call. */
+void net_stream_set_inspect(mailstream *stream, net_inspect_fn *inspect,
+	void *ctx);
+
 /* Why the stream failed ("connection closed by host:993", "host:993 did
  * not answer within 30 s", ...), or "" while it works.  Points into the
  * stream; valid until it is closed. */

@@ -1,0 +1,77 @@
+/* Unit tests for the IMAP stream guard (proto/imap_guard.c). */
+#include "proto/imap_guard.h"
+
+#include <string.h>
+
+#include "tests/unit/check.h"
+
+/* Feeds `in` whole, then byte by byte and in pieces of 7: the verdict
+ * must not depend on how the bytes arrive.  Returns whether refused. */
+static bool refused(const char *in, size_t len)
+{
+	static struct imap_guard g;
+	bool whole, bytes = false, sevens = false;
+
+	imap_guard_init(&g);
+	whole = imap_guard_feed(&g, in, len) != NULL;
+	imap_guard_init(&g);
+	for (size_t i = 0; i < len && !bytes; i++)
+		bytes = imap_guard_feed(&g, in + i, 1) != NULL;
+	imap_guard_init(&g);
+	for (size_t i = 0; i < len && !sevens; i += 7)
+		sevens = imap_guard_feed(&g, in + i,
+			len - i < 7 ? len - i : 7) != NULL;
+	CHECK(whole == bytes && bytes == sevens, "split verdicts on: %s", in);
+	return whole;
+}
+
+#define REFUSED(s) refused(s, sizeof(s) - 1)
+
+static void test_passes(void)
+{
+	CHECK(!REFUSED("* OK [CAPABILITY IMAP4rev1] ready\r\n"
+		"1 OK [READ-WRITE] SELECT done\r\n"));
+	CHECK(!REFUSED("* OK [PERMANENTFLAGS (\\Answered \\Seen $Fwd \\*)] "
+		"Flags permitted.\r\n"));
+	CHECK(!REFUSED("* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n"));
+	/* A message body talking about IMAP is just bytes. */
+	CHECK(!REFUSED("* 1 FETCH (UID 5 BODY[]<0> {40}\r\n"
+		"* OK [BADCHARSET (x)] a line in a body\r\n)\r\n"
+		"2 OK done\r\n"));
+	/* Literals in a LIST answer, LF line ends, a '+' left to others. */
+	CHECK(!REFUSED("* LIST () \"/\" {3}\nabc\n+ [BADCHARSET (x)] go\n"));
+	CHECK(!REFUSED("* 1 FETCH (BODY[HEADER] {0}\r\n)\r\n"));
+	/* At the limit. */
+	CHECK(!REFUSED("* 1 FETCH (BODY[] {268435456}\r\n"));
+}
+
+static void test_refusals(void)
+{
+	CHECK(REFUSED("* OK [BADCHARSET (x)] hi\r\n"));
+	CHECK(REFUSED("* OK [BADCHARSET (a)] one\r\n* OK [BADCHARSET (b)]\r\n"));
+	CHECK(REFUSED("3 NO [badcharset] no\r\n"));
+	CHECK(REFUSED("* BYE [BADCHARSET] bye\r\n"));
+	CHECK(REFUSED("* OK [PERMANENTFLAGS (%\r\n"));
+	CHECK(REFUSED("* OK [PERMANENTFLAGS (\\Seen\r\n"));
+	CHECK(REFUSED("* OK [PERMANENTFLAGS (\\Seen)\r\n"));
+	CHECK(REFUSED("* OK [PERMANENTFLAGS \\Seen] x\r\n"));
+	CHECK(REFUSED("* OK [PERMANENTFLAGS] x\r\n"));
+	CHECK(REFUSED("* OK [PERMANENTFLAGS (a  b)] x\r\n"));
+	CHECK(REFUSED("* 1 FETCH (BODY[] {268435457}\r\n"));
+	CHECK(REFUSED("* 1 FETCH (BODY[] {99999999999999999999}\r\n"));
+	CHECK(REFUSED("* LIST () \"/\" {4294967295}\r\nINBOX\r\n"));
+	/* After a literal the response goes on; its next line is checked
+	 * only as part of that response, the one after as a new one. */
+	CHECK(REFUSED("* 1 FETCH (X {2}\r\nab)\r\n* OK [BADCHARSET] x\r\n"));
+	/* A status line's text never announces a literal: "{5}" there
+	 * must not make the guard skip the next line. */
+	CHECK(REFUSED("* OK see {5}\r\n* OK [BADCHARSET] x\r\n"));
+	CHECK(REFUSED("1 NO hidden {27}\r\n2 NO [BADCHARSET (a)] x\r\n"));
+}
+
+int main(void)
+{
+	test_passes();
+	test_refusals();
+	return check_summary("imap_guard");
+}
