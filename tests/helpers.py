@@ -11,6 +11,7 @@
 """
 
 import contextlib
+import errno
 import hashlib
 import os
 import struct
@@ -205,6 +206,20 @@ def tmpfs(path, size, name):
     finally:
         subprocess.run(["umount", "-l", path], stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def fill_up(directory):
+    """Fills the file system of directory; returns the filler's path."""
+    path = os.path.join(directory, "filler")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    finally:
+        os.close(fd)
+    return path
 
 
 # ---------------------------------------------------------------- refusals

@@ -25,7 +25,7 @@ import pytest
 from conftest import FUSERMOUNT, Account, is_mounted, read_bytes
 from faultproxy import ScriptedImapServer
 from helpers import (BLOCK_HEADER, Background, assert_one_line, block_files,
-                     block_header, files_in, poll_until, proxy_url,
+                     block_header, files_in, fill_up, poll_until, proxy_url,
                      read_uncached, seed, sha, sized_message, tmp_files,
                      tmpfs, uid_of)
 
@@ -575,15 +575,7 @@ def test_full_cache_disk_still_reads(account, mount, small_tmpfs):
             assert read_uncached(os.path.join(inbox, n)) == server[uids[n]], n
 
     # Now not a byte is left.
-    filler = os.path.join(small_tmpfs, "filler")
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as e:
-        assert e.errno == errno.ENOSPC, e
-    finally:
-        os.close(fd)
+    filler = fill_up(small_tmpfs)
     for n in names:
         assert read_uncached(os.path.join(inbox, n)) == server[uids[n]], n
     late = make_message("full-late", 2 * MiB + 300)

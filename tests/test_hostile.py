@@ -26,7 +26,7 @@ import sys
 import pytest
 
 from conftest import read_bytes
-from helpers import sha, tmpfs
+from helpers import fill_up, sha, tmpfs
 # The outbox fixtures and helpers (make_smtp, smtp, outbox) are shared.
 from test_outbox import (  # noqa: F401,F811  (fixtures used by name)
     close_errno, listing, make_smtp, message, outbox, smtp, subject_of)
@@ -205,6 +205,18 @@ DISK_FOLDERS = [b".cr\rx", b".lf\nx", b".tab\tx", b".del\x7fx",
                 b".&AGE-", b".&AC8-", b".&AC4ALg-"]
 
 
+def create_and_fill(c, messages):
+    """Creates each folder of {name: raw} with its parents and appends
+    its message."""
+    for f, raw in messages.items():
+        parts = f.split("/")
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            if sub not in {n for n, _, _ in c.list()}:
+                c.create(sub)
+        c.append(f, raw)
+
+
 def test_folder_names_from_dovecot(account, mount, tmp_path):
     box = Sandbox(tmp_path)
     plain = {f: make_message(f"plain-{i}") for i, f in
@@ -212,13 +224,7 @@ def test_folder_names_from_dovecot(account, mount, tmp_path):
     inbox_msg = make_message("inbox")
     with account.client() as c:
         c.append("INBOX", inbox_msg)
-        for f, raw in plain.items():
-            parts = f.split("/")
-            for i in range(1, len(parts) + 1):
-                sub = "/".join(parts[:i])
-                if sub not in {n for n, _, _ in c.list()}:
-                    c.create(sub)
-            c.append(f, raw)
+        create_and_fill(c, plain)
     for i, d in enumerate(DISK_FOLDERS):
         make_maildir_folder(account.server, account.user, d,
                             make_message(f"disk-{i}"))
@@ -349,13 +355,7 @@ def test_injected_folder_names(make_account, proxies, mount, tmp_path):
     inbox_msg = make_message("inbox-injected")
     with account.client() as c:
         c.append("INBOX", inbox_msg)
-        for f, raw in real.items():
-            parts = f.split("/")
-            for i in range(1, len(parts) + 1):
-                sub = "/".join(parts[:i])
-                if sub not in {n for n, _, _ in c.list()}:
-                    c.create(sub)
-            c.append(f, raw)
+        create_and_fill(c, real)
     raws_before = list_raw(account)
 
     proxy = proxies(account.server.imap_port)
@@ -528,20 +528,6 @@ def tiny_tmpfs(tmp_path):
     """A 64 KiB tmpfs, always unmounted at teardown."""
     with tmpfs(str(tmp_path / "tiny"), "64k", "mailfs-hostile") as path:
         yield path
-
-
-def fill_up(directory):
-    """Fills the file system of directory; returns the filler's path."""
-    path = os.path.join(directory, "filler")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as e:
-        assert e.errno == errno.ENOSPC, e
-    finally:
-        os.close(fd)
-    return path
 
 
 def write_close_errno(path, data):
