@@ -5,20 +5,11 @@
 #include <string.h>
 #include <strings.h>
 
+#include "proto/imap_syntax.h"
+
 void imap_guard_init(struct imap_guard *g)
 {
 	memset(g, 0, sizeof(*g));
-}
-
-/* ATOM-CHAR of RFC 3501 (no ']' either: it ends a response code). */
-static bool atom_char(unsigned char ch)
-{
-	return ch > 0x20 && ch < 0x7f && strchr("(){%*\"\\]", ch) == NULL;
-}
-
-static bool word_is(const char *p, size_t n, const char *word)
-{
-	return n == strlen(word) && strncasecmp(p, word, n) == 0;
 }
 
 /* "(" [flag *(SP flag)] ")" then "]": flags are "\*", "\atom" or atom. */
@@ -38,7 +29,7 @@ static bool flag_list_ok(const char *p, const char *end)
 				goto next;
 			}
 		}
-		for (s = p; p < end && atom_char((unsigned char)*p); p++)
+		for (s = p; p < end && imap_atom_char((unsigned char)*p); p++)
 			;
 		if (p == s)
 			return false;
@@ -55,11 +46,11 @@ static const char *code_problem(const char *p, const char *end)
 {
 	const char *name = p;
 
-	while (p < end && atom_char((unsigned char)*p))
+	while (p < end && imap_atom_char((unsigned char)*p))
 		p++;
-	if (word_is(name, (size_t)(p - name), "BADCHARSET"))
+	if (imap_word_is(name, (size_t)(p - name), "BADCHARSET"))
 		return "a BADCHARSET response code";
-	if (word_is(name, (size_t)(p - name), "PERMANENTFLAGS") &&
+	if (imap_word_is(name, (size_t)(p - name), "PERMANENTFLAGS") &&
 	    (p >= end || *p != ' ' || !flag_list_ok(p + 1, end)))
 		return "a malformed PERMANENTFLAGS response code";
 	return NULL;
@@ -86,11 +77,11 @@ static const char *check_head(const char *line, size_t len, bool *status_r)
 			p++;
 		for (word = p; p < end && *p != ' '; p++)
 			;
-		*status_r = word_is(word, (size_t)(p - word), "OK") ||
-			word_is(word, (size_t)(p - word), "NO") ||
-			word_is(word, (size_t)(p - word), "BAD") ||
-			word_is(word, (size_t)(p - word), "BYE") ||
-			word_is(word, (size_t)(p - word), "PREAUTH");
+		*status_r = imap_word_is(word, (size_t)(p - word), "OK") ||
+			imap_word_is(word, (size_t)(p - word), "NO") ||
+			imap_word_is(word, (size_t)(p - word), "BAD") ||
+			imap_word_is(word, (size_t)(p - word), "BYE") ||
+			imap_word_is(word, (size_t)(p - word), "PREAUTH");
 		if (!*status_r)
 			return NULL;
 	}

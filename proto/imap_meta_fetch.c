@@ -9,6 +9,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "proto/imap_syntax.h"
 #include "proto/net_stream.h"
 #include "src/errfmt.h"
 
@@ -41,15 +42,6 @@ static bool eat(struct cursor *c, char ch)
 	return true;
 }
 
-/* RFC 3501 atom characters, plus ']' which only matters inside a
- * section and is handled by the caller. */
-static bool atom_char(unsigned char ch)
-{
-	return ch > 0x20 && ch < 0x7f && ch != '(' && ch != ')' &&
-		ch != '{' && ch != '"' && ch != '%' && ch != '*' &&
-		ch != '\\' && ch != ']';
-}
-
 /* An atom (or a "\Flag": a backslash then atom characters); returns its
  * length, 0 if none. */
 static size_t take_atom(struct cursor *c, const char **start_r)
@@ -58,7 +50,7 @@ static size_t take_atom(struct cursor *c, const char **start_r)
 
 	if (peek_is(c, '\\'))
 		c->p++;
-	while (!at_end(c) && atom_char((unsigned char)*c->p))
+	while (!at_end(c) && imap_atom_char((unsigned char)*c->p))
 		c->p++;
 	*start_r = s;
 	return (size_t)(c->p - s);
@@ -146,7 +138,7 @@ static bool skip_value(struct cursor *c, int depth)
 	/* Atoms here may carry a section ("BODY[...]") in rare answers. */
 	const char *s = c->p;
 
-	while (!at_end(c) && (atom_char((unsigned char)*c->p) ||
+	while (!at_end(c) && (imap_atom_char((unsigned char)*c->p) ||
 	       *c->p == '\\' || *c->p == '*' || *c->p == '%' || *c->p == ']'))
 		c->p++;
 	return c->p > s;
@@ -158,7 +150,7 @@ static size_t take_att_name(struct cursor *c, const char **start_r)
 {
 	const char *s = c->p;
 
-	while (!at_end(c) && atom_char((unsigned char)*c->p) && *c->p != '[')
+	while (!at_end(c) && imap_atom_char((unsigned char)*c->p) && *c->p != '[')
 		c->p++;
 	if (eat(c, '[')) {
 		while (!at_end(c) && *c->p != ']' && *c->p != '\r' &&
@@ -175,11 +167,6 @@ static size_t take_att_name(struct cursor *c, const char **start_r)
 	}
 	*start_r = s;
 	return (size_t)(c->p - s);
-}
-
-static bool name_is(const char *s, size_t len, const char *want)
-{
-	return strlen(want) == len && strncasecmp(s, want, len) == 0;
 }
 
 static bool name_starts(const char *s, size_t len, const char *want)
@@ -253,7 +240,7 @@ static char *parse_flags(struct cursor *c)
 			return NULL;
 		if (!peek_is(c, ')') && !eat(c, ' '))
 			return NULL;
-		if (name_is(f, fl, "\\Recent"))
+		if (imap_word_is(f, fl, "\\Recent"))
 			continue;
 		if (len + (len ? 1 : 0) + fl >= sizeof(buf))
 			continue;
@@ -330,29 +317,29 @@ int imap_meta_parse_fetch(const char *resp, size_t len,
 	    !eat(&c, ' '))
 		return -1;
 	nl = take_att_name(&c, &name);
-	if (!name_is(name, nl, "FETCH") || !eat(&c, ' ') || !eat(&c, '('))
+	if (!imap_word_is(name, nl, "FETCH") || !eat(&c, ' ') || !eat(&c, '('))
 		return -1;
 	while (!eat(&c, ')')) {
 		nl = take_att_name(&c, &name);
 		if (nl == 0 || !eat(&c, ' '))
 			return parse_fail(m);
-		if (name_is(name, nl, "UID")) {
+		if (imap_word_is(name, nl, "UID")) {
 			if (!take_number(&c, &num) || num == 0 ||
 			    num > UINT32_MAX)
 				return parse_fail(m);
 			m->uid = (uint32_t)num;
-		} else if (name_is(name, nl, "RFC822.SIZE")) {
+		} else if (imap_word_is(name, nl, "RFC822.SIZE")) {
 			if (!take_number(&c, &num))
 				return parse_fail(m);
 			m->size = num;
-		} else if (name_is(name, nl, "INTERNALDATE")) {
+		} else if (imap_word_is(name, nl, "INTERNALDATE")) {
 			const char *d;
 			size_t dl;
 
 			if (!take_quoted(&c, &d, &dl))
 				return parse_fail(m);
 			m->internaldate = internaldate_to_epoch(d, dl);
-		} else if (name_is(name, nl, "FLAGS")) {
+		} else if (imap_word_is(name, nl, "FLAGS")) {
 			free(m->flags);
 			m->flags = parse_flags(&c);
 			if (!m->flags)
@@ -574,18 +561,6 @@ static enum read_result read_response(struct reader *r, struct response *rp)
 /* ------------------------------------------------------------------ */
 /* The command                                                         */
 
-static void printable(char *dst, size_t size, const char *src, size_t len)
-{
-	size_t n = len < size - 1 ? len : size - 1;
-
-	for (size_t i = 0; i < n; i++) {
-		unsigned char ch = (unsigned char)src[i];
-
-		dst[i] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
-	}
-	dst[n] = '\0';
-}
-
 static enum backend_status send_command(struct imap_session *s,
 	const struct imap_meta_query *q, char *tag, size_t tag_size)
 {
@@ -646,7 +621,7 @@ static enum backend_status tagged_status(struct imap_session *s,
 	if (strncasecmp(text, "OK", 2) == 0 &&
 	    (text[2] == ' ' || text[2] == '\0'))
 		return BACKEND_OK;
-	printable(words, sizeof(words), text, strlen(text));
+	imap_copy_printable(words, sizeof(words), text, strlen(text));
 	if (strncasecmp(text, "NO", 2) == 0 &&
 	    (text[2] == ' ' || text[2] == '\0')) {
 		*error_r = errfmt("UID FETCH in %s: refused: %s", folder, words);
@@ -730,7 +705,7 @@ enum backend_status imap_meta_fetch(struct imap_session *s,
 			if (strncasecmp(p, "BYE", 3) == 0) {
 				char words[200];
 
-				printable(words, sizeof(words), p, strlen(p));
+				imap_copy_printable(words, sizeof(words), p, strlen(p));
 				s->broken = true;
 				st = BACKEND_TEMP;
 				*error_r = errfmt("UID FETCH in %s: the server "
@@ -749,7 +724,7 @@ enum backend_status imap_meta_fetch(struct imap_session *s,
 		/* A continuation request or another command's tag. */
 		char words[200];
 
-		printable(words, sizeof(words), rp.buf, rp.len);
+		imap_copy_printable(words, sizeof(words), rp.buf, rp.len);
 		s->broken = true;
 		st = BACKEND_PROTOCOL;
 		*error_r = errfmt("UID FETCH in %s: unexpected answer: %s",

@@ -36,6 +36,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "proto/imap_syntax.h"
 #include "proto/net_stream.h"
 #include "src/errfmt.h"
 #include "src/log.h"
@@ -83,20 +84,6 @@ static bool has_cap(mailimap *imap, const char *name)
 	return has_cap_of(imap, MAILIMAP_CAPABILITY_NAME, name);
 }
 
-/* Copies at most dst_size - 1 bytes of src, control characters as '?'. */
-static void copy_printable(char *dst, size_t dst_size, const char *src,
-	size_t src_len)
-{
-	size_t i, n = src_len < dst_size - 1 ? src_len : dst_size - 1;
-
-	for (i = 0; i < n; i++) {
-		unsigned char ch = (unsigned char)src[i];
-
-		dst[i] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
-	}
-	dst[n] = '\0';
-}
-
 static bool is_plain_ascii(const char *s)
 {
 	for (; *s != '\0'; s++)
@@ -120,7 +107,7 @@ const char *imap_session_last_text(struct imap_session *s)
 		snprintf(raw, sizeof(raw), "[%s] %s", atom, text);
 	else
 		snprintf(raw, sizeof(raw), "%s", text);
-	copy_printable(s->text, sizeof(s->text), raw, strlen(raw));
+	imap_copy_printable(s->text, sizeof(s->text), raw, strlen(raw));
 	return s->text;
 }
 
@@ -288,7 +275,7 @@ static void log_chunk(struct imap_session *s, const char *dir,
 		}
 		if (shown > 0 && str[off + shown - 1] == '\r')
 			shown--;
-		copy_printable(line, sizeof(line), str + off, shown);
+		imap_copy_printable(line, sizeof(line), str + off, shown);
 		log_debug("imap %s %s %s%s", s->label, dir, line,
 			shown > LOG_MAX_LINE ? " ..." : "");
 		off += len + (nl != NULL ? 1 : 0);
@@ -326,18 +313,6 @@ enum line_kind {
 	LINE_TAGGED,            /* "TAG ...": ends an answer */
 };
 
-/* ATOM-CHAR of RFC 3501, without the ']' that ends a response code. */
-static bool atom_char(unsigned char ch)
-{
-	return ch > 0x20 && ch < 0x7f && strchr("(){%*\"\\]", ch) == NULL;
-}
-
-/* True if p[0..n) is word, ASCII case ignored. */
-static bool word_is(const char *p, size_t n, const char *word)
-{
-	return n == strlen(word) && strncasecmp(p, word, n) == 0;
-}
-
 /* Checks the response code after '[' at p (up to end); NULL if libetpan
  * may parse it, else why not.  Accepted: CAPABILITY with atoms, and any
  * other code whose arguments are plain words (ALERT, UIDNEXT 5, REFERRAL
@@ -351,22 +326,22 @@ static const char *code_problem(const char *p, const char *end)
 	size_t n;
 	bool capability;
 
-	while (p < end && atom_char((unsigned char)*p))
+	while (p < end && imap_atom_char((unsigned char)*p))
 		p++;
 	n = (size_t)(p - name);
 	if (n == 0)
 		return "an empty response code";
-	if (word_is(name, n, "PERMANENTFLAGS"))
+	if (imap_word_is(name, n, "PERMANENTFLAGS"))
 		return "refused response code PERMANENTFLAGS";
-	if (word_is(name, n, "BADCHARSET"))
+	if (imap_word_is(name, n, "BADCHARSET"))
 		return "refused response code BADCHARSET";
-	capability = word_is(name, n, "CAPABILITY");
+	capability = imap_word_is(name, n, "CAPABILITY");
 	for (; p < end && *p != ']'; p++) {
 		unsigned char ch = (unsigned char)*p;
 
 		if (ch == ' ')
 			continue;
-		if (capability ? !atom_char(ch) :
+		if (capability ? !imap_atom_char(ch) :
 		    (ch < 0x20 || ch > 0x7e || strchr("(){\"\\[", ch)))
 			return "a response code with a list, quoted string or"
 				" literal";
@@ -425,9 +400,9 @@ static const char *check_line(const char *line, size_t len, bool greeting,
 	for (p = word; p < end && *p != ' '; p++)
 		;
 	n = (size_t)(p - word);
-	if (word_is(word, n, "OK") || word_is(word, n, "PREAUTH") ||
-	    word_is(word, n, "BYE") ||
-	    (!greeting && (word_is(word, n, "NO") || word_is(word, n, "BAD"))))
+	if (imap_word_is(word, n, "OK") || imap_word_is(word, n, "PREAUTH") ||
+	    imap_word_is(word, n, "BYE") ||
+	    (!greeting && (imap_word_is(word, n, "NO") || imap_word_is(word, n, "BAD"))))
 		return text_problem(p, end);
 	if (greeting)
 		return "not an IMAP greeting";
@@ -446,7 +421,7 @@ static const char *quote_line(const char *line, size_t len)
 		len = QUOTE_MAX;
 		cut = true;
 	}
-	copy_printable(buf, sizeof(buf), line, len);
+	imap_copy_printable(buf, sizeof(buf), line, len);
 	return errfmt("%s%s", buf, cut ? " ..." : "");
 }
 

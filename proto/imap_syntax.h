@@ -1,0 +1,40 @@
+/* Small pieces of IMAP syntax shared by the code that reads server
+ * answers without libetpan (imap_session.c, imap_meta_fetch.c,
+ * imap_guard.c). */
+#ifndef MAILFS_IMAP_SYNTAX_H
+#define MAILFS_IMAP_SYNTAX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <string.h>
+#include <strings.h>
+
+/* ATOM-CHAR of RFC 3501, without the ']' that ends a response code or a
+ * section (callers that allow it there say so). */
+static inline bool imap_atom_char(unsigned char ch)
+{
+	return ch > 0x20 && ch < 0x7f && strchr("(){%*\"\\]", ch) == NULL;
+}
+
+/* True if p[0..n) is word, ASCII case ignored. */
+static inline bool imap_word_is(const char *p, size_t n, const char *word)
+{
+	return n == strlen(word) && strncasecmp(p, word, n) == 0;
+}
+
+/* Copies at most dst_size - 1 bytes of src into dst (terminated), control
+ * characters as '?': server text fit for one log or error line. */
+static inline void imap_copy_printable(char *dst, size_t dst_size,
+	const char *src, size_t src_len)
+{
+	size_t n = src_len < dst_size - 1 ? src_len : dst_size - 1;
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)src[i];
+
+		dst[i] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
+	}
+	dst[n] = '\0';
+}
+
+#endif
