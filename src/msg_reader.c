@@ -225,6 +225,18 @@ static void queue_promote(struct msg_reader *r, struct job **at)
 	j->urgent = true;
 }
 
+/* Copies what a block of len bytes has of [off, off + want) to dst;
+ * returns how much. */
+static size_t copy_slice(char *dst, const char *block, size_t len,
+	size_t off, size_t want)
+{
+	size_t n = len > off ? (len - off < want ? len - off : want) : 0;
+
+	if (n)
+		memcpy(dst, block + off, n);
+	return n;
+}
+
 /* Copies bytes [off, off + want) of block `index` (or what of them the
  * block has) to dst, setting *copied_r.  A block from memory is copied
  * from there directly; one read from disk or the server passes through
@@ -249,10 +261,7 @@ static ssize_t get_block(struct msg_reader *r, const struct msg_ref *ref,
 		mb = mem_find(r, &key);
 		if (mb) {
 			len = mb->len;
-			*copied_r = len > off ? (len - off < want ?
-				len - off : want) : 0;
-			if (*copied_r)
-				memcpy(dst, mb->data + off, *copied_r);
+			*copied_r = copy_slice(dst, mb->data, len, off, want);
 			*eom_r = mb->eom;
 			mb->stamp = ++r->clock;
 			r->stats.memory_hits++;
@@ -275,8 +284,11 @@ static ssize_t get_block(struct msg_reader *r, const struct msg_ref *ref,
 		pthread_cond_wait(&r->fetched, &r->lock);
 	}
 	inflight_add(r, &key);
-	/* Readers waiting for a queued job look again: it is ours now. */
-	pthread_cond_broadcast(&r->fetched);
+	/* A worker claiming a block of its job: readers waiting for that
+	 * job while it was queued look again.  (A reader claims only what
+	 * no queued job will fetch, so nobody waits for its claim.) */
+	if (!dst)
+		pthread_cond_broadcast(&r->fetched);
 	pthread_mutex_unlock(&r->lock);
 
 	if (!*scratch)
@@ -313,9 +325,7 @@ out_done:
 	inflight_remove(r, &key);
 	pthread_cond_broadcast(&r->fetched);
 	pthread_mutex_unlock(&r->lock);
-	*copied_r = len > off ? (len - off < want ? len - off : want) : 0;
-	if (*copied_r)
-		memcpy(dst, buf + off, *copied_r);
+	*copied_r = copy_slice(dst, buf, len, off, want);
 	return (ssize_t)len;
 }
 
@@ -330,9 +340,9 @@ static void job_free(struct job *j)
 }
 
 /* Queues a job (takes it), dropping it when the queue is full: read-ahead
- * is an optimisation, and a stale job is worth less than a new one. */
-/* Urgent jobs (the next blocks of a message being read) go first: the
- * reader will wait for them before any of the next files. */
+ * is an optimisation, and a stale job is worth less than a new one.
+ * Urgent jobs (the next blocks of a message being read) go before the
+ * others: the reader will wait for them before any of the next files. */
 static void queue_job(struct msg_reader *r, struct job *j, bool urgent)
 {
 	pthread_mutex_lock(&r->lock);
@@ -435,9 +445,7 @@ static void run_block_job(struct msg_reader *r, struct job *j)
 		j->uids[0], j->index);
 	char *buf = NULL;
 	size_t n;
-	bool eom;
-
-	bool known;
+	bool eom, known;
 
 	if (r->cache && block_cache_contains(r->cache, &key)) {
 		block_cache_warm(r->cache, &key);
@@ -506,7 +514,31 @@ static struct job *job_new(const char *folder, uint32_t uidvalidity,
 }
 
 static void prefetch_block(struct msg_reader *r, const struct msg_ref *ref,
-	uint32_t index, bool urgent);
+	uint32_t index, bool urgent)
+{
+	struct block_key key = key_of(r, ref->folder, ref->uidvalidity,
+		ref->uid, index);
+	struct job *j;
+	bool known;
+
+	if ((uint64_t)index * BLOCK >= ref->size)
+		return;
+	pthread_mutex_lock(&r->lock);
+	/* A reader going through a large message asks for the same blocks
+	 * on every read. */
+	known = mem_find(r, &key) || inflight_has(r, &key) ||
+		queued_job_for(r, ref, index);
+	pthread_mutex_unlock(&r->lock);
+	if (known || (r->cache && block_cache_contains(r->cache, &key)))
+		return;
+	j = job_new(ref->folder, ref->uidvalidity, 1);
+	if (!j)
+		return;
+	j->uids[0] = ref->uid;
+	j->sizes[0] = ref->size;
+	j->index = index;
+	queue_job(r, j, urgent);
+}
 
 void msg_reader_prefetch_heads(struct msg_reader *r, const char *folder,
 	uint32_t uidvalidity, const uint32_t *uids, const uint64_t *sizes,
@@ -548,33 +580,6 @@ void msg_reader_prefetch_heads(struct msg_reader *r, const char *folder,
 				prefetch_block(r, &ref, b, false);
 		}
 	}
-}
-
-static void prefetch_block(struct msg_reader *r, const struct msg_ref *ref,
-	uint32_t index, bool urgent)
-{
-	struct block_key key = key_of(r, ref->folder, ref->uidvalidity,
-		ref->uid, index);
-	struct job *j;
-	bool known;
-
-	if ((uint64_t)index * BLOCK >= ref->size)
-		return;
-	pthread_mutex_lock(&r->lock);
-	/* A reader going through a large message asks for the same blocks
-	 * on every read. */
-	known = mem_find(r, &key) || inflight_has(r, &key) ||
-		queued_job_for(r, ref, index);
-	pthread_mutex_unlock(&r->lock);
-	if (known || (r->cache && block_cache_contains(r->cache, &key)))
-		return;
-	j = job_new(ref->folder, ref->uidvalidity, 1);
-	if (!j)
-		return;
-	j->uids[0] = ref->uid;
-	j->sizes[0] = ref->size;
-	j->index = index;
-	queue_job(r, j, urgent);
 }
 
 /* ---- public ------------------------------------------------------------------- */
