@@ -1044,28 +1044,34 @@ def test_rsync_restore_twice_creates_each_message_once(account, mount,
 
 # --------------------------------------------------------- other clients
 
+def appears_then_leaves(account, directory, folder, msg, check_content):
+    """Another client appends msg to folder: it shows up in the listing of
+    directory (with its UID, and its bytes when check_content), then
+    leaves it once expunged."""
+    [first] = files_in(directory)
+    with account.client() as c:
+        uid = c.append(folder, msg.raw, date=msg.internaldate)
+    [new] = wait_for(lambda: [n for n in files_in(directory) if n != first],
+                     f"new message in the {folder} listing",
+                     timeout=CHANGE_DEADLINE)
+    assert uid_of(os.path.join(directory, new)) == uid
+    if check_content:
+        assert read_bytes(os.path.join(directory, new)) == msg.raw
+
+    with account.client() as c:
+        c.expunge_uid(folder, uid)
+    wait_for(lambda: new not in os.listdir(directory),
+             f"expunged message leaving the {folder} listing",
+             timeout=CHANGE_DEADLINE)
+    assert files_in(directory) == [first]
+
+
 def test_new_mail_in_inbox_appears(account, corpus, mount):
     k = keyed(corpus)
     account.seed([k["plain"]])
     m = mount(account, options=["refresh=1"])
-    inbox = os.path.join(m.path, "INBOX")
-    [first] = files_in(inbox)
-    with account.client() as c:
-        uid = c.append("INBOX", k["subject_q"].raw,
-                       date=k["subject_q"].internaldate)
-    names = wait_for(lambda: [n for n in files_in(inbox) if n != first],
-                     "new message in the INBOX listing",
-                     timeout=CHANGE_DEADLINE)
-    [new] = names
-    assert uid_of(os.path.join(inbox, new)) == uid
-    assert read_bytes(os.path.join(inbox, new)) == k["subject_q"].raw
-
-    with account.client() as c:
-        c.expunge_uid("INBOX", uid)
-    wait_for(lambda: new not in os.listdir(inbox),
-             "expunged message leaving the INBOX listing",
-             timeout=CHANGE_DEADLINE)
-    assert files_in(inbox) == [first]
+    appears_then_leaves(account, os.path.join(m.path, "INBOX"), "INBOX",
+                        k["subject_q"], check_content=True)
 
 
 def test_new_mail_in_inbox_appears_without_polling(account, corpus, mount):
@@ -1074,41 +1080,13 @@ def test_new_mail_in_inbox_appears_without_polling(account, corpus, mount):
     k = keyed(corpus)
     account.seed([k["plain"]])
     m = mount(account, options=["refresh=3600"])
-    inbox = os.path.join(m.path, "INBOX")
-    [first] = files_in(inbox)
-    with account.client() as c:
-        uid = c.append("INBOX", k["grep"].raw, date=k["grep"].internaldate)
-    [new] = wait_for(lambda: [n for n in files_in(inbox) if n != first],
-                     "new message in the INBOX listing",
-                     timeout=CHANGE_DEADLINE)
-    assert uid_of(os.path.join(inbox, new)) == uid
-    with account.client() as c:
-        c.expunge_uid("INBOX", uid)
-    wait_for(lambda: new not in os.listdir(inbox),
-             "expunged message leaving the INBOX listing",
-             timeout=CHANGE_DEADLINE)
-    assert files_in(inbox) == [first]
+    appears_then_leaves(account, os.path.join(m.path, "INBOX"), "INBOX",
+                        k["grep"], check_content=False)
 
 
 def test_changes_in_other_folder_appear(account, corpus, mount):
     k = keyed(corpus)
     account.seed([k["plain"]], folder="Work")
     m = mount(account, options=["refresh=1"])
-    work = os.path.join(m.path, "Work")
-    [first] = files_in(work)
-    with account.client() as c:
-        uid = c.append("Work", k["folded"].raw,
-                       date=k["folded"].internaldate)
-    names = wait_for(lambda: [n for n in files_in(work) if n != first],
-                     "new message in the Work listing",
-                     timeout=CHANGE_DEADLINE)
-    [new] = names
-    assert uid_of(os.path.join(work, new)) == uid
-    assert read_bytes(os.path.join(work, new)) == k["folded"].raw
-
-    with account.client() as c:
-        c.expunge_uid("Work", uid)
-    wait_for(lambda: new not in os.listdir(work),
-             "expunged message leaving the Work listing",
-             timeout=CHANGE_DEADLINE)
-    assert files_in(work) == [first]
+    appears_then_leaves(account, os.path.join(m.path, "Work"), "Work",
+                        k["folded"], check_content=True)
