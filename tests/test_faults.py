@@ -220,6 +220,27 @@ CUT_CASES = {
 }
 
 
+def scheme_options(scheme):
+    """The mount options and keywords for TLS (imaps) or plain text
+    (imap)."""
+    if scheme == "imap":
+        return ["timeout=10", "pop3=none", "allow_plaintext"], \
+            {"ca_file": False}
+    return ["timeout=10", "pop3=none"], {}
+
+
+def mount_proxied(mount, proxies, account, scheme, **kw):
+    """Mounts account through a new fault proxy, over TLS (imaps) or in
+    plain text (imap); returns the mount and the proxy."""
+    port = account.server.imaps_port if scheme == "imaps" \
+        else account.server.imap_port
+    proxy = proxies(port)
+    opts, extra = scheme_options(scheme)
+    m = mount(account, source=proxy_url(account, proxy, scheme),
+              options=opts, **extra, **kw)
+    return m, proxy
+
+
 @pytest.mark.parametrize("case", sorted(CUT_CASES))
 def test_connection_cut_mid_literal(case, proxies, make_account, mount,
                                     tmp_path):
@@ -229,17 +250,9 @@ def test_connection_cut_mid_literal(case, proxies, make_account, mount,
     seed(account, {"INBOX": [raw]})
     [want] = server_messages(account).values()
     assert want == raw
-    port = account.server.imaps_port if scheme == "imaps" \
-        else account.server.imap_port
-    proxy = proxies(port)
     cache = str(tmp_path / "cache-cut")
-    opts = ["timeout=10", "pop3=none"]
-    kw = {}
-    if scheme == "imap":
-        opts.append("allow_plaintext")
-        kw["ca_file"] = False
-    m = mount(account, source=proxy_url(account, proxy, scheme),
-              cache_dir=cache, options=opts, **kw)
+    m, proxy = mount_proxied(mount, proxies, account, scheme,
+                             cache_dir=cache)
     inbox = os.path.join(m.path, "INBOX")
     [name] = files_in(inbox)
     path = os.path.join(inbox, name)
@@ -267,6 +280,7 @@ def test_connection_cut_mid_literal(case, proxies, make_account, mount,
     assert_blocks_whole(cache, [len(want)])
 
     # A remount serves the cached blocks: they must be the right ones.
+    opts, kw = scheme_options(scheme)
     m = mount(account, source=account.url(scheme=scheme), cache_dir=cache,
               options=opts, **kw)
     assert read_bytes(os.path.join(m.path, "INBOX", name)) == want
@@ -620,16 +634,7 @@ def test_copy_out_through_cutting_proxy(tool, fault, proxies, make_account,
     }
     seed(account, msgs)
     server = {f: server_messages(account, f) for f in msgs}
-    port = account.server.imaps_port if scheme == "imaps" \
-        else account.server.imap_port
-    proxy = proxies(port)
-    opts = ["timeout=10", "pop3=none"]
-    kw = {}
-    if scheme == "imap":
-        opts.append("allow_plaintext")
-        kw["ca_file"] = False
-    m = mount(account, source=proxy_url(account, proxy, scheme),
-              options=opts, **kw)
+    m, proxy = mount_proxied(mount, proxies, account, scheme)
     want = {}
     for folder in msgs:
         d = os.path.join(m.path, folder)
