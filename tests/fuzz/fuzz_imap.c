@@ -37,21 +37,10 @@
  * fuzzing within its memory limit. */
 #define LITERAL_MAX (1024 * 1024)
 
-static bool tracing;
 /* MAILFS_FUZZ_NO_SKIP set: run inputs the target would skip (to see
  * whether the known libetpan problems below still reproduce). */
 static bool no_skip;
 
-/* With MAILFS_FUZZ_TRACE set, says how each operation ended. */
-static enum backend_status trace(const char *what, enum backend_status st,
-	const char *error)
-{
-	if (tracing)
-		fprintf(stderr, "%s: %s%s%s\n", what, backend_status_name(st),
-			st != BACKEND_OK ? ": " : "",
-			st != BACKEND_OK ? error : "");
-	return st;
-}
 
 static struct imap_endpoint ep = {
 	.host = "127.0.0.1",
@@ -67,7 +56,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	(void)argv;
 	fuzz_server_start();
 	ep.port = fuzz_server_port();
-	tracing = getenv("MAILFS_FUZZ_TRACE") != NULL;
+	fuzz_trace_init();
 	no_skip = getenv("MAILFS_FUZZ_NO_SKIP") != NULL;
 	return 0;
 }
@@ -78,7 +67,8 @@ static void check_folders(struct backend *be)
 	const char *error;
 	size_t n = 0;
 
-	if (trace("list_folders", be->ops->list_folders(be, &f, &n, &error),
+	if (fuzz_trace("list_folders",
+		be->ops->list_folders(be, &f, &n, &error),
 		error) != BACKEND_OK)
 		return;
 	for (size_t i = 0; i < n; i++) {
@@ -115,7 +105,8 @@ static uint32_t list_inbox(struct backend *be, uint32_t *uidvalidity_r)
 	uint32_t uid = 1;
 
 	*uidvalidity_r = 1;
-	if (trace("list_messages", be->ops->list_messages(be, "INBOX", &state,
+	if (fuzz_trace("list_messages",
+		be->ops->list_messages(be, "INBOX", &state,
 		&m, &n, &error), error) != BACKEND_OK)
 		return uid;
 	check_messages(m, n);
@@ -135,7 +126,8 @@ static void read_range(struct backend *be, uint32_t uidvalidity,
 	size_t got = 0;
 
 	memset(buf, 0xa5, sizeof(buf));
-	if (trace("read_range", be->ops->read_range(be, "INBOX", uidvalidity,
+	if (fuzz_trace("read_range",
+		be->ops->read_range(be, "INBOX", uidvalidity,
 		uid, offset, READ_LEN, buf, &got, &error), error) != BACKEND_OK)
 		return;
 	FUZZ_CHECK(got <= READ_LEN, "read %zu bytes", got);
@@ -173,7 +165,7 @@ static void resync(struct backend *be)
 	const char *error;
 	size_t n = 0;
 
-	if (trace("resync_messages", be->ops->resync_messages(be, "INBOX",
+	if (fuzz_trace("resync_messages", be->ops->resync_messages(be, "INBOX",
 		&known_state, known, 2, &state, &m, &n, &error), error) !=
 	    BACKEND_OK)
 		return;
@@ -202,35 +194,36 @@ static void run(struct backend *be, unsigned scenario)
 		read_range(be, 1, 1, 10);
 		break;
 	case 4:
-		trace("read_heads", be->ops->read_heads(be, "INBOX", 1, uids,
+		fuzz_trace("read_heads",
+			be->ops->read_heads(be, "INBOX", 1, uids,
 			3, READ_LEN, got_head, &count, &error), error);
 		break;
 	case 5:
 		resync(be);
 		break;
 	case 6:
-		trace("append", be->ops->append(be, "Drafts", message,
+		fuzz_trace("append", be->ops->append(be, "Drafts", message,
 			sizeof(message) - 1, "\\Seen $label", 1700000000,
 			&new_uid, &error), error);
 		break;
 	case 7:
-		trace("move", be->ops->move(be, "INBOX", 1, 1, "Trash",
+		fuzz_trace("move", be->ops->move(be, "INBOX", 1, 1, "Trash",
 			&new_uid, &error), error);
 		break;
 	case 8:
-		trace("expunge", be->ops->expunge(be, "INBOX", 1, 1, NULL,
+		fuzz_trace("expunge", be->ops->expunge(be, "INBOX", 1, 1, NULL,
 			&error), error);
 		break;
 	case 9:
-		trace("set_flags", be->ops->set_flags(be, "INBOX", 1, 1,
+		fuzz_trace("set_flags", be->ops->set_flags(be, "INBOX", 1, 1,
 			"\\Seen \\Flagged", &error), error);
 		break;
 	case 10:
-		trace("create", be->ops->create_folder(be, "New", &error),
+		fuzz_trace("create", be->ops->create_folder(be, "New", &error),
 			error);
-		trace("rename", be->ops->rename_folder(be, "New", "Old",
+		fuzz_trace("rename", be->ops->rename_folder(be, "New", "Old",
 			&error), error);
-		trace("delete", be->ops->delete_folder(be, "Old", &error),
+		fuzz_trace("delete", be->ops->delete_folder(be, "Old", &error),
 			error);
 		break;
 	case 11:
@@ -272,7 +265,8 @@ static void run_idle(void)
 	FUZZ_CHECK(be != NULL, "imap_backend_new failed%s", "");
 	/* Woken at once: no wait for the server, no pause after a failure. */
 	be->ops->interrupt_wait(be);
-	trace("wait_changes", be->ops->wait_changes(be, "INBOX", 1, &error),
+	fuzz_trace("wait_changes",
+		be->ops->wait_changes(be, "INBOX", 1, &error),
 		error);
 	backend_destroy(&be);
 }
@@ -300,7 +294,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fuzz_server_serve(data + 1, size - 1);
 	if (scenario == SCENARIO_IDLE) {
 		run_idle();
-	} else if (trace("open", imap_session_open(&ep, &s, &error), error) ==
+	} else if (fuzz_trace("open",
+		imap_session_open(&ep, &s, &error), error) ==
 	    BACKEND_OK) {
 		be = imap_backend_new(&ep, 1, s);
 		FUZZ_CHECK(be != NULL, "imap_backend_new failed%s", "");

@@ -23,18 +23,7 @@
 #define SCENARIOS 6
 #define HEADER_MAX 4096
 
-static bool tracing;
 
-/* With MAILFS_FUZZ_TRACE set, says how each operation ended. */
-static enum backend_status trace(const char *what, enum backend_status st,
-	const char *error)
-{
-	if (tracing)
-		fprintf(stderr, "%s: %s%s%s\n", what, backend_status_name(st),
-			st != BACKEND_OK ? ": " : "",
-			st != BACKEND_OK ? error : "");
-	return st;
-}
 
 static struct pop3_endpoint ep = {
 	.host = "127.0.0.1",
@@ -50,7 +39,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	(void)argv;
 	fuzz_server_start();
 	ep.port = fuzz_server_port();
-	tracing = getenv("MAILFS_FUZZ_TRACE") != NULL;
+	fuzz_trace_init();
 	return 0;
 }
 
@@ -84,7 +73,7 @@ static size_t scan(struct pop3_session *s, unsigned *nums, size_t max)
 	size_t n = 0, k = 0;
 	bool have_uidl;
 
-	if (trace("scan", pop3_session_scan(s, &e, &n, &have_uidl, &error),
+	if (fuzz_trace("scan", pop3_session_scan(s, &e, &n, &have_uidl, &error),
 		error) != BACKEND_OK) {
 		FUZZ_CHECK(e == NULL && n == 0, "failed scan left entries%s", "");
 		return 0;
@@ -114,7 +103,8 @@ static void headers(struct pop3_session *s, const unsigned *nums, size_t n)
 	struct pop3_header out[8];
 	const char *error;
 
-	if (trace("headers", pop3_session_headers(s, nums, n, HEADER_MAX, out,
+	if (fuzz_trace("headers",
+		pop3_session_headers(s, nums, n, HEADER_MAX, out,
 		&error), error) != BACKEND_OK) {
 		for (size_t i = 0; i < n; i++)
 			FUZZ_CHECK(out[i].data == NULL, "failed headers left"
@@ -137,7 +127,7 @@ static void retr(struct pop3_session *s, unsigned num, size_t limit)
 	struct sink k = { .limit = limit };
 	const char *error;
 
-	trace("retr", pop3_session_retr(s, num, sink, &k, &error), error);
+	fuzz_trace("retr", pop3_session_retr(s, num, sink, &k, &error), error);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -151,7 +141,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size == 0)
 		return 0;
 	fuzz_server_serve(data + 1, size - 1);
-	if (trace("open", pop3_session_open(&ep, &s, &error), error) ==
+	if (fuzz_trace("open", pop3_session_open(&ep, &s, &error), error) ==
 	    BACKEND_OK) {
 		switch (data[0] % SCENARIOS) {
 		case 1:

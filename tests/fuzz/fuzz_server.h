@@ -20,7 +20,12 @@
 #define MAILFS_FUZZ_SERVER_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "src/backend.h"
 
 #define FUZZ_SERVER_PAUSE "\xff\xfe\xfd"
 #define FUZZ_SERVER_PAUSES 4
@@ -40,5 +45,25 @@ void fuzz_server_finish(void);
  * a malloc'd buffer (never NULL) of *len_r bytes. */
 uint8_t *fuzz_server_stripped(const uint8_t *data, size_t size,
 	size_t *len_r);
+
+/* The backend targets' MAILFS_FUZZ_TRACE: set up by
+ * fuzz_trace_init(), then fuzz_trace() says how each operation ended
+ * (returning its status) when the variable is set. */
+static bool fuzz_tracing;
+
+static inline void fuzz_trace_init(void)
+{
+	fuzz_tracing = getenv("MAILFS_FUZZ_TRACE") != NULL;
+}
+
+static inline enum backend_status fuzz_trace(const char *what,
+	enum backend_status st, const char *error)
+{
+	if (fuzz_tracing)
+		fprintf(stderr, "%s: %s%s%s\n", what, backend_status_name(st),
+			st != BACKEND_OK ? ": " : "",
+			st != BACKEND_OK ? error : "");
+	return st;
+}
 
 #endif
