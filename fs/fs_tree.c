@@ -430,6 +430,67 @@ static char *dir_name_variant(const char *name, unsigned v)
 	return out;
 }
 
+/* A directory below parent path `path` (plen bytes) for the folder
+ * component `part` of the folder (or implied parent) with raw name rp
+ * (NULL if unknown): the existing one for the same folder, or a new one
+ * named after part made safe, with "~N" while another folder holds that
+ * name.  May grow *w.  Returns NULL when out of memory, or with
+ * *too_deep_r set when the path would be absurdly long. */
+static struct want_dir *want_place(struct want_dir **w, size_t *n,
+	size_t *cap, const char *path, size_t plen, const char *part,
+	const char *rp, size_t depth, bool *too_deep_r)
+{
+	char *name = folder_name_sanitize(part);
+	char cand[4096];
+	struct want_dir *d;
+	unsigned v = 1;
+	int wr;
+
+	*too_deep_r = false;
+	if (!name)
+		return NULL;
+	for (;;) {
+		wr = snprintf(cand, sizeof(cand), "%.*s%s%s", (int)plen, path,
+			plen ? "/" : "", name);
+		if (wr < 0 || (size_t)wr >= sizeof(cand)) {
+			*too_deep_r = true;
+			free(name);
+			return NULL;
+		}
+		d = want_find(*w, *n, cand);
+		/* the same folder, or one nobody named */
+		if (!d || !d->raw || !rp || strcmp(d->raw, rp) == 0)
+			break;
+		/* a different folder: another name */
+		char *alt = dir_name_variant(name, ++v);
+
+		free(name);
+		name = alt;
+		if (!name)
+			return NULL;
+	}
+	if (d) {
+		free(name);
+		return d;
+	}
+	if (*n == *cap) {
+		struct want_dir *nw = realloc(*w, 2 * *cap * sizeof(**w));
+
+		if (!nw) {
+			free(name);
+			return NULL;
+		}
+		*w = nw;
+		*cap *= 2;
+	}
+	d = &(*w)[(*n)++];
+	memset(d, 0, sizeof(*d));
+	d->path = strdup(cand);
+	d->name = name;
+	d->depth = depth;
+	return d->path ? d : NULL;
+}
+
 /* Order of naming: parents first; among folders whose names collide once
  * made safe, the one shown unchanged keeps the name and the others get
  * "~2", "~3", ...; ties go by raw name, so the result does not depend on
@@ -513,66 +574,16 @@ static struct want_dir *folders_to_dirs(const struct backend_folder *f,
 				goto fail;
 			d = rp ? want_find_raw(w, n, rp, j, path, plen) : NULL;
 			if (!d) {
-				char *name = folder_name_sanitize(fo->parts[j]);
-				char cand[sizeof(path)];
-				unsigned v = 1;
-				int wr;
+				bool too_deep;
 
-				if (!name) {
+				d = want_place(&w, &n, &cap, path, plen,
+					fo->parts[j], rp, j, &too_deep);
+				if (!d) {
 					free(rp);
+					if (too_deep)
+						break;  /* ignore the rest */
 					goto fail;
 				}
-				for (;;) {
-					wr = snprintf(cand, sizeof(cand),
-						"%.*s%s%s", (int)plen, path,
-						plen ? "/" : "", name);
-					if (wr < 0 || (size_t)wr >= sizeof(cand))
-						break;
-					d = want_find(w, n, cand);
-					/* the same folder, or one nobody named */
-					if (!d || !d->raw || !rp ||
-					    strcmp(d->raw, rp) == 0)
-						break;
-					/* a different folder: another name */
-					char *alt = dir_name_variant(name, ++v);
-
-					free(name);
-					name = alt;
-					if (!name) {
-						free(rp);
-						goto fail;
-					}
-				}
-				if (wr < 0 || (size_t)wr >= sizeof(cand)) {
-					free(name);
-					free(rp);
-					break;   /* absurdly deep: ignore the rest */
-				}
-				if (!d) {
-					if (n == cap) {
-						struct want_dir *nw = realloc(w,
-							2 * cap * sizeof(*w));
-
-						if (!nw) {
-							free(name);
-							free(rp);
-							goto fail;
-						}
-						w = nw;
-						cap *= 2;
-					}
-					d = &w[n++];
-					memset(d, 0, sizeof(*d));
-					d->path = strdup(cand);
-					d->name = name;
-					d->depth = j;
-					name = NULL;
-					if (!d->path) {
-						free(rp);
-						goto fail;
-					}
-				}
-				free(name);
 			}
 			if (last && !d->real) {
 				free(d->raw);
