@@ -204,9 +204,16 @@ static int check_domain(const char *s, size_t len, const char **error_r)
 		for (i = 1; i < len - 1; i++) {
 			unsigned char c = (unsigned char)s[i];
 
+			/* libetpan's header parser stops at a ':' in an
+			 * address literal, so an IPv6 literal could be
+			 * checked here but not read back from a header. */
+			if (c == ':') {
+				*error_r = "IPv6 address literals are not"
+					" supported";
+				return -1;
+			}
 			if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-			      (c >= 'A' && c <= 'Z') || c == '.' || c == ':' ||
-			      c == '-')) {
+			      (c >= 'A' && c <= 'Z') || c == '.' || c == '-')) {
 				*error_r = "bad character in the address literal";
 				return -1;
 			}

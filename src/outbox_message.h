@@ -12,10 +12,11 @@
  *  - To, Cc and Bcc together name at least one recipient;
  *  - every envelope address is a plain SMTP mailbox (local@domain) of at
  *    most OUTBOX_ADDRESS_MAX octets (the local part at most 64, the
- *    domain at most 255, each of its labels at most 63) with no control
- *    character, space, '<' or '>', valid UTF-8, and appears verbatim in
- *    its field (so a parser that silently drops characters cannot change
- *    where mail goes).
+ *    domain at most 255, each of its labels at most 63; an address
+ *    literal is IPv4-style: libetpan cannot read an IPv6 one back from a
+ *    header) with no control character, space, '<' or '>', valid UTF-8,
+ *    and appears verbatim in its field (so a parser that silently drops
+ *    characters cannot change where mail goes).
  *
  * Line ends may be LF, CRLF or CR; every result of this module uses CRLF.
  */

@@ -267,6 +267,8 @@ static void test_hostile(void)
 	CHECK(outbox_address_check("a@b.c", &error) == 0, "plain");
 	CHECK(outbox_address_check("\"a.b\"@c.d", &error) == 0, "quoted");
 	CHECK(outbox_address_check("a@[192.0.2.1]", &error) == 0, "literal");
+	CHECK(outbox_address_check("a@[IPv6:2001:db8::1]", &error) < 0,
+		"IPv6 literal, which headers cannot carry");
 	CHECK(outbox_address_check("a@b..c", &error) < 0, "empty label");
 }
 
