@@ -25,8 +25,10 @@ hierarchy delimiter and encoded in modified UTF-7 (RFC 3501 5.1.3).
 import base64
 import contextlib
 import datetime
+import fcntl
 import imaplib
 import os
+import random
 import re
 import secrets
 import shutil
@@ -48,11 +50,52 @@ def _which(name):
     return found
 
 
+# Ports handed out by free_port(): never the same one twice in a run, and
+# never one another run on this machine holds (a lock file per port, kept
+# until the process ends).  They come from below the kernel's ephemeral
+# range, so an outgoing connection cannot take one before its server binds.
+_PORT_LOCK_DIR = "/tmp/mailfs-test-ports"
+_ports_held = {}
+
+
+def _port_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    top = max(low - 1, 2048)
+    return max(1024, top - 12000), top
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on now and that no
+    other free_port() call, in this process or another, has handed out."""
+    os.makedirs(_PORT_LOCK_DIR, mode=0o1777, exist_ok=True)
+    low, high = _port_range()
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randint(low, high)
+        if port in _ports_held:
+            continue
+        fd = os.open(os.path.join(_PORT_LOCK_DIR, str(port)),
+                     os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # as the servers bind: a port in TIME_WAIT is usable
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                os.close(fd)
+                continue
+        _ports_held[port] = fd
+        return port
+    raise RuntimeError("no free TCP port found on 127.0.0.1")
 
 
 def closed_port():
