@@ -8,6 +8,7 @@
 #define XXH_STATIC_LINKING_ONLY  /* XXH3_state_t on the stack */
 #include <xxhash.h>
 
+#include "fs/folder_dirs.h"
 #include "fs/fs_outbox.h"
 #include "fs/fs_tree_priv.h"
 #include "fs/msg_name.h"
@@ -334,282 +335,6 @@ void fs_tree_set_stats_hook(struct fs_tree *t, char *(*hook)(void *ctx),
 
 /* ---- the folder tree ----------------------------------------------------- */
 
-/* One directory wanted by a folder listing. */
-struct want_dir {
-	char *path;       /* sanitised components joined by '/' */
-	char *name;       /* last component */
-	char *raw;        /* server name, NULL for an implied parent */
-	bool selectable;
-	bool real;        /* listed by the server (not only implied) */
-	size_t depth;
-	struct node *node;
-};
-
-static int want_cmp(const void *a, const void *b)
-{
-	const struct want_dir *x = a, *y = b;
-
-	if (x->depth != y->depth)
-		return x->depth < y->depth ? -1 : 1;
-	return strcmp(x->path, y->path);
-}
-
-static struct want_dir *want_find(struct want_dir *w, size_t n,
-	const char *path)
-{
-	for (size_t i = 0; i < n; i++)
-		if (strcmp(w[i].path, path) == 0)
-			return &w[i];
-	return NULL;
-}
-
-/* The directory directly below parent path `parent` (plen bytes, ""
- * at the top; depth levels deep) that stands for the server folder
- * `raw`, or NULL. */
-static struct want_dir *want_find_raw(struct want_dir *w, size_t n,
-	const char *raw, size_t depth, const char *parent, size_t plen)
-{
-	for (size_t i = 0; i < n; i++) {
-		if (w[i].depth != depth || !w[i].raw ||
-		    strcmp(w[i].raw, raw) != 0)
-			continue;
-		if (plen == 0 || (strncmp(w[i].path, parent, plen) == 0 &&
-				  w[i].path[plen] == '/'))
-			return &w[i];
-	}
-	return NULL;
-}
-
-static void want_free(struct want_dir *w, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		free(w[i].path);
-		free(w[i].name);
-		free(w[i].raw);
-	}
-	free(w);
-}
-
-/* The raw name of the first `levels` levels of raw (a parent implied by a
- * deeper folder), or NULL. */
-static char *raw_prefix(const char *raw, char delim, size_t levels)
-{
-	const char *p = raw;
-
-	if (!delim)
-		return NULL;
-	for (size_t i = 0; i < levels; i++) {
-		p = strchr(p, delim);
-		if (!p)
-			return NULL;
-		if (i + 1 < levels)
-			p++;
-	}
-	return strndup(raw, p - raw);
-}
-
-/* name with "~v" appended, cut at a character boundary so that the
- * result stays within MSG_NAME_MAX bytes. */
-static char *dir_name_variant(const char *name, unsigned v)
-{
-	char suffix[16];
-	size_t slen = (size_t)snprintf(suffix, sizeof(suffix), "~%u", v);
-	size_t len = strlen(name);
-	char *out;
-
-	if (len + slen > MSG_NAME_MAX) {
-		len = MSG_NAME_MAX - slen;
-		while (len > 0 && ((unsigned char)name[len] & 0xc0) == 0x80)
-			len--;
-	}
-	out = malloc(len + slen + 1);
-	if (!out)
-		return NULL;
-	memcpy(out, name, len);
-	memcpy(out + len, suffix, slen + 1);
-	return out;
-}
-
-/* A directory below parent path `path` (plen bytes) for the folder
- * component `part` of the folder (or implied parent) with raw name rp
- * (NULL if unknown): the existing one for the same folder, or a new one
- * named after part made safe, with "~N" while another folder holds that
- * name.  May grow *w.  Returns NULL when out of memory, or with
- * *too_deep_r set when the path would be absurdly long. */
-static struct want_dir *want_place(struct want_dir **w, size_t *n,
-	size_t *cap, const char *path, size_t plen, const char *part,
-	const char *rp, size_t depth, bool *too_deep_r)
-{
-	char *name = folder_name_sanitize(part);
-	char cand[4096];
-	struct want_dir *d;
-	unsigned v = 1;
-	int wr;
-
-	*too_deep_r = false;
-	if (!name)
-		return NULL;
-	for (;;) {
-		wr = snprintf(cand, sizeof(cand), "%.*s%s%s", (int)plen, path,
-			plen ? "/" : "", name);
-		if (wr < 0 || (size_t)wr >= sizeof(cand)) {
-			*too_deep_r = true;
-			free(name);
-			return NULL;
-		}
-		d = want_find(*w, *n, cand);
-		/* the same folder, or one nobody named */
-		if (!d || !d->raw || !rp || strcmp(d->raw, rp) == 0)
-			break;
-		/* a different folder: another name */
-		char *alt = dir_name_variant(name, ++v);
-
-		free(name);
-		name = alt;
-		if (!name)
-			return NULL;
-	}
-	if (d) {
-		free(name);
-		return d;
-	}
-	if (*n == *cap) {
-		struct want_dir *nw = realloc(*w, 2 * *cap * sizeof(**w));
-
-		if (!nw) {
-			free(name);
-			return NULL;
-		}
-		*w = nw;
-		*cap *= 2;
-	}
-	d = &(*w)[(*n)++];
-	memset(d, 0, sizeof(*d));
-	d->path = strdup(cand);
-	d->name = name;
-	d->depth = depth;
-	return d->path ? d : NULL;
-}
-
-/* Order of naming: parents first; among folders whose names collide once
- * made safe, the one shown unchanged keeps the name and the others get
- * "~2", "~3", ...; ties go by raw name, so the result does not depend on
- * the order of the server's listing. */
-struct folder_order {
-	const struct backend_folder *f;
-	bool exact;       /* every component is shown unchanged */
-};
-
-static int folder_order_cmp(const void *a, const void *b)
-{
-	const struct folder_order *x = a, *y = b;
-
-	if (x->f->n_parts != y->f->n_parts)
-		return x->f->n_parts < y->f->n_parts ? -1 : 1;
-	if (x->exact != y->exact)
-		return x->exact ? -1 : 1;
-	return strcmp(x->f->raw_name, y->f->raw_name);
-}
-
-static bool folder_exact(const struct backend_folder *f)
-{
-	for (size_t j = 0; j < f->n_parts; j++) {
-		char *clean = folder_name_sanitize(f->parts[j]);
-		bool same = clean && strcmp(clean, f->parts[j]) == 0;
-
-		free(clean);
-		if (!same)
-			return false;
-	}
-	return true;
-}
-
-/* Turns the server's folders (and the parents they imply) into a list of
- * directories, parents before children.  Two server folders never share a
- * directory: when their names are the same once made safe ("a/b" in a
- * flat name and "a_b", or names that differ only in control characters),
- * all but one get a "~N" suffix.  Folders whose raw names cannot be sent
- * back safely (backend_raw_name_sendable) are left out. */
-static struct want_dir *folders_to_dirs(const struct backend_folder *f,
-	size_t nf, char delim, size_t *count_r)
-{
-	size_t cap = 16, n = 0;
-	struct want_dir *w = calloc(cap, sizeof(*w));
-	struct folder_order *order = calloc(nf ? nf : 1, sizeof(*order));
-
-	if (!w || !order) {
-		free(w);
-		free(order);
-		return NULL;
-	}
-	size_t no = 0;
-
-	for (size_t i = 0; i < nf; i++) {
-		if (!backend_raw_name_sendable(f[i].raw_name)) {
-			char *shown = folder_name_sanitize(f[i].raw_name);
-
-			log_warn("folder '%s': its name holds a line break;"
-				" not shown", shown ? shown : "?");
-			free(shown);
-			continue;
-		}
-		order[no].f = &f[i];
-		order[no].exact = folder_exact(&f[i]);
-		no++;
-	}
-	qsort(order, no, sizeof(*order), folder_order_cmp);
-
-	for (size_t i = 0; i < no; i++) {
-		const struct backend_folder *fo = order[i].f;
-		char path[4096] = "";
-		size_t plen = 0;
-
-		for (size_t j = 0; j < fo->n_parts; j++) {
-			bool last = j + 1 == fo->n_parts;
-			char *rp = last ? strdup(fo->raw_name) :
-				raw_prefix(fo->raw_name, delim, j + 1);
-			struct want_dir *d;
-
-			if (last && !rp)
-				goto fail;
-			d = rp ? want_find_raw(w, n, rp, j, path, plen) : NULL;
-			if (!d) {
-				bool too_deep;
-
-				d = want_place(&w, &n, &cap, path, plen,
-					fo->parts[j], rp, j, &too_deep);
-				if (!d) {
-					free(rp);
-					if (too_deep)
-						break;  /* ignore the rest */
-					goto fail;
-				}
-			}
-			if (last && !d->real) {
-				free(d->raw);
-				d->raw = rp;
-				rp = NULL;
-				d->selectable = !fo->noselect;
-				d->real = true;
-			} else if (!last && !d->raw) {
-				d->raw = rp;
-				rp = NULL;
-			}
-			free(rp);
-			plen = strlen(d->path);
-			memcpy(path, d->path, plen + 1);
-		}
-	}
-	free(order);
-	qsort(w, n, sizeof(*w), want_cmp);
-	*count_r = n;
-	return w;
-fail:
-	free(order);
-	want_free(w, n);
-	return NULL;
-}
-
 static void collect_dirs(struct node *d, struct node ***all, size_t *n,
 	size_t *cap)
 {
@@ -642,15 +367,22 @@ int tree_add_child_dir(struct node *parent, struct node *child)
 
 static void preload_cached_listings(struct fs_tree *t);
 
+static int dir_name_cmp(const void *a, const void *b)
+{
+	const struct node *const *x = a, *const *y = b;
+
+	return strcmp((*x)->name, (*y)->name);
+}
+
 /* Rebuilds the directory tree from a folder list (borrowed). */
 int tree_install_folders(struct fs_tree *t,
 	const struct backend_folder *folders, size_t nf, const char **error_r)
 {
 	struct node **old = NULL;
-	struct want_dir *want;
+	struct folder_dir *want;
 	size_t nw = 0, n_old = 0, cap_old = 0;
 
-	want = folders_to_dirs(folders, nf, t->be->delimiter, &nw);
+	want = folder_dirs_build(folders, nf, t->be->delimiter, &nw);
 	if (!want) {
 		*error_r = "out of memory";
 		return -ENOMEM;
@@ -667,26 +399,25 @@ int tree_install_folders(struct fs_tree *t,
 		old[i]->n_prev_dirs = old[i]->n_dirs;
 		old[i]->dirs = NULL;
 		old[i]->n_dirs = 0;
+		qsort(old[i]->prev_dirs, old[i]->n_prev_dirs,
+			sizeof(*old[i]->prev_dirs), dir_name_cmp);
 	}
 	t->root->seen = true;
 	for (size_t i = 0; i < nw; i++) {
-		struct node *d = NULL, *parent = t->root;
-		char *slash = strrchr(want[i].path, '/');
+		struct node *d = NULL, *parent = t->root, key, *kp = &key,
+			**found;
 
-		if (slash) {
-			struct want_dir *pw;
-
-			*slash = '\0';
-			pw = want_find(want, nw, want[i].path);
-			*slash = '/';
-			parent = pw ? pw->node : NULL;
+		if (want[i].parent != FOLDER_DIR_TOP) {
+			parent = want[want[i].parent].node;
 			if (!parent)
 				continue;
 		}
-		for (size_t k = 0; k < parent->n_prev_dirs; k++)
-			if (strcmp(parent->prev_dirs[k]->name,
-				   want[i].name) == 0)
-				d = parent->prev_dirs[k];
+		key.name = want[i].name;
+		found = parent->n_prev_dirs ? bsearch(&kp, parent->prev_dirs,
+			parent->n_prev_dirs, sizeof(*parent->prev_dirs),
+			dir_name_cmp) : NULL;
+		if (found)
+			d = *found;
 		if (!d) {
 			fuse_ino_t ino = tree_dir_ino(want[i].path);
 
@@ -731,7 +462,7 @@ int tree_install_folders(struct fs_tree *t,
 	}
 	pthread_mutex_unlock(&t->lock);
 	free(old);
-	want_free(want, nw);
+	folder_dirs_free(want, nw);
 	preload_cached_listings(t);
 	return 0;
 }
