@@ -58,7 +58,8 @@ struct known {
 	char *key;              /* unique-id, or "hash ..." (see header) */
 	char *header;           /* Date/Subject/Message-ID/From block, or NULL */
 	size_t header_len;
-	int64_t first_seen;     /* when a listing first showed it */
+	int64_t first_seen;     /* when a listing first showed it; once the
+				   header is known, its arrival_date() */
 	int64_t date;           /* internaldate we report */
 	uint64_t true_size;     /* after a full RETR; 0 if not yet */
 	uint64_t list_size;     /* LIST's count in the last listing */
@@ -193,8 +194,10 @@ static char *filter_header(const char *raw, size_t len, size_t *len_r)
 	return out;
 }
 
-/* The unfolded value of the first Date field, malloc'd; NULL if none. */
-static char *date_value(const char *h, size_t len)
+/* The unfolded value of the first field called name (of nlen bytes) in
+ * header block h, malloc'd; NULL if none. */
+static char *field_value(const char *h, size_t len, const char *name,
+	size_t nlen)
 {
 	size_t i = 0;
 
@@ -204,9 +207,9 @@ static char *date_value(const char *h, size_t len)
 		size_t ll = nl != NULL ? (size_t)(nl - line) + 1 : len - i;
 
 		i += ll;
-		if (ll < 5 || strncasecmp(line, "date", 4) != 0)
+		if (ll <= nlen || strncasecmp(line, name, nlen) != 0)
 			continue;
-		size_t c = 4;
+		size_t c = nlen;
 
 		while (c < ll && (line[c] == ' ' || line[c] == '\t'))
 			c++;
@@ -298,8 +301,26 @@ static bool parse_date(const char *v, int64_t *out)
 	return true;
 }
 
-/* Sets k's header from a raw TOP block, and its date. */
-static int known_set_header(struct known *k, const char *raw, size_t len)
+/* When the server took the message in: the date of the topmost Received
+ * field (after its last ';'), or 0 when there is none.  A function of the
+ * message alone, so a name derived from it survives a fresh cache. */
+static int64_t arrival_date(const char *raw, size_t len)
+{
+	char *rv = field_value(raw, len, "received", 8);
+	char *semi = rv != NULL ? strrchr(rv, ';') : NULL;
+	int64_t t = 0;
+
+	if (semi == NULL || !parse_date(semi + 1, &t))
+		t = 0;
+	free(rv);
+	return t;
+}
+
+/* Sets k's header, and its date, from a header block: the whole block as
+ * TOP sent it when whole, else the filtered block kept in the state file
+ * (with the arrival date in k->first_seen). */
+static int known_set_header(struct known *k, const char *raw, size_t len,
+	bool whole)
 {
 	size_t flen;
 	char *f = filter_header(raw, len, &flen);
@@ -310,10 +331,10 @@ static int known_set_header(struct known *k, const char *raw, size_t len)
 	free(k->header);
 	k->header = f;
 	k->header_len = flen;
-	if (k->first_seen == 0)
-		k->first_seen = time(NULL);
+	if (whole)
+		k->first_seen = arrival_date(raw, len);
 	k->date = k->first_seen;
-	dv = date_value(f, flen);
+	dv = field_value(f, flen, "date", 4);
 	if (dv != NULL) {
 		int64_t t;
 
@@ -721,7 +742,7 @@ static void load_headers(struct pop3_backend *pb)
 		if (k != NULL && k->header == NULL) {
 			k->first_seen = first_seen;
 			k->true_size = size;
-			if (known_set_header(k, c.p, (size_t)hlen) < 0)
+			if (known_set_header(k, c.p, (size_t)hlen, false) < 0)
 				goto out_free;
 		}
 		c.p += hlen + 1;
@@ -1432,7 +1453,7 @@ static enum backend_status fill_headers(struct pop3_backend *pb,
 		if (k == NULL || k->header != NULL)
 			continue;
 		if (raw[i].data != NULL) {
-			if (known_set_header(k, raw[i].data, raw[i].len) < 0)
+			if (known_set_header(k, raw[i].data, raw[i].len, true) < 0)
 				goto out_nomem;
 			pb->headers_dirty = true;
 			continue;
@@ -1464,7 +1485,7 @@ static enum backend_status fill_headers(struct pop3_backend *pb,
 		if (got[j].refused)
 			continue;
 		k = known_by_uid(pb, uid_of[where[j]]);
-		if (known_set_header(k, got[j].data, got[j].len) < 0)
+		if (known_set_header(k, got[j].data, got[j].len, true) < 0)
 			goto out_nomem;
 		pb->headers_dirty = true;
 	}
