@@ -7,6 +7,7 @@
 
 #include "src/errfmt.h"
 #include "src/secret.h"
+#include "src/secret_cmd.h"
 
 /* Reads the first line of f (without its line end). */
 static char *read_first_line(FILE *f)
@@ -75,21 +76,10 @@ char *secret_read_password(const char *password_file, const char *password_cmd,
 	} else if (env) {
 		pw = strdup(env);
 	} else if (password_cmd) {
-		FILE *p = popen(password_cmd, "r");
-		int status;
-
-		if (!p) {
-			*error_r = errfmt("cannot run password_cmd: %s",
-				strerror(errno));
+		pw = secret_cmd_run(password_cmd, "password_cmd",
+			SECRET_PASSWORD_CMD_TIMEOUT_MS, error_r);
+		if (!pw)
 			return NULL;
-		}
-		pw = read_first_line(p);
-		status = pclose(p);
-		if (!pw || status != 0) {
-			secret_free(&pw);
-			*error_r = "password_cmd failed or printed nothing";
-			return NULL;
-		}
 	} else if (isatty(STDIN_FILENO)) {
 		pw = prompt_terminal();
 	}

@@ -3,9 +3,12 @@
 #ifndef MAILFS_SECRET_H
 #define MAILFS_SECRET_H
 
+/* How long password_cmd may take: long enough for a passphrase prompt. */
+#define SECRET_PASSWORD_CMD_TIMEOUT_MS (120 * 1000)
+
 /* Reads the password, in order of preference, from: password_file (its
  * first line), the MAILFS_PASSWORD environment variable, the first line
- * printed by password_cmd (run with /bin/sh -c), or a prompt on the
+ * printed by password_cmd (see secret_cmd.h), or a prompt on the
  * terminal.  Returns a malloc'd string owned by the caller (wipe it with
  * secret_free), or NULL with *error_r set.  A password containing CR, LF
  * or NUL is refused. */
