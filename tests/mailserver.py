@@ -236,14 +236,17 @@ class Dovecot:
                 ports; False -> plaintext only, no STARTTLS offered.
     cert, key:  the server certificate (required when ssl is True).
     separator:  hierarchy delimiter of the INBOX namespace.
+    oauth2_url: an introspection endpoint (tests/oauth2.py): XOAUTH2 and
+                OAUTHBEARER are offered, their tokens checked there.
 
     Attributes after start(): host, imap_port, imaps_port, pop3_port,
     pop3s_port (the TLS ports are None when ssl is False), log_path.
     """
 
     def __init__(self, root, ssl=True, cert=None, key=None, ca=None,
-                 separator="/", name="mailfs-test"):
+                 separator="/", name="mailfs-test", oauth2_url=None):
         self.root = root
+        self.oauth2_url = oauth2_url
         self.ssl = ssl
         self.cert = cert
         self.key = key
@@ -316,8 +319,31 @@ class Dovecot:
             "}",
             "passdb {",
             "  driver = passwd-file",
+            "  mechanisms = plain login" if self.oauth2_url else "",
             f"  args = scheme=PLAIN {self.passwd_dir}/%u",
             "}",
+        ]
+        if self.oauth2_url:
+            ext = os.path.join(self.root, "oauth2.conf.ext")
+            with open(ext, "w") as f:
+                f.write("introspection_mode = post\n"
+                        f"introspection_url = {self.oauth2_url}\n"
+                        "username_attribute = username\n"
+                        "active_attribute = active\n"
+                        "active_value = true\n")
+            lines = [line for line in lines
+                     if not line.startswith("auth_mechanisms")]
+            lines += [
+                "auth_mechanisms = plain login xoauth2 oauthbearer",
+                # a refused token is answered at once, not after 2 s
+                "auth_failure_delay = 0",
+                "passdb {",
+                "  driver = oauth2",
+                "  mechanisms = xoauth2 oauthbearer",
+                f"  args = {ext}",
+                "}",
+            ]
+        lines += [
             "userdb {",
             "  driver = static",
             f"  args = uid={DOVECOT_USER} gid={DOVECOT_USER} "
@@ -758,11 +784,21 @@ class ServerSet:
         self.wrong_cert, self.wrong_key = self.ca.issue(
             "wrong", dns=["wrong.example"])
         self._servers = {}
+        self._idp = None
+
+    def introspection(self):
+        """The token introspection endpoint (tests/oauth2.py) that the
+        "oauth2" Dovecot asks; started on first use."""
+        if self._idp is None:
+            from oauth2 import Introspection
+            self._idp = Introspection().start()
+        return self._idp
 
     def dovecot(self, variant="main"):
         """Started on first use.  Variants: "main" (TLS, '/' separator),
         "wrongcert" (certificate for wrong.example), "nossl" (no TLS, no
-        STARTTLS), "dot" (TLS, '.' separator)."""
+        STARTTLS), "dot" (TLS, '.' separator), "oauth2" (as main, and
+        XOAUTH2 and OAUTHBEARER with tokens from introspection())."""
         if variant in self._servers:
             return self._servers[variant]
         kw = dict(ssl=True, cert=self.cert, key=self.key, ca=self.ca,
@@ -773,6 +809,8 @@ class ServerSet:
             kw.update(ssl=False, cert=None, key=None)
         elif variant == "dot":
             kw.update(separator=".")
+        elif variant == "oauth2":
+            kw.update(oauth2_url=self.introspection().url)
         elif variant != "main":
             raise ValueError(variant)
         server = Dovecot(os.path.join(self.root, variant),
@@ -806,6 +844,9 @@ class ServerSet:
             except Exception as e:  # keep stopping the others
                 errors.append(e)
         self._servers.clear()
+        if self._idp is not None:
+            self._idp.close()
+            self._idp = None
         if errors:
             raise errors[0]
 

@@ -21,7 +21,14 @@ Security is that of a real submission server:
   tls="none"      no TLS at all, no STARTTLS offered (to check that mailfs
                   refuses to go on)
 AUTH PLAIN and LOGIN (see `auth_mechanisms`) are checked against
-`user`/`password` and required before MAIL.  SMTPUTF8 is offered unless
+`user`/`password` and required before MAIL.  With `oauth2` (an
+oauth2.Introspection), XOAUTH2 and OAUTHBEARER may be offered too: a token
+is good when the introspection endpoint says it stands for `user`.  Both
+answer a bad token as Gmail does, with a 334 JSON error challenge, and then
+535 once the client has answered it as its mechanism requires (an empty
+line for XOAUTH2, a single 0x01 for OAUTHBEARER; anything else is recorded
+as an "auth-protocol" event).  XOAUTH2 without an initial response gets an
+empty 334 first, as Microsoft 365 sends.  SMTPUTF8 is offered unless
 smtputf8=False; 8BITMIME always is.
 
 What arrives is recorded, in order:
@@ -54,6 +61,9 @@ Behaviour, changeable at any time from the test (thread-safe):
 """
 
 import asyncio
+import base64
+import binascii
+import json
 import logging
 import os
 import ssl
@@ -61,7 +71,7 @@ import threading
 import time
 import warnings
 
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
 
 from mailserver import free_port, wait_for_port
 
@@ -127,6 +137,12 @@ class _Handler:
     def __init__(self, owner):
         self.owner = owner
 
+    async def auth_XOAUTH2(self, server, args):
+        return await self.owner._oauth(server, args, "XOAUTH2")
+
+    async def auth_OAUTHBEARER(self, server, args):
+        return await self.owner._oauth(server, args, "OAUTHBEARER")
+
     async def handle_MAIL(self, server, session, envelope, address,
                           mail_options):
         reply = self.owner._mail_reply()
@@ -177,7 +193,7 @@ class SmtpServer:
 
     def __init__(self, cert=None, key=None, user=None, password=None,
                  port=None, tls="starttls", auth_mechanisms=("PLAIN", "LOGIN"),
-                 smtputf8=True, log_path=None):
+                 smtputf8=True, log_path=None, oauth2=None):
         if tls not in ("starttls", "implicit", "none"):
             raise ValueError(tls)
         if tls != "none" and not (cert and key):
@@ -186,6 +202,7 @@ class SmtpServer:
         self.user, self.password = user, password
         self.tls = tls
         self.auth_mechanisms = tuple(m.upper() for m in auth_mechanisms)
+        self.oauth2 = oauth2
         self.smtputf8 = smtputf8
         self.port = port or free_port()
         self.log_path = log_path
@@ -333,6 +350,49 @@ class SmtpServer:
             session.mailfs_login = login
         return AuthResult(success=ok, handled=False)
 
+    async def _oauth(self, server, args, mech):
+        """XOAUTH2 and OAUTHBEARER, checked with self.oauth2."""
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = base64.b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        fields = blob.split(b"\x01")
+        user = token = None
+        if mech == "OAUTHBEARER":
+            gs2 = fields[0].split(b",")
+            if len(gs2) >= 2 and gs2[1].startswith(b"a="):
+                user = gs2[1][2:].decode(errors="replace")
+            fields = fields[1:]
+        for f in fields:
+            if f.startswith(b"user="):
+                user = f[5:].decode(errors="replace")
+            elif f.lower().startswith(b"auth=bearer "):
+                token = f[12:].decode(errors="replace")
+        ok = (self.oauth2 is not None and token is not None and
+              mech in self.auth_mechanisms and user == self.user and
+              self.oauth2.user_of(token) == user)
+        if ok:
+            self._event("auth", f"{mech} {user}")
+            server.session.mailfs_login = user
+            return AuthResult(success=True, handled=False,
+                              auth_data=LoginPassword(user.encode(), b""))
+        err = {"status": "401", "schemes": "bearer",
+               "scope": "https://mail.google.com/"}
+        if mech == "OAUTHBEARER":
+            err = {"status": "invalid_token", "scope": "mail"}
+        answer = await server.challenge_auth(json.dumps(err))
+        want = b"\x01" if mech == "OAUTHBEARER" else b""
+        if answer != want:
+            self._event("auth-protocol", f"{mech} answered {answer!r}")
+        self._event("auth-failed", f"{mech} {user}")
+        return AuthResult(success=False, handled=False)
+
     def snapshot(self):
         """(deliveries, attempts, events) copies, taken together."""
         with self._lock:
@@ -385,8 +445,9 @@ class SmtpServer:
                   enable_SMTPUTF8=self.smtputf8, decode_data=False,
                   loop=self._loop,
                   authenticator=self._authenticate, auth_required=True,
-                  auth_exclude_mechanism=[m for m in ("PLAIN", "LOGIN")
-                                          if m not in self.auth_mechanisms],
+                  auth_exclude_mechanism=[
+                      m for m in ("PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER")
+                      if m not in self.auth_mechanisms],
                   timeout=300)
         if self.tls == "starttls":
             kw.update(tls_context=self._ssl_context(), require_starttls=True,
