@@ -25,6 +25,7 @@
 
 #include "src/errfmt.h"
 #include "src/log.h"
+#include "src/mail_date.h"
 
 #define FOLDER "INBOX"
 /* Header bytes read per message (TOP n 0); the rest is ignored. */
@@ -238,69 +239,6 @@ static char *field_value(const char *h, size_t len, const char *name,
 	return NULL;
 }
 
-/* libetpan reads the zone as one number of any length ("+2" is two
- * minutes) and "UT" as 1.  Returns the zone in +-hhmm, or 0 when it makes
- * no sense; idx is where libetpan stopped. */
-static int fix_zone(const char *v, size_t idx, int zone)
-{
-	size_t b = idx;
-	int az;
-
-	if (idx >= 2 && v[idx - 2] == 'U' && v[idx - 1] == 'T')
-		return 0;
-	while (b > 0 && v[b - 1] >= '0' && v[b - 1] <= '9')
-		b--;
-	if (b > 0 && b < idx && idx - b <= 2 &&
-	    (v[b - 1] == '+' || v[b - 1] == '-'))
-		zone *= 100;        /* hours only */
-	az = zone < 0 ? -zone : zone;
-	if (az > 2359 || az % 100 > 59)
-		return 0;
-	return zone;
-}
-
-/* Parses a Date value into seconds since the epoch (UTC). */
-static bool parse_date(const char *v, int64_t *out)
-{
-	struct mailimf_date_time *dt = NULL;
-	struct tm tm = { 0 };
-	size_t idx = 0;
-	int year, zone, off;
-	time_t t;
-
-	if (mailimf_date_time_parse(v, strlen(v), &idx, &dt) !=
-	    MAILIMF_NO_ERROR || dt == NULL)
-		return false;
-	year = dt->dt_year;
-	if (year >= 0 && year < 50)
-		year += 2000;       /* RFC 5322 obsolete two-digit years */
-	else if (year >= 50 && year < 1000)
-		year += 1900;
-	tm.tm_year = year - 1900;
-	tm.tm_mon = dt->dt_month - 1;
-	tm.tm_mday = dt->dt_day;
-	tm.tm_hour = dt->dt_hour;
-	tm.tm_min = dt->dt_min;
-	tm.tm_sec = dt->dt_sec;
-	zone = fix_zone(v, idx, dt->dt_zone);
-	mailimf_date_time_free(dt);
-
-	if (year < 1900 || year > 9999 || tm.tm_mon < 0 || tm.tm_mon > 11 ||
-	    tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_hour < 0 ||
-	    tm.tm_hour > 23 || tm.tm_min < 0 || tm.tm_min > 59 ||
-	    tm.tm_sec < 0 || tm.tm_sec > 60)
-		return false;
-	int mday = tm.tm_mday;
-
-	t = timegm(&tm);
-	if (tm.tm_mday != mday)
-		return false;       /* 31 April and the like */
-	off = (zone < 0 ? -zone : zone) / 100 * 3600 +
-	      (zone < 0 ? -zone : zone) % 100 * 60;
-	*out = (int64_t)t - (zone < 0 ? -off : off);
-	return true;
-}
-
 /* When the server took the message in: the date of the topmost Received
  * field (after its last ';'), or 0 when there is none.  A function of the
  * message alone, so a name derived from it survives a fresh cache. */
@@ -310,7 +248,7 @@ static int64_t arrival_date(const char *raw, size_t len)
 	char *semi = rv != NULL ? strrchr(rv, ';') : NULL;
 	int64_t t = 0;
 
-	if (semi == NULL || !parse_date(semi + 1, &t))
+	if (semi == NULL || !mail_date_parse(semi + 1, &t))
 		t = 0;
 	free(rv);
 	return t;
@@ -338,7 +276,7 @@ static int known_set_header(struct known *k, const char *raw, size_t len,
 	if (dv != NULL) {
 		int64_t t;
 
-		if (parse_date(dv, &t))
+		if (mail_date_parse(dv, &t))
 			k->date = t;
 		free(dv);
 	}
