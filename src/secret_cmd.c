@@ -47,10 +47,7 @@ static void flush_err_line(struct run *r)
 	if (r->err_len == 0 && !r->err_cut)
 		return;
 	if (r->err_lines < ERR_LINES_MAX) {
-		for (size_t i = 0; i < r->err_len; i++)
-			if ((unsigned char)r->err[i] < 0x20 || r->err[i] == 0x7f)
-				r->err[i] = '?';
-		r->err[r->err_len] = '\0';
+		r->err[r->err_len] = '\0';   /* NULs end it early: fine */
 		log_warn("%s: %s%s", r->label, r->err, r->err_cut ? "..." : "");
 	} else if (r->err_lines == ERR_LINES_MAX) {
 		log_warn("%s: (more on standard error, not shown)", r->label);
