@@ -38,8 +38,11 @@
 
 #include "proto/imap_syntax.h"
 #include "proto/net_stream.h"
+#include "proto/sasl.h"
 #include "src/errfmt.h"
 #include "src/log.h"
+#include "src/secret.h"
+#include "src/token_source.h"
 
 /* LOGOUT at close waits at most this long. */
 #define LOGOUT_TIMEOUT_S 5
@@ -705,132 +708,157 @@ static enum backend_status session_capability(struct imap_session *s,
 	return BACKEND_OK;
 }
 
-/* AUTHENTICATE PLAIN (RFC 4616): any bytes, base64 on the wire.  With
- * SASL-IR the response rides on the command line, else it follows the
- * server's "+" continuation. */
-static int auth_plain(struct imap_session *s, const char *user,
-	const char *password)
+/* Sends str (base64 or "*") and CRLF with the stream's logging muted:
+ * it carries a secret. */
+static int send_secret_line(mailstream *stream, const char *str)
+{
+	int res;
+
+	mailstream_set_privacy(stream, 0);
+	if ((res = stream_puts(stream, str)) == MAILIMAP_NO_ERROR &&
+	    (res = stream_puts(stream, "\r\n")) == MAILIMAP_NO_ERROR &&
+	    mailstream_flush(stream) == -1)
+		res = MAILIMAP_ERROR_STREAM;
+	mailstream_set_privacy(stream, 1);
+	return res;
+}
+
+/* The base64 text of a SASL response; "=" stands for an empty one
+ * (RFC 4959) where it rides on the command line. */
+static char *response_b64(const unsigned char *r, size_t len, bool on_line)
+{
+	if (len == 0)
+		return strdup(on_line ? "=" : "");
+	return sasl_b64_encode(r, len);
+}
+
+/* The most challenges one exchange may bring before mailfs gives up. */
+#define SASL_ROUNDS_MAX 4
+
+/* AUTHENTICATE with the mechanism of c (RFC 3501, 4959).  With SASL-IR
+ * (known before the capabilities were forgotten for the login) the
+ * initial response rides on the command line, else it follows the
+ * server's first "+".  Later challenges are answered as sasl.h says; an
+ * OAuth2 error challenge so gets the tagged NO that ends the exchange.
+ * Returns a MAILIMAP_ERROR_* code: MAILIMAP_ERROR_LOGIN for a NO. */
+static int auth_sasl(struct imap_session *s, struct sasl_client *c,
+	bool sasl_ir)
 {
 	mailimap *imap = s->imap;
 	mailstream *stream = imap->imap_stream;
-	bool sasl_ir = has_cap(imap, "SASL-IR");
-	size_t ulen = strlen(user), plen = strlen(password);
-	size_t mlen = ulen + plen + 2, blen = 4 * ((mlen + 2) / 3) + 1;
-	unsigned char *msg;
-	char *b64;
+	bool sent_initial = sasl_ir;
+	size_t ilen = 0;
+	unsigned char *initial = sasl_initial_response(c, &ilen);
+	char *b64 = initial ? response_b64(initial, ilen, sasl_ir) : NULL;
 	int r, cond, res;
 
-	msg = malloc(mlen);
-	b64 = malloc(blen);
-	if (msg == NULL || b64 == NULL) {
+	if (b64 == NULL) {
 		res = MAILIMAP_ERROR_MEMORY;
-		goto out_free;
+		goto out;
 	}
-	/* authzid (empty) NUL authcid NUL passwd */
-	msg[0] = '\0';
-	memcpy(msg + 1, user, ulen);
-	msg[1 + ulen] = '\0';
-	memcpy(msg + 2 + ulen, password, plen);
-	EVP_EncodeBlock((unsigned char *)b64, msg, (int)mlen);
-
-	mailstream_set_privacy(stream, 0);
 	res = mailimap_send_current_tag(imap);
 	if (res != MAILIMAP_NO_ERROR)
-		goto out_public;
+		goto out;
+	if ((res = stream_puts(stream, "AUTHENTICATE ")) ||
+	    (res = stream_puts(stream, sasl_name(c->mech))))
+		goto out;
 	if (sasl_ir) {
-		if ((res = stream_puts(stream, "AUTHENTICATE PLAIN ")) ||
-		    (res = stream_puts(stream, b64)) ||
-		    (res = stream_puts(stream, "\r\n")))
-			goto out_public;
+		if ((res = stream_puts(stream, " ")))
+			goto out;
+		res = send_secret_line(stream, b64);
 	} else {
-		res = stream_puts(stream, "AUTHENTICATE PLAIN\r\n");
-		if (res != MAILIMAP_NO_ERROR)
-			goto out_public;
+		res = send_secret_line(stream, "");
 	}
-	if (mailstream_flush(stream) == -1) {
-		res = MAILIMAP_ERROR_STREAM;
-		goto out_public;
-	}
-	mailstream_set_privacy(stream, 1);
+	if (res != MAILIMAP_NO_ERROR)
+		goto out;
 
-	if (mailimap_read_line(imap) == NULL) {
-		res = MAILIMAP_ERROR_STREAM;
-		goto out_free;
-	}
-	if (imap->imap_stream_buffer->str[0] == '+') {
-		/* A challenge after SASL-IR makes no sense for PLAIN: cancel. */
-		mailstream_set_privacy(stream, 0);
-		if ((res = stream_puts(stream, sasl_ir ? "*" : b64)) ||
-		    (res = stream_puts(stream, "\r\n")))
-			goto out_public;
-		if (mailstream_flush(stream) == -1) {
-			res = MAILIMAP_ERROR_STREAM;
-			goto out_public;
-		}
-		mailstream_set_privacy(stream, 1);
+	for (unsigned round = 0;; round++) {
+		const char *line;
+		char *answer;
+		size_t clen = 0, rlen = 0, llen;
+		unsigned char *challenge, *resp;
+		bool cancel = false;
+
 		if (mailimap_read_line(imap) == NULL) {
 			res = MAILIMAP_ERROR_STREAM;
-			goto out_free;
+			goto out;
 		}
+		line = imap->imap_stream_buffer->str;
+		if (line[0] != '+')
+			break;
+		if (!sent_initial) {
+			sent_initial = true;
+			res = send_secret_line(stream, b64);
+			if (res != MAILIMAP_NO_ERROR)
+				goto out;
+			continue;
+		}
+		/* "+ base64" (or "+" alone): a challenge */
+		line++;
+		while (*line == ' ')
+			line++;
+		llen = strcspn(line, "\r\n");
+		challenge = sasl_b64_decode(line, llen, &clen);
+		resp = challenge && round < SASL_ROUNDS_MAX ?
+			sasl_next_response(c, challenge, clen, &rlen,
+				&cancel) : NULL;
+		if (challenge && round < SASL_ROUNDS_MAX && resp == NULL) {
+			free(challenge);
+			res = MAILIMAP_ERROR_MEMORY;
+			goto out;
+		}
+		answer = resp == NULL || cancel ? strdup("*") :
+			response_b64(resp, rlen, false);
+		free(challenge);
+		sasl_free(resp, rlen);
+		if (answer == NULL) {
+			res = MAILIMAP_ERROR_MEMORY;
+			goto out;
+		}
+		res = send_secret_line(stream, answer);
+		OPENSSL_cleanse(answer, strlen(answer));
+		free(answer);
+		if (res != MAILIMAP_NO_ERROR)
+			goto out;
 	}
 	r = read_response(imap, &cond);
 	if (r != MAILIMAP_NO_ERROR) {
 		res = r;
-		goto out_free;
+		goto out;
 	}
 	if (cond != MAILIMAP_RESP_COND_STATE_OK) {
 		res = MAILIMAP_ERROR_LOGIN;
-		goto out_free;
+		goto out;
 	}
 	imap->imap_state = MAILIMAP_STATE_AUTHENTICATED;
 	res = MAILIMAP_NO_ERROR;
-	goto out_free;
-
-out_public:
-	mailstream_set_privacy(stream, 1);
-out_free:
-	if (msg != NULL)
-		OPENSSL_cleanse(msg, mlen);
-	if (b64 != NULL)
-		OPENSSL_cleanse(b64, blen);
-	free(msg);
-	free(b64);
+out:
+	sasl_free(initial, ilen);
+	if (b64 != NULL) {
+		OPENSSL_cleanse(b64, strlen(b64));
+		free(b64);
+	}
 	return res;
 }
 
-static enum backend_status session_login(struct imap_session *s,
+/* Whether the server offers AUTHENTICATE name (for sasl_choose). */
+static bool offers_auth(const char *name, void *ctx)
+{
+	mailimap *imap = ctx;
+
+	if (strcmp(name, "LOGIN") == 0)
+		return !has_cap(imap, "LOGINDISABLED");   /* the command */
+	return has_cap_of(imap, MAILIMAP_CAPABILITY_AUTH_TYPE, name);
+}
+
+/* The outcome of a login attempt the server answered, as a status with
+ * *error_r. */
+static enum backend_status login_failed(struct imap_session *s, int r,
 	const char **error_r)
 {
 	const struct imap_endpoint *ep = s->ep;
-	mailimap *imap = s->imap;
-	bool ascii = is_plain_ascii(ep->user) && is_plain_ascii(ep->password);
-	bool plain = has_cap_of(imap, MAILIMAP_CAPABILITY_AUTH_TYPE, "PLAIN");
-	bool disabled = has_cap(imap, "LOGINDISABLED");
-	enum backend_status st;
-	int r;
+	enum backend_status st = imap_session_status(s, r);
 
-	if (disabled && !plain) {
-		*error_r = errfmt("server %s allows neither LOGIN nor"
-			" AUTHENTICATE PLAIN", s->label);
-		return BACKEND_UNSUPPORTED;
-	}
-	/* The tagged OK often carries the post-login capabilities; if it
-	 * does not, the caller asks again. */
-	caps_forget(imap);
-	if ((!ascii || disabled) && plain) {
-		r = auth_plain(s, ep->user, ep->password);
-	} else {
-		/* 8-bit bytes in a quoted string break RFC 3501 but most
-		 * servers take them; there is nothing better to try. */
-		if (!ascii)
-			log_debug("imap %s: sending non-ASCII credentials with"
-				" LOGIN", s->label);
-		r = mailimap_login(imap, ep->user, ep->password);
-	}
-	if (r == MAILIMAP_NO_ERROR)
-		return BACKEND_OK;
-
-	st = imap_session_status(s, r);
 	if (st == BACKEND_AUTH || r == MAILIMAP_ERROR_PROTOCOL) {
 		*error_r = errfmt("login failed for %s at %s: %s", ep->user,
 			ep->host, imap_session_last_text(s));
@@ -843,6 +871,107 @@ static enum backend_status session_login(struct imap_session *s,
 		*error_r = errfmt("login failed for %s at %s: %s", ep->user,
 			ep->host, imap_session_last_text(s));
 	return st;
+}
+
+/* Logs in with an OAuth2 token from ep->token: a refused token is
+ * reported to the source and retried once with the command's next
+ * output (see src/token_source.h). */
+static enum backend_status login_with_token(struct imap_session *s,
+	const char **error_r)
+{
+	const struct imap_endpoint *ep = s->ep;
+	bool sasl_ir = has_cap(s->imap, "SASL-IR");
+	enum sasl_mech mech;
+	int r = MAILIMAP_ERROR_LOGIN;
+
+	if (!net_stream_is_tls(s->imap->imap_stream)) {
+		*error_r = errfmt("%s: refusing to send an access token"
+			" without TLS", s->label);
+		return BACKEND_PROTOCOL;
+	}
+	mech = sasl_choose(ep->auth, true, offers_auth, s->imap, error_r);
+	if (mech == SASL_NONE) {
+		*error_r = errfmt("%s: %s", s->label, *error_r);
+		return BACKEND_UNSUPPORTED;
+	}
+	for (int attempt = 0; attempt < 2; attempt++) {
+		char *token = NULL;
+		struct sasl_client c = { .mech = mech, .user = ep->user,
+			.host = ep->host, .port = ep->port };
+
+		switch (token_source_get(ep->token, &token, error_r)) {
+		case TOKEN_OK:
+			break;
+		case TOKEN_HELD:
+			*error_r = attempt == 0 ? "authentication refused:"
+				" re-authorize the token command" :
+				errfmt("login failed for %s at %s: %s;"
+				" re-authorize the token command", ep->user,
+				ep->host, imap_session_last_text(s));
+			return BACKEND_AUTH;
+		case TOKEN_FAILED:
+			return BACKEND_AUTH;
+		}
+		c.secret = token;
+		caps_forget(s->imap);
+		r = auth_sasl(s, &c, sasl_ir);
+		if (r == MAILIMAP_NO_ERROR)
+			token_source_accepted(ep->token, token);
+		else if (r == MAILIMAP_ERROR_LOGIN)
+			token_source_refused(ep->token, token);
+		secret_free(&token);
+		if (r != MAILIMAP_ERROR_LOGIN)
+			break;
+		log_debug("imap %s: %s refused the token", s->label,
+			sasl_name(mech));
+	}
+	if (r == MAILIMAP_NO_ERROR)
+		return BACKEND_OK;
+	return login_failed(s, r, error_r);
+}
+
+static enum backend_status session_login(struct imap_session *s,
+	const char **error_r)
+{
+	const struct imap_endpoint *ep = s->ep;
+	mailimap *imap = s->imap;
+	bool plain = has_cap_of(imap, MAILIMAP_CAPABILITY_AUTH_TYPE, "PLAIN");
+	bool disabled = has_cap(imap, "LOGINDISABLED");
+	bool sasl_ir = has_cap(imap, "SASL-IR");
+	bool ascii;
+	int r;
+
+	if (ep->token)
+		return login_with_token(s, error_r);
+	ascii = is_plain_ascii(ep->user) && is_plain_ascii(ep->password);
+	if (ep->auth == SASL_ONLY_PLAIN)
+		disabled = true;            /* AUTHENTICATE PLAIN only */
+	else if (ep->auth == SASL_ONLY_LOGIN)
+		plain = false;              /* the LOGIN command only */
+	if (disabled && !plain) {
+		*error_r = errfmt("server %s allows neither LOGIN nor"
+			" AUTHENTICATE PLAIN", s->label);
+		return BACKEND_UNSUPPORTED;
+	}
+	/* The tagged OK often carries the post-login capabilities; if it
+	 * does not, the caller asks again. */
+	caps_forget(imap);
+	if ((!ascii || disabled) && plain) {
+		struct sasl_client c = { .mech = SASL_PLAIN, .user = ep->user,
+			.secret = ep->password };
+
+		r = auth_sasl(s, &c, sasl_ir);
+	} else {
+		/* 8-bit bytes in a quoted string break RFC 3501 but most
+		 * servers take them; there is nothing better to try. */
+		if (!ascii)
+			log_debug("imap %s: sending non-ASCII credentials with"
+				" LOGIN", s->label);
+		r = mailimap_login(imap, ep->user, ep->password);
+	}
+	if (r == MAILIMAP_NO_ERROR)
+		return BACKEND_OK;
+	return login_failed(s, r, error_r);
 }
 
 /* STARTTLS, the handshake, then capabilities afresh. */
@@ -957,7 +1086,7 @@ static enum backend_status check_endpoint(const struct imap_endpoint *ep,
 		*error_r = "no IMAP server given";
 		return BACKEND_INVALID;
 	}
-	if (ep->user == NULL || ep->password == NULL) {
+	if (ep->user == NULL || (ep->password == NULL && ep->token == NULL)) {
 		*error_r = "no IMAP user name or password given";
 		return BACKEND_INVALID;
 	}
@@ -968,8 +1097,8 @@ static enum backend_status check_endpoint(const struct imap_endpoint *ep,
 		*error_r = "the IMAP user name contains a line break or is too long";
 		return BACKEND_INVALID;
 	}
-	if (strpbrk(ep->password, "\r\n") != NULL ||
-	    strlen(ep->password) > CREDENTIAL_MAX) {
+	if (ep->password != NULL && (strpbrk(ep->password, "\r\n") != NULL ||
+	    strlen(ep->password) > CREDENTIAL_MAX)) {
 		*error_r = "the IMAP password contains a line break or is too long";
 		return BACKEND_INVALID;
 	}
@@ -1107,6 +1236,12 @@ enum backend_status imap_session_open(const struct imap_endpoint *ep,
 	st = check_endpoint(ep, error_r);
 	if (st != BACKEND_OK)
 		return st;
+	/* Tokens were refused a moment ago: do not even connect. */
+	if (ep->token != NULL && token_source_blocked(ep->token)) {
+		*error_r = "authentication refused: re-authorize the token"
+			" command";
+		return BACKEND_AUTH;
+	}
 
 	s = calloc(1, sizeof(*s));
 	if (s == NULL) {

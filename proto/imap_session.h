@@ -12,7 +12,9 @@
 #include <openssl/ssl.h>
 
 #include "proto/imap_guard.h"
+#include "proto/sasl.h"
 #include "src/backend.h"
+#include "src/token_source.h"
 
 enum imap_tls_mode {
 	IMAP_TLS_IMPLICIT,   /* imaps:// */
@@ -28,7 +30,9 @@ struct imap_endpoint {
 	enum imap_tls_mode tls;
 	SSL_CTX *tls_ctx;       /* from net_tls_context_new */
 	const char *user;
-	const char *password;
+	const char *password;   /* NULL when token is set */
+	struct token_source *token;  /* OAuth2 access tokens, or NULL */
+	enum sasl_choice auth;  /* -o auth=: how to log in */
 	int timeout_s;          /* per wait; each command exchange gets the
 	                           overall deadline of proto/net_stream.h */
 };

@@ -28,6 +28,7 @@
 #include "proto/smtp_client.h"
 #include "src/secret.h"
 #include "src/source.h"
+#include "src/token_source.h"
 
 enum { KEY_HELP, KEY_VERSION, KEY_FOREGROUND, KEY_DEBUG };
 
@@ -36,6 +37,10 @@ enum { KEY_HELP, KEY_VERSION, KEY_FOREGROUND, KEY_DEBUG };
 static const struct fuse_opt opt_spec[] = {
 	OPT("password_file=%s", password_file, 0),
 	OPT("password_cmd=%s", password_cmd, 0),
+	OPT("token_cmd=%s", token_cmd, 0),
+	OPT("auth=%s", auth_text, 0),
+	OPT("smtp_token_cmd=%s", smtp_token_cmd, 0),
+	OPT("smtp_auth=%s", smtp_auth_text, 0),
 	OPT("ca_file=%s", ca_file, 0),
 	OPT("cache_dir=%s", cache_dir, 0),
 	OPT("cache_size=%s", cache_size_text, 0),
@@ -79,6 +84,10 @@ static void usage(FILE *out)
 "    -o password_file=PATH  read the password from the first line of PATH\n"
 "    -o password_cmd=CMD    run CMD and read the password from its output\n"
 "                           (MAILFS_PASSWORD in the environment also works)\n"
+"    -o token_cmd=CMD       OAuth2: run CMD for an access token at each login\n"
+"                           (its first line; e.g. pizauth show ACCOUNT)\n"
+"    -o auth=MECH           auto (default), plain, login, xoauth2 or\n"
+"                           oauthbearer\n"
 "    -o ca_file=PATH        extra trusted CA certificates (PEM)\n"
 "    -o cache_dir=PATH      cache directory (default\n"
 "                           $XDG_CACHE_HOME/mailfs/USER@HOST)\n"
@@ -93,6 +102,8 @@ static void usage(FILE *out)
 "sending mail (files dropped into MOUNTPOINT/outbox/):\n"
 "    -o smtp=URL            smtps://user@host[:465] or smtp://user@host[:587]\n"
 "    -o smtp_password_file=PATH  SMTP password (default: the account's)\n"
+"    -o smtp_token_cmd=CMD  SMTP access tokens (default: token_cmd)\n"
+"    -o smtp_auth=MECH      as auth=, for SMTP (default: auth's)\n"
 "    -o from=ADDRESS        sender for messages without a From header\n"
 "    -o sent=FOLDER|none    where copies of sent mail go (default: the\n"
 "                           \\\\Sent special-use folder, else Sent)\n"
@@ -316,6 +327,22 @@ static __attribute__((format(printf, 1, 2))) int fail(const char *fmt, ...)
 	return 1;
 }
 
+/* Whether -o NAME=MECH cannot work with what was given (a token command
+ * or not); says so. */
+static bool auth_conflict(const char *name, enum sasl_choice choice,
+	bool have_token)
+{
+	bool wants_token = choice == SASL_ONLY_XOAUTH2 ||
+		choice == SASL_ONLY_OAUTHBEARER;
+
+	if (choice == SASL_AUTO || wants_token == have_token)
+		return false;
+	fail("%s: %s", name, wants_token ? "xoauth2 and oauthbearer need"
+		" -o token_cmd=CMD" : "plain and login take a password, not"
+		" the token of token_cmd");
+	return true;
+}
+
 int main(int argc, char **argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -341,6 +368,8 @@ int main(int argc, char **argv)
 	struct fuse_loop_config *loop_cfg = NULL;
 	struct mount_ctx mc = { 0 };
 	char *password = NULL, *account = NULL, mountpoint[PATH_MAX];
+	enum sasl_choice auth = SASL_AUTO, smtp_auth;
+	struct token_source *token = NULL, *smtp_token = NULL;
 	const char *error;
 	int ret = 1;
 
@@ -398,6 +427,28 @@ int main(int argc, char **argv)
 			goto out;
 		}
 	}
+	if (o.auth_text && !sasl_choice_parse(o.auth_text, &auth)) {
+		fail("auth=%s: expected auto, plain, login, xoauth2 or "
+			"oauthbearer", o.auth_text);
+		goto out;
+	}
+	smtp_auth = auth;
+	if (o.smtp_auth_text && !sasl_choice_parse(o.smtp_auth_text,
+						   &smtp_auth)) {
+		fail("smtp_auth=%s: expected auto, plain, login, xoauth2 or "
+			"oauthbearer", o.smtp_auth_text);
+		goto out;
+	}
+	if (auth_conflict("auth", auth, o.token_cmd != NULL) ||
+	    (o.smtp_text && auth_conflict("smtp_auth", smtp_auth,
+		(o.smtp_token_cmd ? o.smtp_token_cmd : o.token_cmd) != NULL)))
+		goto out;
+	if (o.token_cmd && (o.source.scheme == SCHEME_POP3S ||
+			    o.source.scheme == SCHEME_POP3)) {
+		fail("%s", "token_cmd: OAuth2 is not available for the POP3"
+			" view");
+		goto out;
+	}
 	if (o.timeout_s == 0 || o.connections == 0) {
 		fail("%s", "timeout and connections must be at least 1");
 		goto out;
@@ -419,11 +470,19 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
-	password = secret_read_password(o.password_file, o.password_cmd,
-		&error);
-	if (!password) {
-		fail("%s", error);
-		goto out;
+	if (o.token_cmd) {
+		token = token_source_new(o.token_cmd, "token_cmd");
+		if (!token) {
+			fail("%s", "out of memory");
+			goto out;
+		}
+	} else {
+		password = secret_read_password(o.password_file,
+			o.password_cmd, &error);
+		if (!password) {
+			fail("%s", error);
+			goto out;
+		}
 	}
 
 	if (o.allow_plaintext)
@@ -445,7 +504,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	mc.cache = cache;
-	if (source_open(&o, password, tls_ctx, &src, &error) < 0) {
+	if (source_open(&o, password, token, auth, tls_ctx, &src,
+			&error) < 0) {
 		fail("%s", error);
 		goto out;
 	}
@@ -507,13 +567,31 @@ int main(int argc, char **argv)
 			fail("%s", error);
 			goto out;
 		}
-		if (o.smtp_password_file) {
+		if (o.smtp_token_cmd) {
+			smtp_token = token_source_new(o.smtp_token_cmd,
+				"smtp_token_cmd");
+			if (!smtp_token) {
+				fail("%s", "out of memory");
+				goto out;
+			}
+		} else if (o.token_cmd && smtp_auth != SASL_ONLY_PLAIN &&
+			   smtp_auth != SASL_ONLY_LOGIN) {
+			smtp_token = token;     /* the account's tokens */
+		} else if (o.smtp_password_file) {
 			smtp_password = secret_read_password(
 				o.smtp_password_file, NULL, &error);
 			if (!smtp_password) {
 				fail("%s", error);
 				goto out;
 			}
+		} else if (!password) {
+			fail("%s", "smtp_auth needs a password: give "
+				"smtp_password_file");
+			goto out;
+		}
+		if (smtp_token) {
+			fail("%s", "smtp: OAuth2 for SMTP is not available yet");
+			goto out;
 		}
 		smtp_tls = tls_ctx;
 		SSL_CTX_up_ref(smtp_tls);
@@ -612,6 +690,9 @@ out:
 		SSL_CTX_free(tls_ctx);
 	secret_free(&password);
 	secret_free(&smtp_password);
+	if (smtp_token != token)
+		token_source_free(smtp_token);
+	token_source_free(token);
 	if (smtp_tls)
 		SSL_CTX_free(smtp_tls);
 	free(sent.folder);
@@ -628,6 +709,10 @@ out:
 	free(o.mountpoint);
 	free(o.password_file);
 	free(o.password_cmd);
+	free(o.token_cmd);
+	free(o.auth_text);
+	free(o.smtp_token_cmd);
+	free(o.smtp_auth_text);
 	free(o.ca_file);
 	free(o.cache_dir);
 	free(o.cache_size_text);

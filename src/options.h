@@ -36,6 +36,10 @@ struct mailfs_options {
 	char *mountpoint;
 	char *password_file;
 	char *password_cmd;
+	char *token_cmd;          /* OAuth2: prints an access token */
+	char *auth_text;          /* -o auth=MECH */
+	char *smtp_token_cmd;     /* default: token_cmd */
+	char *smtp_auth_text;     /* default: auth */
 	char *ca_file;
 	char *cache_dir;          /* resolved to the default when not given */
 	char *cache_size_text;

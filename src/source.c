@@ -66,7 +66,8 @@ out:
 }
 
 int source_open(const struct mailfs_options *o, const char *password,
-	SSL_CTX *tls_ctx, struct source *src, const char **error_r)
+	struct token_source *token, enum sasl_choice auth, SSL_CTX *tls_ctx,
+	struct source *src, const char **error_r)
 {
 	struct imap_session *first = NULL;
 	struct backend_folder *cached;
@@ -88,6 +89,8 @@ int source_open(const struct mailfs_options *o, const char *password,
 	src->imap.port = o->source.port;
 	src->imap.user = o->source.user;
 	src->imap.password = password;
+	src->imap.token = token;
+	src->imap.auth = auth;
 	src->imap.timeout_s = (int)o->timeout_s;
 	src->imap.tls_ctx = tls_ctx;
 	src->imap.tls = o->source.scheme == SCHEME_IMAPS ? IMAP_TLS_IMPLICIT :

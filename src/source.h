@@ -25,11 +25,14 @@ struct source {
 };
 
 /* Opens the source the options name, with its first session (so a wrong
- * password or certificate is reported now).  password and tls_ctx are
- * borrowed and must outlive the source; cache_dir must exist.  Returns 0,
- * or -1 with *error_r set to one line naming the cause. */
+ * password, token or certificate is reported now).  IMAP logs in with
+ * token (OAuth2) when it is not NULL, else with password; auth says how.
+ * password, token and tls_ctx are borrowed and must outlive the source;
+ * cache_dir must exist.  Returns 0, or -1 with *error_r set to one line
+ * naming the cause. */
 int source_open(const struct mailfs_options *o, const char *password,
-	SSL_CTX *tls_ctx, struct source *src, const char **error_r);
+	struct token_source *token, enum sasl_choice auth, SSL_CTX *tls_ctx,
+	struct source *src, const char **error_r);
 
 void source_close(struct source *src);
 

@@ -19,6 +19,7 @@ struct token_source {
 	char *refused;          /* the last token the server refused */
 	unsigned refusals;      /* in a row, without an acceptance */
 	bool held;
+	bool ever_accepted;     /* holds are news only after a token worked */
 	int64_t refused_at;     /* when the last refusal came */
 	int64_t polled_at;      /* when the command last ran while held */
 	uint64_t runs;
@@ -89,9 +90,10 @@ static void enter_hold(struct token_source *ts)
 		return;
 	ts->held = true;
 	ts->polled_at = ts->refused_at;
-	log_error("authentication refused: re-authorize the token command"
-		" (%s); trying again at most every %d s", ts->label,
-		TOKEN_HOLD_S);
+	if (ts->ever_accepted)
+		log_error("authentication refused: re-authorize the token"
+			" command (%s); trying again at most every %d s",
+			ts->label, TOKEN_HOLD_S);
 }
 
 enum token_status token_source_get(struct token_source *ts, char **token_r,
@@ -107,7 +109,7 @@ enum token_status token_source_get(struct token_source *ts, char **token_r,
 		char *tok;
 
 		if (now - ts->refused_at < TOKEN_HOLD_S &&
-		    now - ts->polled_at < TOKEN_POLL_S) {
+		    now - ts->polled_at < TOKEN_POLL_S) {   /* blocked */
 			st = TOKEN_HELD;
 			goto out;
 		}
@@ -183,6 +185,7 @@ void token_source_accepted(struct token_source *ts, const char *token)
 {
 	pthread_mutex_lock(&ts->lock);
 	ts->refusals = 0;
+	ts->ever_accepted = true;
 	if (ts->held) {
 		ts->held = false;
 		log_info("%s: the server takes the token again", ts->label);
@@ -190,6 +193,17 @@ void token_source_accepted(struct token_source *ts, const char *token)
 	secret_free(&ts->refused);
 	(void)token;
 	pthread_mutex_unlock(&ts->lock);
+}
+
+bool token_source_blocked(struct token_source *ts)
+{
+	bool blocked;
+
+	pthread_mutex_lock(&ts->lock);
+	blocked = ts->held && ts->now() - ts->refused_at < TOKEN_HOLD_S &&
+		ts->now() - ts->polled_at < TOKEN_POLL_S;
+	pthread_mutex_unlock(&ts->lock);
+	return blocked;
 }
 
 bool token_source_held(struct token_source *ts)

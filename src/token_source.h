@@ -15,7 +15,8 @@
  * handed out (callers fail at once with an authentication error, and the
  * server is not asked), except that the command is run again at most every
  * TOKEN_POLL_S and a token different from the refused one ends the hold.
- * Entering the hold is logged once, as is leaving it.
+ * Entering the hold is logged once, as is leaving it (not before a token
+ * has ever worked: then the caller's error is the news).
  *
  * Tokens are never logged and are wiped from memory when dropped.  The
  * command runs under the source's lock, so concurrent authentications
@@ -56,6 +57,10 @@ void token_source_refused(struct token_source *ts, const char *token);
 
 /* The server took token: ends a hold. */
 void token_source_accepted(struct token_source *ts, const char *token);
+
+/* Whether token_source_get would answer TOKEN_HELD without running the
+ * command: callers can fail before they connect. */
+bool token_source_blocked(struct token_source *ts);
 
 /* Whether the source is held (for status reports). */
 bool token_source_held(struct token_source *ts);

@@ -352,6 +352,7 @@ class _MountFactory:
                       (XDG_CACHE_HOME points into the test dir); or a path
       env             extra environment variables
       mountpoint      default: a fresh directory under the test's tmp_path
+      secrets         more strings that must never reach mailfs's output
     """
 
     def __init__(self, tmp_path, servers):
@@ -362,7 +363,8 @@ class _MountFactory:
 
     def _build(self, account, source=None, scheme="imaps", host=None,
                options=(), args=(), ca_file=True, password_file=True,
-               password=None, cache_dir=None, env=None, mountpoint=None):
+               password=None, cache_dir=None, env=None, mountpoint=None,
+               secrets=()):
         binary = mailfs_bin()
         if not os.path.exists(binary):
             pytest.fail(f"mailfs binary {binary} does not exist: build it "
@@ -376,7 +378,7 @@ class _MountFactory:
         os.makedirs(logdir, exist_ok=True)
 
         opts = []
-        secrets = []
+        secrets = list(secrets)
         if account is not None:
             secrets.append(account.password)
         if password is not None:
