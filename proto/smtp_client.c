@@ -38,6 +38,7 @@
 #include "proto/net_stream.h"
 #include "src/errfmt.h"
 #include "src/log.h"
+#include "src/secret.h"
 
 /* QUIT at close waits at most this long. */
 #define QUIT_TIMEOUT_S 5
@@ -420,6 +421,10 @@ static void parse_ehlo(struct smtp_session *s)
 					c->auth_plain = true;
 				else if (word_is(p, "LOGIN"))
 					c->auth_login = true;
+				else if (word_is(p, "XOAUTH2"))
+					c->auth_xoauth2 = true;
+				else if (word_is(p, "OAUTHBEARER"))
+					c->auth_oauthbearer = true;
 				p += strcspn(p, " \n");
 			}
 		}
@@ -556,22 +561,10 @@ static enum backend_status session_secure(struct smtp_session *s,
 /* ------------------------------------------------------------------ */
 /* AUTH                                                                */
 
-/* Base64 of data into a new buffer; the caller cleanses and frees it. */
-static char *base64(const unsigned char *data, size_t len, size_t *size_r)
-{
-	size_t size = 4 * ((len + 2) / 3) + 1;
-	char *out = malloc(size);
-
-	if (out != NULL)
-		EVP_EncodeBlock((unsigned char *)out, data, (int)len);
-	*size_r = size;
-	return out;
-}
-
-static void free_secret(char *p, size_t size)
+static void free_secret(char *p)
 {
 	if (p != NULL) {
-		OPENSSL_cleanse(p, size);
+		OPENSSL_cleanse(p, strlen(p));
 		free(p);
 	}
 }
@@ -597,67 +590,132 @@ static int secret_exchange(struct smtp_session *s, const char *prefix,
 	memcpy(line, prefix, plen);
 	memcpy(line + plen, b64, blen + 1);
 	res = send_line(s, line, true, reply);
-	free_secret(line, size);
+	OPENSSL_cleanse(line, size);
+	free(line);
 	if (res < 0)
 		return 0;
 	return read_reply(s, reply);
 }
 
-/* AUTH PLAIN with an initial response (RFC 4954, RFC 4616). */
-static int auth_plain(struct smtp_session *s, struct smtp_reply *reply)
+/* The most challenges one exchange may bring before mailfs gives up. */
+#define SASL_ROUNDS_MAX 4
+
+/* AUTH with the mechanism of c (RFC 4954).  The initial response rides
+ * on the AUTH line ("=" when empty), except for LOGIN, whose first prompt
+ * gets it; a server that still sends an empty 334 first (Microsoft's
+ * two-step XOAUTH2) gets it then.  Later challenges are answered as
+ * sasl.h says, so an OAuth2 error challenge ends in the server's final
+ * failure.  Returns the final reply code, 0 when there was none. */
+static int auth_sasl(struct smtp_session *s, struct sasl_client *c,
+	struct smtp_reply *reply)
 {
-	const char *user = s->ep->user, *pass = s->ep->password;
-	size_t ulen = strlen(user), plen = strlen(pass);
-	size_t mlen = ulen + plen + 2, bsize = 0;
-	unsigned char *msg = malloc(mlen);
-	char *b64 = NULL;
+	size_t ilen = 0;
+	unsigned char *initial = sasl_initial_response(c, &ilen);
+	char *b64 = initial == NULL ? NULL : ilen == 0 ? strdup("=") :
+		sasl_b64_encode(initial, ilen);
+	bool sent_initial = c->mech != SASL_LOGIN;
+	char prefix[32];
 	int code = 0;
 
-	if (msg == NULL) {
+	sasl_free(initial, ilen);
+	if (b64 == NULL) {
 		reply_none(s, reply, "out of memory");
 		return 0;
 	}
-	/* authzid (empty) NUL authcid NUL passwd */
-	msg[0] = '\0';
-	memcpy(msg + 1, user, ulen);
-	msg[1 + ulen] = '\0';
-	memcpy(msg + 2 + ulen, pass, plen);
-	b64 = base64(msg, mlen, &bsize);
-	if (b64 == NULL) {
-		reply_none(s, reply, "out of memory");
-		goto out_free;
+	snprintf(prefix, sizeof(prefix), "AUTH %s ", sasl_name(c->mech));
+	if (sent_initial)
+		code = secret_exchange(s, prefix, b64, reply);
+	else
+		code = command(s, reply, "AUTH %s", sasl_name(c->mech));
+	for (unsigned round = 0; code == 334; round++) {
+		const char *text = reply->text + 3;
+		size_t clen = 0, rlen = 0;
+		unsigned char *challenge, *resp = NULL;
+		bool cancel = true;
+		char *answer;
+
+		while (*text == ' ')
+			text++;
+		/* An empty first challenge: the server wants the initial
+		 * response now, even after one on the AUTH line. */
+		if (!sent_initial || (round == 0 && *text == '\0' &&
+				      c->mech != SASL_LOGIN)) {
+			sent_initial = true;
+			code = secret_exchange(s, "",
+				strcmp(b64, "=") == 0 ? "" : b64, reply);
+			continue;
+		}
+		challenge = round < SASL_ROUNDS_MAX ?
+			sasl_b64_decode(text, strlen(text), &clen) : NULL;
+		if (challenge != NULL)
+			resp = sasl_next_response(c, challenge, clen, &rlen,
+				&cancel);
+		free(challenge);
+		answer = resp == NULL || cancel ? strdup("*") : rlen == 0 ?
+			strdup("") : sasl_b64_encode(resp, rlen);
+		sasl_free(resp, rlen);
+		if (answer == NULL) {
+			reply_none(s, reply, "out of memory");
+			code = 0;
+			break;
+		}
+		code = secret_exchange(s, "", answer, reply);
+		if (strcmp(answer, "*") == 0 && code == 334)
+			code = 535;     /* it will not stop: give up */
+		free_secret(answer);
 	}
-	code = secret_exchange(s, "AUTH PLAIN ", b64, reply);
-	if (code == 334) {
-		/* A challenge despite the initial response: give up. */
-		if (send_line(s, "*", false, reply) == 0)
-			read_reply(s, reply);
-		code = 535;
-	}
-out_free:
-	free_secret((char *)msg, mlen);
-	free_secret(b64, bsize);
+	free_secret(b64);
 	return code;
 }
 
-/* AUTH LOGIN: the user name, then the password, each after a 334. */
-static int auth_login(struct smtp_session *s, struct smtp_reply *reply)
+/* Whether the server offers AUTH name (for sasl_choose). */
+static bool offers_auth(const char *name, void *ctx)
 {
-	const char *items[2] = { s->ep->user, s->ep->password };
-	int code, i;
+	const struct smtp_caps *c = ctx;
 
-	code = command(s, reply, "AUTH LOGIN");
-	for (i = 0; i < 2 && code == 334; i++) {
-		size_t bsize;
-		char *b64 = base64((const unsigned char *)items[i],
-			strlen(items[i]), &bsize);
+	return (strcmp(name, "PLAIN") == 0 && c->auth_plain) ||
+		(strcmp(name, "LOGIN") == 0 && c->auth_login) ||
+		(strcmp(name, "XOAUTH2") == 0 && c->auth_xoauth2) ||
+		(strcmp(name, "OAUTHBEARER") == 0 && c->auth_oauthbearer);
+}
 
-		if (b64 == NULL) {
-			reply_none(s, reply, "out of memory");
-			return 0;
+/* AUTH with a token from ep->token: a refused token is reported to the
+ * source and retried once with the command's next output (see
+ * src/token_source.h).  Returns the final reply code, or -1 with
+ * *error_r set when no token could be had. */
+static int auth_token(struct smtp_session *s, enum sasl_mech mech,
+	struct smtp_reply *reply, const char **error_r)
+{
+	const struct smtp_endpoint *ep = s->ep;
+	int code = 0;
+
+	for (int attempt = 0; attempt < 2; attempt++) {
+		struct sasl_client c = { .mech = mech, .user = ep->user,
+			.host = ep->host, .port = ep->port };
+		char *token = NULL;
+
+		switch (token_source_get(ep->token, &token, error_r)) {
+		case TOKEN_OK:
+			break;
+		case TOKEN_HELD:
+			*error_r = attempt == 0 ? "authentication refused:"
+				" re-authorize the token command" :
+				errfmt("login failed for %s at %s: %s;"
+				" re-authorize the token command", ep->user,
+				ep->host, reply->text);
+			return -1;
+		case TOKEN_FAILED:
+			return -1;
 		}
-		code = secret_exchange(s, "", b64, reply);
-		free_secret(b64, bsize);
+		c.secret = token;
+		code = auth_sasl(s, &c, reply);
+		if (code == 235)
+			token_source_accepted(ep->token, token);
+		else if (code == 535)
+			token_source_refused(ep->token, token);
+		secret_free(&token);
+		if (code != 535)
+			break;
 	}
 	return code;
 }
@@ -666,20 +724,33 @@ static enum backend_status session_auth(struct smtp_session *s,
 	const char **error_r)
 {
 	const struct smtp_endpoint *ep = s->ep;
-	struct smtp_reply reply;
+	struct smtp_reply reply = { 0 };
+	enum sasl_mech mech;
 	int code;
 
 	if (ep->user == NULL)
 		return BACKEND_OK;
 	set_state(s, ST_AUTH);
-	if (s->caps.auth_plain) {
-		code = auth_plain(s, &reply);
-	} else if (s->caps.auth_login) {
-		code = auth_login(s, &reply);
-	} else {
-		*error_r = errfmt("server %s offers no AUTH mechanism mailfs"
-			" can use (PLAIN, LOGIN)", s->label);
+	if (ep->token != NULL && !net_stream_is_tls(s->smtp->stream)) {
+		*error_r = errfmt("%s: refusing to send an access token"
+			" without TLS", s->label);
+		return BACKEND_PROTOCOL;
+	}
+	mech = sasl_choose(ep->auth, ep->token != NULL, offers_auth,
+		&s->caps, error_r);
+	if (mech == SASL_NONE) {
+		*error_r = errfmt("server %s: %s", s->label, *error_r);
 		return BACKEND_UNSUPPORTED;
+	}
+	if (ep->token != NULL) {
+		code = auth_token(s, mech, &reply, error_r);
+		if (code < 0)
+			return BACKEND_AUTH;
+	} else {
+		struct sasl_client c = { .mech = mech, .user = ep->user,
+			.secret = ep->password };
+
+		code = auth_sasl(s, &c, &reply);
 	}
 	if (code == 235)
 		return BACKEND_OK;
@@ -704,9 +775,10 @@ static enum backend_status check_endpoint(const struct smtp_endpoint *ep,
 		return BACKEND_INVALID;
 	}
 	if (ep->user != NULL &&
-	    (ep->password == NULL || has_line_break(ep->user) ||
-	     has_line_break(ep->password) || strlen(ep->user) > CREDENTIAL_MAX ||
-	     strlen(ep->password) > CREDENTIAL_MAX)) {
+	    ((ep->password == NULL && ep->token == NULL) ||
+	     has_line_break(ep->user) || strlen(ep->user) > CREDENTIAL_MAX ||
+	     (ep->password != NULL && (has_line_break(ep->password) ||
+	      strlen(ep->password) > CREDENTIAL_MAX)))) {
 		*error_r = "the SMTP user name or password is missing, contains"
 			" a line break or is too long";
 		return BACKEND_INVALID;

@@ -23,7 +23,9 @@
 #include <stdint.h>
 #include <openssl/ssl.h>
 
+#include "proto/sasl.h"
 #include "src/backend.h"
+#include "src/token_source.h"
 
 enum smtp_tls_mode {
 	SMTP_TLS_IMPLICIT,   /* smtps://, port 465 */
@@ -40,7 +42,9 @@ struct smtp_endpoint {
 	enum smtp_tls_mode tls;
 	SSL_CTX *tls_ctx;       /* from net_tls_context_new */
 	const char *user;       /* NULL: no AUTH */
-	const char *password;
+	const char *password;   /* NULL when token is set */
+	struct token_source *token;  /* OAuth2 access tokens, or NULL */
+	enum sasl_choice auth;  /* how to log in */
 	const char *helo_name;  /* NULL: "[our address]" (RFC 5321 4.1.4) */
 	int timeout_s;
 };
@@ -49,7 +53,7 @@ struct smtp_endpoint {
 struct smtp_caps {
 	bool esmtp;             /* EHLO worked (else HELO) */
 	bool starttls, eightbitmime, smtputf8, pipelining, size;
-	bool auth_plain, auth_login;
+	bool auth_plain, auth_login, auth_xoauth2, auth_oauthbearer;
 	uint64_t size_max;      /* SIZE limit, 0 if none given */
 };
 
@@ -83,8 +87,9 @@ int smtp_session_new(const struct smtp_endpoint *ep,
 
 /* Connects, reads the greeting, EHLO (HELO only with SMTP_TLS_NONE and no
  * user), STARTTLS as the endpoint asks (refused if not offered; EHLO again
- * after it, forgetting everything said before), then AUTH PLAIN or LOGIN
- * when a user is set.  Returns BACKEND_OK, or with a one-line *error_r:
+ * after it, forgetting everything said before), then AUTH when a user is
+ * set: PLAIN or LOGIN with a password, OAUTHBEARER or XOAUTH2 with a token
+ * (never without TLS), as the endpoint's auth allows.  Returns BACKEND_OK, or with a one-line *error_r:
  * BACKEND_CONNECT, BACKEND_TLS, BACKEND_AUTH (credentials refused),
  * BACKEND_UNSUPPORTED (no usable AUTH mechanism), BACKEND_PROTOCOL (no
  * STARTTLS, not SMTP), BACKEND_REFUSED (the server refuses service),

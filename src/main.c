@@ -589,10 +589,7 @@ int main(int argc, char **argv)
 				"smtp_password_file");
 			goto out;
 		}
-		if (smtp_token) {
-			fail("%s", "smtp: OAuth2 for SMTP is not available yet");
-			goto out;
-		}
+
 		smtp_tls = tls_ctx;
 		SSL_CTX_up_ref(smtp_tls);
 		sent.be = be;
@@ -648,8 +645,9 @@ int main(int argc, char **argv)
 					SMTP_TLS_IMPLICIT : o.allow_plaintext ?
 					SMTP_TLS_NONE : SMTP_TLS_STARTTLS,
 				.tls_ctx = smtp_tls, .user = o.smtp.user,
-				.password = smtp_password ? smtp_password :
-					password,
+				.password = smtp_token ? NULL : smtp_password ?
+					smtp_password : password,
+				.token = smtp_token, .auth = smtp_auth,
 				.timeout_s = (int)o.timeout_s,
 			},
 			.default_from = o.from,

@@ -27,8 +27,8 @@ is good when the introspection endpoint says it stands for `user`.  Both
 answer a bad token as Gmail does, with a 334 JSON error challenge, and then
 535 once the client has answered it as its mechanism requires (an empty
 line for XOAUTH2, a single 0x01 for OAUTHBEARER; anything else is recorded
-as an "auth-protocol" event).  XOAUTH2 without an initial response gets an
-empty 334 first, as Microsoft 365 sends.  SMTPUTF8 is offered unless
+as an "auth-protocol" event).  Without an initial response (or always, with
+two_step=True) they send an empty 334 first, as Microsoft 365 does.  SMTPUTF8 is offered unless
 smtputf8=False; 8BITMIME always is.
 
 What arrives is recorded, in order:
@@ -193,7 +193,8 @@ class SmtpServer:
 
     def __init__(self, cert=None, key=None, user=None, password=None,
                  port=None, tls="starttls", auth_mechanisms=("PLAIN", "LOGIN"),
-                 smtputf8=True, log_path=None, oauth2=None):
+                 smtputf8=True, log_path=None, oauth2=None,
+                 two_step=False):
         if tls not in ("starttls", "implicit", "none"):
             raise ValueError(tls)
         if tls != "none" and not (cert and key):
@@ -203,6 +204,7 @@ class SmtpServer:
         self.tls = tls
         self.auth_mechanisms = tuple(m.upper() for m in auth_mechanisms)
         self.oauth2 = oauth2
+        self.two_step = two_step
         self.smtputf8 = smtputf8
         self.port = port or free_port()
         self.log_path = log_path
@@ -352,7 +354,7 @@ class SmtpServer:
 
     async def _oauth(self, server, args, mech):
         """XOAUTH2 and OAUTHBEARER, checked with self.oauth2."""
-        if len(args) == 1:
+        if len(args) == 1 or self.two_step:
             blob = await server.challenge_auth("")
             if blob is MISSING:
                 return AuthResult(success=False, handled=True)

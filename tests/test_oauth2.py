@@ -15,6 +15,7 @@ import re
 import pytest
 
 from helpers import files_in, poll_until, proxy_url, read_uncached, seed
+from smtpserver import SmtpServer
 
 DEADLINE = 60
 
@@ -199,3 +200,92 @@ def test_token_goes_bad_and_recovers(oauth_account, idp, mount, proxies,
                interval=0.5)
     m.unmount()
     assert "re-authorize the token command" in m.stderr()
+
+
+# ---------------------------------------------------------------- SMTP
+
+@pytest.fixture
+def oauth_smtp(servers, oauth_account, idp, tmp_path):
+    """make(mechanisms) -> a started SMTP server that takes the account's
+    tokens with those mechanisms; stopped at teardown."""
+    made = []
+
+    def make(mechanisms, two_step=False):
+        s = SmtpServer(cert=servers.cert, key=servers.key,
+                       user=oauth_account.user, password=None, oauth2=idp,
+                       auth_mechanisms=mechanisms, two_step=two_step,
+                       log_path=str(tmp_path / f"smtp{len(made)}.log"))
+        made.append(s)
+        s.start()
+        return s
+
+    try:
+        yield make
+    finally:
+        for s in made:
+            s.stop()
+
+
+def outgoing(n):
+    return (f"From: {n}@example.org\r\n"
+            f"To: bob@example.net\r\n"
+            f"Subject: sent with a token {n}\r\n"
+            f"\r\n"
+            f"Hello.\r\n").encode()
+
+
+def drop(m, name, data):
+    path = os.path.join(m.path, "outbox", name)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("mech,two_step", [("XOAUTH2", False),
+                                           ("XOAUTH2", True),
+                                           ("OAUTHBEARER", False)])
+def test_smtp_with_each_mechanism(oauth_account, idp, mount, oauth_smtp,
+                                  tmp_path, mech, two_step):
+    """Two-step: the server asks for the response after an empty 334, as
+    Microsoft 365 does."""
+    server = oauth_smtp(("PLAIN", mech), two_step)
+    token = idp.issue(oauth_account.user)
+    tokens = TokenFile(str(tmp_path), token)
+    m = mount_with_token(mount, oauth_account, tokens, args=["-d"],
+                         options=[f"smtp={server.url()}", "sent=none",
+                                  f"spool_dir={tmp_path / 'spool'}"],
+                         secrets=[token])
+    drop(m, "one.eml", outgoing(1))
+    [d] = server.wait_deliveries(1)
+    assert d.login == oauth_account.user and d.tls
+    _, _, events = server.snapshot()
+    assert ("auth", f"{mech} {oauth_account.user}") in events
+    m.unmount()
+
+
+def test_smtp_refused_token_is_retried_with_the_next(oauth_account, idp,
+                                                     mount, oauth_smtp,
+                                                     tmp_path):
+    """SMTP takes its own token command; a refused token is answered as
+    the mechanism requires, and the next token is used."""
+    server = oauth_smtp(("XOAUTH2",))
+    imap_token = idp.issue(oauth_account.user)
+    imap_tokens = TokenFile(str(tmp_path), imap_token)
+    os.makedirs(tmp_path / "smtp-token")
+    smtp_tokens = TokenFile(str(tmp_path / "smtp-token"), "ya29.revoked")
+    m = mount_with_token(mount, oauth_account, imap_tokens,
+                         options=[f"smtp={server.url()}", "sent=none",
+                                  f"smtp_token_cmd={smtp_tokens.command}",
+                                  f"spool_dir={tmp_path / 'spool'}",
+                                  "retry_min=1"],
+                         secrets=[imap_token])
+    drop(m, "two.eml", outgoing(2))
+    server.wait(lambda s: any(k == "auth-failed" for k, _ in s.events),
+                what="a refused token")
+    good = idp.issue(oauth_account.user)
+    m.secrets.append(good)
+    smtp_tokens.write(good)
+    [d] = server.wait_deliveries(1)
+    assert d.login == oauth_account.user
+    _, _, events = server.snapshot()
+    assert not [e for e in events if e[0] == "auth-protocol"], events
+    m.unmount()
