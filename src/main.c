@@ -411,9 +411,12 @@ int main(int argc, char **argv)
 		fail("cannot use mount point: %s", strerror(errno));
 		goto out;
 	}
-	if (!o.cache_dir)
-		o.cache_dir = options_default_cache_dir(&o.source);
 	ret = 1;   /* from here on: failures to start */
+	if (!o.cache_dir &&
+	    !(o.cache_dir = options_default_cache_dir(&o.source, &error))) {
+		fail("%s", error);
+		goto out;
+	}
 	if (asprintf(&account, "%s@%s", o.source.user, o.source.host) < 0) {
 		account = NULL;
 		goto out;
@@ -495,11 +498,15 @@ int main(int argc, char **argv)
 		char *stage_dir = NULL;
 		int r;
 
-		if (!o.spool_dir)
-			o.spool_dir = options_default_spool_dir(&o.source);
-		if (!o.spool_dir || make_private_dirs(o.spool_dir) < 0) {
+		if (!o.spool_dir &&
+		    !(o.spool_dir = options_default_spool_dir(&o.source,
+				&error))) {
+			fail("%s", error);
+			goto out;
+		}
+		if (make_private_dirs(o.spool_dir) < 0) {
 			fail("cannot create the outbox spool %s: %s",
-				o.spool_dir ? o.spool_dir : "", strerror(errno));
+				o.spool_dir, strerror(errno));
 			goto out;
 		}
 		r = outbox_spool_open(o.spool_dir, &spool, &error);
