@@ -26,6 +26,7 @@
 #include "src/outbox_spool.h"
 #include "fs/fs_outbox.h"
 #include "proto/smtp_client.h"
+#include "src/sd_notify.h"
 #include "src/secret.h"
 #include "src/source.h"
 
@@ -312,8 +313,20 @@ static __attribute__((format(printf, 1, 2))) int fail(const char *fmt, ...)
 		if ((unsigned char)*p < 0x20 || *p == 0x7f)
 			*p = '?';
 	fprintf(stderr, "mailfs: %s\n", text);
+	sd_notify_status(NULL, "failed: %s", text);
 	free(text);
 	return 1;
+}
+
+/* mount.fuse3 -o drop_privileges mounts first and hands over the open
+ * /dev/fuse as the mount point /dev/fd/N, which libfuse takes as it is. */
+static bool is_fuse_fd_path(const char *path)
+{
+	const char *prefix = "/dev/fd/";
+	size_t n = strlen(prefix);
+
+	return strncmp(path, prefix, n) == 0 && path[n] &&
+		strspn(path + n, "0123456789") == strlen(path + n);
 }
 
 int main(int argc, char **argv)
@@ -345,6 +358,7 @@ int main(int argc, char **argv)
 	int ret = 1;
 
 	log_init(false, false);
+	sd_notify_init();
 	ps.o = &o;
 	ret = 2;   /* usage errors until the options are checked */
 	if (fuse_opt_parse(&args, &o, opt_spec, opt_proc) < 0)
@@ -407,7 +421,14 @@ int main(int argc, char **argv)
 			"without it every local user could read this mailbox");
 		goto out;
 	}
-	if (!realpath(o.mountpoint, mountpoint)) {
+	if (is_fuse_fd_path(o.mountpoint)) {
+		if (snprintf(mountpoint, sizeof(mountpoint), "%s",
+				o.mountpoint) >= (int)sizeof(mountpoint)) {
+			fail("cannot use mount point: %s",
+				strerror(ENAMETOOLONG));
+			goto out;
+		}
+	} else if (!realpath(o.mountpoint, mountpoint)) {
 		fail("cannot use mount point: %s", strerror(errno));
 		goto out;
 	}
@@ -448,6 +469,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	mc.cache = cache;
+	sd_notify_status(NULL, "connecting to %s:%u", o.source.host,
+		(unsigned)o.source.port);
 	if (source_open(&o, password, tls_ctx, &src, &error) < 0) {
 		fail("%s", error);
 		goto out;
@@ -484,6 +507,8 @@ int main(int argc, char **argv)
 			goto out;
 		}
 	}
+	sd_notify_status(NULL, offline ? "offline: listing the cached "
+		"folders" : "listing the folders");
 	if (offline) {
 		if (fs_tree_load_cached_folders(tree) < 0) {
 			fail("%s", "the metadata cache is unreadable");
@@ -597,7 +622,11 @@ int main(int argc, char **argv)
 	loop_cfg = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_max_threads(loop_cfg, 16);
 	fuse_loop_cfg_set_idle_threads(loop_cfg, 4);
+	sd_notify_status("READY=1", "mounted %s on %s%s", o.source_text,
+		mountpoint, offline ? ", started offline from the cache "
+		"(reconnecting)" : "");
 	ret = fuse_session_loop_mt(se, loop_cfg) < 0 ? 1 : 0;
+	sd_notify_status("STOPPING=1", "unmounting");
 	fuse_loop_cfg_destroy(loop_cfg);
 	fs_ops_set_session(NULL);
 out_unmount:
