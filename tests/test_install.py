@@ -179,7 +179,7 @@ def help_options():
                        text=True, stdin=subprocess.DEVNULL, timeout=60)
     assert r.returncode == 0, r
     own = r.stdout.split("FUSE options:")[0]
-    names = set(re.findall(r"-o (\w+)", own))
+    names = set(re.findall(r"-o (\w+)", own)) - {"opt"}   # -o opt[,opt...]
     flags = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", own)) - {"-o"}
     env = set(re.findall(r"\b([A-Z][A-Z0-9]*_[A-Z0-9_]+)\b", own))
     schemes = set(re.findall(r"\b(\w+://)", own))
