@@ -371,8 +371,10 @@ def test_mount_helper_setuid_gets_that_users_home(installed, account):
         with open(os.path.join(out, "home")) as f:
             assert f.read().strip() == nobody.pw_dir
     finally:
-        unmount_and_reap(mp, cache)
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            unmount_and_reap(mp, cache)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- systemd
