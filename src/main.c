@@ -26,6 +26,7 @@
 #include "src/outbox_spool.h"
 #include "fs/fs_outbox.h"
 #include "proto/smtp_client.h"
+#include "src/sd_notify.h"
 #include "src/secret.h"
 #include "src/source.h"
 #include "src/token_source.h"
@@ -323,6 +324,7 @@ static __attribute__((format(printf, 1, 2))) int fail(const char *fmt, ...)
 		if ((unsigned char)*p < 0x20 || *p == 0x7f)
 			*p = '?';
 	fprintf(stderr, "mailfs: %s\n", text);
+	sd_notify_status(NULL, "failed: %s", text);
 	free(text);
 	return 1;
 }
@@ -341,6 +343,17 @@ static bool auth_conflict(const char *name, enum sasl_choice choice,
 		" -o token_cmd=CMD" : "plain and login take a password, not"
 		" the token of token_cmd");
 	return true;
+}
+
+/* mount.fuse3 -o drop_privileges mounts first and hands over the open
+ * /dev/fuse as the mount point /dev/fd/N, which libfuse takes as it is. */
+static bool is_fuse_fd_path(const char *path)
+{
+	const char *prefix = "/dev/fd/";
+	size_t n = strlen(prefix);
+
+	return strncmp(path, prefix, n) == 0 && path[n] &&
+		strspn(path + n, "0123456789") == strlen(path + n);
 }
 
 int main(int argc, char **argv)
@@ -374,6 +387,7 @@ int main(int argc, char **argv)
 	int ret = 1;
 
 	log_init(false, false);
+	sd_notify_init();
 	ps.o = &o;
 	ret = 2;   /* usage errors until the options are checked */
 	if (fuse_opt_parse(&args, &o, opt_spec, opt_proc) < 0)
@@ -458,13 +472,23 @@ int main(int argc, char **argv)
 			"without it every local user could read this mailbox");
 		goto out;
 	}
-	if (!realpath(o.mountpoint, mountpoint)) {
+	if (is_fuse_fd_path(o.mountpoint)) {
+		if (snprintf(mountpoint, sizeof(mountpoint), "%s",
+				o.mountpoint) >= (int)sizeof(mountpoint)) {
+			fail("cannot use mount point: %s",
+				strerror(ENAMETOOLONG));
+			goto out;
+		}
+	} else if (!realpath(o.mountpoint, mountpoint)) {
 		fail("cannot use mount point: %s", strerror(errno));
 		goto out;
 	}
-	if (!o.cache_dir)
-		o.cache_dir = options_default_cache_dir(&o.source);
 	ret = 1;   /* from here on: failures to start */
+	if (!o.cache_dir &&
+	    !(o.cache_dir = options_default_cache_dir(&o.source, &error))) {
+		fail("%s", error);
+		goto out;
+	}
 	if (asprintf(&account, "%s@%s", o.source.user, o.source.host) < 0) {
 		account = NULL;
 		goto out;
@@ -504,6 +528,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	mc.cache = cache;
+	sd_notify_status(NULL, "connecting to %s:%u", o.source.host,
+		(unsigned)o.source.port);
 	if (source_open(&o, password, token, auth, tls_ctx, &src,
 			&error) < 0) {
 		fail("%s", error);
@@ -541,6 +567,8 @@ int main(int argc, char **argv)
 			goto out;
 		}
 	}
+	sd_notify_status(NULL, offline ? "offline: listing the cached "
+		"folders" : "listing the folders");
 	if (offline) {
 		if (fs_tree_load_cached_folders(tree) < 0) {
 			fail("%s", "the metadata cache is unreadable");
@@ -555,11 +583,15 @@ int main(int argc, char **argv)
 		char *stage_dir = NULL;
 		int r;
 
-		if (!o.spool_dir)
-			o.spool_dir = options_default_spool_dir(&o.source);
-		if (!o.spool_dir || make_private_dirs(o.spool_dir) < 0) {
+		if (!o.spool_dir &&
+		    !(o.spool_dir = options_default_spool_dir(&o.source,
+				&error))) {
+			fail("%s", error);
+			goto out;
+		}
+		if (make_private_dirs(o.spool_dir) < 0) {
 			fail("cannot create the outbox spool %s: %s",
-				o.spool_dir ? o.spool_dir : "", strerror(errno));
+				o.spool_dir, strerror(errno));
 			goto out;
 		}
 		r = outbox_spool_open(o.spool_dir, &spool, &error);
@@ -666,7 +698,11 @@ int main(int argc, char **argv)
 	loop_cfg = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_max_threads(loop_cfg, 16);
 	fuse_loop_cfg_set_idle_threads(loop_cfg, 4);
+	sd_notify_status("READY=1", "mounted %s on %s%s", o.source_text,
+		mountpoint, offline ? ", started offline from the cache "
+		"(reconnecting)" : "");
 	ret = fuse_session_loop_mt(se, loop_cfg) < 0 ? 1 : 0;
+	sd_notify_status("STOPPING=1", "unmounting");
 	fuse_loop_cfg_destroy(loop_cfg);
 	fs_ops_set_session(NULL);
 out_unmount:

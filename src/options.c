@@ -1,8 +1,11 @@
 #include <ctype.h>
 #include <errno.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "src/errfmt.h"
 #include "src/options.h"
@@ -192,41 +195,77 @@ int parse_size(const char *text, uint64_t *size_r)
 	return 0;
 }
 
-char *options_default_cache_dir(const struct mail_url *url)
+/* The home directory: $HOME when it is an absolute path, else the passwd
+ * entry's (as under systemd or from /etc/fstab, where HOME may be unset),
+ * which must exist.  Never a shared directory such as /tmp, in which
+ * another user could prepare the path.  NULL with *error_r if none. */
+static const char *home_dir(const char *option, const char **error_r)
 {
-	const char *xdg = getenv("XDG_CACHE_HOME");
 	const char *home = getenv("HOME");
-	char account[512], *out = NULL;
+	struct passwd *pw;
+	struct stat st;
 
-	/* One directory per account; '/' cannot occur in user or host after
-	 * parsing, but keep the name a single path component regardless. */
-	snprintf(account, sizeof(account), "%s@%s", url->user, url->host);
+	if (home && home[0] == '/')
+		return home;
+	pw = getpwuid(getuid());
+	if (!pw || !pw->pw_dir || pw->pw_dir[0] != '/') {
+		*error_r = errfmt("no usable HOME, and user %u has no home "
+			"directory in the passwd database: give -o %s=PATH",
+			(unsigned)getuid(), option);
+		return NULL;
+	}
+	if (stat(pw->pw_dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		*error_r = errfmt("no usable HOME, and the home directory %s "
+			"does not exist: give -o %s=PATH", pw->pw_dir, option);
+		return NULL;
+	}
+	return pw->pw_dir;
+}
+
+/* <$xdg_var or HOME/under_home>/mailfs/<user>@<host><tail>.  The account
+ * is one path component: a '/' in the user name (%2F) becomes '_'. */
+static char *account_dir(const struct mail_url *url, const char *xdg_var,
+	const char *under_home, const char *tail, const char *option,
+	const char **error_r)
+{
+	const char *xdg = getenv(xdg_var), *home = NULL;
+	char *account = NULL, *out = NULL;
+
+	/* A relative XDG path is invalid and ignored, as the XDG base
+	 * directory specification says. */
+	if (!xdg || xdg[0] != '/') {
+		xdg = NULL;
+		home = home_dir(option, error_r);
+		if (!home)
+			return NULL;
+	}
+	if (asprintf(&account, "%s@%s", url->user, url->host) < 0) {
+		*error_r = "out of memory";
+		return NULL;
+	}
 	for (char *c = account; *c; c++)
 		if (*c == '/')
 			*c = '_';
-	if (xdg && *xdg == '/') {
-		if (asprintf(&out, "%s/mailfs/%s", xdg, account) < 0)
-			return NULL;
-	} else {
-		if (asprintf(&out, "%s/.cache/mailfs/%s",
-				home && *home ? home : "/tmp", account) < 0)
-			return NULL;
+	if ((xdg ? asprintf(&out, "%s/mailfs/%s%s", xdg, account, tail) :
+		   asprintf(&out, "%s/%s/mailfs/%s%s", home, under_home, account,
+			tail)) < 0) {
+		out = NULL;
+		*error_r = "out of memory";
 	}
+	free(account);
 	return out;
 }
 
-char *options_default_spool_dir(const struct mail_url *url)
+char *options_default_cache_dir(const struct mail_url *url,
+	const char **error_r)
 {
-	const char *xdg = getenv("XDG_STATE_HOME");
-	const char *home = getenv("HOME");
-	char *out = NULL;
-	int r;
+	return account_dir(url, "XDG_CACHE_HOME", ".cache", "", "cache_dir",
+		error_r);
+}
 
-	if (xdg && *xdg == '/')
-		r = asprintf(&out, "%s/mailfs/%s@%s/outbox", xdg, url->user,
-			url->host);
-	else
-		r = asprintf(&out, "%s/.local/state/mailfs/%s@%s/outbox",
-			home && *home ? home : "/tmp", url->user, url->host);
-	return r < 0 ? NULL : out;
+char *options_default_spool_dir(const struct mail_url *url,
+	const char **error_r)
+{
+	return account_dir(url, "XDG_STATE_HOME", ".local/state", "/outbox",
+		"spool_dir", error_r);
 }

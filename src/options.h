@@ -69,12 +69,17 @@ int parse_size(const char *text, uint64_t *size_r);
 
 /* The account's default cache directory:
  * $XDG_CACHE_HOME/mailfs/<user>@<host> (or ~/.cache/...), shared by the
- * IMAP and POP3 views of the account.  Malloc'd. */
-char *options_default_cache_dir(const struct mail_url *url);
+ * IMAP and POP3 views of the account.  Without HOME, ~ is the passwd
+ * entry's home directory; never /tmp.  Malloc'd, or NULL with *error_r
+ * (one line) when there is no home directory. */
+char *options_default_cache_dir(const struct mail_url *url,
+	const char **error_r);
 
 /* The default outbox spool: $XDG_STATE_HOME/mailfs/<user>@<host>/outbox
  * (or ~/.local/state/...): state, not cache, since it may hold mail that
- * exists nowhere else.  Malloc'd. */
-char *options_default_spool_dir(const struct mail_url *url);
+ * exists nowhere else.  ~ as for the cache.  Malloc'd, or NULL with
+ * *error_r. */
+char *options_default_spool_dir(const struct mail_url *url,
+	const char **error_r);
 
 #endif
