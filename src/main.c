@@ -107,7 +107,7 @@ static void usage(FILE *out)
 "    -o smtp_auth=MECH      as auth=, for SMTP (default: auth's)\n"
 "    -o from=ADDRESS        sender for messages without a From header\n"
 "    -o sent=FOLDER|none    where copies of sent mail go (default: the\n"
-"                           \\\\Sent special-use folder, else Sent)\n"
+"                           \\Sent special-use folder, else Sent)\n"
 "    -o spool_dir=PATH      the queue (default\n"
 "                           $XDG_STATE_HOME/mailfs/USER@HOST/outbox)\n"
 "    -o retry_min=SECONDS   first retry delay, doubling to an hour (60)\n"
