@@ -327,6 +327,7 @@ int fs_tree_flush_staged(struct fs_tree *t, fuse_ino_t ino, int fd)
 
 void fs_tree_release_staged(struct fs_tree *t, fuse_ino_t ino)
 {
+	bool quiet = false;
 	struct node *x;
 
 	pthread_mutex_lock(&t->lock);
@@ -335,9 +336,12 @@ void fs_tree_release_staged(struct fs_tree *t, fuse_ino_t ino)
 		if (x->open_count)
 			x->open_count--;
 		x->changed_at = tree_now();
+		quiet = !x->open_count && x->journaled;
 		pthread_cond_signal(&t->stage_wake);
 	}
 	pthread_mutex_unlock(&t->lock);
+	if (quiet)
+		fault_point("copyin-quiet");   /* the quiet period starts */
 }
 
 /* Syncs the bytes of a staged file changed other than through a writer's
@@ -515,8 +519,7 @@ static void commit_free(struct commit *c)
 }
 
 /* Picks one staged file ready to append (lock held); false if none. */
-static bool next_ready(struct fs_tree *t, bool all, struct commit *c,
-	bool *waiting_r)
+static bool next_ready(struct fs_tree *t, bool all, struct commit *c)
 {
 	time_t now = tree_now();
 	struct node **dirs = NULL;
@@ -535,10 +538,6 @@ static bool next_ready(struct fs_tree *t, bool all, struct commit *c,
 		for (size_t k = 0; k < d->n_staged && !found; k++) {
 			struct node *x = d->staged[k];
 
-			if (!all && x->journaled && !x->committing &&
-			    !x->open_count && appendable(x) && !x->failed &&
-			    now - x->changed_at < STAGE_QUIET_S)
-				*waiting_r = true;
 			if (x->committing || x->open_count || !appendable(x) ||
 			    x->failed || !d->raw ||
 			    (all && x->final_try) ||
@@ -676,6 +675,8 @@ static void commit_one(struct fs_tree *t, struct commit *c)
 			if (st == BACKEND_OK && new_uid)
 				log_info("%s was appended to %s before (UID %u)",
 					c->name, c->folder, new_uid);
+			else if (st == BACKEND_NOT_FOUND)
+				st = BACKEND_OK;   /* no folder, no message */
 			else if (refused_for_good(st))
 				st = BACKEND_TEMP;   /* the search, not the APPEND */
 		}
@@ -755,14 +756,13 @@ static void *stager_main(void *arg)
 {
 	struct fs_tree *t = arg;
 	struct timespec ts;
-	bool quiet_seen = false;
 
 	pthread_mutex_lock(&t->lock);
 	for (;;) {
 		struct commit c = { 0 };
-		bool stopping = t->stopping, waiting = false;
+		bool stopping = t->stopping;
 
-		if (next_ready(t, stopping, &c, &waiting)) {
+		if (next_ready(t, stopping, &c)) {
 			pthread_mutex_unlock(&t->lock);
 			commit_one(t, &c);
 			commit_free(&c);
@@ -771,12 +771,6 @@ static void *stager_main(void *arg)
 		}
 		if (stopping)
 			break;
-		if (!quiet_seen && waiting) {
-			quiet_seen = true;
-			pthread_mutex_unlock(&t->lock);
-			fault_point("copyin-quiet");
-			pthread_mutex_lock(&t->lock);
-		}
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_nsec += 300 * 1000 * 1000;
 		if (ts.tv_nsec >= 1000000000) {
@@ -806,14 +800,16 @@ static struct node *folder_by_raw(struct node *d, const char *raw)
 }
 
 /* Lists one copy-in from the journal in its folder again (lock held).
- * record and job are the record's path and content. */
-static void resume_one(struct fs_tree *t, const char *job,
+ * job is the record's path, r what it holds.  False when it is not
+ * listed. */
+static bool resume_one(struct fs_tree *t, const char *job,
 	const struct stage_record *r)
 {
 	char *path = strndup(job, strlen(job) - 4), *jp = strdup(job);
 	char *name = NULL;
 	struct node *dir, *x;
 	struct stat st;
+	bool ok = false;
 
 	if (!path || !jp)
 		goto out;
@@ -857,17 +853,19 @@ static void resume_one(struct fs_tree *t, const char *job,
 	x->changed_at = 0;   /* left alone long enough */
 	if (strcmp(name, r->name) != 0)
 		journal_save(x);
+	ok = true;
 out:
 	free(name);
 	free(path);
 	free(jp);
+	return ok;
 }
 
 /* Reads the journal: lists its copy-ins again, and removes what no record
  * names (bytes whose close() never returned, half-written records). */
 static void resume_journal(struct fs_tree *t)
 {
-	unsigned legacy = 0, resumed = 0;
+	unsigned legacy = 0, resumed = 0, refused = 0;
 	struct dirent *de;
 	DIR *d = opendir(t->stage_dir);
 
@@ -891,9 +889,13 @@ static void resume_journal(struct fs_tree *t)
 					"%s; it is left there", p,
 					strerror(-ret));
 			} else {
-				resume_one(t, p, &r);
+				if (!resume_one(t, p, &r))
+					;
+				else if (r.state == STAGE_FAILED)
+					refused++;
+				else
+					resumed++;
 				stage_record_clear(&r);
-				resumed++;
 			}
 		} else if (stage_is_data_name(de->d_name)) {
 			char *job = NULL;
@@ -916,6 +918,10 @@ static void resume_journal(struct fs_tree *t)
 	if (resumed)
 		log_info("%u file(s) copied in earlier are appended now",
 			resumed);
+	if (refused)
+		log_warn("%u file(s) copied in earlier were refused by the "
+			"server; they stay listed (see user.mail.status)",
+			refused);
 	if (legacy)
 		log_warn("%u file(s) copied in before a crash by an older "
 			"version were never appended; they are kept in %s",
