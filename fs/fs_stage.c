@@ -385,7 +385,7 @@ int fs_tree_setattr_staged(struct fs_tree *t, fuse_ino_t ino,
 		x->mtime = to_set & FUSE_SET_ATTR_MTIME_NOW ? time(NULL) :
 			attr->st_mtime;
 		x->mtime_set = true;
-		if (x->journaled && x->mtime != old &&
+		if (x->journaled && (x->mtime != old || !old_set) &&
 		    (ret = journal_save(x)) < 0) {
 			x->mtime = old;
 			x->mtime_set = old_set;
