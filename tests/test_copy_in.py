@@ -130,6 +130,18 @@ def test_offline_copy_in_survives_unmount(account, corpus, mount, proxies,
     assert account.fetch("INBOX") == {}
     assert len(records(cache)) == 1
 
+    # Mounted again from the cache while the server is still away: the
+    # file is listed, still pending.
+    m = mount(account, source=proxy_url(account, proxy), cache_dir=cache,
+              options=["timeout=5"])
+    path = os.path.join(m.path, "INBOX", "offline.eml")
+    assert files_in(os.path.join(m.path, "INBOX")) == ["offline.eml"]
+    assert status_of(path) == "pending"
+    assert int(os.stat(path).st_mtime) == 1600000000
+    assert os.getxattr(path, "user.mail.flags") == b"\\Flagged"
+    m.unmount()
+    assert account.fetch("INBOX") == {}
+
     proxy.up()
     m2 = mount(account, source=proxy_url(account, proxy), cache_dir=cache)
     server = settled(account, cache, "INBOX", 1)
