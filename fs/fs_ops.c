@@ -257,7 +257,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	if (fuse_reply_create(req, &e, fi) != 0) {
 		close(fd);
 		if (!is_outbox(parent))
-			fs_tree_release_staged(tree_of(req), e.ino);
+			fs_tree_abort_create(tree_of(req), e.ino);
 	}
 }
 
@@ -302,11 +302,17 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	/* For the outbox this is where close() learns whether the message
-	 * was queued: release cannot report anything. */
-	fuse_reply_err(req, is_outbox(ino) && (fi->fh & FH_WRITE) ?
-		-fs_outbox_flush(outbox, ino, fuse_req_ctx(req)->pid, false) :
-		0);
+	/* This is where close() learns whether an outbox message was
+	 * queued, or a copy-in made durable: release cannot report
+	 * anything. */
+	int r = 0;
+
+	if (fi->fh & FH_WRITE)
+		r = is_outbox(ino) ?
+			fs_outbox_flush(outbox, ino, fuse_req_ctx(req)->pid,
+				false) :
+			fs_tree_flush_staged(tree_of(req), ino, fh_fd(fi));
+	fuse_reply_err(req, -r);
 }
 
 static void *notify_size_thread(void *arg)

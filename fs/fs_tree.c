@@ -119,6 +119,8 @@ void tree_node_free(struct node *n)
 	free(n->by_ino);
 	free(n->prev_dirs);
 	free(n->stage_path);
+	free(n->job_path);
+	free(n->failed);
 	free(n);
 }
 
@@ -1372,6 +1374,8 @@ int fs_tree_getxattr(struct fs_tree *t, fuse_ino_t ino, const char *name,
 		v = strdup(x->flags ? x->flags : "");
 	else if (strcmp(name, "user.mail.uid") == 0 && x->is_staged)
 		ret = -ENODATA;
+	else if (strcmp(name, "user.mail.status") == 0 && x->is_staged)
+		v = stage_status(x);
 	else if (strcmp(name, "user.mail.uid") == 0)
 		ret = asprintf(&v, "%u", x->uid) < 0 ? -ENOMEM : 0;
 	else

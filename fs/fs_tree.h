@@ -125,6 +125,12 @@ int fs_tree_open_staged(struct fs_tree *tree, fuse_ino_t ino, int flags,
 	int *fd_r);
 void fs_tree_wrote_staged(struct fs_tree *tree, fuse_ino_t ino, uint64_t end);
 void fs_tree_release_staged(struct fs_tree *tree, fuse_ino_t ino);
+/* At each close() of a writer (fd, its descriptor): syncs the bytes and
+ * records where they go, so that they survive a crash.  0 or -errno, for
+ * close() to report. */
+int fs_tree_flush_staged(struct fs_tree *tree, fuse_ino_t ino, int fd);
+/* Undoes fs_tree_create when its reply could not be sent. */
+void fs_tree_abort_create(struct fs_tree *tree, fuse_ino_t ino);
 int fs_tree_setattr_staged(struct fs_tree *tree, fuse_ino_t ino,
 	const struct stat *attr, int to_set, struct stat *st_r);
 

@@ -69,6 +69,12 @@ struct node {
 	bool final_try;         /* tried once while unmounting */
 	time_t changed_at;      /* monotonic: last write, close or setattr */
 	time_t retry_at;        /* monotonic: after a failed APPEND */
+	char *job_path;         /* its record in the journal; owned */
+	bool journaled;         /* that record is on disk */
+	bool sent;              /* an APPEND was started: it may be there */
+	uint32_t sent_uidvalidity, sent_min_uid;  /* where to look for it */
+	unsigned tries;         /* APPENDs failed in a row: the backoff */
+	char *failed;           /* refused for good: the reason; owned */
 };
 
 struct fs_tree {
@@ -96,7 +102,6 @@ struct fs_tree {
 	/* writing (fs_write.c, fs_stage.c) */
 	char *trash;                      /* raw name or NULL */
 	char *stage_dir;                  /* NULL: copy-in disabled */
-	uint64_t stage_seq;
 	pthread_t stager;
 	bool stager_running;
 	bool stopping;
@@ -164,6 +169,11 @@ int stage_rename(struct fs_tree *t, struct node *x, struct node *newdir,
 	const char *newname);
 int stage_setxattr(struct fs_tree *t, struct node *x, const char *name,
 	const char *value);
+/* user.mail.status of a staged file, malloc'd: "pending" or "failed: ..." */
+char *stage_status(const struct node *x);
+/* Attributes a message shows but does not take (user.mail.uid,
+ * user.mailfs.*): a restore copies them along, and they are ignored. */
+bool stage_xattr_ignored(const char *name);
 int stage_start(struct fs_tree *t);
 void stage_stop(struct fs_tree *t);
 

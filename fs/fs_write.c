@@ -486,7 +486,7 @@ int fs_tree_setxattr(struct fs_tree *t, fuse_ino_t ino, const char *name,
 	if (strcmp(name, "user.mail.flags") != 0) {
 		pthread_mutex_unlock(&t->lock);
 		free(flags);
-		return strncmp(name, "user.mail.", 10) == 0 ? -EPERM : -ENOTSUP;
+		return stage_xattr_ignored(name) ? 0 : -ENOTSUP;
 	}
 	if (!writable(t) || !t->be->ops->set_flags) {
 		pthread_mutex_unlock(&t->lock);

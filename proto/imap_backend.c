@@ -18,6 +18,7 @@
 #include "proto/mutf7.h"
 #include "proto/net_stream.h"
 #include "src/errfmt.h"
+#include "src/fault_point.h"
 #include "src/log.h"
 
 struct imap_backend {
@@ -1193,6 +1194,7 @@ static enum backend_status append_message(struct imap_session *s,
 	     mailstream_flush(stream) == -1))
 		r = MAILIMAP_ERROR_STREAM;
 	if (r == MAILIMAP_NO_ERROR) {
+		fault_point("append-sent");
 		r = read_tagged(imap, MAILIMAP_ERROR_APPEND);
 		/* Done without the message: no better than a NO. */
 		if (r == MAILIMAP_NO_ERROR && !go)
@@ -1225,6 +1227,174 @@ static enum backend_status imap_append(struct backend *be,
 		imap_pool_put(ib->pool, &s);
 	}
 	mailimap_flag_list_free(fl);
+	return st;
+}
+
+/* Whether the server's copy, handed over in pieces, matches data as
+ * append_message() sends it: CRLF, a bare CR and a bare LF all go out as
+ * CRLF.  pos and lf_due carry the place in data from piece to piece. */
+struct crlf_cmp {
+	const char *data;
+	size_t len, pos;
+	bool lf_due;      /* a CR went out for a line end: LF comes next */
+};
+
+static bool crlf_matches(struct crlf_cmp *c, const char *got, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		char want;
+
+		if (c->lf_due) {
+			want = '\n';
+			c->lf_due = false;
+		} else if (c->pos >= c->len) {
+			return false;
+		} else {
+			char d = c->data[c->pos++];
+
+			if (d == '\r' || d == '\n') {
+				if (d == '\r' && c->pos < c->len &&
+				    c->data[c->pos] == '\n')
+					c->pos++;
+				want = '\r';
+				c->lf_due = true;
+			} else {
+				want = d;
+			}
+		}
+		if (got[i] != want)
+			return false;
+	}
+	return true;
+}
+
+/* Compares message uid with data, a block at a time. */
+static enum backend_status same_bytes(struct backend *be, const char *folder,
+	uint32_t uidvalidity, uint32_t uid, const void *data, size_t len,
+	size_t size, bool *same_r, const char **error_r)
+{
+	enum { BLOCK = 1024 * 1024 };
+	struct crlf_cmp c = { .data = data, .len = len };
+	char *buf = malloc(BLOCK);
+	enum backend_status st = BACKEND_OK;
+	uint64_t off = 0;
+
+	*same_r = false;
+	if (!buf) {
+		*error_r = "out of memory";
+		return BACKEND_TEMP;
+	}
+	for (;;) {
+		size_t got = 0;
+
+		st = imap_read_range(be, folder, uidvalidity, uid, off, BLOCK,
+			buf, &got, error_r);
+		if (st == BACKEND_NOT_FOUND)
+			st = BACKEND_OK;   /* gone since: not ours to find */
+		if (st != BACKEND_OK || !crlf_matches(&c, buf, got))
+			break;
+		off += got;
+		if (got < BLOCK) {
+			*same_r = off == size && c.pos == c.len && !c.lf_due;
+			break;
+		}
+	}
+	free(buf);
+	return st;
+}
+
+static enum backend_status imap_find_appended(struct backend *be,
+	const char *folder, const void *data, size_t len,
+	uint32_t uidvalidity, uint32_t min_uid, uint32_t *uid_r,
+	const char **error_r)
+{
+	struct imap_backend *ib = to_imap(be);
+	size_t size = mailstream_get_data_crlf_size(data, len);
+	struct mailimap_search_key *key, *k;
+	uint32_t *uids = NULL, folder_uv = 0;
+	size_t n = 0, cap = 0;
+	struct imap_session *s;
+	enum backend_status st;
+	clist *result = NULL;
+	clistiter *it;
+	int r;
+
+	*uid_r = 0;
+	if (size > UINT32_MAX - 1)
+		return BACKEND_OK;   /* append_message() never sends it */
+	key = mailimap_search_key_new_multiple_empty();
+	if (!key) {
+		*error_r = "out of memory";
+		return BACKEND_TEMP;
+	}
+	st = imap_pool_get(ib->pool, &s, error_r);
+	if (st != BACKEND_OK) {
+		mailimap_search_key_free(key);
+		return st;
+	}
+	/* Again, even if selected: the APPEND came after that. */
+	st = session_examine(s, folder, true, error_r);
+	if (st == BACKEND_OK) {
+		folder_uv = s->selected_uidvalidity;
+		r = MAILIMAP_NO_ERROR;
+		if (size > 0 &&
+		    (!(k = mailimap_search_key_new_larger((uint32_t)size - 1)) ||
+		     mailimap_search_key_multiple_add(key, k) !=
+				MAILIMAP_NO_ERROR))
+			r = MAILIMAP_ERROR_MEMORY;
+		if (r == MAILIMAP_NO_ERROR &&
+		    (!(k = mailimap_search_key_new_smaller((uint32_t)size + 1)) ||
+		     mailimap_search_key_multiple_add(key, k) !=
+				MAILIMAP_NO_ERROR))
+			r = MAILIMAP_ERROR_MEMORY;
+		if (r == MAILIMAP_NO_ERROR && uidvalidity == folder_uv &&
+		    min_uid > 1) {
+			struct mailimap_set *set =
+				mailimap_set_new_interval(min_uid, 0);
+
+			if (!set || !(k = mailimap_search_key_new_uid(set)) ||
+			    mailimap_search_key_multiple_add(key, k) !=
+					MAILIMAP_NO_ERROR)
+				r = MAILIMAP_ERROR_MEMORY;
+		}
+		if (r == MAILIMAP_NO_ERROR)
+			r = mailimap_uid_search(s->imap, NULL, key, &result);
+		if (r != MAILIMAP_NO_ERROR)
+			st = command_failed(s, r, "UID SEARCH in", folder,
+				error_r);
+	}
+	imap_pool_put(ib->pool, &s);
+	mailimap_search_key_free(key);
+	for (it = result ? clist_begin(result) : NULL;
+	     st == BACKEND_OK && it; it = clist_next(it)) {
+		uint32_t uid = *(uint32_t *)clist_content(it);
+
+		if (uidvalidity == folder_uv && uid < min_uid)
+			continue;   /* "n:*" names the last UID even below n */
+		if (n == cap) {
+			uint32_t *nu = realloc(uids,
+				(cap = cap ? 2 * cap : 4) * sizeof(*uids));
+
+			if (!nu) {
+				*error_r = "out of memory";
+				st = BACKEND_TEMP;
+				break;
+			}
+			uids = nu;
+		}
+		uids[n++] = uid;
+	}
+	if (result)
+		mailimap_search_result_free(result);
+	for (size_t i = 0; st == BACKEND_OK && i < n && !*uid_r; i++) {
+		bool same;
+
+		st = same_bytes(be, folder, folder_uv, uids[i], data, len, size,
+			&same, error_r);
+		if (st == BACKEND_OK && same)
+			*uid_r = uids[i];
+	}
+	free(uids);
 	return st;
 }
 
@@ -1472,6 +1642,7 @@ static const struct backend_ops imap_backend_ops = {
 	.expunge = imap_expunge,
 	.move = imap_move,
 	.append = imap_append,
+	.find_appended = imap_find_appended,
 	.set_flags = imap_set_flags,
 	.create_folder = imap_create_folder,
 	.delete_folder = imap_delete_folder,

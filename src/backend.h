@@ -148,6 +148,16 @@ struct backend_ops {
 		const void *data, size_t len, const char *flags,
 		int64_t internaldate, uint32_t *new_uid_r, const char **error_r);
 
+	/* Optional (NULL: nobody can tell).  Whether an append() of data to
+	 * raw_folder whose answer was lost did arrive: looks for a message
+	 * whose bytes are exactly those that append() stores, among the UIDs
+	 * from min_uid on when uidvalidity is the folder's (else among all).
+	 * *uid_r is its UID, or 0 when there is none. */
+	enum backend_status (*find_appended)(struct backend *be,
+		const char *raw_folder, const void *data, size_t len,
+		uint32_t uidvalidity, uint32_t min_uid, uint32_t *uid_r,
+		const char **error_r);
+
 	/* Replaces a message's flags (keywords included; \Recent ignored). */
 	enum backend_status (*set_flags)(struct backend *be,
 		const char *raw_folder, uint32_t uidvalidity, uint32_t uid,
