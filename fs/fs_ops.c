@@ -273,11 +273,15 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 	}
 	n = pwrite(fd, buf, size, off);
 	if (n < 0) {
-		fuse_reply_err(req, errno);
+		int e = errno;
+
+		if (is_outbox(ino))
+			fs_outbox_wrote(outbox, ino, 0, e);
+		fuse_reply_err(req, e);
 		return;
 	}
 	if (is_outbox(ino)) {
-		int r = fs_outbox_wrote(outbox, ino, (uint64_t)off + n);
+		int r = fs_outbox_wrote(outbox, ino, (uint64_t)off + n, 0);
 
 		if (r < 0) {
 			fuse_reply_err(req, -r);
@@ -303,8 +307,9 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	/* For the outbox this is where close() learns whether the message
-	 * was queued: release cannot report anything. */
-	fuse_reply_err(req, is_outbox(ino) && (fi->fh & FH_WRITE) ?
+	 * was queued: release cannot report anything.  Read-only descriptors
+	 * count too: the writer's last one may be one. */
+	fuse_reply_err(req, is_outbox(ino) && fi->fh ?
 		-fs_outbox_flush(outbox, ino, fuse_req_ctx(req)->pid, false) :
 		0);
 }
@@ -372,9 +377,9 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 		close(fd);
 		if (!is_outbox(ino))
 			fs_tree_release_staged(tree_of(req), ino);
-		else if (fi->fh & FH_WRITE)
-			/* The last close of a writer: take what flush left
-			 * (an empty file); errors can only be logged now. */
+		else
+			/* An open file ends: take what no flush could (its
+			 * writer unknown); errors can only be logged now. */
 			fs_outbox_flush(outbox, ino, 0, true);
 	}
 	fuse_reply_err(req, 0);

@@ -492,7 +492,6 @@ int main(int argc, char **argv)
 	}
 
 	if (o.smtp_text) {
-		char *stage_dir = NULL;
 		int r;
 
 		if (!o.spool_dir)
@@ -530,13 +529,10 @@ int main(int argc, char **argv)
 			sent.folder = offline ? strdup("Sent") :
 				find_sent_folder(be);
 		}
-		if (asprintf(&stage_dir, "%s/staging", o.cache_dir) < 0 ||
-		    !(outbox = fs_outbox_new(spool, o.from, stage_dir))) {
-			free(stage_dir);
+		if (!(outbox = fs_outbox_new(spool, o.from))) {
 			fail("%s", "out of memory");
 			goto out;
 		}
-		free(stage_dir);
 		fs_ops_set_outbox(outbox);
 	}
 

@@ -58,6 +58,7 @@ struct spool_entry {
 
 struct outbox_spool {
 	char *dir;
+	char *drafts_dir;
 	int lock_fd, tmp_fd, queue_fd, state_fd, failed_fd;
 	atomic_uint tmp_seq;
 
@@ -817,7 +818,7 @@ int outbox_spool_open(const char *dir, struct outbox_spool **spool_r,
 	const char **error_r)
 {
 	struct outbox_spool *spool;
-	int dir_fd = -1, res;
+	int dir_fd = -1, drafts_fd, res;
 
 	*spool_r = NULL;
 	spool = calloc(1, sizeof(*spool));
@@ -830,7 +831,9 @@ int outbox_spool_open(const char *dir, struct outbox_spool **spool_r,
 	pthread_mutex_init(&spool->lock, NULL);
 	pthread_mutex_init(&spool->failed_lock, NULL);
 	spool->dir = strdup(dir);
-	if (spool->dir == NULL) {
+	if (spool->dir == NULL ||
+	    asprintf(&spool->drafts_dir, "%s/drafts", dir) < 0) {
+		spool->drafts_dir = NULL;
 		*error_r = "out of memory";
 		res = -ENOMEM;
 		goto out_close;
@@ -875,8 +878,11 @@ int outbox_spool_open(const char *dir, struct outbox_spool **spool_r,
 	    (res = open_subdir(spool, dir_fd, "state", &spool->state_fd,
 			error_r)) < 0 ||
 	    (res = open_subdir(spool, dir_fd, "failed", &spool->failed_fd,
+			error_r)) < 0 ||
+	    (res = open_subdir(spool, dir_fd, "drafts", &drafts_fd,
 			error_r)) < 0)
 		goto out_close;
+	close(drafts_fd);
 	fsync_dir(dir_fd);
 
 	clean_tmp(spool);
@@ -927,7 +933,13 @@ void outbox_spool_close(struct outbox_spool **spool_p)
 	pthread_mutex_destroy(&spool->lock);
 	pthread_mutex_destroy(&spool->failed_lock);
 	free(spool->dir);
+	free(spool->drafts_dir);
 	free(spool);
+}
+
+const char *outbox_spool_drafts_dir(const struct outbox_spool *spool)
+{
+	return spool->drafts_dir;
 }
 
 void outbox_spool_set_notify(struct outbox_spool *spool,

@@ -10,6 +10,9 @@
  *                  the first time something happens to it
  *   failed/NAME    a message that cannot be sent, and beside it
  *   failed/NAME.error  why, in words for the user
+ *   drafts/NAME    a file of outbox/ not handed to the queue (a draft, a
+ *                  file being written, one whose close() failed); the
+ *                  fs side (fs_outbox) owns these files
  *
  * Every change is made durable before it is reported: a file is written
  * under tmp/, fsynced, renamed into place, and the directory fsynced.  So
@@ -117,6 +120,9 @@ int outbox_spool_open(const char *dir, struct outbox_spool **spool_r,
 /* Releases the spool and its lock; sets *spool to NULL.  The sender must
  * be stopped first. */
 void outbox_spool_close(struct outbox_spool **spool);
+
+/* The path of drafts/ (owned by the spool, valid while it is open). */
+const char *outbox_spool_drafts_dir(const struct outbox_spool *spool);
 
 /* Called (from the enqueuing thread, with no spool lock held) after each
  * message is queued; the sender uses it to wake up.  fn may be NULL. */
