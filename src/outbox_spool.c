@@ -32,9 +32,11 @@
 #include "src/errfmt.h"
 #include "src/log.h"
 #include "src/outbox_message.h"
+#include "src/owned_dir.h"
 
 #define DIR_MODE 0700
 #define FILE_MODE 0600
+#define SPOOL_MARKER ".mailfs-spool"
 #define TMP_NAME_MAX 64
 #define TMP_ATTEMPTS 16
 #define FAILED_SUFFIX_MAX 99
@@ -691,25 +693,15 @@ out_err:
 	return -errno;
 }
 
-/* mkdir -p with mode 0700 for what it creates. */
-static int make_dirs(const char *dir)
+/* Whether dir_fd holds only what an earlier mailfs, which marked nothing,
+ * put in a spool. */
+static bool earlier_spool(int dir_fd)
 {
-	char path[PATH_MAX];
-	size_t len = strlen(dir), i;
+	static const char *const dirs[] = { "tmp", "queue", "state", "failed",
+		NULL };
+	static const char *const files[] = { "lock", NULL };
 
-	if (len == 0 || len >= sizeof(path))
-		return -ENAMETOOLONG;
-	memcpy(path, dir, len + 1);
-	for (i = 1; i <= len; i++) {
-		if (path[i] != '/' && path[i] != '\0')
-			continue;
-		path[i] = '\0';
-		if (mkdir(path, DIR_MODE) < 0 && errno != EEXIST)
-			return -errno;
-		if (i < len)
-			path[i] = '/';
-	}
-	return 0;
+	return owned_dir_only(dir_fd, dirs, files);
 }
 
 static void clean_tmp(struct outbox_spool *spool)
@@ -839,22 +831,11 @@ int outbox_spool_open(const char *dir, struct outbox_spool **spool_r,
 		goto out_close;
 	}
 
-	res = make_dirs(dir);
-	if (res < 0) {
-		*error_r = errfmt("cannot create %s: %s", dir, strerror(-res));
-		goto out_close;
-	}
-	dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	/* Only a directory of mailfs's own: tmp/ is emptied at every open. */
+	dir_fd = owned_dir_open(dir, SPOOL_MARKER, "outbox spool",
+		earlier_spool, error_r);
 	if (dir_fd < 0) {
-		res = -errno;
-		*error_r = errfmt("cannot open %s: %s", dir, strerror(-res));
-		goto out_close;
-	}
-	/* Mail waiting to go out is private whatever the umask was. */
-	if (fchmod(dir_fd, DIR_MODE) < 0) {
-		res = -errno;
-		*error_r = errfmt("cannot make %s private: %s", dir,
-			strerror(-res));
+		res = dir_fd;
 		goto out_close;
 	}
 	spool->lock_fd = openat(dir_fd, "lock", O_RDWR | O_CREAT | O_CLOEXEC,

@@ -2,6 +2,8 @@
  *
  * Layout under the spool directory (directories 0700, files 0600):
  *
+ *   .mailfs-spool  says that mailfs made the directory (src/owned_dir.h):
+ *                  a directory without it is only taken if empty
  *   lock           flock()ed while open: one mailfs per spool
  *   tmp/           files being written; emptied when the spool opens
  *   queue/NAME     a message, as it will be sent (CRLF, Date, Message-ID;
@@ -108,7 +110,8 @@ int outbox_state_parse(const char *text, size_t len,
 /* ------------------------------------------------------------------ */
 /* Opening                                                             */
 
-/* Opens the spool under dir, creating it (0700) if needed, and locks it.
+/* Opens the spool under dir, creating it (0700) if needed (or refusing a
+ * directory that is not mailfs's, see owned_dir_open()), and locks it.
  * Removes leftover files in tmp/ and state files of messages no longer
  * queued, and loads every queued message's state (a message without one
  * counts as queued at its file's modification time).  The caller owns
