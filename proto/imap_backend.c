@@ -639,6 +639,13 @@ static enum backend_status fetch_bodies(struct imap_backend *ib,
 	enum backend_status st;
 	int r;
 
+	/* libetpan sends and parses partial origins in 32 bits: a larger
+	 * one would be cut and another range answered. */
+	if (offset > UINT32_MAX || length > UINT32_MAX) {
+		*error_r = errfmt("%s: reading past 4 GiB into a message is not "
+			"supported", folder);
+		return BACKEND_TOO_BIG;
+	}
 	if (sink_init(&bs, offset, length, max_parts) < 0) {
 		sink_free(&bs);
 		*error_r = "out of memory";

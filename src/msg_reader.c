@@ -172,7 +172,8 @@ static void inflight_remove(struct msg_reader *r, const struct block_key *key)
 
 static int status_to_errno(enum backend_status st)
 {
-	return st == BACKEND_NOT_FOUND ? ENOENT : EIO;
+	return st == BACKEND_NOT_FOUND ? ENOENT :
+		st == BACKEND_TOO_BIG ? EFBIG : EIO;
 }
 
 /* A block received from the server: into both caches. */
@@ -661,11 +662,18 @@ ssize_t msg_reader_read(struct msg_reader *r, const struct msg_ref *ref,
 	*true_size_r = 0;
 	while (done < length) {
 		uint64_t pos = offset + done;
-		uint32_t index = (uint32_t)(pos / BLOCK);
+		uint32_t index;
 		size_t in_block = pos % BLOCK, n;
 		bool eom = false;
 		ssize_t len;
 
+		/* Block keys number blocks in 32 bits (UINT32_MAX marks a
+		 * batch of heads): past that, no block can be named. */
+		if (pos / BLOCK >= UINT32_MAX) {
+			free(block);
+			return -EFBIG;
+		}
+		index = (uint32_t)(pos / BLOCK);
 		len = get_block(r, ref, index, in_block, length - done,
 			buf + done, &n, &block, &eom);
 		if (len < 0) {
