@@ -107,6 +107,12 @@ int outbox_state_format(const struct outbox_state *state, char **text_r,
 int outbox_state_parse(const char *text, size_t len,
 	struct outbox_state *state_r, const char **error_r);
 
+/* For a state file outbox_state_parse() refuses: *state_r (owned by the
+ * caller) gets what every whole, well-formed line says, the rest is
+ * ignored.  Recipients it records as sent are then not sent to again. */
+void outbox_state_salvage(const char *text, size_t len,
+	struct outbox_state *state_r);
+
 /* ------------------------------------------------------------------ */
 /* Opening                                                             */
 
