@@ -16,6 +16,7 @@ import email.utils
 import errno
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -23,7 +24,7 @@ import time
 import pytest
 
 from conftest import FUSERMOUNT, MountError, read_bytes
-from helpers import leave_room, poll_until, tmpfs
+from helpers import fill_up, leave_room, poll_until, tmpfs
 from smtpserver import SmtpServer
 
 DEADLINE = float(os.environ.get("MAILFS_TEST_OUTBOX_DEADLINE", "120"))
@@ -1238,6 +1239,66 @@ def test_file_cut_off_by_a_crash_is_not_sent(outbox, smtp, tmp_path):
     assert read_bytes(ob2.file("cut.eml")) == raw[:40]
     ob2.barrier("after the crash")
     assert [subject_of(d) for d in smtp.snapshot()[1]] == ["after the crash"]
+
+
+# Where the daemon is killed (MAILFS_TEST_KILL_AT) and what the README
+# promises after the remount: (deliveries, copies in Sent).
+KILL_STEPS = {
+    "outbox-before-data": (1, 1),   # recipients saved as in flight
+    "outbox-after-data": (2, 1),    # the server's 250 not yet saved
+    "outbox-after-state": (1, 1),   # delivery saved, nothing filed
+    "outbox-after-filing": (1, 2),  # filed in Sent, not yet saved
+    "outbox-after-finish": (1, 1),  # off the queue
+}
+
+
+@pytest.mark.parametrize("step", sorted(KILL_STEPS))
+def test_sigkill_at_each_delivery_step(account, outbox, smtp, tmp_path,
+                                       step):
+    """Killed at each step of a delivery, mailfs delivers the message
+    after the remount at least once, and more often (or files more than
+    one copy) only where the README says it can."""
+    deliveries, copies = KILL_STEPS[step]
+    spool = str(tmp_path / "spool-kept")
+    subject = f"killed at {step}"
+    raw = message(subject)
+    ob = outbox(spool_dir=spool, env={"MAILFS_TEST_KILL_AT": step})
+    ob.send("killed.eml", raw)
+    assert ob.mount.proc.wait(timeout=DEADLINE) == -signal.SIGKILL
+    kill_mount(ob.mount)
+
+    ob2 = outbox(spool_dir=spool)
+    ob2.wait_gone("killed.eml")
+    ob2.barrier()
+    got = deliveries_of(smtp, subject)
+    assert len(got) == deliveries and all(d.data == raw for d in got)
+    filed = [header_values(i["raw"], "Subject")
+             for i in account.fetch("Sent").values()]
+    assert filed.count([subject.encode()]) == copies, filed
+    assert listing(ob2.failed) == []
+
+
+def test_failed_state_save_does_not_resend(outbox, smtp, tmp_path):
+    """The server took the message but its state could not be saved (a
+    full disk): the next attempts in the same run do not send it again."""
+    fs = str(tmp_path / "spoolfs")
+    with tmpfs(fs, "1m", "mailfs-test-spool"):
+        ob = outbox(spool_dir=os.path.join(fs, "spool"))
+        raw = message("state not saved")
+        smtp.hold_data(1)
+        ob.send("unsaved.eml", raw)
+        smtp.wait(lambda s: any(k == "data-held" for k, _ in s.events),
+                  what="the message to reach the final dot")
+        filler = fill_up(fs)
+        smtp.release()
+        wait_until(lambda: "No space left" in ob.mount.stderr(),
+                   "the failed save")
+        os.unlink(filler)
+        ob.wait_gone("unsaved.eml")
+        ob.barrier()
+        assert [d.data for d in deliveries_of(smtp, "state not saved")] == \
+            [raw]
+        ob.mount.unmount()
 
 
 def test_gives_up_after_retry_max_age(outbox, make_smtp):
