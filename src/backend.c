@@ -19,7 +19,6 @@ const char *backend_status_name(enum backend_status status)
 		[BACKEND_TLS] = "TLS failure",
 		[BACKEND_CONNECT] = "cannot connect",
 		[BACKEND_PROTOCOL] = "protocol error",
-		[BACKEND_TOO_BIG] = "offset too large",
 	};
 
 	if ((unsigned)status < sizeof(names) / sizeof(names[0]) && names[status])

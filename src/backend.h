@@ -35,7 +35,6 @@ enum backend_status {
 	BACKEND_TLS,         /* TLS handshake or certificate verification failed */
 	BACKEND_CONNECT,     /* server could not be reached (refused, no route, DNS) */
 	BACKEND_PROTOCOL,    /* server spoke something we cannot accept */
-	BACKEND_TOO_BIG,     /* an offset this backend cannot express */
 };
 
 /* Returns a static lowercase name for logs, e.g. "temporary failure". */

@@ -172,8 +172,7 @@ static void inflight_remove(struct msg_reader *r, const struct block_key *key)
 
 static int status_to_errno(enum backend_status st)
 {
-	return st == BACKEND_NOT_FOUND ? ENOENT :
-		st == BACKEND_TOO_BIG ? EFBIG : EIO;
+	return st == BACKEND_NOT_FOUND ? ENOENT : EIO;
 }
 
 /* A block received from the server: into both caches. */
