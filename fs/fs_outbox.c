@@ -671,14 +671,16 @@ int fs_outbox_flush(struct fs_outbox *ob, fuse_ino_t ino, pid_t pid,
 	n = node_by_ino(ob, ino);
 	/* Taken when its writing process is done with it: what that close()
 	 * returns says whether it was queued. */
-	if (n && writing_done(n, pid, final) && n->write_error != 0) {
+	if (!n || !writing_done(n, pid, final)) {
+		/* not (yet) */
+	} else if (n->write_error != 0) {
 		/* Programs that ignore a failed write (a shell's echo) would
 		 * otherwise have a message with a hole sent. */
 		log_warn("outbox: %s not queued: a write to it failed (%s)",
 			n->name, strerror(n->write_error));
 		ret = -n->write_error;
 		n->refused = true;
-	} else if (n && writing_done(n, pid, final)) {
+	} else {
 		ret = submit_draft(ob, n, n->name);
 		/* Still a draft (submit_draft keeps it only then): the writer
 		 * learns of the failure now; queueing it at the last close,

@@ -740,7 +740,7 @@ out_err:
 static bool earlier_spool(int dir_fd)
 {
 	static const char *const dirs[] = { "tmp", "queue", "state", "failed",
-		NULL };
+		"drafts", NULL };
 	static const char *const files[] = { "lock", NULL };
 
 	return owned_dir_only(dir_fd, dirs, files);

@@ -94,6 +94,7 @@ static int write_marker(int dir_fd, const char *marker, const char *what)
 {
 	char text[128];
 	int fd, len, ret = 0;
+	ssize_t w;
 
 	len = snprintf(text, sizeof(text), "This %s directory belongs to "
 		"mailfs, which deletes files in it.\n", what);
@@ -101,8 +102,11 @@ static int write_marker(int dir_fd, const char *marker, const char *what)
 		O_CLOEXEC, FILE_MODE);
 	if (fd < 0)
 		return -errno;
-	if (write(fd, text, (size_t)len) != len || fsync(fd) < 0)
-		ret = errno ? -errno : -EIO;
+	w = write(fd, text, (size_t)len);
+	if (w < 0 || (w == len && fsync(fd) < 0))
+		ret = -errno;
+	else if (w != len)
+		ret = -EIO;
 	close(fd);
 	if (ret == 0 && fsync(dir_fd) < 0)
 		ret = -errno;
@@ -138,8 +142,18 @@ int owned_dir_open(const char *dir, const char *marker, const char *what,
 		return r;
 	}
 	if (!created && fstatat(fd, marker, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-	    S_ISREG(st.st_mode))
-		return fd;   /* ours */
+	    S_ISREG(st.st_mode)) {
+		/* Ours: kept private whatever was done to it since. */
+		if (fstat(fd, &st) == 0 && (st.st_mode & 07777) != DIR_MODE &&
+		    fchmod(fd, DIR_MODE) < 0) {
+			r = -errno;
+			close(fd);
+			*error_r = errfmt("cannot make the %s directory %s "
+				"private: %s", what, dir, strerror(-r));
+			return r;
+		}
+		return fd;
+	}
 	if (!created) {
 		if (is_empty(fd)) {
 			/* nothing to lose */
