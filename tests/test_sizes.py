@@ -6,10 +6,12 @@ offset, so nothing of that size is ever held or written."""
 
 import errno
 import os
+import ssl
 
 import pytest
 
 from fake_imap import FakeImapServer, FakeMessage
+from faultproxy import ScriptedImapServer
 from helpers import files_in, read_uncached
 
 GiB = 1 << 30
@@ -93,6 +95,40 @@ def test_size_beyond_any_file_refused(servers, mount):
     absurd = FakeMessage(1, 1 << 63, huge_content, header)
     server, m = fake_mount(servers, mount, [absurd])
     with server:
+        with pytest.raises(OSError) as e:
+            os.listdir(os.path.join(m.path, "INBOX"))
+        assert e.value.errno == errno.EIO, e.value
+
+
+def pop3_answer(list_size):
+    """A POP3 server with one message whose LIST size is list_size."""
+    def answer(line):
+        cmd = line.split(b" ", 1)[0].upper()
+        if cmd == b"CAPA":
+            return b"+OK\r\nTOP\r\nUIDL\r\nUSER\r\n.\r\n"
+        if cmd in (b"USER", b"PASS", b"NOOP"):
+            return b"+OK\r\n"
+        if cmd == b"LIST":
+            return b"+OK\r\n1 %d\r\n.\r\n" % list_size
+        if cmd == b"UIDL":
+            return b"+OK\r\n1 only-one\r\n.\r\n"
+        if cmd == b"TOP":
+            return b"+OK\r\n" + header_of(HEAD) + b".\r\n"
+        if cmd == b"QUIT":
+            return None
+        return b"-ERR not here\r\n"
+    return answer
+
+
+@pytest.mark.parametrize("list_size", [1 << 63, (1 << 64) - 1])
+def test_pop3_size_beyond_any_file_refused(servers, mount, list_size):
+    """The same for a POP3 LIST size: never a negative file size."""
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(servers.cert, servers.key)
+    with ScriptedImapServer(b"+OK fake ready\r\n", pop3_answer(list_size),
+                            tls=tls) as server:
+        m = mount(None, source=f"pop3s://u@127.0.0.1:{server.port}",
+                  password="secret", options=["timeout=10"])
         with pytest.raises(OSError) as e:
             os.listdir(os.path.join(m.path, "INBOX"))
         assert e.value.errno == errno.EIO, e.value
