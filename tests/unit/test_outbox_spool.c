@@ -469,6 +469,36 @@ static void test_rescan(void)
 	outbox_spool_close(&spool);
 }
 
+/* A state file left behind by an earlier message of the same name goes
+ * before the new message is queued; if it cannot, nothing is queued: it
+ * would mark the new message's recipients as done. */
+static void test_stale_state(void)
+{
+	char dir[PATH_LEN], path[PATH_LEN + 64];
+	struct outbox_spool *spool;
+
+	fresh_dir(dir, sizeof(dir), "stale");
+	spool = open_spool(dir);
+	if (spool == NULL)
+		return;
+	write_file(dir, "state", "old.eml", "mailfs-outbox-state 1\n"
+		"rcpt sent bob@example.com\nend\n");
+	CHECK(enqueue(spool, "old.eml", "To: bob@example.com\n\nx\n", 100)
+		== 0, "enqueue over a stale state");
+	CHECK(!exists(dir, "state", "old.eml"), "stale state removed");
+
+	/* One that cannot be removed (here: a directory that is not empty). */
+	snprintf(path, sizeof(path), "%s/state/stuck.eml", dir);
+	CHECK(mkdir(path, 0700) == 0, "mkdir");
+	write_file(dir, "state/stuck.eml", "x", "y");
+	CHECK(enqueue(spool, "stuck.eml", "To: bob@example.com\n\nx\n", 100)
+		< 0, "queued over a stale state it could not remove");
+	CHECK(!exists(dir, "queue", "stuck.eml"), "nothing queued");
+	CHECK(dir_count(dir, "tmp") == 0, "tmp empty");
+	CHECK(status_of(spool, "stuck.eml") == NULL, "not listed");
+	outbox_spool_close(&spool);
+}
+
 /* A damaged state file: recipients it still records as delivered are not
  * sent to again; nothing it no longer says counts as done. */
 static void test_damaged_state(void)
@@ -675,6 +705,7 @@ int main(void)
 	test_durability();
 	test_state_round_trip();
 	test_rescan();
+	test_stale_state();
 	test_damaged_state();
 	test_failed();
 	test_send_cycle();
