@@ -377,9 +377,10 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 		close(fd);
 		if (!is_outbox(ino))
 			fs_tree_release_staged(tree_of(req), ino);
-		else
-			/* An open file ends: take what no flush could (its
-			 * writer unknown); errors can only be logged now. */
+		else if (fi->fh & FH_WRITE)
+			/* A file opened for writing ends: take what no flush
+			 * could (its writer unknown); errors can only be
+			 * logged now. */
 			fs_outbox_flush(outbox, ino, 0, true);
 	}
 	fuse_reply_err(req, 0);
