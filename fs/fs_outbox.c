@@ -65,13 +65,16 @@ static fuse_ino_t entry_ino(enum ob_kind kind, const char *name)
 }
 
 /* A fresh number for a draft: a name written again after an rm must not
- * get the number the kernel may still hold for the old file. */
+ * get the number the kernel may still hold for the old file, nor a draft
+ * of another mount the same (writers are told apart by these numbers in
+ * /proc, see proc_fds.h). */
 static fuse_ino_t draft_ino(struct fs_outbox *ob, const char *name)
 {
-	char key[64 + NAME_MAX];
+	char key[96 + NAME_MAX];
 
-	snprintf(key, sizeof(key), "%llu/%s", (unsigned long long)++ob->seq,
-		name);
+	snprintf(key, sizeof(key), "%llu/%d/%lld/%s",
+		(unsigned long long)++ob->seq, (int)getpid(),
+		(long long)ob->start_time, name);
 	return entry_ino(OB_DRAFT, key);
 }
 
