@@ -273,11 +273,15 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 	}
 	n = pwrite(fd, buf, size, off);
 	if (n < 0) {
-		fuse_reply_err(req, errno);
+		int e = errno;
+
+		if (is_outbox(ino))
+			fs_outbox_wrote(outbox, ino, 0, e);
+		fuse_reply_err(req, e);
 		return;
 	}
 	if (is_outbox(ino)) {
-		int r = fs_outbox_wrote(outbox, ino, (uint64_t)off + n);
+		int r = fs_outbox_wrote(outbox, ino, (uint64_t)off + n, 0);
 
 		if (r < 0) {
 			fuse_reply_err(req, -r);
@@ -304,14 +308,17 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	/* This is where close() learns whether an outbox message was
 	 * queued, or a copy-in made durable: release cannot report
-	 * anything. */
+	 * anything.  For the outbox, read-only descriptors count too: the
+	 * writer's last one may be one. */
 	int r = 0;
 
-	if (fi->fh & FH_WRITE)
-		r = is_outbox(ino) ?
-			fs_outbox_flush(outbox, ino, fuse_req_ctx(req)->pid,
-				false) :
-			fs_tree_flush_staged(tree_of(req), ino, fh_fd(fi));
+	if (is_outbox(ino)) {
+		if (fi->fh)
+			r = fs_outbox_flush(outbox, ino,
+				fuse_req_ctx(req)->pid, false);
+	} else if (fi->fh & FH_WRITE) {
+		r = fs_tree_flush_staged(tree_of(req), ino, fh_fd(fi));
+	}
 	fuse_reply_err(req, -r);
 }
 
@@ -379,8 +386,9 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 		if (!is_outbox(ino))
 			fs_tree_release_staged(tree_of(req), ino);
 		else if (fi->fh & FH_WRITE)
-			/* The last close of a writer: take what flush left
-			 * (an empty file); errors can only be logged now. */
+			/* A file opened for writing ends: take what no flush
+			 * could (its writer unknown); errors can only be
+			 * logged now. */
 			fs_outbox_flush(outbox, ino, 0, true);
 	}
 	fuse_reply_err(req, 0);

@@ -1,3 +1,4 @@
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -10,6 +11,7 @@
 #include <xxhash.h>
 
 #include "fs/fs_outbox.h"
+#include "fs/proc_fds.h"
 #include "src/log.h"
 #include "src/outbox_spool.h"
 
@@ -25,22 +27,27 @@ struct ob_node {
 	enum ob_kind kind;
 	char *name;
 	uint64_t nlookup;
-	/* drafts: files being written, not yet handed to the spool */
+	/* drafts: files not (yet) handed to the spool, kept as the spool's
+	 * drafts/NAME so that they outlive the mount */
 	char *stage_path;
 	uint64_t size;
 	int64_t mtime;
-	bool dirty;             /* written since created or last submitted */
+	bool dirty;             /* written since opened for writing: taken
+	                           when its writer is done with it */
 	bool refused;           /* its writer's close() was told it could not
 	                           be queued: the last close (whose result
 	                           nobody sees) must not queue it after all */
-	pid_t writer;           /* the process that opened it for writing */
+	int write_error;        /* a write failed (errno): what is there is
+	                           not what was written, never to be sent */
+	pid_t writer;           /* the process (thread group) that last opened
+	                           it for writing; 0: unknown */
 };
 
 struct fs_outbox {
 	pthread_mutex_t lock;
 	struct outbox_spool *spool;
 	char *default_from;
-	char *stage_dir;
+	char *drafts_dir;
 	uint64_t seq;
 	struct ob_node *nodes;
 	uid_t uid;
@@ -55,6 +62,20 @@ static fuse_ino_t entry_ino(enum ob_kind kind, const char *name)
 
 	h = (h | FS_OUTBOX_INO_BIT) & ~(uint64_t)3;
 	return h | 3;   /* never OB_DIR_INO or OB_FAILED_INO */
+}
+
+/* A fresh number for a draft: a name written again after an rm must not
+ * get the number the kernel may still hold for the old file, nor a draft
+ * of another mount the same (writers are told apart by these numbers in
+ * /proc, see proc_fds.h). */
+static fuse_ino_t draft_ino(struct fs_outbox *ob, const char *name)
+{
+	char key[96 + NAME_MAX];
+
+	snprintf(key, sizeof(key), "%llu/%d/%lld/%s",
+		(unsigned long long)++ob->seq, (int)getpid(),
+		(long long)ob->start_time, name);
+	return entry_ino(OB_DRAFT, key);
 }
 
 /* ---- nodes (lock held) ---------------------------------------------------- */
@@ -192,8 +213,69 @@ static void fill_entry(struct fuse_entry_param *e, const struct stat *st)
 
 /* ---- public ------------------------------------------------------------------- */
 
+/* A draft node for drafts/NAME, as found there or just created. */
+static struct ob_node *draft_add(struct fs_outbox *ob, const char *name,
+	const char *path, uint64_t size, int64_t mtime)
+{
+	struct ob_node *n = node_get(ob, OB_DRAFT, draft_ino(ob, name), name);
+
+	if (!n || !(n->stage_path = strdup(path))) {
+		if (n) {
+			n->kind = OB_QUEUED;
+			node_maybe_free(ob, n);
+		}
+		return NULL;
+	}
+	n->size = size;
+	n->mtime = mtime;
+	return n;
+}
+
+/* Lists again what the last mount left in drafts/: drafts, files whose
+ * close() failed, and files being written when it ended.  None of them
+ * is taken until written or renamed again: the writer of a file cut off
+ * by a crash never learnt whether it was complete. */
+static void load_drafts(struct fs_outbox *ob)
+{
+	DIR *dir = opendir(ob->drafts_dir);
+	struct dirent *d;
+	struct stat st;
+	const char *why;
+	char *path;
+
+	if (!dir)
+		return;
+	while ((d = readdir(dir)) != NULL) {
+		if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
+			continue;
+		if (asprintf(&path, "%s/%s", ob->drafts_dir, d->d_name) < 0)
+			break;
+		if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode) ||
+		    strcmp(d->d_name, FAILED_NAME) == 0 ||
+		    (d->d_name[0] != '.' &&
+		     outbox_spool_name_check(d->d_name, &why) < 0)) {
+			free(path);
+			continue;
+		}
+		if (spool_entry_stat(ob, OB_QUEUED, d->d_name, 0, &st) == 0) {
+			/* Queued just before a crash that kept the draft's
+			 * removal from happening. */
+			unlink(path);
+		} else if (!draft_add(ob, d->d_name, path,
+				(uint64_t)st.st_size, st.st_mtime)) {
+			free(path);
+			break;
+		} else {
+			log_info("outbox: %s kept from an earlier mount, not "
+				"sent", d->d_name);
+		}
+		free(path);
+	}
+	closedir(dir);
+}
+
 struct fs_outbox *fs_outbox_new(struct outbox_spool *spool,
-	const char *default_from, const char *stage_dir)
+	const char *default_from)
 {
 	struct fs_outbox *ob = calloc(1, sizeof(*ob));
 
@@ -202,16 +284,16 @@ struct fs_outbox *fs_outbox_new(struct outbox_spool *spool,
 	pthread_mutex_init(&ob->lock, NULL);
 	ob->spool = spool;
 	ob->default_from = default_from ? strdup(default_from) : NULL;
-	ob->stage_dir = strdup(stage_dir);
+	ob->drafts_dir = strdup(outbox_spool_drafts_dir(spool));
 	ob->uid = getuid();
 	ob->gid = getgid();
 	ob->start_time = time(NULL);
-	mkdir(stage_dir, 0700);
-	if (!ob->stage_dir || !node_get(ob, OB_DIR, OB_DIR_INO, "outbox") ||
+	if (!ob->drafts_dir || !node_get(ob, OB_DIR, OB_DIR_INO, "outbox") ||
 	    !node_get(ob, OB_FAILED_DIR, OB_FAILED_INO, FAILED_NAME)) {
 		fs_outbox_free(&ob);
 		return NULL;
 	}
+	load_drafts(ob);
 	return ob;
 }
 
@@ -221,14 +303,12 @@ void fs_outbox_free(struct fs_outbox **obp)
 
 	if (!ob)
 		return;
-	while (ob->nodes) {
-		if (ob->nodes->stage_path)
-			unlink(ob->nodes->stage_path);
+	/* Drafts stay in drafts/ for the next mount. */
+	while (ob->nodes)
 		node_unlink_free(ob, ob->nodes);
-	}
 	pthread_mutex_destroy(&ob->lock);
 	free(ob->default_from);
-	free(ob->stage_dir);
+	free(ob->drafts_dir);
 	free(ob);
 	*obp = NULL;
 }
@@ -399,7 +479,8 @@ int fs_outbox_open(struct fs_outbox *ob, fuse_ino_t ino, int flags,
 			if ((flags & O_ACCMODE) != O_RDONLY) {
 				n->dirty = true;
 				n->refused = false;
-				n->writer = pid;
+				n->write_error = 0;
+				n->writer = proc_tgid(pid);
 			}
 		}
 	} else if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)) {
@@ -437,8 +518,7 @@ int fs_outbox_create(struct fs_outbox *ob, fuse_ino_t parent,
 		ret = -EEXIST;
 		goto out_unlock;
 	}
-	if (asprintf(&path, "%s/outbox.%llu.%d", ob->stage_dir,
-			(unsigned long long)++ob->seq, (int)getpid()) < 0) {
+	if (asprintf(&path, "%s/%s", ob->drafts_dir, name) < 0) {
 		path = NULL;
 		ret = -ENOMEM;
 		goto out_unlock;
@@ -448,18 +528,15 @@ int fs_outbox_create(struct fs_outbox *ob, fuse_ino_t parent,
 		ret = -errno;
 		goto out_unlock;
 	}
-	n = node_get(ob, OB_DRAFT, entry_ino(OB_DRAFT, path), name);
+	n = draft_add(ob, name, path, 0, time(NULL));
 	if (!n) {
 		close(fd);
 		unlink(path);
 		ret = -ENOMEM;
 		goto out_unlock;
 	}
-	n->stage_path = path;
-	path = NULL;
-	n->mtime = time(NULL);
 	n->dirty = true;
-	n->writer = pid;
+	n->writer = proc_tgid(pid);
 	n->nlookup = 1;
 	file_stat(ob, n->ino, 0, n->mtime, &st);
 	fill_entry(e, &st);
@@ -470,7 +547,8 @@ out_unlock:
 	return ret;
 }
 
-int fs_outbox_wrote(struct fs_outbox *ob, fuse_ino_t ino, uint64_t end)
+int fs_outbox_wrote(struct fs_outbox *ob, fuse_ino_t ino, uint64_t end,
+	int error)
 {
 	struct ob_node *n;
 	int ret = 0;
@@ -478,7 +556,9 @@ int fs_outbox_wrote(struct fs_outbox *ob, fuse_ino_t ino, uint64_t end)
 	pthread_mutex_lock(&ob->lock);
 	n = node_by_ino(ob, ino);
 	if (n && n->kind == OB_DRAFT) {
-		if (end > n->size)
+		if (error != 0)
+			n->write_error = error;
+		else if (end > n->size)
 			n->size = end;
 		n->dirty = true;
 	} else {
@@ -559,6 +639,31 @@ static int submit_draft(struct fs_outbox *ob, struct ob_node *n,
 	return ret;
 }
 
+/* Whether a close ends the writing of n (lock held): a close by thread
+ * pid (final false), or the end of one open file (final true). */
+static bool writing_done(const struct ob_node *n, pid_t pid, bool final)
+{
+	int holds;
+
+	if (n->kind != OB_DRAFT || !n->dirty || n->refused ||
+	    n->name[0] == '.')
+		return false;   /* drafts (dot names) wait for their rename */
+	if (n->writer == 0)
+		return final;
+	/* Children that inherited the descriptor (`{ cat a; cat b; } >
+	 * outbox/x`) close it before the message is complete; any thread
+	 * of the writing process counts as the writer. */
+	if (!final && proc_tgid(pid) != n->writer)
+		return false;
+	/* The writer may hold further copies: a shell's `exec 3> x; echo a
+	 * >&3` dups fd 3 onto stdout and closes that copy after each echo.
+	 * The close() that leaves it none is the end. */
+	holds = proc_holds_inode(n->writer, n->ino);
+	if (holds < 0)
+		return final;   /* cannot tell: only the very last close */
+	return holds == 0;
+}
+
 int fs_outbox_flush(struct fs_outbox *ob, fuse_ino_t ino, pid_t pid,
 	bool final)
 {
@@ -567,12 +672,18 @@ int fs_outbox_flush(struct fs_outbox *ob, fuse_ino_t ino, pid_t pid,
 
 	pthread_mutex_lock(&ob->lock);
 	n = node_by_ino(ob, ino);
-	/* Taken on close: what close() returns says whether it was queued.
-	 * Only the writer's own close counts: children that inherited the
-	 * descriptor (`{ cat a; cat b; } > outbox/x`) close it before the
-	 * message is complete.  Drafts (dot names) wait for their rename. */
-	if (n && n->kind == OB_DRAFT && n->dirty && n->name[0] != '.' &&
-	    (final ? !n->refused : (n->size > 0 && pid == n->writer))) {
+	/* Taken when its writing process is done with it: what that close()
+	 * returns says whether it was queued. */
+	if (!n || !writing_done(n, pid, final)) {
+		/* not (yet) */
+	} else if (n->write_error != 0) {
+		/* Programs that ignore a failed write (a shell's echo) would
+		 * otherwise have a message with a hole sent. */
+		log_warn("outbox: %s not queued: a write to it failed (%s)",
+			n->name, strerror(n->write_error));
+		ret = -n->write_error;
+		n->refused = true;
+	} else {
 		ret = submit_draft(ob, n, n->name);
 		/* Still a draft (submit_draft keeps it only then): the writer
 		 * learns of the failure now; queueing it at the last close,
@@ -631,13 +742,26 @@ int fs_outbox_rename(struct fs_outbox *ob, fuse_ino_t parent,
 		goto out_unlock;
 	}
 	if (newname[0] == '.') {
-		char *c = strdup(newname);
+		char *c = strdup(newname), *path = NULL;
 
-		ret = c ? 0 : -ENOMEM;
-		if (c) {
-			free(n->name);
-			n->name = c;
+		if (!c || asprintf(&path, "%s/%s", ob->drafts_dir,
+				newname) < 0) {
+			free(c);
+			ret = -ENOMEM;
+			goto out_unlock;
 		}
+		if (renameat2(AT_FDCWD, n->stage_path, AT_FDCWD, path,
+				RENAME_NOREPLACE) < 0) {
+			ret = -errno;
+			free(c);
+			free(path);
+			goto out_unlock;
+		}
+		free(n->name);
+		n->name = c;
+		free(n->stage_path);
+		n->stage_path = path;
+		ret = 0;
 		goto out_unlock;
 	}
 	ret = outbox_spool_name_check(newname, &error);
@@ -701,7 +825,8 @@ int fs_outbox_getxattr(struct fs_outbox *ob, fuse_ino_t ino,
 		ret = (*value_r = strdup(buf)) ? 0 : -ENOMEM;
 	else if (n->kind == OB_DRAFT && strcmp(name, "user.mail.status") == 0)
 		ret = (*value_r = strdup(n->name[0] == '.' ? "draft" :
-			"writing")) ? 0 : -ENOMEM;
+			n->dirty && !n->refused ? "writing" :
+			"not queued")) ? 0 : -ENOMEM;
 	pthread_mutex_unlock(&ob->lock);
 	return ret;
 }

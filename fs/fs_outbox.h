@@ -6,10 +6,14 @@
  * outbox/failed/NAME   a message that could not be sent, and NAME.error
  *                      with the reason; rm removes them
  *
- * A new file is staged while written and handed to the spool when it is
- * closed (flush), so close() itself reports a refused message (EINVAL) and
- * returns 0 only once the message is durably queued.  Names starting with
- * '.' are drafts: taken only when renamed to a plain name.
+ * A new file is kept in the spool's drafts/ while written and handed to
+ * the spool when the process writing it closes its last descriptor of it
+ * (a flush that leaves it none), so that close() itself reports a refused
+ * message (EINVAL) and returns 0 only once the message is durably queued.
+ * Names starting with '.' are drafts: taken only when renamed to a plain
+ * name.  Files not taken (drafts, refusals for want of space, files cut
+ * off by a crash) stay in drafts/ and are listed again by the next mount,
+ * unsent.
  *
  * Outbox inodes have FS_OUTBOX_INO_BIT set; fs_ops sends every request for
  * such an inode here.  Thread-safe.
@@ -32,9 +36,9 @@ struct outbox_spool;
 struct fs_outbox;
 
 /* spool is borrowed and must outlive the outbox; default_from (may be
- * NULL) is copied; stage_dir is where files being written are kept. */
+ * NULL) is copied.  Files being written live in the spool's drafts/. */
 struct fs_outbox *fs_outbox_new(struct outbox_spool *spool,
-	const char *default_from, const char *stage_dir);
+	const char *default_from);
 void fs_outbox_free(struct fs_outbox **ob);
 
 static inline bool fs_outbox_owns(fuse_ino_t ino)
@@ -58,13 +62,19 @@ int fs_outbox_open(struct fs_outbox *ob, fuse_ino_t ino, int flags,
 	pid_t pid, int *fd_r);
 int fs_outbox_create(struct fs_outbox *ob, fuse_ino_t parent,
 	const char *name, pid_t pid, struct fuse_entry_param *e, int *fd_r);
-/* After a write; -EIO when the file was already handed to the spool. */
-int fs_outbox_wrote(struct fs_outbox *ob, fuse_ino_t ino, uint64_t end);
-/* Hands a written file to the spool.  Called at each close of a writer
- * (flush, whose result close() returns) and at the last (release, final):
- * an empty file is only taken at the last, since shells open, dup and
- * close the target of a redirection before anything is written, and only
- * the close of the process that opened it for writing (pid) counts. */
+/* After a write that ended at end, or failed with errno error (then the
+ * file is never queued until opened for writing again); -EIO when the
+ * file was already handed to the spool. */
+int fs_outbox_wrote(struct fs_outbox *ob, fuse_ino_t ino, uint64_t end,
+	int error);
+/* Hands a written file to the spool once its writer is done.  Called at
+ * each close() of a descriptor (flush, by thread pid, whose result
+ * close() returns) and when an open file ends (release, final: errors
+ * can only be logged).  The file is taken at the close by any thread of
+ * the process that last opened it for writing that leaves that process
+ * no descriptor of it; closes by other processes (children that
+ * inherited it) do not count.  Where /proc cannot tell, it is taken at
+ * the end of the last open file. */
 int fs_outbox_flush(struct fs_outbox *ob, fuse_ino_t ino, pid_t pid,
 	bool final);
 int fs_outbox_unlink(struct fs_outbox *ob, fuse_ino_t parent,

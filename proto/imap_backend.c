@@ -519,9 +519,13 @@ static bool sink_body(int att_type, struct mailimap_msg_att_body_section *sec,
 		bs->n_parts++;
 		bs->cur = sec;
 		bs->seen = 0;
-		if (origin == bs->offset)
+		/* libetpan keeps an origin in 32 bits: past 4 GiB the
+		 * server's echo of ours arrives cut to them (a whole
+		 * message that large cannot come, literals are capped). */
+		if (origin == bs->offset || (bs->offset > UINT32_MAX &&
+		    origin == (uint32_t)bs->offset))
 			bs->skip = 0;
-		else if (origin == 0)
+		else if (origin == 0 && bs->offset <= UINT32_MAX)
 			bs->skip = bs->offset;   /* the whole message came */
 		else
 			p->bad_origin = true;
@@ -624,6 +628,25 @@ static void range_each(void *ctx, uint32_t uid, const struct body_part *p,
 	rc->found = true;
 }
 
+/* BODY.PEEK[]<offset.length>.  libetpan writes the numbers in 32 bits,
+ * so past 4 GiB the item is sent as text (libetpan sends an "extension"
+ * item as it is). */
+static struct mailimap_fetch_att *partial_att(uint64_t offset,
+	size_t length)
+{
+	char text[64];
+	char *copy;
+
+	if (offset <= UINT32_MAX && length <= UINT32_MAX)
+		return mailimap_fetch_att_new_body_peek_section_partial(
+			mailimap_section_new(NULL), (uint32_t)offset,
+			(uint32_t)length);
+	snprintf(text, sizeof(text), "BODY.PEEK[]<%" PRIu64 ".%zu>", offset,
+		length);
+	copy = strdup(text);
+	return copy ? mailimap_fetch_att_new_extension(copy) : NULL;
+}
+
 /* UID FETCH set (UID BODY.PEEK[]<offset.length>) in folder, each body
  * through a sink of max_parts parts, each(ctx, uid, part, data) for every
  * answer.  The one place both reads talk to the server. */
@@ -635,6 +658,7 @@ static enum backend_status fetch_bodies(struct imap_backend *ib,
 	void *ctx, const char **error_r)
 {
 	struct mailimap_fetch_type *ft;
+	struct mailimap_fetch_att *att;
 	struct imap_session *s;
 	struct body_sink bs;
 	enum backend_status st;
@@ -658,13 +682,16 @@ static enum backend_status fetch_bodies(struct imap_backend *ib,
 			uidvalidity);
 		goto out_put;
 	}
+	att = partial_att(offset, length);
+	if (!att) {
+		st = BACKEND_TEMP;
+		*error_r = "out of memory";
+		goto out_put;
+	}
 	ft = mailimap_fetch_type_new_fetch_att_list_empty();
 	mailimap_fetch_type_new_fetch_att_list_add(ft,
 		mailimap_fetch_att_new_uid());
-	mailimap_fetch_type_new_fetch_att_list_add(ft,
-		mailimap_fetch_att_new_body_peek_section_partial(
-			mailimap_section_new(NULL), (uint32_t)offset,
-			(uint32_t)length));
+	mailimap_fetch_type_new_fetch_att_list_add(ft, att);
 	r = fetch_into_sink(s, set, ft, &bs, each, ctx);
 	mailimap_fetch_type_free(ft);
 	if (bs.overflow) {

@@ -329,7 +329,8 @@ int imap_meta_parse_fetch(const char *resp, size_t len,
 				return parse_fail(m);
 			m->uid = (uint32_t)num;
 		} else if (imap_word_is(name, nl, "RFC822.SIZE")) {
-			if (!take_number(&c, &num))
+			/* No file can be larger (off_t). */
+			if (!take_number(&c, &num) || num > INT64_MAX)
 				return parse_fail(m);
 			m->size = num;
 		} else if (imap_word_is(name, nl, "INTERNALDATE")) {

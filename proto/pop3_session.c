@@ -856,8 +856,9 @@ static enum backend_status read_list(struct pop3_session *s,
 			skip_blanks(line, len, &i);
 			ok = parse_u64(line, len, &i, &size);
 		}
-		/* Anything after the size is allowed (RFC 1939 5). */
-		if (!ok || num == 0 || num > SCAN_MAX) {
+		/* Anything after the size is allowed (RFC 1939 5).  No file
+		 * can be larger than INT64_MAX (off_t). */
+		if (!ok || num == 0 || num > SCAN_MAX || size > INT64_MAX) {
 			rd_done(&r);
 			st = protocol_failed(s, "LIST", "malformed line",
 				error_r);

@@ -35,6 +35,7 @@
 
 #include "src/block_cache.h"
 #include "src/errfmt.h"
+#include "src/owned_dir.h"
 
 #define HDR_MAGIC "MFSBLK01"
 #define HDR_MAGIC_LEN 8
@@ -44,6 +45,7 @@
 
 #define DIR_MODE 0700
 #define FILE_MODE 0600
+#define CACHE_MARKER ".mailfs-cache"
 
 /* "blocks/xx/" + 32 hex digits + NUL */
 #define REL_PATH_MAX 48
@@ -944,57 +946,64 @@ static int clear_tmp(int dir_fd, const char **error_r)
 
 /* Open */
 
-/* mkdir -p; components it creates get DIR_MODE exactly. */
-static int mkdir_parents(const char *dir)
+/* Whether blocks/ (blocks_fd) holds only subdirectories named by two hex
+ * digits, as key_rel_path() makes them. */
+static bool blocks_only_prefixes(int blocks_fd)
 {
-	char *copy = strdup(dir), *p, c;
+	int fd = dup(blocks_fd);
+	struct dirent *de;
 	struct stat st;
-	int ret = -1;
+	bool ok = true;
+	DIR *d;
 
-	if (!copy)
-		return -1;
-	for (p = copy + 1; ; p++) {
-		if (*p != '/' && *p != '\0')
-			continue;
-		c = *p;
-		*p = '\0';
-		/* An existing directory may still refuse mkdir (EROFS,
-		 * EACCES on its parent): that is fine. */
-		if (mkdir_private_at(AT_FDCWD, copy) < 0) {
-			int mkdir_errno = errno;
-
-			if (stat(copy, &st) < 0 || !S_ISDIR(st.st_mode)) {
-				errno = mkdir_errno;
-				goto out_free;
-			}
-		}
-		*p = c;
-		if (c == '\0')
-			break;
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return false;
 	}
-	ret = 0;
-out_free:
-	free(copy);
-	return ret;
+	while (ok && (de = readdir(d)) != NULL) {
+		const char *n = de->d_name;
+
+		if (is_dot_entry(n))
+			continue;
+		ok = hex_value(n[0]) >= 0 && hex_value(n[1]) >= 0 &&
+			n[2] == '\0' &&
+			fstatat(blocks_fd, n, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+			S_ISDIR(st.st_mode);
+	}
+	closedir(d);
+	return ok;
+}
+
+/* Whether dir_fd holds only what an earlier mailfs, which marked nothing,
+ * put in a cache directory. */
+static bool earlier_cache(int dir_fd)
+{
+	static const char *const dirs[] = { "blocks", "tmp", "meta", "pop3",
+		"staging", NULL };
+	static const char *const files[] = { "lock", NULL };
+	int fd;
+	bool ok;
+
+	if (!owned_dir_only(dir_fd, dirs, files))
+		return false;
+	fd = openat(dir_fd, "blocks", O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+		    O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT;
+	ok = blocks_only_prefixes(fd);
+	close(fd);
+	return ok;
 }
 
 static int cache_prepare_dirs(struct block_cache *cache, const char **error_r)
 {
-	struct stat st;
-
-	if (mkdir_parents(cache->dir) < 0) {
-		*error_r = errfmt("mkdir %s: %s", cache->dir, strerror(errno));
-		return -1;
-	}
-	cache->dir_fd = open(cache->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	/* Everything below deletes and chmods: only in a directory that is
+	 * mailfs's own. */
+	cache->dir_fd = owned_dir_open(cache->dir, CACHE_MARKER, "cache",
+		earlier_cache, error_r);
 	if (cache->dir_fd < 0) {
-		*error_r = errfmt("open %s: %s", cache->dir, strerror(errno));
-		return -1;
-	}
-	if (fstat(cache->dir_fd, &st) < 0 ||
-	    ((st.st_mode & 07777) != DIR_MODE &&
-	     fchmod(cache->dir_fd, DIR_MODE) < 0)) {
-		*error_r = errfmt("chmod %s: %s", cache->dir, strerror(errno));
+		cache->dir_fd = -1;
 		return -1;
 	}
 

@@ -167,26 +167,6 @@ static int opt_proc(void *data, const char *arg, int key,
 	return 1;
 }
 
-/* Creates dir and its parents (mode 0700 for the ones we make). */
-static int make_private_dirs(const char *dir)
-{
-	char path[PATH_MAX];
-
-	if (snprintf(path, sizeof(path), "%s", dir) >= (int)sizeof(path))
-		return -1;
-	for (char *p = path + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(path, 0700) < 0 && errno != EEXIST)
-			return -1;
-		*p = '/';
-	}
-	if (mkdir(path, 0700) < 0 && errno != EEXIST)
-		return -1;
-	return chmod(path, 0700);
-}
-
 struct mount_ctx {
 	struct block_cache *cache;
 	struct msg_reader *reader;
@@ -518,11 +498,6 @@ int main(int argc, char **argv)
 		fail("%s", error);
 		goto out;
 	}
-	if (make_private_dirs(o.cache_dir) < 0) {
-		fail("cannot create cache directory %s: %s", o.cache_dir,
-			strerror(errno));
-		goto out;
-	}
 	if (block_cache_open(o.cache_dir, o.cache_size, &cache, &error) < 0) {
 		fail("%s", error);
 		goto out;
@@ -580,18 +555,12 @@ int main(int argc, char **argv)
 	}
 
 	if (o.smtp_text) {
-		char *stage_dir = NULL;
 		int r;
 
 		if (!o.spool_dir &&
 		    !(o.spool_dir = options_default_spool_dir(&o.source,
 				&error))) {
 			fail("%s", error);
-			goto out;
-		}
-		if (make_private_dirs(o.spool_dir) < 0) {
-			fail("cannot create the outbox spool %s: %s",
-				o.spool_dir, strerror(errno));
 			goto out;
 		}
 		r = outbox_spool_open(o.spool_dir, &spool, &error);
@@ -637,13 +606,10 @@ int main(int argc, char **argv)
 			sent.folder = offline ? strdup("Sent") :
 				find_sent_folder(be);
 		}
-		if (asprintf(&stage_dir, "%s/staging", o.cache_dir) < 0 ||
-		    !(outbox = fs_outbox_new(spool, o.from, stage_dir))) {
-			free(stage_dir);
+		if (!(outbox = fs_outbox_new(spool, o.from))) {
 			fail("%s", "out of memory");
 			goto out;
 		}
-		free(stage_dir);
 		fs_ops_set_outbox(outbox);
 	}
 

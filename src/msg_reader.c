@@ -661,11 +661,18 @@ ssize_t msg_reader_read(struct msg_reader *r, const struct msg_ref *ref,
 	*true_size_r = 0;
 	while (done < length) {
 		uint64_t pos = offset + done;
-		uint32_t index = (uint32_t)(pos / BLOCK);
+		uint32_t index;
 		size_t in_block = pos % BLOCK, n;
 		bool eom = false;
 		ssize_t len;
 
+		/* Block keys number blocks in 32 bits (UINT32_MAX marks a
+		 * batch of heads): past that, no block can be named. */
+		if (pos / BLOCK >= UINT32_MAX) {
+			free(block);
+			return -EFBIG;
+		}
+		index = (uint32_t)(pos / BLOCK);
 		len = get_block(r, ref, index, in_block, length - done,
 			buf + done, &n, &block, &eom);
 		if (len < 0) {

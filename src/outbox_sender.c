@@ -15,9 +15,12 @@
 #include <string.h>
 #include <time.h>
 
+#include <xxhash.h>
+
 #include "src/errfmt.h"
 #include "src/log.h"
 #include "src/outbox_message.h"
+#include "src/fault_point.h"
 
 /* Longest sleep between looks at the queue: bounds the effect of a wall
  * clock that jumps. */
@@ -33,6 +36,22 @@ struct outbox_sender {
 	bool stop;
 	bool woken;
 	struct smtp_session *session;      /* in use by the thread, or NULL */
+
+	/* Used by the thread only: states it could not save (a full or
+	 * failing disk).  They are newer than what is on disk, so the next
+	 * attempt in this process starts from them and does not send again
+	 * to whom the lost save would have recorded. */
+	struct unsaved *unsaved;
+	size_t n_unsaved;
+};
+
+/* A state, formatted, of the queued message `name` whose bytes hash to
+ * `hash`: a message queued later under the same name is another. */
+struct unsaved {
+	char *name;
+	uint64_t hash;
+	char *text;
+	size_t len;
 };
 
 /* One pass over the due messages shares a connection. */
@@ -215,6 +234,62 @@ static char *failure_text(struct attempt *a)
 	return text;
 }
 
+static struct unsaved *unsaved_find(struct outbox_sender *sender,
+	const char *name)
+{
+	for (size_t i = 0; i < sender->n_unsaved; i++)
+		if (strcmp(sender->unsaved[i].name, name) == 0)
+			return &sender->unsaved[i];
+	return NULL;
+}
+
+static void unsaved_drop(struct outbox_sender *sender, const char *name)
+{
+	struct unsaved *u = unsaved_find(sender, name);
+
+	if (u == NULL)
+		return;
+	free(u->name);
+	free(u->text);
+	*u = sender->unsaved[--sender->n_unsaved];
+}
+
+/* Keeps a's state in memory after its save failed. */
+static void unsaved_keep(struct outbox_sender *sender, struct attempt *a)
+{
+	struct unsaved u = { .hash = XXH3_64bits(a->data, a->len) }, *grown;
+
+	unsaved_drop(sender, a->name);
+	if (outbox_state_format(&a->state, &u.text, &u.len) < 0 ||
+	    (u.name = strdup(a->name)) == NULL ||
+	    (grown = realloc(sender->unsaved, (sender->n_unsaved + 1) *
+		sizeof(*grown))) == NULL) {
+		free(u.text);
+		free(u.name);
+		return;   /* then it is sent again: never lost */
+	}
+	sender->unsaved = grown;
+	sender->unsaved[sender->n_unsaved++] = u;
+}
+
+/* Replaces the state loaded from disk by the newer one kept in memory. */
+static void unsaved_apply(struct outbox_sender *sender, struct attempt *a)
+{
+	struct unsaved *u = unsaved_find(sender, a->name);
+	struct outbox_state st;
+	const char *error;
+
+	if (u == NULL)
+		return;
+	if (u->hash != XXH3_64bits(a->data, a->len) ||
+	    outbox_state_parse(u->text, u->len, &st, &error) < 0) {
+		unsaved_drop(sender, a->name);
+		return;
+	}
+	outbox_state_clear(&a->state);
+	a->state = st;
+}
+
 static int save_state(struct pass *p, struct attempt *a)
 {
 	const char *error;
@@ -222,9 +297,11 @@ static int save_state(struct pass *p, struct attempt *a)
 	if (outbox_spool_save(p->sender->spool, a->name, &a->state,
 		&error) < 0) {
 		log_error("outbox: %s", error);
+		unsaved_keep(p->sender, a);
 		p->spool_error = true;
 		return -1;
 	}
+	unsaved_drop(p->sender, a->name);
 	return 0;
 }
 
@@ -240,6 +317,7 @@ static void file_sent(struct pass *p, struct attempt *a)
 		a->len) < 0)
 		log_warn("outbox: %s was sent but no copy was filed in the"
 			" Sent folder", a->name);
+	fault_point("outbox-after-filing");
 	/* Filed or given up: either way never again (no duplicates). */
 	a->state.filed = true;
 	save_state(p, a);
@@ -267,6 +345,9 @@ static void finish(struct pass *p, struct attempt *a)
 		&error) < 0) {
 		log_error("outbox: %s", error);
 		p->spool_error = true;
+	} else {
+		unsaved_drop(p->sender, a->name);
+		fault_point("outbox-after-finish");
 	}
 	free(text);
 }
@@ -388,7 +469,10 @@ static void transact(struct pass *p, struct attempt *a,
 	if (save_state(p, a) < 0)
 		goto out_reset;
 
+	fault_point("outbox-before-data");
 	res = smtp_session_data(s, wire, wire_len, &sent, &reply);
+	if (res == SMTP_OK)
+		fault_point("outbox-after-data");
 	for (i = 0; i < a->state.n_rcpts; i++) {
 		struct outbox_rcpt *r = &a->state.rcpts[i];
 
@@ -412,7 +496,8 @@ static void transact(struct pass *p, struct attempt *a,
 				" message was sent; it will be sent again and"
 				" may arrive twice", a->name);
 	}
-	save_state(p, a);
+	if (save_state(p, a) == 0 && res == SMTP_OK)
+		fault_point("outbox-after-state");
 	/* Leave no half-open transaction for the next message. */
 	if (res != SMTP_OK && !smtp_session_broken(s))
 		smtp_session_reset(s, &reply);
@@ -444,6 +529,7 @@ static void process(struct pass *p, const char *name)
 		p->spool_error = true;
 		goto out_release;
 	}
+	unsaved_apply(sender, &a);
 	if (outbox_message_parse(a.data, a.len, sender->cfg.default_from,
 		&a.msg, &error) < 0) {
 		/* Checked when queued; only a changed from= can do this. */
@@ -639,6 +725,13 @@ void outbox_sender_stop(struct outbox_sender **sender_p)
 	pthread_cond_signal(&sender->cond);
 	pthread_mutex_unlock(&sender->lock);
 	pthread_join(sender->thread, NULL);
+	for (size_t i = 0; i < sender->n_unsaved; i++) {
+		log_error("outbox: the state of %s could not be saved: it may"
+			" be sent again", sender->unsaved[i].name);
+		free(sender->unsaved[i].name);
+		free(sender->unsaved[i].text);
+	}
+	free(sender->unsaved);
 	pthread_cond_destroy(&sender->cond);
 	pthread_mutex_destroy(&sender->lock);
 	free(sender);

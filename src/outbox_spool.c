@@ -32,9 +32,11 @@
 #include "src/errfmt.h"
 #include "src/log.h"
 #include "src/outbox_message.h"
+#include "src/owned_dir.h"
 
 #define DIR_MODE 0700
 #define FILE_MODE 0600
+#define SPOOL_MARKER ".mailfs-spool"
 #define TMP_NAME_MAX 64
 #define TMP_ATTEMPTS 16
 #define FAILED_SUFFIX_MAX 99
@@ -58,6 +60,7 @@ struct spool_entry {
 
 struct outbox_spool {
 	char *dir;
+	char *drafts_dir;
 	int lock_fd, tmp_fd, queue_fd, state_fd, failed_fd;
 	atomic_uint tmp_seq;
 
@@ -486,6 +489,67 @@ out_bad:
 	return -1;
 }
 
+/* Applies one line of a state file (after the magic, not "end"). */
+static int state_line(char *line, unsigned lineno, struct outbox_state *st,
+	const char **error_r)
+{
+	char *rest = strchr(line, ' ');
+	int64_t v;
+
+	if (rest == NULL)
+		return 0;   /* unknown flag words from a newer version */
+	*rest++ = '\0';
+	if (strcmp(line, "queued") == 0 || strcmp(line, "next") == 0 ||
+	    strcmp(line, "attempts") == 0 || strcmp(line, "filed") == 0) {
+		if (parse_i64(rest, &v) < 0 || v < 0) {
+			*error_r = errfmt("bad number on line %u of the state"
+				" file", lineno);
+			return -1;
+		}
+		if (line[0] == 'q')
+			st->queued = v;
+		else if (line[0] == 'n')
+			st->next_attempt = v;
+		else if (line[0] == 'a')
+			st->attempts = v > UINT_MAX ? UINT_MAX : (unsigned)v;
+		else
+			st->filed = v != 0;
+	} else if (strcmp(line, "reply") == 0) {
+		if (outbox_state_set_reply(st, rest) < 0) {
+			*error_r = "out of memory";
+			return -1;
+		}
+	} else if (strcmp(line, "rcpt") == 0) {
+		return parse_rcpt_line(rest, st, error_r);
+	}
+	return 0;
+}
+
+/* The next complete line of text at *pos into line (NUL-terminated);
+ * 1, 0 at the end (or a last line without its line end), -1 for a line
+ * too long or holding a NUL (skipped). */
+static int next_line(const char *text, size_t len, size_t *pos,
+	char line[STATE_LINE_MAX + 1])
+{
+	const char *nl;
+	size_t n;
+
+	if (*pos >= len)
+		return 0;
+	nl = memchr(text + *pos, '\n', len - *pos);
+	if (nl == NULL)
+		return 0;
+	n = (size_t)(nl - (text + *pos));
+	if (n > STATE_LINE_MAX || memchr(text + *pos, '\0', n) != NULL) {
+		*pos += n + 1;
+		return -1;
+	}
+	memcpy(line, text + *pos, n);
+	line[n] = '\0';
+	*pos += n + 1;
+	return 1;
+}
+
 int outbox_state_parse(const char *text, size_t len,
 	struct outbox_state *state_r, const char **error_r)
 {
@@ -496,68 +560,28 @@ int outbox_state_parse(const char *text, size_t len,
 	unsigned lineno = 0;
 
 	while (pos < len && !ended) {
-		const char *nl = memchr(text + pos, '\n', len - pos);
-		size_t n;
-		char *rest;
-		int64_t v;
+		int r = next_line(text, len, &pos, line);
 
 		lineno++;
-		if (nl == NULL) {
+		if (r == 0) {
 			*error_r = "truncated state file";
 			goto out_bad;
 		}
-		n = (size_t)(nl - (text + pos));
-		if (n > STATE_LINE_MAX || memchr(text + pos, '\0', n) != NULL) {
+		if (r < 0) {
 			*error_r = errfmt("line %u of the state file is bad",
 				lineno);
 			goto out_bad;
 		}
-		memcpy(line, text + pos, n);
-		line[n] = '\0';
-		pos += n + 1;
-
 		if (!magic) {
 			if (strcmp(line, STATE_MAGIC) != 0) {
 				*error_r = "not a mailfs outbox state file";
 				goto out_bad;
 			}
 			magic = true;
-			continue;
-		}
-		if (strcmp(line, "end") == 0) {
+		} else if (strcmp(line, "end") == 0) {
 			ended = true;
-			continue;
-		}
-		rest = strchr(line, ' ');
-		if (rest == NULL) {
-			/* Unknown flag words from a newer version: ignore. */
-			continue;
-		}
-		*rest++ = '\0';
-		if (strcmp(line, "queued") == 0 || strcmp(line, "next") == 0 ||
-		    strcmp(line, "attempts") == 0 ||
-		    strcmp(line, "filed") == 0) {
-			if (parse_i64(rest, &v) < 0 || v < 0) {
-				*error_r = errfmt("bad number on line %u of"
-					" the state file", lineno);
-				goto out_bad;
-			}
-			if (line[0] == 'q')
-				st.queued = v;
-			else if (line[0] == 'n')
-				st.next_attempt = v;
-			else if (line[0] == 'a')
-				st.attempts = v > UINT_MAX ? UINT_MAX : (unsigned)v;
-			else
-				st.filed = v != 0;
-		} else if (strcmp(line, "reply") == 0) {
-			if (outbox_state_set_reply(&st, rest) < 0) {
-				*error_r = "out of memory";
-				goto out_bad;
-			}
-		} else if (strcmp(line, "rcpt") == 0) {
-			if (parse_rcpt_line(rest, &st, error_r) < 0)
-				goto out_bad;
+		} else if (state_line(line, lineno, &st, error_r) < 0) {
+			goto out_bad;
 		}
 	}
 	if (!ended) {
@@ -569,6 +593,27 @@ int outbox_state_parse(const char *text, size_t len,
 out_bad:
 	outbox_state_clear(&st);
 	return -1;
+}
+
+void outbox_state_salvage(const char *text, size_t len,
+	struct outbox_state *state_r)
+{
+	struct outbox_state st = { 0 };
+	char line[STATE_LINE_MAX + 1];
+	const char *ignored;
+	size_t pos = 0;
+	unsigned lineno = 0;
+	int r;
+
+	/* Only whole lines: a cut "rcpt sent bob@example.net.au" must not
+	 * pass for another recipient, bob@example.net, being done. */
+	while ((r = next_line(text, len, &pos, line)) != 0) {
+		lineno++;
+		if (r > 0 && strcmp(line, STATE_MAGIC) != 0 &&
+		    strcmp(line, "end") != 0)
+			state_line(line, lineno, &st, &ignored);
+	}
+	*state_r = st;
 }
 
 /* ------------------------------------------------------------------ */
@@ -690,25 +735,15 @@ out_err:
 	return -errno;
 }
 
-/* mkdir -p with mode 0700 for what it creates. */
-static int make_dirs(const char *dir)
+/* Whether dir_fd holds only what an earlier mailfs, which marked nothing,
+ * put in a spool. */
+static bool earlier_spool(int dir_fd)
 {
-	char path[PATH_MAX];
-	size_t len = strlen(dir), i;
+	static const char *const dirs[] = { "tmp", "queue", "state", "failed",
+		"drafts", NULL };
+	static const char *const files[] = { "lock", NULL };
 
-	if (len == 0 || len >= sizeof(path))
-		return -ENAMETOOLONG;
-	memcpy(path, dir, len + 1);
-	for (i = 1; i <= len; i++) {
-		if (path[i] != '/' && path[i] != '\0')
-			continue;
-		path[i] = '\0';
-		if (mkdir(path, DIR_MODE) < 0 && errno != EEXIST)
-			return -errno;
-		if (i < len)
-			path[i] = '/';
-	}
-	return 0;
+	return owned_dir_only(dir_fd, dirs, files);
 }
 
 static void clean_tmp(struct outbox_spool *spool)
@@ -728,16 +763,41 @@ static void clean_tmp(struct outbox_spool *spool)
 	closedir(dir);
 }
 
-/* Loads queue/NAME into the index. */
-static int scan_one(struct outbox_spool *spool, const char *name)
+/* state/NAME into *st (zeroed when there is none).  Never loses a
+ * message for its bookkeeping: of a damaged file, what it still says is
+ * kept, so recipients it records as done are not sent to again; the
+ * others are (a possible duplicate). */
+static void read_state(struct outbox_spool *spool, const char *name,
+	struct outbox_state *st)
 {
-	struct outbox_state st = { 0 };
-	struct spool_entry *e;
 	const char *why;
-	struct stat sb;
 	char *text;
 	size_t len;
 	int r;
+
+	memset(st, 0, sizeof(*st));
+	r = read_file_at(spool->state_fd, name, STATE_FILE_MAX, &text, &len);
+	if (r == 0) {
+		if (outbox_state_parse(text, len, st, &why) < 0) {
+			log_warn("outbox: state of %s damaged (%s); it will be"
+				" sent again to every recipient it does not"
+				" record as done", name, why);
+			outbox_state_salvage(text, len, st);
+		}
+		free(text);
+	} else if (r != -ENOENT) {
+		log_warn("outbox: cannot read the state of %s (%s); it will be"
+			" sent to every recipient again", name, strerror(-r));
+	}
+}
+
+/* Loads queue/NAME into the index. */
+static int scan_one(struct outbox_spool *spool, const char *name)
+{
+	struct outbox_state st;
+	struct spool_entry *e;
+	const char *why;
+	struct stat sb;
 
 	if (fstatat(spool->queue_fd, name, &sb, AT_SYMLINK_NOFOLLOW) < 0 ||
 	    !S_ISREG(sb.st_mode))
@@ -747,19 +807,7 @@ static int scan_one(struct outbox_spool *spool, const char *name)
 			why);
 		return 0;
 	}
-	r = read_file_at(spool->state_fd, name, STATE_FILE_MAX, &text, &len);
-	if (r == 0) {
-		if (outbox_state_parse(text, len, &st, &why) < 0) {
-			/* Never lose a message for its bookkeeping. */
-			log_warn("outbox: state of %s unreadable (%s); it will"
-				" be sent to every recipient again", name, why);
-			memset(&st, 0, sizeof(st));
-		}
-		free(text);
-	} else if (r != -ENOENT) {
-		log_warn("outbox: cannot read the state of %s: %s", name,
-			strerror(-r));
-	}
+	read_state(spool, name, &st);
 	if (st.queued == 0)
 		st.queued = sb.st_mtime;
 
@@ -817,7 +865,7 @@ int outbox_spool_open(const char *dir, struct outbox_spool **spool_r,
 	const char **error_r)
 {
 	struct outbox_spool *spool;
-	int dir_fd = -1, res;
+	int dir_fd = -1, drafts_fd, res;
 
 	*spool_r = NULL;
 	spool = calloc(1, sizeof(*spool));
@@ -830,28 +878,19 @@ int outbox_spool_open(const char *dir, struct outbox_spool **spool_r,
 	pthread_mutex_init(&spool->lock, NULL);
 	pthread_mutex_init(&spool->failed_lock, NULL);
 	spool->dir = strdup(dir);
-	if (spool->dir == NULL) {
+	if (spool->dir == NULL ||
+	    asprintf(&spool->drafts_dir, "%s/drafts", dir) < 0) {
+		spool->drafts_dir = NULL;
 		*error_r = "out of memory";
 		res = -ENOMEM;
 		goto out_close;
 	}
 
-	res = make_dirs(dir);
-	if (res < 0) {
-		*error_r = errfmt("cannot create %s: %s", dir, strerror(-res));
-		goto out_close;
-	}
-	dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	/* Only a directory of mailfs's own: tmp/ is emptied at every open. */
+	dir_fd = owned_dir_open(dir, SPOOL_MARKER, "outbox spool",
+		earlier_spool, error_r);
 	if (dir_fd < 0) {
-		res = -errno;
-		*error_r = errfmt("cannot open %s: %s", dir, strerror(-res));
-		goto out_close;
-	}
-	/* Mail waiting to go out is private whatever the umask was. */
-	if (fchmod(dir_fd, DIR_MODE) < 0) {
-		res = -errno;
-		*error_r = errfmt("cannot make %s private: %s", dir,
-			strerror(-res));
+		res = dir_fd;
 		goto out_close;
 	}
 	spool->lock_fd = openat(dir_fd, "lock", O_RDWR | O_CREAT | O_CLOEXEC,
@@ -875,8 +914,11 @@ int outbox_spool_open(const char *dir, struct outbox_spool **spool_r,
 	    (res = open_subdir(spool, dir_fd, "state", &spool->state_fd,
 			error_r)) < 0 ||
 	    (res = open_subdir(spool, dir_fd, "failed", &spool->failed_fd,
+			error_r)) < 0 ||
+	    (res = open_subdir(spool, dir_fd, "drafts", &drafts_fd,
 			error_r)) < 0)
 		goto out_close;
+	close(drafts_fd);
 	fsync_dir(dir_fd);
 
 	clean_tmp(spool);
@@ -927,7 +969,13 @@ void outbox_spool_close(struct outbox_spool **spool_p)
 	pthread_mutex_destroy(&spool->lock);
 	pthread_mutex_destroy(&spool->failed_lock);
 	free(spool->dir);
+	free(spool->drafts_dir);
 	free(spool);
+}
+
+const char *outbox_spool_drafts_dir(const struct outbox_spool *spool)
+{
+	return spool->drafts_dir;
 }
 
 void outbox_spool_set_notify(struct outbox_spool *spool,
@@ -979,8 +1027,21 @@ int outbox_spool_enqueue(struct outbox_spool *spool, const char *name,
 		goto out_tmp;
 	}
 
-	/* A leftover state file would attach old recipients' fates. */
-	unlinkat(spool->state_fd, name, 0);
+	/* A leftover state file would attach old recipients' fates: the
+	 * new message would skip whoever got the old one.  Its removal is
+	 * made durable before the message is, or nothing is queued. */
+	if (unlinkat(spool->state_fd, name, 0) == 0)
+		res = fsync_dir(spool->state_fd);
+	else
+		res = errno == ENOENT ? 0 : -errno;
+	if (res < 0) {
+		*error_r = errfmt("cannot remove %s/state/%s: %s", spool->dir,
+			name, strerror(-res));
+		pthread_mutex_lock(&spool->lock);
+		entry_remove(spool, entry_find(spool, name));
+		pthread_mutex_unlock(&spool->lock);
+		goto out_tmp;
+	}
 	res = rename_noreplace(spool->tmp_fd, tmp, spool->queue_fd, name);
 	if (res == 0)
 		res = fsync_dir(spool->queue_fd);
@@ -1450,10 +1511,7 @@ int outbox_spool_load(struct outbox_spool *spool, const char *name,
 	const char **error_r)
 {
 	struct spool_entry *e;
-	const char *why;
 	int64_t queued = 0;
-	char *text;
-	size_t len;
 	int res;
 
 	memset(state_r, 0, sizeof(*state_r));
@@ -1474,18 +1532,7 @@ int outbox_spool_load(struct outbox_spool *spool, const char *name,
 			name, strerror(-res));
 		return res;
 	}
-	res = read_file_at(spool->state_fd, name, STATE_FILE_MAX, &text, &len);
-	if (res == 0) {
-		if (outbox_state_parse(text, len, state_r, &why) < 0) {
-			log_warn("outbox: state of %s unreadable (%s); sending"
-				" to every recipient", name, why);
-			memset(state_r, 0, sizeof(*state_r));
-		}
-		free(text);
-	} else if (res != -ENOENT) {
-		log_warn("outbox: cannot read the state of %s: %s", name,
-			strerror(-res));
-	}
+	read_state(spool, name, state_r);
 	if (state_r->queued == 0)
 		state_r->queued = queued;
 	return 0;

@@ -2,6 +2,8 @@
  *
  * Layout under the spool directory (directories 0700, files 0600):
  *
+ *   .mailfs-spool  says that mailfs made the directory (src/owned_dir.h):
+ *                  a directory without it is only taken if empty
  *   lock           flock()ed while open: one mailfs per spool
  *   tmp/           files being written; emptied when the spool opens
  *   queue/NAME     a message, as it will be sent (CRLF, Date, Message-ID;
@@ -10,6 +12,9 @@
  *                  the first time something happens to it
  *   failed/NAME    a message that cannot be sent, and beside it
  *   failed/NAME.error  why, in words for the user
+ *   drafts/NAME    a file of outbox/ not handed to the queue (a draft, a
+ *                  file being written, one whose close() failed); the
+ *                  fs side (fs_outbox) owns these files
  *
  * Every change is made durable before it is reported: a file is written
  * under tmp/, fsynced, renamed into place, and the directory fsynced.  So
@@ -102,10 +107,17 @@ int outbox_state_format(const struct outbox_state *state, char **text_r,
 int outbox_state_parse(const char *text, size_t len,
 	struct outbox_state *state_r, const char **error_r);
 
+/* For a state file outbox_state_parse() refuses: *state_r (owned by the
+ * caller) gets what every whole, well-formed line says, the rest is
+ * ignored.  Recipients it records as sent are then not sent to again. */
+void outbox_state_salvage(const char *text, size_t len,
+	struct outbox_state *state_r);
+
 /* ------------------------------------------------------------------ */
 /* Opening                                                             */
 
-/* Opens the spool under dir, creating it (0700) if needed, and locks it.
+/* Opens the spool under dir, creating it (0700) if needed (or refusing a
+ * directory that is not mailfs's, see owned_dir_open()), and locks it.
  * Removes leftover files in tmp/ and state files of messages no longer
  * queued, and loads every queued message's state (a message without one
  * counts as queued at its file's modification time).  The caller owns
@@ -117,6 +129,9 @@ int outbox_spool_open(const char *dir, struct outbox_spool **spool_r,
 /* Releases the spool and its lock; sets *spool to NULL.  The sender must
  * be stopped first. */
 void outbox_spool_close(struct outbox_spool **spool);
+
+/* The path of drafts/ (owned by the spool, valid while it is open). */
+const char *outbox_spool_drafts_dir(const struct outbox_spool *spool);
 
 /* Called (from the enqueuing thread, with no spool lock held) after each
  * message is queued; the sender uses it to wake up.  fn may be NULL. */

@@ -222,6 +222,14 @@ def fill_up(directory):
     return path
 
 
+def leave_room(directory, nbytes):
+    """Fills the file system of directory up to nbytes of free space
+    (rounded to its pages); returns the filler's path."""
+    path = fill_up(directory)
+    os.truncate(path, max(0, os.path.getsize(path) - nbytes))
+    return path
+
+
 # ---------------------------------------------------------------- refusals
 
 def assert_one_line(stderr, *words):

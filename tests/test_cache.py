@@ -21,9 +21,10 @@ import pytest
 
 from conftest import FUSERMOUNT, Account, is_mounted, read_bytes
 from helpers import BLOCK_HEADER as HEADER
-from helpers import (Background, block_files, block_header, files_in,
-                     poll_until, proxy_url, seed, sha, sized_message,
-                     tmp_files, uid_of)
+from helpers import (Background, assert_one_line, block_files, block_header,
+                     files_in, poll_until, proxy_url, seed, sha,
+                     sized_message, tmp_files, uid_of)
+from mailserver import closed_port
 
 MiB = 1024 * 1024                # also the block size
 POLL_SECONDS = 180   # deadline for what mailfs does in the background
@@ -598,6 +599,94 @@ def test_cache_permissions(account, mount, tmp_path):
     assert check() > 0
     assert len(block_files(cache)) >= 3
     assert os.listdir(os.path.join(cache, "meta"))
+
+
+def tree_state(top):
+    """Every path under top (top too) with its mode and, for files, its
+    content: what must stay as it was."""
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        state[dirpath] = oct(os.lstat(dirpath).st_mode)
+        for n in filenames:
+            p = os.path.join(dirpath, n)
+            state[p] = (oct(os.lstat(p).st_mode), read_bytes(p))
+    return state
+
+
+def foreign_dir(path):
+    """A directory of someone else's that happens to use mailfs's names."""
+    os.makedirs(os.path.join(path, "tmp", "project"))
+    os.makedirs(os.path.join(path, "blocks"))
+    with open(os.path.join(path, "tmp", "project", "notes.txt"), "w") as f:
+        f.write("my notes\n")
+    with open(os.path.join(path, "blocks", "lego.txt"), "w") as f:
+        f.write("2x4\n")
+    os.chmod(path, 0o755)
+    return str(path)
+
+
+def test_foreign_cache_dir_untouched(account, mount_fails, tmp_path):
+    """A cache_dir that holds files mailfs did not make is refused with
+    one line before anything in it is touched, whether or not the server
+    can be reached."""
+    d = foreign_dir(tmp_path / "foreign")
+    before = tree_state(d)
+    rc, err = mount_fails(account, cache_dir=d)
+    assert_one_line(err, "not made by mailfs")
+    assert tree_state(d) == before
+
+    url = f"imaps://{account.user}@127.0.0.1:{closed_port()}"
+    rc, err = mount_fails(account, source=url, cache_dir=d,
+                          options=["pop3=none"])
+    assert_one_line(err, "not made by mailfs")
+    assert tree_state(d) == before
+
+
+def test_foreign_spool_dir_untouched(account, mount_fails, tmp_path):
+    d = foreign_dir(tmp_path / "foreign")
+    before = tree_state(d)
+    rc, err = mount_fails(account, options=[
+        f"smtp=smtp://{account.user}@127.0.0.1:{closed_port()}",
+        f"spool_dir={d}"])
+    assert_one_line(err, "not made by mailfs")
+    assert tree_state(d) == before
+
+
+def test_empty_and_earlier_cache_dirs_adopted(account, mount, mount_fails,
+                                              tmp_path):
+    """An empty directory is taken (made private and marked); so is the
+    cache of an earlier mailfs, which marked nothing, as long as it holds
+    only what mailfs puts there."""
+    raw = make_message("adopted", 3000)
+    seed(account, {"INBOX": [raw]})
+    cache = str(tmp_path / "empty")
+    os.mkdir(cache, 0o755)
+    os.chmod(cache, 0o755)
+    m = mount(account, cache_dir=cache)
+    inbox = os.path.join(m.path, "INBOX")
+    [name] = files_in(inbox)
+    assert read_bytes(os.path.join(inbox, name)) == raw
+    m.unmount()
+    assert stat.S_IMODE(os.stat(cache).st_mode) == 0o700
+    assert os.path.isfile(os.path.join(cache, ".mailfs-cache"))
+    blocks = block_files(cache)
+    assert blocks
+
+    # As an earlier mailfs left it: no marker.  Its blocks are kept.
+    os.unlink(os.path.join(cache, ".mailfs-cache"))
+    m = mount(account, cache_dir=cache)
+    m.unmount()
+    assert os.path.isfile(os.path.join(cache, ".mailfs-cache"))
+    assert block_files(cache) == blocks
+
+    # One file that is not mailfs's and it is not taken.
+    os.unlink(os.path.join(cache, ".mailfs-cache"))
+    with open(os.path.join(cache, "mine.txt"), "w") as f:
+        f.write("mine\n")
+    before = tree_state(cache)
+    rc, err = mount_fails(account, cache_dir=cache)
+    assert_one_line(err, "not made by mailfs")
+    assert tree_state(cache) == before
 
 
 # ---------------------------------------------------------------- resync

@@ -16,13 +16,15 @@ import email.utils
 import errno
 import os
 import re
+import signal
 import subprocess
+import threading
 import time
 
 import pytest
 
 from conftest import FUSERMOUNT, MountError, read_bytes
-from helpers import poll_until
+from helpers import fill_up, leave_room, poll_until, tmpfs
 from smtpserver import SmtpServer
 
 DEADLINE = float(os.environ.get("MAILFS_TEST_OUTBOX_DEADLINE", "120"))
@@ -659,6 +661,84 @@ def test_half_written_file_not_taken(outbox, smtp):
     assert listing(ob.failed) == []
 
 
+def test_shell_fd_written_by_builtins_sent_once_whole(outbox, smtp):
+    """exec 3> outbox/NAME; echo ... >&3: every builtin's redirection dups
+    fd 3 onto stdout and closes that copy again; the message is taken
+    only when the shell closes fd 3, whole and once."""
+    raw = message("by builtins", body=b"line one\r\nline two\r\n")
+    ob = outbox()
+    lines = raw.decode().split("\r\n")[:-1]
+    script = "set -e\nexec 3> outbox/builtins.eml\n" + "".join(
+        f"printf '%s\\r\\n' '{line}' >&3\n" for line in lines) + \
+        "exec 3>&-\n"
+    r = subprocess.run(["bash", "-c", script], cwd=ob.mount.path,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=DEADLINE)
+    assert r.returncode == 0, r.stdout
+    ob.wait_gone("builtins.eml")
+    ob.barrier()
+    got = deliveries_of(smtp, "by builtins")
+    assert [d.data for d in got] == [raw]
+    assert [subject_of(d) for d in smtp.snapshot()[1]] == \
+        ["by builtins", "barrier"]
+    assert listing(ob.failed) == []
+
+
+def test_python_file_object_sent(outbox, smtp):
+    raw = message("python file object")
+    ob = outbox()
+    with open(ob.file("py.eml"), "wb") as f:
+        f.write(raw[:10])
+        f.flush()
+        f.write(raw[10:])
+    ob.wait_gone("py.eml")
+    ob.barrier()
+    assert [d.data for d in deliveries_of(smtp, "python file object")] == \
+        [raw]
+
+
+def close_in_thread(fd):
+    """Closes fd from another thread of this process; returns the errno
+    close() failed with, or None."""
+    result = []
+
+    def run():
+        try:
+            os.close(fd)
+            result.append(None)
+        except OSError as e:
+            result.append(e.errno)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    return result[0]
+
+
+def test_close_from_another_thread(outbox, smtp):
+    """Thread pools (Node's fs, Go) open in one thread and close in
+    another: close() reports a refused message all the same, and a good
+    one is sent."""
+    ob = outbox()
+    fd = os.open(ob.file("thread-bad.eml"),
+                 os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, message("no recipient", to=None))
+    assert close_in_thread(fd) == errno.EINVAL
+    assert "thread-bad.eml" in listing(ob.failed)
+
+    raw = message("closed by a thread")
+    fd = os.open(ob.file("thread-good.eml"),
+                 os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, raw)
+    assert close_in_thread(fd) is None
+    ob.wait_gone("thread-good.eml")
+    ob.barrier()
+    assert [d.data for d in deliveries_of(smtp, "closed by a thread")] == \
+        [raw]
+    assert [subject_of(d) for d in smtp.snapshot()[1]] == \
+        ["closed by a thread", "barrier"]
+
+
 def test_unicode_file_name(outbox, smtp):
     ob = outbox()
     name = "Grüße an Jörg — 2025.eml"
@@ -1098,6 +1178,127 @@ def test_unmount_during_data_keeps_message(outbox, smtp, tmp_path):
     ob2.wait_gone("interrupted.eml")
     ob2.barrier()
     assert len(deliveries_of(smtp, "interrupted")) == 1
+
+
+def test_drafts_and_refused_files_survive_unmount(outbox, smtp, tmp_path):
+    """A draft and a file whose close() failed for want of space stay in
+    outbox/ across an unmount, unsent, until renamed."""
+    fs = str(tmp_path / "spoolfs")
+    with tmpfs(fs, "1m", "mailfs-test-spool"):
+        spool = os.path.join(fs, "spool")
+        ob = outbox(spool_dir=spool)
+        draft = message("a draft")
+        assert write_file(ob.file(".draft"), draft) == 0
+
+        # Room for the file being written, not for its queued copy too.
+        filler = leave_room(fs, 64 * 1024)
+        big = message("no room", body=(b"x" * 70 + b"\r\n") * 580)
+        assert close_errno(ob.file("big.eml"), big) in (errno.ENOSPC,
+                                                        errno.EIO)
+        assert status_of(ob.file("big.eml")) == "not queued"
+        ob.mount.unmount()
+        os.unlink(filler)
+
+        ob2 = outbox(spool_dir=spool)
+        assert listing(ob2.path) == [".draft", "big.eml", "failed"]
+        assert read_bytes(ob2.file(".draft")) == draft
+        assert read_bytes(ob2.file("big.eml")) == big
+        assert status_of(ob2.file("big.eml")) == "not queued"
+        assert status_of(ob2.file(".draft")) == "draft"
+        ob2.barrier("after remount")
+        assert [subject_of(d) for d in smtp.snapshot()[1]] == \
+            ["after remount"]
+
+        os.rename(ob2.file("big.eml"), ob2.file("big2.eml"))
+        os.rename(ob2.file(".draft"), ob2.file("draft.eml"))
+        ob2.wait_gone("big2.eml")
+        ob2.wait_gone("draft.eml")
+        ob2.barrier("after rename")
+        assert [d.data for d in deliveries_of(smtp, "no room")] == [big]
+        assert [d.data for d in deliveries_of(smtp, "a draft")] == [draft]
+        ob2.mount.unmount()
+
+
+def test_file_cut_off_by_a_crash_is_not_sent(outbox, smtp, tmp_path):
+    """A file being written when mailfs is killed is listed again after
+    the remount but never sent as it is: it may be a fragment."""
+    spool = str(tmp_path / "spool-kept")
+    raw = message("cut off")
+    ob = outbox(spool_dir=spool)
+    fd = os.open(ob.file("cut.eml"), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, raw[:40])
+        kill_mount(ob.mount)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    ob2 = outbox(spool_dir=spool)
+    assert "cut.eml" in listing(ob2.path)
+    assert read_bytes(ob2.file("cut.eml")) == raw[:40]
+    ob2.barrier("after the crash")
+    assert [subject_of(d) for d in smtp.snapshot()[1]] == ["after the crash"]
+
+
+# Where the daemon is killed (MAILFS_TEST_KILL_AT) and what the README
+# promises after the remount: (deliveries, copies in Sent).
+KILL_STEPS = {
+    "outbox-before-data": (1, 1),   # recipients saved as in flight
+    "outbox-after-data": (2, 1),    # the server's 250 not yet saved
+    "outbox-after-state": (1, 1),   # delivery saved, nothing filed
+    "outbox-after-filing": (1, 2),  # filed in Sent, not yet saved
+    "outbox-after-finish": (1, 1),  # off the queue
+}
+
+
+@pytest.mark.parametrize("step", sorted(KILL_STEPS))
+def test_sigkill_at_each_delivery_step(account, outbox, smtp, tmp_path,
+                                       step):
+    """Killed at each step of a delivery, mailfs delivers the message
+    after the remount at least once, and more often (or files more than
+    one copy) only where the README says it can."""
+    deliveries, copies = KILL_STEPS[step]
+    spool = str(tmp_path / "spool-kept")
+    subject = f"killed at {step}"
+    raw = message(subject)
+    ob = outbox(spool_dir=spool, env={"MAILFS_TEST_KILL_AT": step})
+    ob.send("killed.eml", raw)
+    assert ob.mount.proc.wait(timeout=DEADLINE) == -signal.SIGKILL
+    kill_mount(ob.mount)
+
+    ob2 = outbox(spool_dir=spool)
+    ob2.wait_gone("killed.eml")
+    ob2.barrier()
+    got = deliveries_of(smtp, subject)
+    assert len(got) == deliveries and all(d.data == raw for d in got)
+    filed = [header_values(i["raw"], "Subject")
+             for i in account.fetch("Sent").values()]
+    assert filed.count([subject.encode()]) == copies, filed
+    assert listing(ob2.failed) == []
+
+
+def test_failed_state_save_does_not_resend(outbox, smtp, tmp_path):
+    """The server took the message but its state could not be saved (a
+    full disk): the next attempts in the same run do not send it again."""
+    fs = str(tmp_path / "spoolfs")
+    with tmpfs(fs, "1m", "mailfs-test-spool"):
+        ob = outbox(spool_dir=os.path.join(fs, "spool"))
+        raw = message("state not saved")
+        smtp.hold_data(1)
+        ob.send("unsaved.eml", raw)
+        smtp.wait(lambda s: any(k == "data-held" for k, _ in s.events),
+                  what="the message to reach the final dot")
+        filler = fill_up(fs)
+        smtp.release()
+        wait_until(lambda: "No space left" in ob.mount.stderr(),
+                   "the failed save")
+        os.unlink(filler)
+        ob.wait_gone("unsaved.eml")
+        ob.barrier()
+        assert [d.data for d in deliveries_of(smtp, "state not saved")] == \
+            [raw]
+        ob.mount.unmount()
 
 
 def test_gives_up_after_retry_max_age(outbox, make_smtp):

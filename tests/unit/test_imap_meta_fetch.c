@@ -83,6 +83,12 @@ static void test_variants(void)
 	CHECK(parse("* 1 FETCH (UID 2 INTERNALDATE \"yesterday\")", &m) == 1);
 	CHECK(m.internaldate == 0);
 	clear(&m);
+
+	/* The largest size a file can have. */
+	CHECK(parse("* 1 FETCH (UID 2 RFC822.SIZE 9223372036854775807)", &m)
+		== 1);
+	CHECK(m.size == INT64_MAX);
+	clear(&m);
 }
 
 static void test_malformed(void)
@@ -95,6 +101,9 @@ static void test_malformed(void)
 		"* 1 FETCH (UID 0)",
 		"* 1 FETCH (UID 4294967296)",
 		"* 1 FETCH (UID 99999999999999999999999)",
+		/* larger than any file can be (off_t) */
+		"* 1 FETCH (UID 1 RFC822.SIZE 9223372036854775808)",
+		"* 1 FETCH (UID 1 RFC822.SIZE 18446744073709551615)",
 		"* 1 FETCH (UID 1 FLAGS (\\Seen)",
 		"* 1 FETCH (UID 1 FLAGS (\\))",
 		"* 1 FETCH (UID 1 FLAGS \\Seen)",

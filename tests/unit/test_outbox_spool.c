@@ -469,6 +469,90 @@ static void test_rescan(void)
 	outbox_spool_close(&spool);
 }
 
+/* A state file left behind by an earlier message of the same name goes
+ * before the new message is queued; if it cannot, nothing is queued: it
+ * would mark the new message's recipients as done. */
+static void test_stale_state(void)
+{
+	char dir[PATH_LEN], path[PATH_LEN + 64];
+	struct outbox_spool *spool;
+
+	fresh_dir(dir, sizeof(dir), "stale");
+	spool = open_spool(dir);
+	if (spool == NULL)
+		return;
+	write_file(dir, "state", "old.eml", "mailfs-outbox-state 1\n"
+		"rcpt sent bob@example.com\nend\n");
+	CHECK(enqueue(spool, "old.eml", "To: bob@example.com\n\nx\n", 100)
+		== 0, "enqueue over a stale state");
+	CHECK(!exists(dir, "state", "old.eml"), "stale state removed");
+
+	/* One that cannot be removed (here: a directory that is not empty). */
+	snprintf(path, sizeof(path), "%s/state/stuck.eml", dir);
+	CHECK(mkdir(path, 0700) == 0, "mkdir");
+	write_file(dir, "state/stuck.eml", "x", "y");
+	CHECK(enqueue(spool, "stuck.eml", "To: bob@example.com\n\nx\n", 100)
+		< 0, "queued over a stale state it could not remove");
+	CHECK(!exists(dir, "queue", "stuck.eml"), "nothing queued");
+	CHECK(dir_count(dir, "tmp") == 0, "tmp empty");
+	CHECK(status_of(spool, "stuck.eml") == NULL, "not listed");
+	outbox_spool_close(&spool);
+}
+
+/* A damaged state file: recipients it still records as delivered are not
+ * sent to again; nothing it no longer says counts as done. */
+static void test_damaged_state(void)
+{
+	static const char damaged[] =
+		"mailfs-outbox-state 1\n"
+		"queued 100\n"
+		"rcpt sent bob@example.com\n"
+		"rcpt s\xff\x01nt carol@example.net\n"
+		"attempts x\n"
+		"rcpt failed dave@example.org 550 no such user\n"
+		"rcpt sent erin@example.com.au";   /* cut: no line end */
+	struct outbox_state st, salvaged;
+	struct outbox_spool *spool;
+	char dir[PATH_LEN], *data = NULL, *name = NULL;
+	const char *error = NULL;
+	int64_t next;
+	size_t len;
+
+	outbox_state_salvage(damaged, sizeof(damaged) - 1, &salvaged);
+	CHECK(salvaged.queued == 100 && salvaged.n_rcpts == 2, "salvaged %zu",
+		salvaged.n_rcpts);
+	outbox_state_clear(&salvaged);
+
+	fresh_dir(dir, sizeof(dir), "damaged");
+	spool = open_spool(dir);
+	if (spool == NULL)
+		return;
+	CHECK(enqueue(spool, "d.eml", "To: bob@example.com, "
+		"carol@example.net, erin@example.com\n\nx\n", 100) == 0,
+		"enqueue");
+	outbox_spool_close(&spool);
+	write_file(dir, "state", "d.eml", damaged);
+
+	spool = open_spool(dir);
+	if (spool == NULL)
+		return;
+	CHECK(outbox_spool_claim(spool, 200, &name, &next) == 1, "claim");
+	CHECK(outbox_spool_load(spool, "d.eml", &data, &len, &st,
+		&error) == 0, "load: %s", S(error));
+	CHECK(outbox_state_rcpt(&st, "bob@example.com")->status ==
+		OUTBOX_RCPT_SENT, "bob is done");
+	CHECK(outbox_state_rcpt(&st, "dave@example.org")->status ==
+		OUTBOX_RCPT_FAILED, "dave failed");
+	CHECK(outbox_state_rcpt(&st, "carol@example.net")->status ==
+		OUTBOX_RCPT_PENDING, "carol's line is garbage: pending");
+	CHECK(outbox_state_rcpt(&st, "erin@example.com")->status ==
+		OUTBOX_RCPT_PENDING, "a cut line names nobody");
+	outbox_state_clear(&st);
+	free(data);
+	free(name);
+	outbox_spool_close(&spool);
+}
+
 static void test_failed(void)
 {
 	char dir[PATH_LEN], *text, *name = NULL;
@@ -621,6 +705,8 @@ int main(void)
 	test_durability();
 	test_state_round_trip();
 	test_rescan();
+	test_stale_state();
+	test_damaged_state();
 	test_failed();
 	test_send_cycle();
 	test_retry_delay();
