@@ -401,8 +401,9 @@ int tree_install_folders(struct fs_tree *t,
 		old[i]->n_prev_dirs = old[i]->n_dirs;
 		old[i]->dirs = NULL;
 		old[i]->n_dirs = 0;
-		qsort(old[i]->prev_dirs, old[i]->n_prev_dirs,
-			sizeof(*old[i]->prev_dirs), dir_name_cmp);
+		if (old[i]->n_prev_dirs > 1)
+			qsort(old[i]->prev_dirs, old[i]->n_prev_dirs,
+				sizeof(*old[i]->prev_dirs), dir_name_cmp);
 	}
 	t->root->seen = true;
 	for (size_t i = 0; i < nw; i++) {
