@@ -11,6 +11,7 @@
 
 #include "fs/fs_ops.h"
 #include "fs/fs_outbox.h"
+#include "fs/fs_parts.h"
 #include "src/block_cache.h"
 #include "src/log.h"
 
@@ -54,6 +55,20 @@ static bool is_outbox(fuse_ino_t ino)
 	return outbox && fs_outbox_owns(ino);
 }
 
+/* The .parts view (fs_parts.h); its inodes are told apart by
+ * fs_parts_owns. */
+static struct fs_parts *parts;
+
+void fs_ops_set_parts(struct fs_parts *p)
+{
+	parts = p;
+}
+
+static bool is_parts(fuse_ino_t ino)
+{
+	return parts && fs_parts_owns(ino);
+}
+
 static bool is_outbox_root_name(fuse_ino_t parent, const char *name)
 {
 	return outbox && parent == FUSE_ROOT_ID &&
@@ -80,7 +95,9 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_entry(req, &e);
 		return;
 	}
-	r = is_outbox(parent) ? fs_outbox_lookup(outbox, parent, name, &e) :
+	r = parts && !is_outbox(parent) && fs_parts_is_lookup(parent, name) ?
+		fs_parts_lookup(parts, parent, name, &e) :
+		is_outbox(parent) ? fs_outbox_lookup(outbox, parent, name, &e) :
 		fs_tree_lookup(tree_of(req), parent, name, &e);
 
 	if (r == -ENOENT) {
@@ -97,7 +114,9 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
-	if (is_outbox(ino))
+	if (is_parts(ino))
+		fs_parts_forget(parts, ino, nlookup);
+	else if (is_outbox(ino))
 		fs_outbox_forget(outbox, ino, nlookup);
 	else
 		fs_tree_forget(tree_of(req), ino, nlookup);
@@ -108,7 +127,10 @@ static void op_forget_multi(fuse_req_t req, size_t count,
 	struct fuse_forget_data *forgets)
 {
 	for (size_t i = 0; i < count; i++) {
-		if (is_outbox(forgets[i].ino))
+		if (is_parts(forgets[i].ino))
+			fs_parts_forget(parts, forgets[i].ino,
+				forgets[i].nlookup);
+		else if (is_outbox(forgets[i].ino))
 			fs_outbox_forget(outbox, forgets[i].ino,
 				forgets[i].nlookup);
 		else
@@ -123,7 +145,9 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 {
 	struct stat st;
 	double timeout = 0;
-	int r = is_outbox(ino) ? fs_outbox_getattr(outbox, ino, &st) :
+	int r = is_parts(ino) ? (timeout = 1.0, fs_parts_getattr(parts, ino,
+			&st)) :
+		is_outbox(ino) ? fs_outbox_getattr(outbox, ino, &st) :
 		fs_tree_getattr(tree_of(req), ino, &st, &timeout);
 
 	if (r < 0)
@@ -191,6 +215,21 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	int fd, r;
 
+	if (is_parts(ino)) {
+		bool direct_io = false;
+
+		r = fs_parts_open(parts, ino, fi->flags, &fi->fh, &direct_io);
+		if (r < 0) {
+			fuse_reply_err(req, -r);
+			return;
+		}
+		fi->direct_io = direct_io;   /* a size still estimated */
+		fi->keep_cache = !direct_io;
+		fi->noflush = 1;
+		if (fuse_reply_open(req, fi) == -ENOENT)
+			fs_parts_release(parts, fi->fh);
+		return;
+	}
 	if (is_outbox(ino)) {
 		r = fs_outbox_open(outbox, ino, fi->flags,
 			fuse_req_ctx(req)->pid, &fd);
@@ -339,6 +378,18 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	ssize_t got;
 	int fd = fh_fd(fi);
 
+	if (buf && is_parts(ino)) {
+		got = fs_parts_read(parts, fi->fh, (uint64_t)off, size, buf,
+			&size_changed);
+		if (got < 0)
+			fuse_reply_err(req, (int)-got);
+		else
+			fuse_reply_buf(req, buf, (size_t)got);
+		free(buf);
+		if (size_changed)
+			notify_size_changed(ino);
+		return;
+	}
 	if (buf && fd >= 0) {
 		got = pread(fd, buf, size, off);
 		if (got < 0)
@@ -368,6 +419,10 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 {
 	int fd = fh_fd(fi);
 
+	if (is_parts(ino)) {
+		fs_parts_release(parts, fi->fh);
+		fd = -1;
+	}
 	if (fd >= 0) {
 		close(fd);
 		if (!is_outbox(ino))
@@ -384,7 +439,8 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 	struct fuse_file_info *fi)
 {
 	struct fs_dir_snapshot *snap;
-	int r = is_outbox(ino) ? fs_outbox_snapshot_dir(outbox, ino, &snap) :
+	int r = is_parts(ino) ? fs_parts_snapshot_dir(parts, ino, &snap) :
+		is_outbox(ino) ? fs_outbox_snapshot_dir(outbox, ino, &snap) :
 		fs_tree_snapshot_dir(tree_of(req), ino, &snap);
 
 	if (r < 0) {
@@ -483,7 +539,8 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	size_t size)
 {
 	char *value;
-	int r = is_outbox(ino) ? fs_outbox_getxattr(outbox, ino, name, &value) :
+	int r = is_parts(ino) ? -ENODATA :
+		is_outbox(ino) ? fs_outbox_getxattr(outbox, ino, name, &value) :
 		fs_tree_getxattr(tree_of(req), ino, name, &value);
 	size_t len;
 
@@ -505,7 +562,9 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	char *names;
 	size_t len;
-	int r = is_outbox(ino) ? fs_outbox_listxattr(outbox, ino, &names, &len) :
+	int r = is_parts(ino) ? ((names = strdup("")) ? (len = 0, 0) :
+			-ENOMEM) :
+		is_outbox(ino) ? fs_outbox_listxattr(outbox, ino, &names, &len) :
 		fs_tree_listxattr(tree_of(req), ino, &names, &len);
 
 	if (r < 0) {

@@ -25,6 +25,7 @@
 #include "src/outbox_sender.h"
 #include "src/outbox_spool.h"
 #include "fs/fs_outbox.h"
+#include "fs/fs_parts.h"
 #include "proto/smtp_client.h"
 #include "src/secret.h"
 #include "src/source.h"
@@ -178,6 +179,7 @@ static int make_private_dirs(const char *dir)
 struct mount_ctx {
 	struct block_cache *cache;
 	struct msg_reader *reader;
+	struct fs_parts *parts;
 };
 
 /* Copies of sent mail go to this folder (raw name; NULL: none). */
@@ -276,7 +278,7 @@ static char *stats_text(void *ctx)
 			"cache_hits=%llu cache_misses=%llu "
 			"checksum_failures=%llu evictions=%llu "
 			"store_failures=%llu blocks_on_disk=%llu "
-			"bytes_on_disk=%llu",
+			"bytes_on_disk=%llu parts_fetched_bytes=%llu",
 			(unsigned long long)rs.bytes_fetched,
 			(unsigned long long)rs.blocks_fetched,
 			(unsigned long long)rs.prefetched,
@@ -287,7 +289,9 @@ static char *stats_text(void *ctx)
 			(unsigned long long)s.evictions,
 			(unsigned long long)s.store_failures,
 			(unsigned long long)s.blocks_on_disk,
-			(unsigned long long)s.bytes_on_disk) < 0)
+			(unsigned long long)s.bytes_on_disk,
+			(unsigned long long)(mc->parts ?
+				fs_parts_bytes_fetched(mc->parts) : 0)) < 0)
 		return NULL;
 	return out;
 }
@@ -461,6 +465,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	mc.reader = reader;
+	mc.parts = fs_parts_new(be, tree);
+	fs_ops_set_parts(mc.parts);
 	fs_tree_set_stats_hook(tree, stats_text, &mc);
 	fs_tree_set_inval_hook(tree, fs_ops_inval_entry, NULL);
 	fs_tree_set_source(tree, src.description);
@@ -604,6 +610,8 @@ out:
 	fs_ops_set_outbox(NULL);
 	fs_outbox_free(&outbox);
 	outbox_spool_close(&spool);
+	fs_ops_set_parts(NULL);
+	fs_parts_free(&mc.parts);
 	fs_tree_free(&tree);
 	msg_reader_free(&reader);
 	source_close(&src);

@@ -1,0 +1,279 @@
+/* Reading parts from the backend; see part_reader.h. */
+#include "src/part_reader.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "src/errfmt.h"
+
+/* Bytes asked of the server in one command. */
+#define CHUNK (256u * 1024)
+/* Enough for a base64 part's first or last line. */
+#define EDGE 1024
+
+static enum backend_status read_encoded(const struct part_source *src,
+	const struct mime_node *n, uint64_t off, size_t len, void *buf,
+	size_t *got_r, const char **error_r)
+{
+	if (n->has_raw_offset) {
+		if (off >= n->encoded_size || len == 0)
+			return BACKEND_OK;
+		if (len > n->encoded_size - off)
+			len = (size_t)(n->encoded_size - off);
+		return src->be->ops->read_range(src->be, src->folder,
+			src->uidvalidity, src->uid, n->raw_offset + off, len,
+			buf, got_r, error_r);
+	}
+	if (!src->be->ops->read_section) {
+		*error_r = "the server cannot read parts";
+		return BACKEND_UNSUPPORTED;
+	}
+	if (len == 0)
+		return BACKEND_OK;
+	return src->be->ops->read_section(src->be, src->folder,
+		src->uidvalidity, src->uid, n->section, off, len, buf, got_r,
+		error_r);
+}
+
+enum backend_status part_read_encoded(const struct part_source *src,
+	const struct mime_node *n, uint64_t off, size_t len, void *buf,
+	size_t *got_r, const char **error_r)
+{
+	enum backend_status st;
+
+	*got_r = 0;
+	st = read_encoded(src, n, off, len, buf, got_r, error_r);
+	if (st == BACKEND_OK && src->fetched)
+		__atomic_add_fetch(src->fetched, (uint64_t)*got_r,
+			__ATOMIC_RELAXED);
+	return st;
+}
+
+enum backend_status part_read_all(const struct part_source *src,
+	const struct mime_node *n, size_t max, char **buf_r, size_t *len_r,
+	const char **error_r)
+{
+	size_t len = 0, cap = 0;
+	char *buf = NULL;
+
+	for (;;) {
+		size_t got = 0, want = CHUNK;
+		enum backend_status st;
+
+		if (len + want > cap) {
+			char *nb;
+
+			cap = len + want;
+			nb = realloc(buf, cap + 1);
+			if (!nb) {
+				free(buf);
+				*error_r = "out of memory";
+				return BACKEND_TEMP;
+			}
+			buf = nb;
+		}
+		st = part_read_encoded(src, n, len, want, buf + len, &got,
+			error_r);
+		if (st != BACKEND_OK) {
+			free(buf);
+			return st;
+		}
+		len += got;
+		if (got < want)
+			break;
+		if (len > max) {
+			free(buf);
+			*error_r = errfmt("part %s is larger than %zu bytes",
+				n->section, max);
+			return BACKEND_UNSUPPORTED;
+		}
+	}
+	buf[len] = '\0';
+	*buf_r = buf;
+	*len_r = len;
+	return BACKEND_OK;
+}
+
+/* The layout of a base64 part, read from its first line. */
+static enum backend_status b64_layout(const struct part_source *src,
+	const struct mime_node *n, struct mime_b64_layout *l, bool *ok_r,
+	const char **error_r)
+{
+	char head[EDGE];
+	size_t got;
+	enum backend_status st = part_read_encoded(src, n, 0, sizeof(head),
+		head, &got, error_r);
+
+	*ok_r = st == BACKEND_OK && mime_b64_layout_guess(head, got, l) &&
+		mime_b64_chunk_fits(l, 0, head, got);
+	return st;
+}
+
+enum backend_status part_decoded_size(const struct part_source *src,
+	const struct mime_node *n, uint64_t *size_r, bool *exact_r,
+	const char **error_r)
+{
+	struct mime_b64_layout l;
+	char tail[EDGE];
+	uint64_t size = n->encoded_size, toff;
+	size_t got, end;
+	unsigned pads = 0;
+	bool ok;
+	enum backend_status st;
+
+	*exact_r = n->kind == MIME_NODE_RAW || n->transfer == MIME_TE_IDENTITY;
+	*size_r = *exact_r ? size :
+		mime_decoded_size_estimate(n->transfer, size);
+	if (*exact_r || n->transfer != MIME_TE_BASE64 || size == 0)
+		return BACKEND_OK;
+	st = b64_layout(src, n, &l, &ok, error_r);
+	if (st != BACKEND_OK || !ok)
+		return st;
+	toff = size > sizeof(tail) ? size - sizeof(tail) : 0;
+	st = part_read_encoded(src, n, toff, sizeof(tail), tail, &got,
+		error_r);
+	if (st != BACKEND_OK)
+		return st;
+	if (toff + got != size || !mime_b64_chunk_fits(&l, toff, tail, got))
+		return BACKEND_OK;	/* irregular: the estimate stands */
+	end = got;
+	while (end > 0 && (tail[end - 1] == '\r' || tail[end - 1] == '\n' ||
+			   tail[end - 1] == ' ' || tail[end - 1] == '\t'))
+		end--;
+	while (end > 0 && tail[end - 1] == '=' && pads < 2) {
+		end--;
+		pads++;
+	}
+	if (end == 0)
+		return BACKEND_OK;
+	/* end - 1 is the last data character; count the characters
+	 * before it line by line */
+	uint64_t p = toff + end - 1, period = (uint64_t)l.line_chars + l.eol_len;
+	uint64_t chars = p / period * l.line_chars + p % period + 1;
+
+	if (p % period >= l.line_chars || (chars + pads) % 4 != 0)
+		return BACKEND_OK;
+	*size_r = chars / 4 * 3 + (chars % 4 ? chars % 4 - 1 : 0);
+	*exact_r = true;
+	return BACKEND_OK;
+}
+
+/* Decodes forward from the cursor until dec_pos reaches off + len or the
+ * part ends, copying what falls in [off, off + len) to buf. */
+static enum backend_status read_forward(const struct part_source *src,
+	const struct mime_node *n, struct part_cursor *cur, uint64_t off,
+	size_t len, char *buf, size_t *got_r, const char **error_r)
+{
+	char *enc = malloc(CHUNK), *dec = malloc(CHUNK + 8);
+	enum backend_status st = BACKEND_OK;
+
+	*got_r = 0;
+	if (!enc || !dec) {
+		st = BACKEND_TEMP;
+		*error_r = "out of memory";
+		goto out;
+	}
+	if (!cur->valid || cur->dec_pos > off) {
+		memset(cur, 0, sizeof(*cur));
+		cur->dec.te = n->kind == MIME_NODE_RAW ? MIME_TE_IDENTITY :
+			n->transfer;
+		cur->valid = true;
+	}
+	while (cur->dec_pos < off + len) {
+		size_t got = 0, dl;
+
+		st = part_read_encoded(src, n, cur->enc_pos, CHUNK, enc, &got,
+			error_r);
+		if (st != BACKEND_OK) {
+			cur->valid = false;
+			goto out;
+		}
+		dl = mime_decoder_feed(&cur->dec, enc, got, dec);
+		if (got < CHUNK)
+			dl += mime_decoder_finish(&cur->dec, dec + dl);
+		cur->enc_pos += got;
+		/* the part of [dec_pos, dec_pos + dl) inside the request */
+		uint64_t a = cur->dec_pos > off ? cur->dec_pos : off;
+		uint64_t b = cur->dec_pos + dl < off + len ?
+			cur->dec_pos + dl : off + len;
+
+		if (b > a) {
+			memcpy(buf + (a - off), dec + (a - cur->dec_pos), b - a);
+			*got_r = (size_t)(b - off);
+		}
+		cur->dec_pos += dl;
+		if (got < CHUNK) {
+			/* the end: a later read must start over */
+			cur->valid = false;
+			break;
+		}
+	}
+out:
+	free(enc);
+	free(dec);
+	return st;
+}
+
+enum backend_status part_read_decoded(const struct part_source *src,
+	const struct mime_node *n, struct part_cursor *cur, uint64_t off,
+	size_t len, void *buf, size_t *got_r, const char **error_r)
+{
+	struct part_cursor local = { 0 };
+	struct mime_b64_layout l;
+	enum backend_status st;
+	bool ok;
+
+	*got_r = 0;
+	if (n->kind == MIME_NODE_RAW || n->transfer == MIME_TE_IDENTITY)
+		return part_read_encoded(src, n, off, len, buf, got_r, error_r);
+	if (!cur)
+		cur = &local;
+	if (n->transfer == MIME_TE_BASE64 && cur->layout_state == 0) {
+		st = b64_layout(src, n, &cur->layout, &ok, error_r);
+		if (st != BACKEND_OK)
+			return st;
+		cur->layout_state = ok ? 1 : -1;
+	}
+	if (n->transfer == MIME_TE_BASE64 && cur->layout_state == 1) {
+		l = cur->layout;
+		{
+			uint64_t eo, el;
+			unsigned skip;
+			size_t got = 0, dl;
+			char *enc, *dec;
+
+			mime_b64_encoded_range(&l, off, len, &eo, &el, &skip);
+			enc = malloc(el + 1);
+			dec = malloc(el + 8);
+			if (!enc || !dec) {
+				free(enc);
+				free(dec);
+				*error_r = "out of memory";
+				return BACKEND_TEMP;
+			}
+			st = part_read_encoded(src, n, eo, (size_t)el, enc,
+				&got, error_r);
+			if (st == BACKEND_OK &&
+			    mime_b64_chunk_fits(&l, eo, enc, got)) {
+				struct mime_decoder d = { .te = MIME_TE_BASE64 };
+
+				dl = mime_decoder_feed(&d, enc, got, dec);
+				dl += mime_decoder_finish(&d, dec + dl);
+				if (dl > skip) {
+					*got_r = dl - skip < len ? dl - skip : len;
+					memcpy(buf, dec + skip, *got_r);
+				}
+				free(enc);
+				free(dec);
+				return BACKEND_OK;
+			}
+			free(enc);
+			free(dec);
+			if (st != BACKEND_OK)
+				return st;
+			/* the lines are irregular after all: decode forward */
+			cur->layout_state = -1;
+		}
+	}
+	return read_forward(src, n, cur, off, len, buf, got_r, error_r);
+}
