@@ -219,13 +219,21 @@ static uint64_t b64_pos(const struct mime_b64_layout *l, uint64_t c)
 
 void mime_b64_encoded_range(const struct mime_b64_layout *l,
 	uint64_t dec_off, uint64_t dec_len, uint64_t *enc_off_r,
-	uint64_t *enc_len_r, unsigned *skip_r)
+	uint64_t *enc_len_r, uint64_t *skip_r)
 {
-	uint64_t q0 = dec_off / 3, q1 = (dec_off + dec_len + 2) / 3;
+	uint64_t c0 = dec_off / 3 * 4, c1 = (dec_off + dec_len + 2) / 3 * 4;
+	/* whole lines: line_chars is a multiple of 4, so a line starts a
+	 * quantum */
+	uint64_t first = c0 / l->line_chars * l->line_chars;
+	uint64_t last = (c1 + l->line_chars - 1) / l->line_chars *
+		l->line_chars;
+	uint64_t start = b64_pos(l, first);
 
-	*skip_r = (unsigned)(dec_off % 3);
-	*enc_off_r = b64_pos(l, q0 * 4);
-	*enc_len_r = b64_pos(l, q1 * 4) - *enc_off_r;
+	if (first > 0)
+		start -= l->eol_len;	/* the line end before: checked */
+	*skip_r = dec_off - first / 4 * 3;
+	*enc_off_r = start;
+	*enc_len_r = b64_pos(l, last) - start;
 }
 
 bool mime_b64_chunk_fits(const struct mime_b64_layout *l, uint64_t enc_off,
@@ -257,6 +265,39 @@ bool mime_b64_chunk_fits(const struct mime_b64_layout *l, uint64_t enc_off,
 			return false;
 	}
 	return true;
+}
+
+bool mime_b64_range_decode(const struct mime_b64_layout *l,
+	uint64_t enc_off, const char *chunk, size_t len, bool at_end,
+	uint64_t skip, size_t want, char *out, size_t *out_len_r)
+{
+	struct mime_decoder d = { .te = MIME_TE_BASE64 };
+	unsigned char tmp[4];
+	uint64_t pos = 0;	/* decoded bytes so far */
+	size_t n = 0;
+
+	*out_len_r = 0;
+	if (!mime_b64_chunk_fits(l, enc_off, chunk, len))
+		return false;
+	/* decode a quantum at a time so that out never overflows */
+	for (size_t i = 0; i < len && n < want; i++) {
+		size_t k = mime_decoder_feed(&d, chunk + i, 1, (char *)tmp);
+
+		for (size_t j = 0; j < k; j++, pos++)
+			if (pos >= skip && n < want)
+				out[n++] = (char)tmp[j];
+	}
+	if (n < want && at_end) {
+		size_t k = mime_decoder_finish(&d, (char *)tmp);
+
+		for (size_t j = 0; j < k; j++, pos++)
+			if (pos >= skip && n < want)
+				out[n++] = (char)tmp[j];
+	}
+	*out_len_r = n;
+	/* fewer bytes than asked before the body's end: a short line or
+	 * padding in the middle of the body */
+	return n == want || at_end;
 }
 
 uint64_t mime_decoded_size_estimate(enum mime_transfer te, uint64_t encoded)

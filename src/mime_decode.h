@@ -59,19 +59,29 @@ bool mime_b64_layout_guess(const char *head, size_t len,
 	struct mime_b64_layout *l_r);
 
 /* For decoded bytes [dec_off, dec_off + dec_len) of a body with layout l:
- * the encoded range [*enc_off_r, *enc_off_r + *enc_len_r) to fetch and
- * the number of leading decoded bytes (*skip_r, 0-2) to drop from its
- * decoding.  The range starts at a quantum boundary. */
+ * the encoded range [*enc_off_r, *enc_off_r + *enc_len_r) to fetch, and
+ * the number of leading decoded bytes (*skip_r) to drop from its
+ * decoding.  The range covers whole lines and the line end before the
+ * first (and after the last), so that mime_b64_range_decode can check
+ * that the lines lie where the layout says. */
 void mime_b64_encoded_range(const struct mime_b64_layout *l,
 	uint64_t dec_off, uint64_t dec_len, uint64_t *enc_off_r,
-	uint64_t *enc_len_r, unsigned *skip_r);
+	uint64_t *enc_len_r, uint64_t *skip_r);
 
 /* Whether chunk (fetched at encoded offset enc_off) agrees with layout
  * l: a line end exactly where the layout puts one, base64 characters (or
- * '=') everywhere else.  A chunk that disagrees must not be decoded by
- * range: the body's lines are irregular. */
+ * '=') everywhere else, and after a short line or padding only blanks. */
 bool mime_b64_chunk_fits(const struct mime_b64_layout *l, uint64_t enc_off,
 	const char *chunk, size_t len);
+
+/* Decodes the chunk fetched for a range by mime_b64_encoded_range
+ * (len bytes; at_end: it reaches the end of the body) and stores up to
+ * want bytes after the first skip into out (room for want bytes).
+ * Returns false when the chunk shows the body's lines are irregular
+ * (then the range must be decoded from the start of the body). */
+bool mime_b64_range_decode(const struct mime_b64_layout *l,
+	uint64_t enc_off, const char *chunk, size_t len, bool at_end,
+	uint64_t skip, size_t want, char *out, size_t *out_len_r);
 
 /* An estimate of the decoded size of `encoded` bytes in this encoding:
  * exact for identity, within a few bytes for base64 with regular lines,

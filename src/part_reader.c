@@ -219,7 +219,6 @@ enum backend_status part_read_decoded(const struct part_source *src,
 	size_t len, void *buf, size_t *got_r, const char **error_r)
 {
 	struct part_cursor local = { 0 };
-	struct mime_b64_layout l;
 	enum backend_status st;
 	bool ok;
 
@@ -235,45 +234,28 @@ enum backend_status part_read_decoded(const struct part_source *src,
 		cur->layout_state = ok ? 1 : -1;
 	}
 	if (n->transfer == MIME_TE_BASE64 && cur->layout_state == 1) {
-		l = cur->layout;
-		{
-			uint64_t eo, el;
-			unsigned skip;
-			size_t got = 0, dl;
-			char *enc, *dec;
+		uint64_t eo, el, skip;
+		size_t got = 0;
+		char *enc;
+		bool fits;
 
-			mime_b64_encoded_range(&l, off, len, &eo, &el, &skip);
-			enc = malloc(el + 1);
-			dec = malloc(el + 8);
-			if (!enc || !dec) {
-				free(enc);
-				free(dec);
-				*error_r = "out of memory";
-				return BACKEND_TEMP;
-			}
-			st = part_read_encoded(src, n, eo, (size_t)el, enc,
-				&got, error_r);
-			if (st == BACKEND_OK &&
-			    mime_b64_chunk_fits(&l, eo, enc, got)) {
-				struct mime_decoder d = { .te = MIME_TE_BASE64 };
-
-				dl = mime_decoder_feed(&d, enc, got, dec);
-				dl += mime_decoder_finish(&d, dec + dl);
-				if (dl > skip) {
-					*got_r = dl - skip < len ? dl - skip : len;
-					memcpy(buf, dec + skip, *got_r);
-				}
-				free(enc);
-				free(dec);
-				return BACKEND_OK;
-			}
-			free(enc);
-			free(dec);
-			if (st != BACKEND_OK)
-				return st;
-			/* the lines are irregular after all: decode forward */
-			cur->layout_state = -1;
+		mime_b64_encoded_range(&cur->layout, off, len, &eo, &el, &skip);
+		enc = malloc(el + 1);
+		if (!enc) {
+			*error_r = "out of memory";
+			return BACKEND_TEMP;
 		}
+		st = part_read_encoded(src, n, eo, (size_t)el, enc, &got,
+			error_r);
+		fits = st == BACKEND_OK && mime_b64_range_decode(&cur->layout, eo,
+			enc, got, got < el || eo + got >= n->encoded_size, skip,
+			len, buf, got_r);
+		free(enc);
+		if (st != BACKEND_OK || fits)
+			return st;
+		/* the lines are irregular after all: decode forward */
+		*got_r = 0;
+		cur->layout_state = -1;
 	}
 	return read_forward(src, n, cur, off, len, buf, got_r, error_r);
 }

@@ -90,21 +90,32 @@ static void test_b64_ranges(void)
 		l.eol_len == 2);
 	for (uint64_t off = 0; off < sizeof(data); off += 37) {
 		for (uint64_t len = 1; off + len <= sizeof(data); len += 101) {
-			uint64_t eo, elen;
-			unsigned skip;
+			uint64_t eo, elen, skip;
 			size_t n;
-			char *o;
+			char out[1000];
 
 			mime_b64_encoded_range(&l, off, len, &eo, &elen, &skip);
 			if (eo + elen > el)
 				elen = el - eo;
-			CHECK(mime_b64_chunk_fits(&l, eo, enc + eo, elen));
-			o = decode_all(MIME_TE_BASE64, enc + eo, elen, 64, &n);
-			CHECK(n >= skip + len && memcmp(o + skip, data + off,
-				len) == 0, "off %llu len %llu",
+			CHECK(mime_b64_range_decode(&l, eo, enc + eo, elen,
+				eo + elen == el, skip, len, out, &n));
+			CHECK(n == len && memcmp(out, data + off, len) == 0,
+				"off %llu len %llu",
 				(unsigned long long)off, (unsigned long long)len);
-			free(o);
 		}
+	}
+	/* a short line in the middle: the ranges after it are refused */
+	{
+		static const char body[] = "QUJDREVG\r\nQUJD\r\nQUJDREVG\r\n"
+			"QUJDREVG\r\n";
+		uint64_t eo, elen, skip;
+		size_t n;
+		char out[16];
+
+		CHECK(mime_b64_layout_guess(body, sizeof(body) - 1, &l));
+		mime_b64_encoded_range(&l, 12, 3, &eo, &elen, &skip);
+		CHECK(!mime_b64_range_decode(&l, eo, body + eo, elen, false,
+			skip, 3, out, &n));
 	}
 	/* a line end where the layout has none */
 	CHECK(!mime_b64_chunk_fits(&l, 0, "QUJD\r\nQUJD", 10));
