@@ -333,3 +333,14 @@ def test_parts_pop3_view(account, mount):
     assert len(subdirs) == 1
     check_tree(os.path.join(pdir, "message-6"), subdirs[0].get_payload(0))
     assert ".parts" not in os.listdir(os.path.join(m.path, "INBOX"))
+
+
+def test_parts_of_the_corpus(account, mount, corpus):
+    """The odd messages of tests/corpus.py: every attachment and text as
+    Python's email package decodes them."""
+    seed(account, {"INBOX": [m.raw for m in corpus]})
+    m = mount(account)
+    for msg in corpus:
+        pdir = parts_dir(m.path, "INBOX", msg.raw)
+        parsed = email.message_from_bytes(msg.raw)
+        check_tree(pdir, parsed)
