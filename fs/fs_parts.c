@@ -66,6 +66,8 @@ struct fs_parts {
 	struct pent *buckets[BUCKETS];
 	struct pmsg *msgs;
 	uint64_t fetched;
+	struct block_cache *cache;     /* may be NULL */
+	char *account;
 	uid_t uid;
 	gid_t gid;
 	time_t start;
@@ -81,12 +83,19 @@ static fuse_ino_t child_ino(fuse_ino_t parent, const char *name)
 	return (XXH3_64bits_digest(&st) | FS_OUTBOX_INO_BIT) & ~(uint64_t)3;
 }
 
-struct fs_parts *fs_parts_new(struct backend *be, struct fs_tree *tree)
+struct fs_parts *fs_parts_new(struct backend *be, struct fs_tree *tree,
+	struct block_cache *cache, const char *account)
 {
 	struct fs_parts *p = calloc(1, sizeof(*p));
 
 	if (!p)
 		return NULL;
+	p->account = strdup(account ? account : "");
+	if (!p->account) {
+		free(p);
+		return NULL;
+	}
+	p->cache = cache;
 	pthread_mutex_init(&p->lock, NULL);
 	p->be = be;
 	p->tree = tree;
@@ -132,6 +141,7 @@ void fs_parts_free(struct fs_parts **pp)
 			ent_free(p, e);
 		}
 	pthread_mutex_destroy(&p->lock);
+	free(p->account);
 	free(p);
 	*pp = NULL;
 }
@@ -237,7 +247,7 @@ static int ref_existing(struct fs_parts *p, fuse_ino_t ino, enum pkind kind,
 static struct part_source source_of(struct fs_parts *p, const struct pmsg *m)
 {
 	struct part_source s = { p->be, m->folder_raw, m->uidvalidity, m->uid,
-		&p->fetched };
+		&p->fetched, p->cache, p->account };
 
 	return s;
 }

@@ -7,8 +7,9 @@
  * do not see it (as ZFS hides `.zfs`); a server folder named ".parts" is
  * shadowed by it.  A message's structure is fetched when its directory is
  * first looked up (IMAP: BODYSTRUCTURE; POP3: the whole message, parsed),
- * and a part's bytes only when it is read: a decoded range of a base64
- * attachment costs the encoded bytes that hold it (src/part_reader.h).
+ * and a part's bytes only when it is read, through the block cache: a
+ * decoded range of a base64 attachment costs the encoded bytes that hold
+ * it (src/part_reader.h).
  *
  * Inode numbers: FS_OUTBOX_INO_BIT set and the low two bits clear, which
  * neither folders and messages (the bit is clear) nor the outbox (low
@@ -42,8 +43,12 @@ static inline bool fs_parts_owns(fuse_ino_t ino)
 	return (ino & FS_OUTBOX_INO_BIT) != 0 && (ino & 3) == 0;
 }
 
-/* be and tree are borrowed and must outlive the view. */
-struct fs_parts *fs_parts_new(struct backend *be, struct fs_tree *tree);
+struct block_cache;
+
+/* be, tree and cache (may be NULL) are borrowed and must outlive the
+ * view; part bytes are cached under account (copied). */
+struct fs_parts *fs_parts_new(struct backend *be, struct fs_tree *tree,
+	struct block_cache *cache, const char *account);
 void fs_parts_free(struct fs_parts **parts);
 
 /* Whether a lookup of name under parent is the view's: parent is one of

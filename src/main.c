@@ -465,7 +465,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	mc.reader = reader;
-	mc.parts = fs_parts_new(be, tree);
+	mc.parts = fs_parts_new(be, tree, cache, account);
 	fs_ops_set_parts(mc.parts);
 	fs_tree_set_stats_hook(tree, stats_text, &mc);
 	fs_tree_set_inval_hook(tree, fs_ops_inval_entry, NULL);

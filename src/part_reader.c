@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "src/block_cache.h"
 #include "src/errfmt.h"
 
 /* Bytes asked of the server in one command. */
@@ -35,7 +36,7 @@ static enum backend_status read_encoded(const struct part_source *src,
 		error_r);
 }
 
-enum backend_status part_read_encoded(const struct part_source *src,
+static enum backend_status fetch_counted(const struct part_source *src,
 	const struct mime_node *n, uint64_t off, size_t len, void *buf,
 	size_t *got_r, const char **error_r)
 {
@@ -46,6 +47,117 @@ enum backend_status part_read_encoded(const struct part_source *src,
 	if (st == BACKEND_OK && src->fetched)
 		__atomic_add_fetch(src->fetched, (uint64_t)*got_r,
 			__ATOMIC_RELAXED);
+	return st;
+}
+
+static struct block_key part_key(const struct part_source *src,
+	const struct mime_node *n, uint32_t index)
+{
+	return block_key_make_part(src->account ? src->account : "",
+		src->folder, src->uidvalidity, src->uid, n->section, index);
+}
+
+/* Blocks first..first+count-1, fetched in one command and stored; data
+ * (count * PART_BLOCK_SIZE bytes) gets them, *got_r how many bytes. */
+static enum backend_status fetch_blocks(const struct part_source *src,
+	const struct mime_node *n, uint32_t first, uint32_t count, char *data,
+	size_t *got_r, const char **error_r)
+{
+	uint64_t start = (uint64_t)first * PART_BLOCK_SIZE;
+	enum backend_status st = fetch_counted(src, n, start,
+		(size_t)count * PART_BLOCK_SIZE, data, got_r, error_r);
+
+	if (st != BACKEND_OK)
+		return st;
+	for (uint32_t k = 0; k < count; k++) {
+		size_t at = (size_t)k * PART_BLOCK_SIZE, blen;
+		struct block_key key = part_key(src, n, first + k);
+
+		if (at > *got_r || (at == *got_r && k > 0))
+			break;
+		blen = *got_r - at < PART_BLOCK_SIZE ? *got_r - at :
+			PART_BLOCK_SIZE;
+		block_cache_put(src->cache, &key, data + at, blen,
+			blen < PART_BLOCK_SIZE);
+		if (blen < PART_BLOCK_SIZE)
+			break;
+	}
+	return BACKEND_OK;
+}
+
+/* Blocks fetched at once on a miss: at most 1 MiB a command. */
+#define RUN_MAX 16
+
+enum backend_status part_read_encoded(const struct part_source *src,
+	const struct mime_node *n, uint64_t off, size_t len, void *buf,
+	size_t *got_r, const char **error_r)
+{
+	char *data;
+	size_t done = 0;
+	enum backend_status st = BACKEND_OK;
+
+	*got_r = 0;
+	if (!src->cache || off / PART_BLOCK_SIZE + (len / PART_BLOCK_SIZE) + 2 >
+	    UINT32_MAX)
+		return fetch_counted(src, n, off, len, buf, got_r, error_r);
+	data = malloc((size_t)RUN_MAX * PART_BLOCK_SIZE);
+	if (!data) {
+		*error_r = "out of memory";
+		return BACKEND_TEMP;
+	}
+	while (done < len) {
+		uint64_t pos = off + done;
+		uint32_t k = (uint32_t)(pos / PART_BLOCK_SIZE);
+		size_t within = (size_t)(pos % PART_BLOCK_SIZE), blen = 0, take;
+		struct block_key key = part_key(src, n, k);
+		bool eom = false;
+
+		if (!block_cache_get(src->cache, &key, data, PART_BLOCK_SIZE,
+				     &blen, &eom)) {
+			uint32_t run = 1, want_blocks;
+			size_t got;
+
+			if (len - done < PART_BLOCK_SIZE / 8) {
+				/* a probe: exactly what it asks, not kept */
+				st = fetch_counted(src, n, pos, len - done,
+					(char *)buf + done, &got, error_r);
+				if (st == BACKEND_OK)
+					done += got;
+				break;
+			}
+			want_blocks = (uint32_t)((off + len - 1) /
+				PART_BLOCK_SIZE - k + 1);
+			while (run < want_blocks && run < RUN_MAX) {
+				struct block_key nk = part_key(src, n, k + run);
+
+				if (block_cache_contains(src->cache, &nk))
+					break;
+				run++;
+			}
+			st = fetch_blocks(src, n, k, run, data, &got, error_r);
+			if (st != BACKEND_OK)
+				break;
+			/* serve from what came, all blocks of the run */
+			if (within >= got)
+				break;
+			take = got - within < len - done ? got - within :
+				len - done;
+			memcpy((char *)buf + done, data + within, take);
+			done += take;
+			if (got < (size_t)run * PART_BLOCK_SIZE)
+				break;	/* the part ended */
+			continue;
+		}
+		if (within >= blen)
+			break;
+		take = blen - within < len - done ? blen - within : len - done;
+		memcpy((char *)buf + done, data + within, take);
+		done += take;
+		if (eom || blen < PART_BLOCK_SIZE)
+			break;
+	}
+	free(data);
+	*got_r = done;
 	return st;
 }
 

@@ -7,8 +7,12 @@
  * it; quoted-printable, and base64 with irregular lines, are decoded from
  * the start, resuming from a cursor when reads go forward.
  *
- * Nothing is kept between calls except in the caller's cursor; all
- * functions are thread-safe if the backend is.
+ * A part's bytes as sent go through the block cache (when there is one)
+ * in PART_BLOCK_SIZE blocks keyed by block_key_make_part; a read smaller
+ * than PART_BLOCK_SIZE / 8 whose block is not cached (the probes of a
+ * base64 part's first and last lines) is fetched exactly and not kept.
+ * Nothing else is kept between calls except in the caller's cursor; all
+ * functions are thread-safe if the backend and the cache are.
  */
 #ifndef MAILFS_PART_READER_H
 #define MAILFS_PART_READER_H
@@ -18,8 +22,13 @@
 #include <stdint.h>
 
 #include "src/backend.h"
+#include "src/block_cache.h"
 #include "src/mime_decode.h"
 #include "src/mime_parts.h"
+
+/* Small enough that a read costs about what it asks for, large enough
+ * that a part is a handful of blocks. */
+#define PART_BLOCK_SIZE (64u * 1024)
 
 /* The message a tree belongs to; all borrowed. */
 struct part_source {
@@ -28,6 +37,8 @@ struct part_source {
 	uint32_t uidvalidity, uid;
 	uint64_t *fetched;        /* may be NULL: bytes received are added
 	                             here (atomically) */
+	struct block_cache *cache;  /* may be NULL */
+	const char *account;      /* names the cache keys' account */
 };
 
 /* Where a forward decoding stands: zero it before the first read. */

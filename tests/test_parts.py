@@ -344,3 +344,27 @@ def test_parts_of_the_corpus(account, mount, corpus):
         pdir = parts_dir(m.path, "INBOX", msg.raw)
         parsed = email.message_from_bytes(msg.raw)
         check_tree(pdir, parsed)
+
+
+def test_parts_come_from_the_block_cache(account, mount, tmp_path):
+    raw = big_message()
+    seed(account, {"INBOX": [raw]})
+    msg = email.message_from_bytes(raw)
+    want = {p.get_filename(): p.get_payload(decode=True)
+            for p in msg.walk() if p.get_filename()}
+    cache_dir = str(tmp_path / "cache")
+
+    def read_small():
+        m = mount(account, cache_dir=cache_dir)
+        inbox = os.path.join(m.path, "INBOX")
+        name = os.listdir(inbox)[0]
+        path = os.path.join(inbox, ".parts", name[:-len(".eml")],
+                            "small.bin")
+        assert read(path) == want["small.bin"]
+        cost = stats(m)["parts_fetched_bytes"]
+        m.unmount()
+        return cost
+
+    first = read_small()
+    assert first > 10 * KiB
+    assert read_small() == 0, "the part was fetched again"
