@@ -13,6 +13,7 @@
 #include <xxhash.h>
 
 #include "fs/fs_tree_priv.h"
+#include "src/block_cache.h"
 #include "src/log.h"
 #include "src/mime_parts.h"
 #include "src/part_reader.h"
@@ -66,6 +67,7 @@ struct fs_parts {
 	struct pent *buckets[BUCKETS];
 	struct pmsg *msgs;
 	uint64_t fetched;
+	uint64_t structures;
 	struct block_cache *cache;     /* may be NULL */
 	char *account;
 	uid_t uid;
@@ -146,9 +148,11 @@ void fs_parts_free(struct fs_parts **pp)
 	*pp = NULL;
 }
 
-uint64_t fs_parts_bytes_fetched(struct fs_parts *p)
+void fs_parts_get_stats(struct fs_parts *p, struct fs_parts_stats *st_r)
 {
-	return __atomic_load_n(&p->fetched, __ATOMIC_RELAXED);
+	st_r->bytes_fetched = __atomic_load_n(&p->fetched, __ATOMIC_RELAXED);
+	st_r->structures_fetched = __atomic_load_n(&p->structures,
+		__ATOMIC_RELAXED);
 }
 
 /* ---- the inode table (lock held) ----------------------------------------- */
@@ -252,8 +256,48 @@ static struct part_source source_of(struct fs_parts *p, const struct pmsg *m)
 	return s;
 }
 
-/* The tree of a message: its structure (IMAP), else the whole message
- * read and parsed (POP3). */
+/* A message's tree as the block cache keeps it: under the part key of
+ * section "", which no part's bytes use. */
+static struct block_key tree_key(struct fs_parts *p, const struct fs_msg_id *id)
+{
+	return block_key_make_part(p->account, id->folder_raw, id->uidvalidity,
+		id->uid, "", 0);
+}
+
+static struct mime_tree *cached_tree(struct fs_parts *p,
+	const struct fs_msg_id *id)
+{
+	struct block_key key = tree_key(p, id);
+	struct mime_tree *t = NULL;
+	size_t len = 0;
+	char *buf;
+
+	if (!p->cache || !block_cache_contains(p->cache, &key))
+		return NULL;
+	buf = malloc(BLOCK_CACHE_BLOCK_SIZE);
+	if (buf && block_cache_get(p->cache, &key, buf, BLOCK_CACHE_BLOCK_SIZE,
+				   &len, NULL))
+		t = mime_tree_deserialize(buf, len);
+	free(buf);
+	return t;
+}
+
+static void cache_tree(struct fs_parts *p, const struct fs_msg_id *id,
+	const struct mime_tree *t)
+{
+	struct block_key key = tree_key(p, id);
+	char *buf;
+	size_t len;
+
+	if (!p->cache || !mime_tree_serialize(t, &buf, &len))
+		return;
+	if (len <= BLOCK_CACHE_BLOCK_SIZE)
+		block_cache_put(p->cache, &key, buf, len, true);
+	free(buf);
+}
+
+/* The tree of a message: from the block cache, else its structure
+ * (IMAP), else the whole message read and parsed (POP3). */
 static int build_tree(struct fs_parts *p, const struct fs_msg_id *id,
 	struct mime_tree **tree_r)
 {
@@ -262,7 +306,10 @@ static int build_tree(struct fs_parts *p, const struct fs_msg_id *id,
 	char *buf = NULL;
 	size_t len = 0;
 
-	*tree_r = NULL;
+	*tree_r = cached_tree(p, id);
+	if (*tree_r)
+		return 0;
+	__atomic_add_fetch(&p->structures, 1, __ATOMIC_RELAXED);
 	if (p->be->ops->fetch_parts) {
 		st = p->be->ops->fetch_parts(p->be, id->folder_raw,
 			id->uidvalidity, id->uid, tree_r, &err);
@@ -305,6 +352,7 @@ out:
 		log_warn(".parts: structure of UID %u: %s", id->uid, err);
 		return -backend_errno(st);
 	}
+	cache_tree(p, id, *tree_r);
 	return 0;
 }
 

@@ -78,7 +78,13 @@ ssize_t fs_parts_read(struct fs_parts *p, uint64_t fh, uint64_t offset,
 	size_t length, char *buf, bool *size_changed_r);
 void fs_parts_release(struct fs_parts *p, uint64_t fh);
 
-/* Bytes of part content and structure received from the server. */
-uint64_t fs_parts_bytes_fetched(struct fs_parts *p);
+struct fs_parts_stats {
+	uint64_t bytes_fetched;       /* part bytes received (POP3: whole
+	                                 messages taken apart included) */
+	uint64_t structures_fetched;  /* message structures asked of the
+	                                 server (not found in the cache) */
+};
+
+void fs_parts_get_stats(struct fs_parts *p, struct fs_parts_stats *st_r);
 
 #endif

@@ -267,8 +267,11 @@ static char *stats_text(void *ctx)
 	struct mount_ctx *mc = ctx;
 	struct block_cache_stats s = { 0 };
 	struct msg_reader_stats rs = { 0 };
+	struct fs_parts_stats pst = { 0 };
 	char *out;
 
+	if (mc->parts)
+		fs_parts_get_stats(mc->parts, &pst);
 	if (mc->cache)
 		block_cache_get_stats(mc->cache, &s);
 	if (mc->reader)
@@ -278,7 +281,8 @@ static char *stats_text(void *ctx)
 			"cache_hits=%llu cache_misses=%llu "
 			"checksum_failures=%llu evictions=%llu "
 			"store_failures=%llu blocks_on_disk=%llu "
-			"bytes_on_disk=%llu parts_fetched_bytes=%llu",
+			"bytes_on_disk=%llu parts_fetched_bytes=%llu "
+			"parts_structures_fetched=%llu",
 			(unsigned long long)rs.bytes_fetched,
 			(unsigned long long)rs.blocks_fetched,
 			(unsigned long long)rs.prefetched,
@@ -290,8 +294,8 @@ static char *stats_text(void *ctx)
 			(unsigned long long)s.store_failures,
 			(unsigned long long)s.blocks_on_disk,
 			(unsigned long long)s.bytes_on_disk,
-			(unsigned long long)(mc->parts ?
-				fs_parts_bytes_fetched(mc->parts) : 0)) < 0)
+			(unsigned long long)pst.bytes_fetched,
+			(unsigned long long)pst.structures_fetched) < 0)
 		return NULL;
 	return out;
 }

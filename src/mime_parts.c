@@ -975,3 +975,195 @@ char *mime_node_render(const struct mime_node *node, const char *raw,
 	free(text);
 	return out;
 }
+
+/* ---- serialized form ---------------------------------------------------- */
+
+/* version 1; per node: kind, transfer, flags (1: from_html, 2: raw
+ * offset), u64 encoded_size, u64 raw_offset, u32 children, then name,
+ * section and charset as u16 length (0xffff: none) and bytes; integers
+ * little-endian. */
+#define SER_VERSION 1
+#define SER_NONE 0xffff
+
+struct growbuf_s {
+	char *p;
+	size_t len, cap;
+	bool failed;
+};
+
+static void put_bytes(struct growbuf_s *g, const void *p, size_t n)
+{
+	if (g->failed)
+		return;
+	if (g->len + n > g->cap) {
+		size_t cap = g->cap ? g->cap * 2 : 1024;
+		char *np;
+
+		while (cap < g->len + n)
+			cap *= 2;
+		np = realloc(g->p, cap);
+		if (!np) {
+			g->failed = true;
+			return;
+		}
+		g->p = np;
+		g->cap = cap;
+	}
+	memcpy(g->p + g->len, p, n);
+	g->len += n;
+}
+
+static void put_uint(struct growbuf_s *g, uint64_t v, size_t n)
+{
+	unsigned char b[8];
+
+	for (size_t i = 0; i < n; i++)
+		b[i] = (unsigned char)(v >> (8 * i));
+	put_bytes(g, b, n);
+}
+
+static void put_str(struct growbuf_s *g, const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	if (s && n >= SER_NONE) {
+		g->failed = true;	/* never: names are at most 255 bytes */
+		return;
+	}
+	put_uint(g, s ? n : SER_NONE, 2);
+	if (s)
+		put_bytes(g, s, n);
+}
+
+static void put_node(struct growbuf_s *g, const struct mime_node *n)
+{
+	put_uint(g, (uint64_t)n->kind, 1);
+	put_uint(g, (uint64_t)n->transfer, 1);
+	put_uint(g, (n->from_html ? 1u : 0u) | (n->has_raw_offset ? 2u : 0u),
+		1);
+	put_uint(g, n->encoded_size, 8);
+	put_uint(g, n->raw_offset, 8);
+	put_uint(g, n->n_children, 4);
+	put_str(g, n->name);
+	put_str(g, n->section);
+	put_str(g, n->charset);
+	for (size_t i = 0; i < n->n_children; i++)
+		put_node(g, &n->children[i]);
+}
+
+bool mime_tree_serialize(const struct mime_tree *tree, char **buf_r,
+	size_t *len_r)
+{
+	struct growbuf_s g = { 0 };
+
+	put_uint(&g, SER_VERSION, 1);
+	put_uint(&g, tree->truncated ? 1 : 0, 1);
+	put_node(&g, &tree->root);
+	if (g.failed) {
+		free(g.p);
+		return false;
+	}
+	*buf_r = g.p;
+	*len_r = g.len;
+	return true;
+}
+
+struct reader_s {
+	const unsigned char *p, *end;
+	size_t nodes;
+	bool bad;
+};
+
+static uint64_t get_uint(struct reader_s *r, size_t n)
+{
+	uint64_t v = 0;
+
+	if (r->bad || (size_t)(r->end - r->p) < n) {
+		r->bad = true;
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++)
+		v |= (uint64_t)r->p[i] << (8 * i);
+	r->p += n;
+	return v;
+}
+
+static char *get_str(struct reader_s *r, bool *none_r)
+{
+	uint64_t n = get_uint(r, 2);
+	char *s;
+
+	*none_r = n == SER_NONE;
+	if (r->bad || *none_r)
+		return NULL;
+	if ((size_t)(r->end - r->p) < n || memchr(r->p, '\0', n)) {
+		r->bad = true;
+		return NULL;
+	}
+	s = strndup((const char *)r->p, n);
+	if (!s)
+		r->bad = true;
+	r->p += n;
+	return s;
+}
+
+static bool get_node(struct reader_s *r, struct mime_node *n, int depth,
+	bool root)
+{
+	uint64_t kind = get_uint(r, 1), te = get_uint(r, 1),
+		flags = get_uint(r, 1), kids;
+	bool none;
+
+	n->encoded_size = get_uint(r, 8);
+	n->raw_offset = get_uint(r, 8);
+	kids = get_uint(r, 4);
+	n->name = get_str(r, &none);
+	if (!r->bad && none)
+		r->bad = true;
+	n->section = get_str(r, &none);
+	if (!r->bad && none)
+		r->bad = true;
+	n->charset = get_str(r, &none);
+	if (r->bad || kind > MIME_NODE_RAW || te > MIME_TE_UNKNOWN ||
+	    flags > 3 || depth > 2 * MIME_DEPTH_MAX + 2 ||
+	    (kind != MIME_NODE_DIR && kids) ||
+	    kids > MIME_PARTS_MAX - r->nodes ||
+	    (root ? *n->name != '\0' || kind != MIME_NODE_DIR :
+	     !*n->name || strchr(n->name, '/') || *n->name == '.'))
+		return false;
+	n->kind = (enum mime_node_kind)kind;
+	n->transfer = (enum mime_transfer)te;
+	n->from_html = flags & 1;
+	n->has_raw_offset = flags & 2;
+	r->nodes += kids;
+	if (!kids)
+		return true;
+	n->children = calloc(kids, sizeof(*n->children));
+	if (!n->children)
+		return false;
+	n->n_children = kids;
+	for (size_t i = 0; i < kids; i++)
+		if (!get_node(r, &n->children[i], depth + 1, false))
+			return false;
+	return true;
+}
+
+struct mime_tree *mime_tree_deserialize(const char *buf, size_t len)
+{
+	struct reader_s r = { (const unsigned char *)buf,
+		(const unsigned char *)buf + len, 0, false };
+	struct mime_tree *t;
+
+	if (get_uint(&r, 1) != SER_VERSION)
+		return NULL;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	t->truncated = get_uint(&r, 1) != 0;
+	if (!get_node(&r, &t->root, 0, true) || r.p != r.end) {
+		mime_tree_free(&t);
+		return NULL;
+	}
+	t->n_nodes = r.nodes;
+	return t;
+}

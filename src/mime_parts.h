@@ -82,6 +82,16 @@ struct mime_tree *mime_tree_from_message(const char *msg, size_t len);
 
 void mime_tree_free(struct mime_tree **tree);
 
+/* A tree as bytes, to keep it in the block cache: a version byte, then
+ * the nodes in pre-order.  *buf_r is malloc'd, owned by the caller;
+ * returns false when out of memory. */
+bool mime_tree_serialize(const struct mime_tree *tree, char **buf_r,
+	size_t *len_r);
+
+/* The tree those bytes describe, or NULL when they are not a tree
+ * mime_tree_serialize wrote (bounds, names and lengths are checked). */
+struct mime_tree *mime_tree_deserialize(const char *buf, size_t len);
+
 /* The child of dir named name, or NULL. */
 const struct mime_node *mime_node_child(const struct mime_node *dir,
 	const char *name);

@@ -310,8 +310,25 @@ static void test_raw(void)
 	if (!t)
 		return;
 	check_tree(t, message);
+
+	/* the form kept in the block cache */
+	char *ser;
+	size_t sl;
+
+	CHECK(mime_tree_serialize(t, &ser, &sl));
 	mime_tree_free(&t);
 	CHECK(t == NULL);
+	t = mime_tree_deserialize(ser, sl);
+	CHECK(t != NULL);
+	if (t)
+		check_tree(t, message);
+	mime_tree_free(&t);
+	for (size_t cut = 0; cut < sl; cut += 7)
+		CHECK(mime_tree_deserialize(ser, cut) == NULL, "cut at %zu", cut);
+	ser[sl / 2] ^= 0x40;
+	t = mime_tree_deserialize(ser, sl);	/* may or may not read */
+	mime_tree_free(&t);
+	free(ser);
 
 	/* not MIME at all */
 	static const char plain[] = "Subject: x\n\nbody";
