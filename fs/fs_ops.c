@@ -69,6 +69,15 @@ static bool is_parts(fuse_ino_t ino)
 	return parts && fs_parts_owns(ino);
 }
 
+/* Nothing under .parts can change: replies EROFS for its inodes. */
+static bool parts_refuse(fuse_req_t req, fuse_ino_t ino)
+{
+	if (!is_parts(ino))
+		return false;
+	fuse_reply_err(req, EROFS);
+	return true;
+}
+
 static bool is_outbox_root_name(fuse_ino_t parent, const char *name)
 {
 	return outbox && parent == FUSE_ROOT_ID &&
@@ -160,6 +169,9 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	int to_set, struct fuse_file_info *fi)
 {
 	struct stat st;
+
+	if (parts_refuse(req, ino))
+		return;
 	int r = is_outbox(ino) ?
 		fs_outbox_setattr(outbox, ino, attr, to_set, &st) :
 		fs_tree_setattr_staged(tree_of(req), ino, attr, to_set, &st);
@@ -282,6 +294,9 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	mode_t mode, struct fuse_file_info *fi)
 {
 	struct fuse_entry_param e;
+
+	if (parts_refuse(req, parent))
+		return;
 	int fd, r = is_outbox(parent) ?
 		fs_outbox_create(outbox, parent, name,
 			fuse_req_ctx(req)->pid, &e, &fd) :
@@ -583,6 +598,8 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	const char *value, size_t size, int flags)
 {
+	if (parts_refuse(req, ino))
+		return;
 	if (is_outbox(ino)) {
 		fuse_reply_err(req, ENOTSUP);
 		return;
@@ -613,6 +630,8 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct fuse_entry_param e;
 	int r;
 
+	if (parts_refuse(req, parent))
+		return;
 	if (is_outbox(parent) || is_outbox_root_name(parent, name)) {
 		fuse_reply_err(req, is_outbox(parent) ? EPERM : EEXIST);
 		return;
@@ -627,6 +646,8 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	if (parts_refuse(req, parent))
+		return;
 	if (is_outbox(parent))
 		fuse_reply_err(req, -fs_outbox_unlink(outbox, parent, name));
 	else
@@ -635,6 +656,8 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	if (parts_refuse(req, parent))
+		return;
 	if (is_outbox(parent) || is_outbox_root_name(parent, name))
 		fuse_reply_err(req, EPERM);
 	else
@@ -644,6 +667,8 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 	fuse_ino_t newparent, const char *newname, unsigned int flags)
 {
+	if (parts_refuse(req, parent) || parts_refuse(req, newparent))
+		return;
 	if (is_outbox(parent) && is_outbox(newparent))
 		fuse_reply_err(req, -fs_outbox_rename(outbox, parent, name,
 			newparent, newname));

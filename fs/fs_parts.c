@@ -784,5 +784,6 @@ void fs_parts_release(struct fs_parts *p, uint64_t fh)
 	ent_maybe_free(p, f->ent);
 	pthread_mutex_unlock(&p->lock);
 	pthread_mutex_destroy(&f->lock);
+	part_cursor_free(&f->cur);
 	free(f);
 }

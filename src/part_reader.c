@@ -270,59 +270,82 @@ enum backend_status part_decoded_size(const struct part_source *src,
 	return BACKEND_OK;
 }
 
-/* Decodes forward from the cursor until dec_pos reaches off + len or the
- * part ends, copying what falls in [off, off + len) to buf. */
+void part_cursor_free(struct part_cursor *cur)
+{
+	free(cur->buf);
+	cur->buf = NULL;
+	cur->buf_len = 0;
+	cur->valid = false;
+}
+
+/* Copies what the cursor's buffer holds of [off, off + len) to buf at
+ * *done (reads go forward, so only the part from *done on). */
+static void serve(const struct part_cursor *cur, uint64_t off, size_t len,
+	char *buf, size_t *done)
+{
+	uint64_t start = cur->dec_pos - cur->buf_len, at = off + *done;
+	uint64_t end = off + len < cur->dec_pos ? off + len : cur->dec_pos;
+
+	if (at < start || at >= end)
+		return;
+	memcpy(buf + *done, cur->buf + (at - start), (size_t)(end - at));
+	*done += (size_t)(end - at);
+}
+
+/* Decodes forward from the cursor (from the start when the cursor is
+ * past off) until off + len is covered or the part ends. */
 static enum backend_status read_forward(const struct part_source *src,
 	const struct mime_node *n, struct part_cursor *cur, uint64_t off,
 	size_t len, char *buf, size_t *got_r, const char **error_r)
 {
-	char *enc = malloc(CHUNK), *dec = malloc(CHUNK + 8);
 	enum backend_status st = BACKEND_OK;
+	size_t done = 0;
+	char *enc = NULL;
 
-	*got_r = 0;
-	if (!enc || !dec) {
-		st = BACKEND_TEMP;
-		*error_r = "out of memory";
-		goto out;
-	}
-	if (!cur->valid || cur->dec_pos > off) {
+	if (!cur->valid || off < cur->dec_pos - cur->buf_len) {
+		int ls = cur->layout_state;
+		struct mime_b64_layout l = cur->layout;
+
+		part_cursor_free(cur);
 		memset(cur, 0, sizeof(*cur));
+		cur->layout_state = ls;
+		cur->layout = l;
 		cur->dec.te = n->kind == MIME_NODE_RAW ? MIME_TE_IDENTITY :
 			n->transfer;
+		cur->buf = malloc(CHUNK + 8);
+		if (!cur->buf) {
+			*error_r = "out of memory";
+			return BACKEND_TEMP;
+		}
 		cur->valid = true;
 	}
-	while (cur->dec_pos < off + len) {
-		size_t got = 0, dl;
+	serve(cur, off, len, buf, &done);
+	while (done < len && !cur->ended) {
+		size_t got = 0;
 
+		if (!enc && !(enc = malloc(CHUNK))) {
+			*error_r = "out of memory";
+			st = BACKEND_TEMP;
+			break;
+		}
 		st = part_read_encoded(src, n, cur->enc_pos, CHUNK, enc, &got,
 			error_r);
 		if (st != BACKEND_OK) {
-			cur->valid = false;
-			goto out;
-		}
-		dl = mime_decoder_feed(&cur->dec, enc, got, dec);
-		if (got < CHUNK)
-			dl += mime_decoder_finish(&cur->dec, dec + dl);
-		cur->enc_pos += got;
-		/* the part of [dec_pos, dec_pos + dl) inside the request */
-		uint64_t a = cur->dec_pos > off ? cur->dec_pos : off;
-		uint64_t b = cur->dec_pos + dl < off + len ?
-			cur->dec_pos + dl : off + len;
-
-		if (b > a) {
-			memcpy(buf + (a - off), dec + (a - cur->dec_pos), b - a);
-			*got_r = (size_t)(b - off);
-		}
-		cur->dec_pos += dl;
-		if (got < CHUNK) {
-			/* the end: a later read must start over */
-			cur->valid = false;
+			cur->valid = false;	/* the decoder state is lost */
 			break;
 		}
+		cur->buf_len = mime_decoder_feed(&cur->dec, enc, got, cur->buf);
+		if (got < CHUNK) {
+			cur->buf_len += mime_decoder_finish(&cur->dec,
+				cur->buf + cur->buf_len);
+			cur->ended = true;
+		}
+		cur->enc_pos += got;
+		cur->dec_pos += cur->buf_len;
+		serve(cur, off, len, buf, &done);
 	}
-out:
 	free(enc);
-	free(dec);
+	*got_r = done;
 	return st;
 }
 
@@ -337,8 +360,12 @@ enum backend_status part_read_decoded(const struct part_source *src,
 	*got_r = 0;
 	if (n->kind == MIME_NODE_RAW || n->transfer == MIME_TE_IDENTITY)
 		return part_read_encoded(src, n, off, len, buf, got_r, error_r);
-	if (!cur)
-		cur = &local;
+	if (!cur) {
+		st = part_read_decoded(src, n, &local, off, len, buf, got_r,
+			error_r);
+		part_cursor_free(&local);
+		return st;
+	}
 	if (n->transfer == MIME_TE_BASE64 && cur->layout_state == 0) {
 		st = b64_layout(src, n, &cur->layout, &ok, error_r);
 		if (st != BACKEND_OK)

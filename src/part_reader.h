@@ -41,14 +41,21 @@ struct part_source {
 	const char *account;      /* names the cache keys' account */
 };
 
-/* Where a forward decoding stands: zero it before the first read. */
+/* Where a forward decoding stands: zero it before the first read,
+ * release it with part_cursor_free. */
 struct part_cursor {
-	uint64_t enc_pos, dec_pos;
+	uint64_t enc_pos;       /* encoded bytes decoded so far */
+	uint64_t dec_pos;       /* decoded bytes produced so far */
+	char *buf;              /* the last decoded bytes, ending at dec_pos;
+	                           owned */
+	size_t buf_len;
 	struct mime_decoder dec;
-	bool valid;
+	bool valid, ended;
 	int layout_state;       /* base64: 0 unknown, 1 regular, -1 not */
 	struct mime_b64_layout layout;
 };
+
+void part_cursor_free(struct part_cursor *cur);
 
 /* Reads up to len encoded bytes at off; fewer means the part ended. */
 enum backend_status part_read_encoded(const struct part_source *src,

@@ -8,7 +8,9 @@ user.mailfs.stats counter parts_fetched_bytes.  Nothing depends on timing.
 
 import base64
 import email
+import errno
 import email.header
+import email.quoprimime
 import email.policy
 import os
 import random
@@ -16,7 +18,7 @@ import subprocess
 
 import pytest
 
-from helpers import seed
+from helpers import poll_until, seed
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -233,9 +235,19 @@ def test_parts_decoded_like_python(account, mount):
     inner = subdirs[0].get_payload(0)
     check_tree(os.path.join(pdir, "message-6"), inner)
     assert read(os.path.join(pdir, "message-6", "text")) == b"inner text"
-    # read-only
-    with pytest.raises(OSError):
-        open(os.path.join(pdir, "text"), "wb")
+    # read-only, whatever is tried
+    text = os.path.join(pdir, "text")
+    for attempt in (lambda: open(text, "wb"),
+                    lambda: open(text, "r+b"),
+                    lambda: open(os.path.join(pdir, "new"), "wb"),
+                    lambda: os.mkdir(os.path.join(pdir, "d")),
+                    lambda: os.unlink(text),
+                    lambda: os.rename(text, os.path.join(pdir, "t2")),
+                    lambda: os.utime(text, (0, 0)),
+                    lambda: os.setxattr(text, "user.x", b"1")):
+        with pytest.raises(OSError) as e:
+            attempt()
+        assert e.value.errno == errno.EROFS, e.value
 
 
 def test_parts_html_only(account, mount):
@@ -367,3 +379,57 @@ def test_parts_come_from_the_block_cache(account, mount, tmp_path):
 
     assert read_small()[0] > 10 * KiB
     assert read_small() == (0, 0), "fetched again after a remount"
+
+
+def awkward_message():
+    """A large quoted-printable attachment (decoded from its start, across
+    several reads) and a base64 one whose lines are irregular (its ranges
+    cannot be mapped, so it is decoded from the start too)."""
+    rng = random.Random(4242)
+    text = "".join(rng.choice("abc=\u00e9\t xyz") for _ in range(400 * KiB))
+    qp = email.quoprimime.body_encode(text.encode().decode("latin-1"),
+                                      maxlinelen=76, eol="\r\n")
+    data = bytes(rng.randrange(256) for _ in range(300 * KiB))
+    enc = base64.b64encode(data).decode()
+    lines, i = [], 0
+    while i < len(enc):
+        n = rng.choice((76, 64, 40, 72))
+        lines.append(enc[i:i + n])
+        i += n
+    head = ("From: a@example.org\r\nSubject: awkward encodings\r\n"
+            "Date: Mon, 02 Jun 2025 14:00:00 +0000\r\n"
+            "Message-ID: <parts-5@example.org>\r\n")
+    return _mime(head, [
+        _part("text/plain", "two attachments"),
+        _part("text/plain; charset=utf-8", qp, "quoted-printable",
+              "attachment; filename=long.txt"),
+        _part("application/octet-stream", "\r\n".join(lines) + "\r\n",
+              "base64", "attachment; filename=ragged.bin"),
+    ])
+
+
+def test_parts_decoded_from_the_start(account, mount):
+    raw = awkward_message()
+    seed(account, {"INBOX": [raw]})
+    m = mount(account)
+    msg = email.message_from_bytes(raw)
+    want = {p.get_filename(): p.get_payload(decode=True)
+            for p in msg.walk() if p.get_filename()}
+    pdir = parts_dir(m.path, "INBOX", raw)
+    for name in ("long.txt", "ragged.bin"):
+        path = os.path.join(pdir, name)
+        with open(path, "rb") as f:
+            got = b""
+            while True:      # small reads: the cursor carries on
+                chunk = f.read(50 * KiB)
+                if not chunk:
+                    break
+                got += chunk
+        assert got == want[name], name
+        # the size was an estimate until that full read settled it (the
+        # kernel is told so from another thread)
+        poll_until(lambda: os.path.getsize(path) == len(want[name]),
+                   f"the size of {name} corrected", 60)
+        with open(path, "rb") as f:
+            f.seek(200 * KiB)
+            assert f.read(1000) == want[name][200 * KiB:200 * KiB + 1000]
