@@ -624,12 +624,14 @@ static void range_each(void *ctx, uint32_t uid, const struct body_part *p,
 	rc->found = true;
 }
 
-/* UID FETCH set (UID BODY.PEEK[]<offset.length>) in folder, each body
+/* UID FETCH set (UID BODY.PEEK[section]<offset.length>) in folder (the
+ * whole message when section is NULL; section is taken), each body
  * through a sink of max_parts parts, each(ctx, uid, part, data) for every
- * answer.  The one place both reads talk to the server. */
+ * answer.  The one place the reads talk to the server. */
 static enum backend_status fetch_bodies(struct imap_backend *ib,
 	const char *folder, uint32_t uidvalidity, struct mailimap_set *set,
-	struct mailimap_section *section, uint64_t offset, size_t length, size_t max_parts,
+	struct mailimap_section *section, uint64_t offset, size_t length,
+	size_t max_parts,
 	void (*each)(void *ctx, uint32_t uid, const struct body_part *p,
 		const char *data),
 	void *ctx, const char **error_r)
