@@ -1100,9 +1100,13 @@ static char *get_str(struct reader_s *r, bool *none_r)
 		r->bad = true;
 		return NULL;
 	}
-	s = strndup((const char *)r->p, n);
-	if (!s)
+	s = malloc(n + 1);	/* not strndup: the bytes are not terminated */
+	if (!s) {
 		r->bad = true;
+		return NULL;
+	}
+	memcpy(s, r->p, n);
+	s[n] = '\0';
 	r->p += n;
 	return s;
 }
