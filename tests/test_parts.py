@@ -433,3 +433,34 @@ def test_parts_decoded_from_the_start(account, mount):
         with open(path, "rb") as f:
             f.seek(200 * KiB)
             assert f.read(1000) == want[name][200 * KiB:200 * KiB + 1000]
+
+
+def test_parts_of_hostile_structures_are_bounded(account, mount):
+    """10,000 parts, and messages nested 100 deep: a bounded tree."""
+    many = _mime("From: a@example.org\r\nSubject: many parts\r\n"
+                 "Message-ID: <parts-6@example.org>\r\n",
+                 [_part("image/gif", "R0lGODlh", "base64")
+                  for _ in range(10000)])
+    deep = b"inner\r\n"
+    for i in range(100):
+        deep = (b"Content-Type: message/rfc822\r\n\r\nSubject: level %d\r\n"
+                % i + deep)
+    deep = (b"From: a@example.org\r\nSubject: deep\r\n"
+            b"Message-ID: <parts-7@example.org>\r\n" + deep)
+    seed(account, {"INBOX": [many, deep]})
+    m = mount(account)
+    top = parts_dir(m.path, "INBOX", many)
+    names = os.listdir(top)
+    assert 3 <= len(names) <= 1000
+    assert read(os.path.join(top, "part-2.gif")) == base64.b64decode(
+        "R0lGODlh")
+    d, depth = parts_dir(m.path, "INBOX", deep), 0
+    while True:
+        subs = [n for n in os.listdir(d)
+                if os.path.isdir(os.path.join(d, n))]
+        if not subs:
+            break
+        d = os.path.join(d, subs[0])
+        depth += 1
+    assert depth <= 32
+    assert ".parts" not in os.listdir(os.path.join(m.path, "INBOX"))

@@ -362,12 +362,12 @@ static void test_raw(void)
 /* Bounds: far more parts than shown, nested deeper than shown. */
 static void test_bounds(void)
 {
-	size_t cap = 3000 * 60 + 4096, n = 0;
+	size_t cap = 10000 * 60 + 4096, n = 0;
 	char *m = malloc(cap);
 
 	n += (size_t)sprintf(m + n, "Content-Type: multipart/mixed; "
 		"boundary=b\r\n\r\n");
-	for (int i = 0; i < 3000; i++)
+	for (int i = 0; i < 10000; i++)
 		n += (size_t)sprintf(m + n, "--b\r\nContent-Type: image/gif"
 			"\r\n\r\nx\r\n");
 	n += (size_t)sprintf(m + n, "--b--\r\n");
@@ -378,7 +378,7 @@ static void test_bounds(void)
 	mime_tree_free(&t);
 
 	n = 0;
-	for (int i = 0; i < 60; i++)
+	for (int i = 0; i < 100; i++)
 		n += (size_t)sprintf(m + n, "Content-Type: message/rfc822\r\n"
 			"\r\n");
 	n += (size_t)sprintf(m + n, "\r\nend\r\n");
