@@ -356,41 +356,70 @@ out:
 	return 0;
 }
 
-/* Sizes a new entry: renders text, html and headers, asks a part's
- * decoded size.  Network I/O: called without the lock, m referenced. */
+/* text, html or headers as shown (malloc'd into *text_r): its bytes
+ * come from the block cache after the first time.  Network I/O: called
+ * without the lock, m referenced. */
+static int render(struct fs_parts *p, const struct pmsg *m,
+	const struct mime_node *n, char **text_r, size_t *len_r)
+{
+	struct part_source src = source_of(p, m);
+	const char *err = "";
+	char *raw = NULL;
+	size_t len = 0;
+	enum backend_status st = part_read_all(&src, n, TEXT_MAX, &raw, &len,
+		&err);
+
+	if (st == BACKEND_OK) {
+		*text_r = mime_node_render(n, raw, len, len_r);
+		if (!*text_r) {
+			st = BACKEND_TEMP;
+			err = "out of memory";
+		}
+	}
+	free(raw);
+	if (st != BACKEND_OK) {
+		log_warn(".parts: %s of UID %u: %s", n->section, m->uid, err);
+		return -backend_errno(st);
+	}
+	return 0;
+}
+
+/* Sizes a new entry: renders text, html and headers (the text is kept
+ * only while the file is open), asks a part's decoded size.  Network
+ * I/O: called without the lock, m referenced. */
 static int size_entry(struct fs_parts *p, const struct pmsg *m,
 	struct pent *e)
 {
 	struct part_source src = source_of(p, m);
 	const struct mime_node *n = e->node;
 	const char *err = "";
-	enum backend_status st = BACKEND_OK;
+	enum backend_status st;
+	char *text = NULL;
+	int r;
 
 	if (n->kind == MIME_NODE_DIR)
 		return 0;
-	if (n->kind == MIME_NODE_FILE || n->kind == MIME_NODE_RAW) {
-		st = part_decoded_size(&src, n, &e->size, &e->size_exact, &err);
-	} else {
-		char *raw = NULL;
-		size_t len = 0;
-
-		st = part_read_all(&src, n, TEXT_MAX, &raw, &len, &err);
-		if (st == BACKEND_OK) {
-			e->text = mime_node_render(n, raw, len, &e->text_len);
-			if (!e->text) {
-				st = BACKEND_TEMP;
-				err = "out of memory";
-			}
-			e->size = e->text_len;
-			e->size_exact = true;
-		}
-		free(raw);
+	if (n->kind == MIME_NODE_TEXT || n->kind == MIME_NODE_HTML ||
+	    n->kind == MIME_NODE_HEADERS) {
+		r = render(p, m, n, &text, &e->text_len);
+		free(text);
+		e->size = e->text_len;
+		e->size_exact = true;
+		return r;
 	}
+	st = part_decoded_size(&src, n, &e->size, &e->size_exact, &err);
 	if (st != BACKEND_OK) {
 		log_warn(".parts: %s of UID %u: %s", n->section, m->uid, err);
 		return -backend_errno(st);
 	}
 	return 0;
+}
+
+static bool is_text(const struct pent *e)
+{
+	return e->kind == PE_NODE && (e->node->kind == MIME_NODE_TEXT ||
+		e->node->kind == MIME_NODE_HTML ||
+		e->node->kind == MIME_NODE_HEADERS);
 }
 
 /* ---- lookup --------------------------------------------------------------- */
@@ -727,6 +756,28 @@ int fs_parts_open(struct fs_parts *p, fuse_ino_t ino, int flags,
 	}
 	e->opens++;
 	*direct_io_r = !e->size_exact;
+	if (is_text(e) && !e->text) {
+		char *text = NULL;
+		size_t len = 0;
+		int r;
+
+		pthread_mutex_unlock(&p->lock);	/* e is kept by opens */
+		r = render(p, e->msg, e->node, &text, &len);
+		pthread_mutex_lock(&p->lock);
+		if (r == 0 && !e->text) {
+			e->text = text;
+			e->text_len = len;
+			text = NULL;
+		}
+		free(text);
+		if (r < 0) {
+			e->opens--;
+			ent_maybe_free(p, e);
+			pthread_mutex_unlock(&p->lock);
+			free(f);
+			return r;
+		}
+	}
 	pthread_mutex_unlock(&p->lock);
 	pthread_mutex_init(&f->lock, NULL);
 	f->ent = e;
@@ -745,7 +796,7 @@ ssize_t fs_parts_read(struct fs_parts *p, uint64_t fh, uint64_t offset,
 	size_t got = 0;
 
 	*size_changed_r = false;
-	if (e->text) {	/* rendered at lookup, never changed after */
+	if (is_text(e)) {	/* rendered at open, kept while open */
 		if (offset >= e->text_len)
 			return 0;
 		got = e->text_len - offset < length ?
@@ -780,7 +831,10 @@ void fs_parts_release(struct fs_parts *p, uint64_t fh)
 	struct pfile *f = (struct pfile *)(uintptr_t)fh;
 
 	pthread_mutex_lock(&p->lock);
-	f->ent->opens--;
+	if (--f->ent->opens == 0 && is_text(f->ent)) {
+		free(f->ent->text);	/* memory only while open */
+		f->ent->text = NULL;
+	}
 	ent_maybe_free(p, f->ent);
 	pthread_mutex_unlock(&p->lock);
 	pthread_mutex_destroy(&f->lock);
