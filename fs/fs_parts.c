@@ -85,6 +85,19 @@ static fuse_ino_t child_ino(fuse_ino_t parent, const char *name)
 	return (XXH3_64bits_digest(&st) | FS_OUTBOX_INO_BIT) & ~(uint64_t)3;
 }
 
+/* A message's directory is numbered after the message's own inode, so a
+ * message that replaces another of the same name (a new UID) never takes
+ * over the number of the old one's directory. */
+static fuse_ino_t msg_dir_ino(fuse_ino_t parent, fuse_ino_t msg_ino)
+{
+	XXH3_state_t st;
+
+	XXH3_64bits_reset_withSeed(&st, 0x6d73676469);
+	XXH3_64bits_update(&st, &parent, sizeof(parent));
+	XXH3_64bits_update(&st, &msg_ino, sizeof(msg_ino));
+	return (XXH3_64bits_digest(&st) | FS_OUTBOX_INO_BIT) & ~(uint64_t)3;
+}
+
 struct fs_parts *fs_parts_new(struct backend *be, struct fs_tree *tree,
 	struct block_cache *cache, const char *account)
 {
@@ -535,8 +548,7 @@ static int add_node(struct fs_parts *p, fuse_ino_t ino, fuse_ino_t folder,
 static int lookup_message(struct fs_parts *p, struct pent *parent_snapshot,
 	fuse_ino_t parent, const char *name, struct fuse_entry_param *fe)
 {
-	fuse_ino_t folder = parent_snapshot->folder_ino;
-	fuse_ino_t ino = child_ino(parent, name);
+	fuse_ino_t folder = parent_snapshot->folder_ino, ino;
 	struct fs_msg_id id;
 	struct pmsg *m;
 	size_t nl = strlen(name);
@@ -553,6 +565,8 @@ static int lookup_message(struct fs_parts *p, struct pent *parent_snapshot,
 		free(id.folder_raw);
 		return r == -ENOTDIR ? -ENOENT : r;
 	}
+	ino = msg_dir_ino(parent, tree_msg_ino(id.folder_raw, id.uidvalidity,
+		id.uid));
 	pthread_mutex_lock(&p->lock);
 	r = ref_existing(p, ino, PE_NODE, folder, NULL, NULL, fe);
 	if (r == 0 || r == -EIO) {
@@ -720,8 +734,9 @@ int fs_parts_snapshot_dir(struct fs_parts *p, fuse_ino_t ino,
 			continue;
 		char *stem = strndup(name, nl - 4);
 
-		r = stem ? snap_add(s, &cap, stem, child_ino(ino, stem),
-			S_IFDIR | 0555, 0) : -ENOMEM;
+		r = stem ? snap_add(s, &cap, stem, msg_dir_ino(ino,
+			folder->entries[i].st.st_ino), S_IFDIR | 0555, 0) :
+			-ENOMEM;
 		free(stem);
 	}
 	fs_dir_snapshot_free(&folder);

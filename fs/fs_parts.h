@@ -14,8 +14,9 @@
  * Inode numbers: FS_OUTBOX_INO_BIT set and the low two bits clear, which
  * neither folders and messages (the bit is clear) nor the outbox (low
  * bits not both clear) ever use.  `.parts` of a folder is XXH3 of the
- * folder's inode and ".parts", every other node XXH3 of its parent's
- * inode and its name, so numbers are stable while the message is.  Two
+ * folder's inode and ".parts", a message's directory XXH3 of that and
+ * the message file's inode, every other node XXH3 of its parent's inode
+ * and its name, so numbers are stable while the message is.  Two
  * nodes whose numbers coincide (a 61-bit hash) fail the second lookup
  * with EIO rather than alias.
  *

@@ -464,3 +464,29 @@ def test_parts_of_hostile_structures_are_bounded(account, mount):
         depth += 1
     assert depth <= 32
     assert ".parts" not in os.listdir(os.path.join(m.path, "INBOX"))
+
+
+def test_parts_of_a_replaced_message(account, mount):
+    """A message expunged and appended again (same name, new UID) gets a
+    .parts directory of its own while the old one is still open."""
+    raw = attachments_message()
+    with account.client() as c:
+        old_uid = c.append("INBOX", raw)
+    m = mount(account, options=("refresh=1",))
+    pdir = parts_dir(m.path, "INBOX", raw)
+    eml = os.path.join(m.path, "INBOX", os.path.basename(pdir) + ".eml")
+    with open(os.path.join(pdir, "text"), "rb") as held:
+        with account.client() as c:
+            c.expunge_uid("INBOX", old_uid)
+            new_uid = c.append("INBOX", raw)
+
+        def replaced():
+            os.listdir(os.path.join(m.path, "INBOX"))
+            return os.getxattr(eml, "user.mail.uid").decode() == \
+                str(new_uid)
+        poll_until(replaced, "the message's new UID", 120,
+                   tolerate=(OSError,))
+        assert held.read().startswith(b"Bonjour")
+        poll_until(lambda: read(os.path.join(pdir, "report.pdf")),
+                   "the new message's parts", 60, tolerate=(OSError,))
+        assert read(os.path.join(pdir, "text")).startswith(b"Bonjour")
