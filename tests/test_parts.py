@@ -250,6 +250,22 @@ def test_parts_decoded_like_python(account, mount):
         assert e.value.errno == errno.EROFS, e.value
 
 
+def test_parts_copied_out_with_cp_a_and_tar(account, mount, tmp_path):
+    raw = attachments_message()
+    seed(account, {"INBOX": [raw]})
+    m = mount(account)
+    pdir = parts_dir(m.path, "INBOX", raw)
+    dest = tmp_path / "copy"
+    subprocess.run(["cp", "-a", pdir, str(dest)], check=True, timeout=300)
+    for name in os.listdir(pdir):
+        src = os.path.join(pdir, name)
+        if os.path.isfile(src):
+            assert read(src) == read(dest / name), name
+    out = subprocess.run(["tar", "-cf", "-", "-C", m.path, "INBOX"],
+                         capture_output=True, check=True, timeout=300).stdout
+    assert b".parts" not in out
+
+
 def test_parts_html_only(account, mount):
     raw = html_only_message()
     seed(account, {"INBOX": [raw]})
