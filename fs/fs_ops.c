@@ -154,8 +154,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 {
 	struct stat st;
 	double timeout = 0;
-	int r = is_parts(ino) ? (timeout = 1.0, fs_parts_getattr(parts, ino,
-			&st)) :
+	int r = is_parts(ino) ? fs_parts_getattr(parts, ino, &st, &timeout) :
 		is_outbox(ino) ? fs_outbox_getattr(outbox, ino, &st) :
 		fs_tree_getattr(tree_of(req), ino, &st, &timeout);
 

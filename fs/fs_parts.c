@@ -642,10 +642,12 @@ void fs_parts_forget(struct fs_parts *p, fuse_ino_t ino, uint64_t n)
 	pthread_mutex_unlock(&p->lock);
 }
 
-int fs_parts_getattr(struct fs_parts *p, fuse_ino_t ino, struct stat *st)
+int fs_parts_getattr(struct fs_parts *p, fuse_ino_t ino, struct stat *st,
+	double *timeout_r)
 {
 	struct pent *e;
 
+	*timeout_r = ATTR_TIMEOUT;
 	pthread_mutex_lock(&p->lock);
 	e = ent_find(p, ino);
 	if (e)

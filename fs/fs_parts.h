@@ -64,7 +64,8 @@ static inline bool fs_parts_is_lookup(fuse_ino_t parent, const char *name)
 int fs_parts_lookup(struct fs_parts *p, fuse_ino_t parent, const char *name,
 	struct fuse_entry_param *e);
 void fs_parts_forget(struct fs_parts *p, fuse_ino_t ino, uint64_t n);
-int fs_parts_getattr(struct fs_parts *p, fuse_ino_t ino, struct stat *st);
+int fs_parts_getattr(struct fs_parts *p, fuse_ino_t ino, struct stat *st,
+	double *timeout_r);
 int fs_parts_snapshot_dir(struct fs_parts *p, fuse_ino_t ino,
 	struct fs_dir_snapshot **snap_r);
 
