@@ -11,6 +11,7 @@
 
 #include "fs/fs_ops.h"
 #include "fs/fs_outbox.h"
+#include "fs/fs_parts.h"
 #include "src/block_cache.h"
 #include "src/log.h"
 
@@ -54,6 +55,29 @@ static bool is_outbox(fuse_ino_t ino)
 	return outbox && fs_outbox_owns(ino);
 }
 
+/* The .parts view (fs_parts.h); its inodes are told apart by
+ * fs_parts_owns. */
+static struct fs_parts *parts;
+
+void fs_ops_set_parts(struct fs_parts *p)
+{
+	parts = p;
+}
+
+static bool is_parts(fuse_ino_t ino)
+{
+	return parts && fs_parts_owns(ino);
+}
+
+/* Nothing under .parts can change: replies EROFS for its inodes. */
+static bool parts_refuse(fuse_req_t req, fuse_ino_t ino)
+{
+	if (!is_parts(ino))
+		return false;
+	fuse_reply_err(req, EROFS);
+	return true;
+}
+
 static bool is_outbox_root_name(fuse_ino_t parent, const char *name)
 {
 	return outbox && parent == FUSE_ROOT_ID &&
@@ -80,7 +104,9 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_entry(req, &e);
 		return;
 	}
-	r = is_outbox(parent) ? fs_outbox_lookup(outbox, parent, name, &e) :
+	r = parts && !is_outbox(parent) && fs_parts_is_lookup(parent, name) ?
+		fs_parts_lookup(parts, parent, name, &e) :
+		is_outbox(parent) ? fs_outbox_lookup(outbox, parent, name, &e) :
 		fs_tree_lookup(tree_of(req), parent, name, &e);
 
 	if (r == -ENOENT) {
@@ -97,7 +123,9 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
-	if (is_outbox(ino))
+	if (is_parts(ino))
+		fs_parts_forget(parts, ino, nlookup);
+	else if (is_outbox(ino))
 		fs_outbox_forget(outbox, ino, nlookup);
 	else
 		fs_tree_forget(tree_of(req), ino, nlookup);
@@ -108,7 +136,10 @@ static void op_forget_multi(fuse_req_t req, size_t count,
 	struct fuse_forget_data *forgets)
 {
 	for (size_t i = 0; i < count; i++) {
-		if (is_outbox(forgets[i].ino))
+		if (is_parts(forgets[i].ino))
+			fs_parts_forget(parts, forgets[i].ino,
+				forgets[i].nlookup);
+		else if (is_outbox(forgets[i].ino))
 			fs_outbox_forget(outbox, forgets[i].ino,
 				forgets[i].nlookup);
 		else
@@ -123,7 +154,8 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 {
 	struct stat st;
 	double timeout = 0;
-	int r = is_outbox(ino) ? fs_outbox_getattr(outbox, ino, &st) :
+	int r = is_parts(ino) ? fs_parts_getattr(parts, ino, &st, &timeout) :
+		is_outbox(ino) ? fs_outbox_getattr(outbox, ino, &st) :
 		fs_tree_getattr(tree_of(req), ino, &st, &timeout);
 
 	if (r < 0)
@@ -136,6 +168,9 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	int to_set, struct fuse_file_info *fi)
 {
 	struct stat st;
+
+	if (parts_refuse(req, ino))
+		return;
 	int r = is_outbox(ino) ?
 		fs_outbox_setattr(outbox, ino, attr, to_set, &st) :
 		fs_tree_setattr_staged(tree_of(req), ino, attr, to_set, &st);
@@ -191,6 +226,21 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	int fd, r;
 
+	if (is_parts(ino)) {
+		bool direct_io = false;
+
+		r = fs_parts_open(parts, ino, fi->flags, &fi->fh, &direct_io);
+		if (r < 0) {
+			fuse_reply_err(req, -r);
+			return;
+		}
+		fi->direct_io = direct_io;   /* a size still estimated */
+		fi->keep_cache = !direct_io;
+		fi->noflush = 1;
+		if (fuse_reply_open(req, fi) == -ENOENT)
+			fs_parts_release(parts, fi->fh);
+		return;
+	}
 	if (is_outbox(ino)) {
 		r = fs_outbox_open(outbox, ino, fi->flags,
 			fuse_req_ctx(req)->pid, &fd);
@@ -243,6 +293,9 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	mode_t mode, struct fuse_file_info *fi)
 {
 	struct fuse_entry_param e;
+
+	if (parts_refuse(req, parent))
+		return;
 	int fd, r = is_outbox(parent) ?
 		fs_outbox_create(outbox, parent, name,
 			fuse_req_ctx(req)->pid, &e, &fd) :
@@ -352,6 +405,18 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	ssize_t got;
 	int fd = fh_fd(fi);
 
+	if (buf && is_parts(ino)) {
+		got = fs_parts_read(parts, fi->fh, (uint64_t)off, size, buf,
+			&size_changed);
+		if (got < 0)
+			fuse_reply_err(req, (int)-got);
+		else
+			fuse_reply_buf(req, buf, (size_t)got);
+		free(buf);
+		if (size_changed)
+			notify_size_changed(ino);
+		return;
+	}
 	if (buf && fd >= 0) {
 		got = pread(fd, buf, size, off);
 		if (got < 0)
@@ -381,6 +446,10 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 {
 	int fd = fh_fd(fi);
 
+	if (is_parts(ino)) {
+		fs_parts_release(parts, fi->fh);
+		fd = -1;
+	}
 	if (fd >= 0) {
 		close(fd);
 		if (!is_outbox(ino))
@@ -398,7 +467,8 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 	struct fuse_file_info *fi)
 {
 	struct fs_dir_snapshot *snap;
-	int r = is_outbox(ino) ? fs_outbox_snapshot_dir(outbox, ino, &snap) :
+	int r = is_parts(ino) ? fs_parts_snapshot_dir(parts, ino, &snap) :
+		is_outbox(ino) ? fs_outbox_snapshot_dir(outbox, ino, &snap) :
 		fs_tree_snapshot_dir(tree_of(req), ino, &snap);
 
 	if (r < 0) {
@@ -497,7 +567,8 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	size_t size)
 {
 	char *value;
-	int r = is_outbox(ino) ? fs_outbox_getxattr(outbox, ino, name, &value) :
+	int r = is_parts(ino) ? -ENODATA :
+		is_outbox(ino) ? fs_outbox_getxattr(outbox, ino, name, &value) :
 		fs_tree_getxattr(tree_of(req), ino, name, &value);
 	size_t len;
 
@@ -519,7 +590,9 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	char *names;
 	size_t len;
-	int r = is_outbox(ino) ? fs_outbox_listxattr(outbox, ino, &names, &len) :
+	int r = is_parts(ino) ? ((names = strdup("")) ? (len = 0, 0) :
+			-ENOMEM) :
+		is_outbox(ino) ? fs_outbox_listxattr(outbox, ino, &names, &len) :
 		fs_tree_listxattr(tree_of(req), ino, &names, &len);
 
 	if (r < 0) {
@@ -538,6 +611,8 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	const char *value, size_t size, int flags)
 {
+	if (parts_refuse(req, ino))
+		return;
 	if (is_outbox(ino)) {
 		fuse_reply_err(req, ENOTSUP);
 		return;
@@ -568,6 +643,8 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct fuse_entry_param e;
 	int r;
 
+	if (parts_refuse(req, parent))
+		return;
 	if (is_outbox(parent) || is_outbox_root_name(parent, name)) {
 		fuse_reply_err(req, is_outbox(parent) ? EPERM : EEXIST);
 		return;
@@ -582,6 +659,8 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	if (parts_refuse(req, parent))
+		return;
 	if (is_outbox(parent))
 		fuse_reply_err(req, -fs_outbox_unlink(outbox, parent, name));
 	else
@@ -590,6 +669,8 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	if (parts_refuse(req, parent))
+		return;
 	if (is_outbox(parent) || is_outbox_root_name(parent, name))
 		fuse_reply_err(req, EPERM);
 	else
@@ -599,6 +680,8 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 	fuse_ino_t newparent, const char *newname, unsigned int flags)
 {
+	if (parts_refuse(req, parent) || parts_refuse(req, newparent))
+		return;
 	if (is_outbox(parent) && is_outbox(newparent))
 		fuse_reply_err(req, -fs_outbox_rename(outbox, parent, name,
 			newparent, newname));

@@ -19,4 +19,9 @@ struct fs_outbox;
 /* Adds MOUNTPOINT/outbox (ob borrowed; NULL: none). */
 void fs_ops_set_outbox(struct fs_outbox *ob);
 
+struct fs_parts;
+
+/* Adds FOLDER/.parts (p borrowed; NULL: none). */
+void fs_ops_set_parts(struct fs_parts *p);
+
 #endif

@@ -43,7 +43,9 @@ void fs_outbox_free(struct fs_outbox **ob);
 
 static inline bool fs_outbox_owns(fuse_ino_t ino)
 {
-	return (ino & FS_OUTBOX_INO_BIT) != 0;
+	/* the outbox's inodes have one of the low two bits set; with both
+	 * clear they belong to the .parts view (fs_parts.h) */
+	return (ino & FS_OUTBOX_INO_BIT) != 0 && (ino & 3) != 0;
 }
 
 /* The entry for MOUNTPOINT/outbox, for the root's lookups and listing. */

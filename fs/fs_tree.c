@@ -999,6 +999,40 @@ out:
 	return ret;
 }
 
+/* ---- for the .parts view (fs/fs_parts.c) ---- */
+int fs_tree_message_id(struct fs_tree *t, fuse_ino_t dir_ino,
+	const char *name, struct fs_msg_id *id_r)
+{
+	struct node *dir, *x = NULL;
+	int ret = 0;
+
+	memset(id_r, 0, sizeof(*id_r));
+	pthread_mutex_lock(&t->lock);
+	dir = tree_find(t, dir_ino);
+	if (!dir || !dir->is_dir || !dir->raw || !dir->selectable) {
+		ret = dir && !dir->is_dir ? -ENOTDIR : -ENOENT;
+		goto out;
+	}
+	if (name) {
+		ret = tree_ensure_messages(t, dir, false);
+		if (ret == 0 && !(x = tree_find_msg(dir, name)))
+			ret = -ENOENT;
+		if (ret < 0)
+			goto out;
+		id_r->uidvalidity = x->msg_uidvalidity;
+		id_r->uid = x->uid;
+		id_r->size = x->size;
+		id_r->mtime = x->mtime;
+	}
+	id_r->folder_raw = strdup(x ? x->folder_raw : dir->raw);
+	if (!id_r->folder_raw)
+		ret = -ENOMEM;
+out:
+	pthread_mutex_unlock(&t->lock);
+	return ret;
+}
+/* ---- end of the .parts view's accessor ---- */
+
 void fs_tree_forget(struct fs_tree *t, fuse_ino_t ino, uint64_t n)
 {
 	struct node *x;

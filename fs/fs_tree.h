@@ -45,6 +45,19 @@ int fs_tree_load_cached_folders(struct fs_tree *tree);
 int fs_tree_lookup(struct fs_tree *tree, fuse_ino_t parent, const char *name,
 	struct fuse_entry_param *e);
 
+/* For the .parts view: a selectable folder directory's raw name, and
+ * with name non-NULL the message file `name` in it (listing the folder
+ * if needed).  folder_raw is malloc'd, owned by the caller.  Returns 0,
+ * -ENOENT or -ENOTDIR. */
+struct fs_msg_id {
+	char *folder_raw;
+	uint32_t uidvalidity, uid;
+	uint64_t size;
+	int64_t mtime;
+};
+int fs_tree_message_id(struct fs_tree *tree, fuse_ino_t dir,
+	const char *name, struct fs_msg_id *id_r);
+
 /* FUSE forget: drops n kernel references. */
 void fs_tree_forget(struct fs_tree *tree, fuse_ino_t ino, uint64_t n);
 

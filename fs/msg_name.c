@@ -16,10 +16,10 @@
 #include <strings.h>
 
 #include <libetpan/mailimf.h>
-#include <libetpan/mailmime_decode.h>
 #include <xxhash.h>
 
 #include "src/mail_date.h"
+#include "src/mime_text.h"
 #include "src/utf8.h"
 
 /* Earliest and latest instants a name can show: the date field is always
@@ -250,77 +250,12 @@ static char *unfold(const struct span *sp)
 
 /* ---- names ---------------------------------------------------------- */
 
-/* ISO 8859-1 to UTF-8; returns a malloc'd string or NULL. */
-static char *latin1_to_utf8(const char *s)
-{
-	size_t len = strlen(s);
-	char *out = malloc(2 * len + 1), *o = out;
-
-	if (!out)
-		return NULL;
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (*p < 0x80) {
-			*o++ = (char)*p;
-		} else {
-			*o++ = (char)(0xc0 | (*p >> 6));
-			*o++ = (char)(0x80 | (*p & 0x3f));
-		}
-	}
-	*o = '\0';
-	return out;
-}
-
-/* Decodes the Subject value into (mostly) UTF-8; make_slug copes with
- * what is left invalid.  Returns a malloc'd string, NULL if out of memory. */
+/* Decodes the Subject value into UTF-8 (src/mime_text.h: encoded words,
+ * bare 8-bit text as UTF-8 when valid, else ISO-8859-1).  Returns a
+ * malloc'd string, NULL if out of memory. */
 static char *decode_subject(const struct span *sp)
 {
-	char *raw = unfold(sp);
-	char *dec = NULL, *out;
-	size_t len, idx = 0;
-
-	if (!raw)
-		return NULL;
-	/* the decoder stops dead at a bare CR */
-	for (char *p = raw; *p; p++)
-		if (*p == '\r')
-			*p = ' ';
-	len = strlen(raw);
-
-	/* bare 8-bit text is UTF-8 when it is valid, else most likely
-	 * Latin-1; encoded words name their own charset */
-	if (!strstr(raw, "=?")) {
-		/* No encoded word: skip the decoder, which opens an iconv
-		 * descriptor for every subject (most of a large listing's
-		 * naming time).  Same result: the slug only keeps letters
-		 * and digits, so how words are spaced does not matter. */
-		if (utf8_valid(raw))
-			return raw;
-		out = latin1_to_utf8(raw);
-		free(raw);
-		return out;
-	}
-	if (mailmime_encoded_phrase_parse(utf8_valid(raw) ? "utf-8" :
-					  "iso-8859-1", raw, len, &idx,
-					  "utf-8", &dec) != MAILIMF_NO_ERROR ||
-	    !dec)
-		return raw;	/* the raw text still gives a usable slug */
-	if (idx >= len) {
-		free(raw);
-		return dec;
-	}
-
-	/* it also gives up silently at a malformed "=?"; keep the rest */
-	size_t dl = strlen(dec);
-
-	out = malloc(dl + 1 + (len - idx) + 1);
-	if (out) {
-		memcpy(out, dec, dl);
-		out[dl] = ' ';
-		memcpy(out + dl + 1, raw + idx, len - idx + 1);
-	}
-	free(dec);
-	free(raw);
-	return out;
+	return mime_words_decode(sp->p, sp->len);
 }
 
 

@@ -20,6 +20,7 @@
 #include "src/errfmt.h"
 #include "src/fault_point.h"
 #include "src/log.h"
+#include "src/mime_parts.h"
 
 struct imap_backend {
 	struct backend be;      /* first: the vtable user sees only this */
@@ -628,31 +629,38 @@ static void range_each(void *ctx, uint32_t uid, const struct body_part *p,
 	rc->found = true;
 }
 
-/* BODY.PEEK[]<offset.length>.  libetpan writes the numbers in 32 bits,
- * so past 4 GiB the item is sent as text (libetpan sends an "extension"
- * item as it is). */
-static struct mailimap_fetch_att *partial_att(uint64_t offset,
-	size_t length)
+/* BODY.PEEK[section]<offset.length> (the whole message when section is
+ * NULL); takes section.  libetpan writes the numbers in 32 bits, so past
+ * 4 GiB a whole-message item is sent as text (libetpan sends an
+ * "extension" item as it is); a section that far in is not asked for. */
+static struct mailimap_fetch_att *partial_att(
+	struct mailimap_section *section, uint64_t offset, size_t length)
 {
 	char text[64];
 	char *copy;
 
 	if (offset <= UINT32_MAX && length <= UINT32_MAX)
 		return mailimap_fetch_att_new_body_peek_section_partial(
-			mailimap_section_new(NULL), (uint32_t)offset,
-			(uint32_t)length);
+			section ? section : mailimap_section_new(NULL),
+			(uint32_t)offset, (uint32_t)length);
+	if (section) {
+		mailimap_section_free(section);
+		return NULL;
+	}
 	snprintf(text, sizeof(text), "BODY.PEEK[]<%" PRIu64 ".%zu>", offset,
 		length);
 	copy = strdup(text);
 	return copy ? mailimap_fetch_att_new_extension(copy) : NULL;
 }
 
-/* UID FETCH set (UID BODY.PEEK[]<offset.length>) in folder, each body
+/* UID FETCH set (UID BODY.PEEK[section]<offset.length>) in folder (the
+ * whole message when section is NULL; section is taken), each body
  * through a sink of max_parts parts, each(ctx, uid, part, data) for every
- * answer.  The one place both reads talk to the server. */
+ * answer.  The one place the reads talk to the server. */
 static enum backend_status fetch_bodies(struct imap_backend *ib,
 	const char *folder, uint32_t uidvalidity, struct mailimap_set *set,
-	uint64_t offset, size_t length, size_t max_parts,
+	struct mailimap_section *section, uint64_t offset, size_t length,
+	size_t max_parts,
 	void (*each)(void *ctx, uint32_t uid, const struct body_part *p,
 		const char *data),
 	void *ctx, const char **error_r)
@@ -665,6 +673,8 @@ static enum backend_status fetch_bodies(struct imap_backend *ib,
 	int r;
 
 	if (sink_init(&bs, offset, length, max_parts) < 0) {
+		if (section)
+			mailimap_section_free(section);
 		sink_free(&bs);
 		*error_r = "out of memory";
 		return BACKEND_TEMP;
@@ -682,7 +692,13 @@ static enum backend_status fetch_bodies(struct imap_backend *ib,
 			uidvalidity);
 		goto out_put;
 	}
-	att = partial_att(offset, length);
+	if (section && (offset > UINT32_MAX || length > UINT32_MAX)) {
+		st = BACKEND_UNSUPPORTED;
+		*error_r = "a part more than 4 GiB into a message";
+		goto out_put;
+	}
+	att = partial_att(section, offset, length);
+	section = NULL;	/* partial_att took it */
 	if (!att) {
 		st = BACKEND_TEMP;
 		*error_r = "out of memory";
@@ -706,12 +722,16 @@ static enum backend_status fetch_bodies(struct imap_backend *ib,
 out_put:
 	imap_pool_put(ib->pool, &s);
 out_free:
+	if (section)
+		mailimap_section_free(section);
 	sink_free(&bs);
 	return st;
 }
 
-static enum backend_status imap_read_range(struct backend *be,
-	const char *folder, uint32_t uidvalidity, uint32_t uid,
+/* Reads a range of the whole message (section NULL) or of one section;
+ * takes section. */
+static enum backend_status read_one(struct backend *be, const char *folder,
+	uint32_t uidvalidity, uint32_t uid, struct mailimap_section *section,
 	uint64_t offset, size_t length, void *buf, size_t *got_r,
 	const char **error_r)
 {
@@ -720,8 +740,8 @@ static enum backend_status imap_read_range(struct backend *be,
 	enum backend_status st;
 
 	/* A few parts: unsolicited answers may carry bodies too. */
-	st = fetch_bodies(to_imap(be), folder, uidvalidity, set, offset,
-		length, 4, range_each, &rc, error_r);
+	st = fetch_bodies(to_imap(be), folder, uidvalidity, set, section,
+		offset, length, 4, range_each, &rc, error_r);
 	mailimap_set_free(set);
 	if (st != BACKEND_OK)
 		return st;
@@ -734,6 +754,15 @@ static enum backend_status imap_read_range(struct backend *be,
 	}
 	*got_r = rc.got;
 	return BACKEND_OK;
+}
+
+static enum backend_status imap_read_range(struct backend *be,
+	const char *folder, uint32_t uidvalidity, uint32_t uid,
+	uint64_t offset, size_t length, void *buf, size_t *got_r,
+	const char **error_r)
+{
+	return read_one(be, folder, uidvalidity, uid, NULL, offset, length,
+		buf, got_r, error_r);
 }
 
 struct heads_ctx {
@@ -762,9 +791,161 @@ static enum backend_status imap_read_heads(struct backend *be,
 
 	for (size_t i = 0; i < n_uids; i++)
 		mailimap_set_add_single(set, uids[i]);
-	st = fetch_bodies(to_imap(be), folder, uidvalidity, set, 0, length,
-		n_uids + 2, heads_each, &hc, error_r);
+	st = fetch_bodies(to_imap(be), folder, uidvalidity, set, NULL, 0,
+		length, n_uids + 2, heads_each, &hc, error_r);
 	mailimap_set_free(set);
+	return st;
+}
+
+/* ---- parts ----------------------------------------------------------- */
+
+/* The libetpan section for "1.2", "1.2.HEADER", "HEADER" or "TEXT"; NULL
+ * when the text is none of these (or out of memory). */
+static struct mailimap_section *section_of(const char *sec)
+{
+	clist *ids = clist_new();
+	const char *p = sec;
+	enum { BODY, HEADER, TEXT } what = BODY;
+
+	if (!ids)
+		return NULL;
+	while (*p >= '1' && *p <= '9') {
+		char *end;
+		unsigned long v = strtoul(p, &end, 10);
+		uint32_t *id = malloc(sizeof(*id));
+
+		if (!id || v > UINT32_MAX || clist_append(ids, id) < 0) {
+			free(id);
+			goto fail;
+		}
+		*id = (uint32_t)v;
+		p = end;
+		if (*p != '.')
+			break;
+		p++;
+	}
+	if (strcmp(p, "HEADER") == 0)
+		what = HEADER;
+	else if (strcmp(p, "TEXT") == 0)
+		what = TEXT;
+	else if (*p != '\0' || clist_isempty(ids))
+		goto fail;
+	if (clist_isempty(ids)) {
+		clist_free(ids);
+		return what == HEADER ? mailimap_section_new_header() :
+			mailimap_section_new_text();
+	}
+	struct mailimap_section_part *part = mailimap_section_part_new(ids);
+
+	if (!part)
+		goto fail;
+	return what == HEADER ? mailimap_section_new_part_header(part) :
+		what == TEXT ? mailimap_section_new_part_text(part) :
+		mailimap_section_new_part(part);
+fail:
+	for (clistiter *it = clist_begin(ids); it; it = clist_next(it))
+		free(clist_content(it));
+	clist_free(ids);
+	return NULL;
+}
+
+static enum backend_status imap_read_section(struct backend *be,
+	const char *folder, uint32_t uidvalidity, uint32_t uid,
+	const char *section, uint64_t offset, size_t length, void *buf,
+	size_t *got_r, const char **error_r)
+{
+	struct mailimap_section *sec = section_of(section);
+
+	if (!sec) {
+		*error_r = errfmt("cannot ask for section \"%s\"", section);
+		return BACKEND_INVALID;
+	}
+	return read_one(be, folder, uidvalidity, uid, sec, offset, length,
+		buf, got_r, error_r);
+}
+
+/* The BODYSTRUCTURE of the response for uid among result, or NULL. */
+static struct mailimap_body *bodystructure_of(clist *result, uint32_t uid)
+{
+	for (clistiter *it = result ? clist_begin(result) : NULL; it;
+	     it = clist_next(it)) {
+		struct mailimap_msg_att *att = clist_content(it);
+		struct mailimap_body *body = NULL;
+		uint32_t got = 0;
+
+		for (clistiter *j = clist_begin(att->att_list); j;
+		     j = clist_next(j)) {
+			struct mailimap_msg_att_item *item = clist_content(j);
+
+			if (item->att_type != MAILIMAP_MSG_ATT_ITEM_STATIC)
+				continue;
+			if (item->att_data.att_static->att_type ==
+			    MAILIMAP_MSG_ATT_UID)
+				got = item->att_data.att_static->att_data.att_uid;
+			else if (item->att_data.att_static->att_type ==
+				 MAILIMAP_MSG_ATT_BODYSTRUCTURE)
+				body = item->att_data.att_static->att_data.
+					att_bodystructure;
+		}
+		if (got == uid && body)
+			return body;
+	}
+	return NULL;
+}
+
+static enum backend_status imap_fetch_parts(struct backend *be,
+	const char *folder, uint32_t uidvalidity, uint32_t uid,
+	struct mime_tree **tree_r, const char **error_r)
+{
+	struct imap_backend *ib = to_imap(be);
+	struct mailimap_fetch_type *ft;
+	struct mailimap_set *set;
+	struct mailimap_body *body;
+	struct imap_session *s;
+	clist *result = NULL;
+	enum backend_status st;
+	int r;
+
+	*tree_r = NULL;
+	st = imap_pool_get(ib->pool, &s, error_r);
+	if (st != BACKEND_OK)
+		return st;
+	st = session_examine(s, folder, false, error_r);
+	if (st != BACKEND_OK)
+		goto out;
+	if (s->selected_uidvalidity != uidvalidity) {
+		st = BACKEND_NOT_FOUND;
+		*error_r = errfmt("folder %s was recreated (UIDVALIDITY %u, "
+			"expected %u)", folder, s->selected_uidvalidity,
+			uidvalidity);
+		goto out;
+	}
+	ft = mailimap_fetch_type_new_fetch_att_list_empty();
+	mailimap_fetch_type_new_fetch_att_list_add(ft,
+		mailimap_fetch_att_new_uid());
+	mailimap_fetch_type_new_fetch_att_list_add(ft,
+		mailimap_fetch_att_new_bodystructure());
+	set = mailimap_set_new_single(uid);
+	r = mailimap_uid_fetch(s->imap, set, ft, &result);
+	mailimap_set_free(set);
+	mailimap_fetch_type_free(ft);
+	if (r != MAILIMAP_NO_ERROR) {
+		st = command_failed(s, r, "UID FETCH BODYSTRUCTURE in", folder,
+			error_r);
+		goto out;
+	}
+	body = bodystructure_of(result, uid);
+	if (!body) {
+		st = BACKEND_NOT_FOUND;
+		*error_r = errfmt("message UID %u is gone from %s", uid, folder);
+	} else if (!(*tree_r = mime_tree_from_bodystructure(body))) {
+		st = BACKEND_TEMP;
+		*error_r = "out of memory";
+	}
+out:
+	if (result)
+		mailimap_fetch_list_free(result);
+	imap_pool_put(ib->pool, &s);
 	return st;
 }
 
@@ -1666,6 +1847,8 @@ static const struct backend_ops imap_backend_ops = {
 	.resync_messages = imap_resync_messages,
 	.read_range = imap_read_range,
 	.read_heads = imap_read_heads,
+	.fetch_parts = imap_fetch_parts,
+	.read_section = imap_read_section,
 	.expunge = imap_expunge,
 	.move = imap_move,
 	.append = imap_append,

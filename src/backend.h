@@ -73,6 +73,7 @@ struct backend_message {
 };
 
 struct backend;
+struct mime_tree;
 
 struct backend_ops {
 	/* All folders (LIST "" "*").  *folders_r is owned by the caller:
@@ -123,6 +124,22 @@ struct backend_ops {
 		void (*got)(void *ctx, uint32_t uid, const void *data,
 			size_t len),
 		void *ctx, const char **error_r);
+
+	/* Optional (NULL: callers parse the whole message read with
+	 * read_range; see backend_parts_tree): the message's parts as a
+	 * tree built from its structure alone (IMAP BODYSTRUCTURE).
+	 * *tree_r is owned by the caller: release with mime_tree_free(). */
+	enum backend_status (*fetch_parts)(struct backend *be,
+		const char *raw_folder, uint32_t uidvalidity, uint32_t uid,
+		struct mime_tree **tree_r, const char **error_r);
+
+	/* Optional, with fetch_parts: like read_range, on the bytes (as
+	 * sent, still transfer-encoded) of one IMAP section of the message
+	 * ("1.2", "HEADER", "2.HEADER"). */
+	enum backend_status (*read_section)(struct backend *be,
+		const char *raw_folder, uint32_t uidvalidity, uint32_t uid,
+		const char *section, uint64_t offset, size_t length, void *buf,
+		size_t *got_r, const char **error_r);
 
 	/* ---- the write half; a read-only backend leaves these NULL ---- */
 

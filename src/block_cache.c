@@ -177,6 +177,42 @@ struct block_key block_key_make(const char *account, const char *folder,
 	return key_from_hash(XXH3_128bits(buf, (size_t)(p - buf)));
 }
 
+struct block_key block_key_make_part(const char *account, const char *folder,
+	uint32_t uidvalidity, uint32_t uid, const char *section,
+	uint32_t index)
+{
+	XXH3_state_t *state = XXH3_createState();
+	const char *strs[3] = { account, folder, section };
+	uint8_t word[8], ints[8];
+	XXH128_hash_t h;
+
+	if (!state) {
+		fputs("mailfs: out of memory hashing a block key\n", stderr);
+		abort();
+	}
+	XXH3_128bits_reset(state);
+	/* a length no account name has: never a message block's encoding */
+	put_le64(word, UINT64_MAX);
+	XXH3_128bits_update(state, word, sizeof(word));
+	for (size_t i = 0; i < 3; i++) {
+		size_t len = strlen(strs[i]);
+
+		put_le64(word, len);
+		XXH3_128bits_update(state, word, sizeof(word));
+		XXH3_128bits_update(state, strs[i], len);
+		if (i == 1) {
+			put_le32(ints, uidvalidity);
+			put_le32(ints + 4, uid);
+			XXH3_128bits_update(state, ints, sizeof(ints));
+		}
+	}
+	put_le32(ints, index);
+	XXH3_128bits_update(state, ints, 4);
+	h = XXH3_128bits_digest(state);
+	XXH3_freeState(state);
+	return key_from_hash(h);
+}
+
 static bool key_equal(const struct block_key *a, const struct block_key *b)
 {
 	return a->hi == b->hi && a->lo == b->lo;

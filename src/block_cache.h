@@ -61,6 +61,17 @@ struct block_cache_stats {
 struct block_key block_key_make(const char *account, const char *folder,
 	uint32_t uidvalidity, uint32_t uid, uint32_t index);
 
+/* The key of block `index` of one part of a message (section: its IMAP
+ * section, e.g. "1.2"): XXH3-128 of
+ *   u64 UINT64_MAX, u64 strlen(account), account, u64 strlen(folder),
+ *   folder, u32 uidvalidity, u32 uid, u64 strlen(section), section,
+ *   u32 index                                (all little-endian)
+ * The leading UINT64_MAX, a length no account name has, keeps these
+ * encodings apart from block_key_make's.  Never fails. */
+struct block_key block_key_make_part(const char *account, const char *folder,
+	uint32_t uidvalidity, uint32_t uid, const char *section,
+	uint32_t index);
+
 /* Opens (creating, mode 0700) the cache under dir.  Removes temp files left
  * by a crash, deletes files whose header is invalid, and rebuilds the LRU
  * index from the files' access times; then evicts down to max_bytes.

@@ -25,6 +25,7 @@
 #include "src/outbox_sender.h"
 #include "src/outbox_spool.h"
 #include "fs/fs_outbox.h"
+#include "fs/fs_parts.h"
 #include "proto/smtp_client.h"
 #include "src/sd_notify.h"
 #include "src/secret.h"
@@ -170,6 +171,7 @@ static int opt_proc(void *data, const char *arg, int key,
 struct mount_ctx {
 	struct block_cache *cache;
 	struct msg_reader *reader;
+	struct fs_parts *parts;
 };
 
 /* Copies of sent mail go to this folder (raw name; NULL: none). */
@@ -257,8 +259,11 @@ static char *stats_text(void *ctx)
 	struct mount_ctx *mc = ctx;
 	struct block_cache_stats s = { 0 };
 	struct msg_reader_stats rs = { 0 };
+	struct fs_parts_stats pst = { 0 };
 	char *out;
 
+	if (mc->parts)
+		fs_parts_get_stats(mc->parts, &pst);
 	if (mc->cache)
 		block_cache_get_stats(mc->cache, &s);
 	if (mc->reader)
@@ -268,7 +273,8 @@ static char *stats_text(void *ctx)
 			"cache_hits=%llu cache_misses=%llu "
 			"checksum_failures=%llu evictions=%llu "
 			"store_failures=%llu blocks_on_disk=%llu "
-			"bytes_on_disk=%llu",
+			"bytes_on_disk=%llu parts_fetched_bytes=%llu "
+			"parts_structures_fetched=%llu",
 			(unsigned long long)rs.bytes_fetched,
 			(unsigned long long)rs.blocks_fetched,
 			(unsigned long long)rs.prefetched,
@@ -279,7 +285,9 @@ static char *stats_text(void *ctx)
 			(unsigned long long)s.evictions,
 			(unsigned long long)s.store_failures,
 			(unsigned long long)s.blocks_on_disk,
-			(unsigned long long)s.bytes_on_disk) < 0)
+			(unsigned long long)s.bytes_on_disk,
+			(unsigned long long)pst.bytes_fetched,
+			(unsigned long long)pst.structures_fetched) < 0)
 		return NULL;
 	return out;
 }
@@ -522,6 +530,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	mc.reader = reader;
+	mc.parts = fs_parts_new(be, tree, cache, account);
+	fs_ops_set_parts(mc.parts);
 	fs_tree_set_stats_hook(tree, stats_text, &mc);
 	fs_tree_set_inval_hook(tree, fs_ops_inval_entry, NULL);
 	fs_tree_set_source(tree, src.description);
@@ -682,6 +692,8 @@ out:
 	fs_ops_set_outbox(NULL);
 	fs_outbox_free(&outbox);
 	outbox_spool_close(&spool);
+	fs_ops_set_parts(NULL);
+	fs_parts_free(&mc.parts);
 	fs_tree_free(&tree);
 	msg_reader_free(&reader);
 	source_close(&src);
