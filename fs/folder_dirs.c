@@ -7,7 +7,7 @@
 
 #include <xxhash.h>
 
-#include "fs/msg_name.h"
+#include "src/file_name.h"
 #include "src/log.h"
 
 /* No entry; also the parent of a top-level entry (FOLDER_DIR_TOP). */
@@ -162,7 +162,7 @@ static size_t add_entry(struct builder *b, char *path, char *name,
 }
 
 /* name with "~v" appended, cut at a character boundary so that the
- * result stays within MSG_NAME_MAX bytes. */
+ * result stays within FILE_NAME_MAX bytes. */
 static char *dir_name_variant(const char *name, unsigned v)
 {
 	char suffix[16];
@@ -170,8 +170,8 @@ static char *dir_name_variant(const char *name, unsigned v)
 	size_t len = strlen(name);
 	char *out;
 
-	if (len + slen > MSG_NAME_MAX) {
-		len = MSG_NAME_MAX - slen;
+	if (len + slen > FILE_NAME_MAX) {
+		len = FILE_NAME_MAX - slen;
 		while (len > 0 && ((unsigned char)name[len] & 0xc0) == 0x80)
 			len--;
 	}

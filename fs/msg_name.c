@@ -27,19 +27,6 @@
 #define NAME_TIME_MIN (-2208988800LL)	/* 1900-01-01 00:00:00 UTC */
 #define NAME_TIME_MAX 253402300799LL	/* 9999-12-31 23:59:59 UTC */
 
-/* ---- UTF-8 ---------------------------------------------------------- */
-
-/* Length of the longest prefix of s (len bytes, valid or not) that is at
- * most max bytes and does not end inside a UTF-8 sequence. */
-static size_t utf8_cut(const char *s, size_t len, size_t max)
-{
-	if (len <= max)
-		return len;
-	while (max > 0 && ((unsigned char)s[max] & 0xc0) == 0x80)
-		max--;
-	return max;
-}
-
 /* ---- subject slug --------------------------------------------------- */
 
 struct cp_range {
@@ -381,47 +368,4 @@ char *msg_name_variant(const char *name, unsigned n)
 	memcpy(out + stem + slen, tail, tlen);
 	out[stem + slen + tlen] = '\0';
 	return out;
-}
-
-char *folder_name_sanitize(const char *component)
-{
-	const unsigned char *p = (const unsigned char *)
-		(component ? component : "");
-	size_t len = strlen((const char *)p);
-	char *out, *cut;
-	size_t n = 0;
-
-	/* each input byte yields at most one output byte; +2 for "_.." */
-	out = malloc(len + 3);
-	if (!out)
-		return NULL;
-	while (*p) {
-		uint32_t c;
-		size_t cl = utf8_get(p, &c);
-
-		if (!cl) {
-			out[n++] = '_';
-			p++;
-			continue;
-		}
-		if (c < 0x20 || c == 0x7f || (c >= 0x80 && c < 0xa0) ||
-		    c == '/') {
-			out[n++] = '_';
-		} else {
-			memcpy(out + n, p, cl);
-			n += cl;
-		}
-		p += cl;
-	}
-	out[n] = '\0';
-
-	if (n == 0 || strcmp(out, ".") == 0 || strcmp(out, "..") == 0) {
-		memmove(out + 1, out, n + 1);
-		out[0] = '_';
-		n++;
-	}
-	n = utf8_cut(out, n, MSG_NAME_MAX);
-	out[n] = '\0';
-	cut = realloc(out, n + 1);
-	return cut ? cut : out;
 }

@@ -39,8 +39,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "src/file_name.h"
+
 #define MSG_NAME_SUBJECT_MAX 80
-#define MSG_NAME_MAX 255
+#define MSG_NAME_MAX FILE_NAME_MAX
 
 /* Derives the base name from the raw header fields (as returned by
  * FETCH BODY.PEEK[HEADER.FIELDS (DATE SUBJECT MESSAGE-ID FROM)], CRLF or LF
@@ -62,13 +64,6 @@ bool msg_header_date(const char *header, size_t header_len, int64_t *date_r);
  * Malloc'd, owned by the caller; NULL on allocation failure or NULL name. */
 char *msg_name_variant(const char *name, unsigned n);
 
-/* Turns one decoded folder-name component into a safe directory name:
- * invalid UTF-8 bytes, control characters and '/' are replaced by '_',
- * "." and ".." become "_." and "_..", an empty (or NULL) name becomes "_",
- * and the result is cut at a character boundary to 255 bytes.  Control
- * characters are C0, DEL and C1 (U+0080-U+009F); one '_' replaces each bad
- * byte or character.  Malloc'd, owned by the caller; NULL only on
- * allocation failure. */
-char *folder_name_sanitize(const char *component);
+/* folder_name_sanitize: see src/file_name.h. */
 
 #endif

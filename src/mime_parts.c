@@ -13,7 +13,7 @@
 
 #include <libetpan/libetpan.h>
 
-#include "fs/msg_name.h"
+#include "src/file_name.h"
 #include "src/mime_text.h"
 
 #define SECTION_MAX 200      /* "1.2.3...": depth 32 keeps it far below */
@@ -116,8 +116,8 @@ static char *safe_name(const char *s)
 	if (o) {
 		o[0] = '_';
 		memcpy(o + 1, n, len + 1);
-		if (len + 1 > MSG_NAME_MAX) {
-			size_t cut = MSG_NAME_MAX;
+		if (len + 1 > FILE_NAME_MAX) {
+			size_t cut = FILE_NAME_MAX;
 
 			while (cut > 0 && ((unsigned char)o[cut] & 0xc0) == 0x80)
 				cut--;
@@ -142,8 +142,8 @@ static char *name_variant(const char *name, unsigned k)
 		dot = name + len;
 	tail = (size_t)(name + len - dot);
 	stem = (size_t)(dot - name);
-	if (stem + slen + tail > MSG_NAME_MAX) {
-		stem = MSG_NAME_MAX - slen - tail;
+	if (stem + slen + tail > FILE_NAME_MAX) {
+		stem = FILE_NAME_MAX - slen - tail;
 		while (stem > 0 && ((unsigned char)name[stem] & 0xc0) == 0x80)
 			stem--;
 	}

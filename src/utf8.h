@@ -20,6 +20,10 @@
  * itself is a valid one-byte sequence (U+0000). */
 size_t utf8_get(const unsigned char *s, uint32_t *cp);
 
+/* Length of the longest prefix of s (len bytes, valid or not) that is at
+ * most max bytes and does not end inside a UTF-8 sequence. */
+size_t utf8_cut(const char *s, size_t len, size_t max);
+
 /* Returns true if the NUL-terminated s is valid UTF-8 throughout. */
 bool utf8_valid(const char *s);
 
