@@ -118,6 +118,7 @@ void tree_node_free(struct node *n)
 	free(n->by_ino);
 	free(n->prev_dirs);
 	free(n->stage_path);
+	free(n->gone);
 	free(n);
 }
 
@@ -881,6 +882,7 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 {
 	struct node **list = calloc(n ? n : 1, sizeof(*list));
 	uint32_t uidvalidity = state->uidvalidity;
+	uint64_t stamp = ++t->merge_seq;
 	size_t k = 0;
 
 	if (!list)
@@ -920,6 +922,8 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 				x = NULL;
 			}
 		}
+		if (x && x->merge_stamp == stamp)
+			continue;   /* never one node under two names */
 		if (!x) {
 			x = calloc(1, sizeof(*x));
 			if (!x)
@@ -953,6 +957,7 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 		x->parent = dir;
 		x->attached = true;
 		x->seen = true;
+		x->merge_stamp = stamp;
 		list[k++] = x;
 	}
 	for (size_t i = 0; i < dir->n_msgs; i++) {
@@ -982,37 +987,112 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 	return 0;
 }
 
+/* A deep copy of a listing, or NULL (no memory). */
+static struct backend_message *listing_copy(const struct backend_message *m,
+	size_t n)
+{
+	struct backend_message *c = calloc(n + 1, sizeof(*c));
+
+	for (size_t i = 0; c && i < n; i++) {
+		c[i] = m[i];
+		c[i].flags = strdup(m[i].flags ? m[i].flags : "");
+		c[i].header = malloc(m[i].header_len + 1);
+		if (!c[i].flags || !c[i].header) {
+			backend_messages_free(&c, i + 1);
+			break;
+		}
+		memcpy(c[i].header, m[i].header, m[i].header_len);
+		c[i].header[m[i].header_len] = '\0';
+	}
+	return c;
+}
+
+/* Drops from a fresh listing the messages removed through the mount while
+ * it was fetched (lock held).  Returns how many it dropped. */
+static size_t drop_gone(struct node *dir,
+	const struct backend_folder_state *state, struct backend_message *m,
+	size_t *n)
+{
+	size_t k = 0, dropped = 0;
+
+	for (size_t i = 0; i < *n; i++) {
+		bool gone = false;
+
+		for (size_t j = 0; j < dir->n_gone && !gone; j++)
+			gone = dir->gone[j].uid == m[i].uid &&
+				dir->gone[j].uidvalidity == state->uidvalidity;
+		if (gone) {
+			free(m[i].flags);
+			free(m[i].header);
+			dropped++;
+			continue;
+		}
+		m[k++] = m[i];
+	}
+	*n = k;
+	return dropped;
+}
+
+static void free_names(struct named_msg **nm, size_t n)
+{
+	if (!*nm)
+		return;
+	for (size_t i = 0; i < n; i++)
+		free((*nm)[i].name);
+	free(*nm);
+	*nm = NULL;
+}
+
 /* Fetches dir's listing from the server (incrementally when one is known)
  * and installs it.  Called with the lock held and dir->loading clear;
- * drops the lock around the network.  Returns 0 or a negative errno. */
+ * drops the lock around the network.  Returns 0 or a negative errno.
+ *
+ * The backend works on a private copy of the known listing: rm, mv and
+ * size corrections change dir->listing under the lock meanwhile.  What
+ * they did is noted in dir (gone, *_while_loading) and applied again to
+ * the answer, which may predate them. */
 int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 	struct inval_list *il)
 {
-	struct backend_folder_state state;
-	struct backend_message *m = NULL;
+	struct backend_folder_state state, known_state = dir->state;
+	struct backend_message *m = NULL, *known = NULL;
+	size_t n = 0, n_named = 0, n_known = dir->n_listing, repeats = 0;
+	bool resync = t->be->ops->resync_messages && dir->listing;
 	struct named_msg *nm = NULL;
 	enum backend_status st;
 	const char *error = "";
-	size_t n = 0;
+	uint32_t first_repeat;
 	char *raw;
 	int ret = 0;
 
 	raw = strdup(dir->raw);
-	if (!raw)
+	if (resync)
+		known = listing_copy(dir->listing, n_known);
+	if (!raw || (resync && !known)) {
+		free(raw);
 		return -ENOMEM;
+	}
 	dir->loading = true;
+	dir->n_gone = 0;
+	dir->changed_while_loading = false;
+	dir->moved_in_while_loading = false;
 	pthread_mutex_unlock(&t->lock);
 
-	/* The loading flag keeps every other writer of dir->listing out, so
-	 * it can be read unlocked. */
-	if (t->be->ops->resync_messages && dir->listing)
-		st = t->be->ops->resync_messages(t->be, raw, &dir->state,
-			dir->listing, dir->n_listing, &state, &m, &n, &error);
+	if (resync)
+		st = t->be->ops->resync_messages(t->be, raw, &known_state,
+			known, n_known, &state, &m, &n, &error);
 	else
 		st = t->be->ops->list_messages(t->be, raw, &state, &m, &n,
 			&error);
+	backend_messages_free(&known, n_known);
 	if (st == BACKEND_OK) {
+		/* Whatever the backend promised: one entry per UID. */
+		n = backend_messages_normalize(m, n, &repeats, &first_repeat);
+		if (repeats)
+			log_warn("server error: %s lists UID %u twice",
+				raw, first_repeat);
 		nm = name_messages(m, n);
+		n_named = n;
 		if (!nm)
 			st = BACKEND_TEMP;
 		else if (t->meta)
@@ -1026,6 +1106,16 @@ int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 	pthread_cond_broadcast(&t->loaded);
 	/* Even a failure counts as an attempt: retry after the period. */
 	dir->loaded_at = tree_now();
+	if (st == BACKEND_OK && dir->n_gone &&
+	    drop_gone(dir, &state, m, &n) > 0) {
+		/* Names depend on their neighbours (~2, ~3): derive them
+		 * again for what is left.  Rare, and local work. */
+		free_names(&nm, n_named);
+		nm = name_messages(m, n);
+		n_named = n;
+		if (!nm)
+			st = BACKEND_TEMP;
+	}
 	if (st != BACKEND_OK) {
 		/* Keep serving an older listing rather than nothing. */
 		ret = dir->msgs_loaded ? 0 :
@@ -1035,10 +1125,22 @@ int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 		if (ret == 0)
 			m = NULL;   /* kept as dir->listing */
 	}
-	if (nm)
-		for (size_t i = 0; i < n; i++)
-			free(nm[i].name);
-	free(nm);
+	if (dir->n_gone || dir->changed_while_loading ||
+	    dir->moved_in_while_loading) {
+		/* The answer cannot vouch for the counts any more, nor the
+		 * saved copy for what was removed. */
+		dir->state.highestmodseq = 0;
+		dir->loaded_at = 0;
+		dir->meta_dirty = true;
+	}
+	if (dir->moved_in_while_loading)
+		dir->msgs_loaded = false;   /* the answer may predate it */
+	free(dir->gone);
+	dir->gone = NULL;
+	dir->n_gone = 0;
+	dir->changed_while_loading = false;
+	dir->moved_in_while_loading = false;
+	free_names(&nm, n_named);
 	backend_messages_free(&m, n);
 	free(raw);
 	return ret;

@@ -35,7 +35,13 @@ struct node {
 	struct node **staged;   /* files being copied in, unordered */
 	size_t n_staged;
 	bool msgs_loaded;
-	bool loading;
+	bool loading;           /* a refresh is talking to the server */
+	/* Changes made through the mount while a refresh is under way: the
+	 * answer it gets may predate them (tree_note_*). */
+	struct gone_uid { uint32_t uidvalidity, uid; } *gone;
+	size_t n_gone;
+	bool changed_while_loading;  /* flags set */
+	bool moved_in_while_loading;
 	time_t loaded_at;       /* monotonic; 0: from the metadata cache */
 	uint32_t uidvalidity;
 	struct backend_message *listing;  /* last listing, UID order; owned */
@@ -49,6 +55,7 @@ struct node {
 	size_t last_read_ino, prefetched_upto_ino;  /* the same, that order */
 	bool seen;              /* scratch for folder-list merges */
 	unsigned pins;          /* in use by a refresh: do not free */
+	uint64_t merge_stamp;   /* the last merge that placed this message */
 
 	/* messages */
 	char *folder_raw;       /* copy: the node may outlive its folder */
@@ -86,6 +93,7 @@ struct fs_tree {
 	size_t n_nodes;
 	struct meta_cache *meta;          /* may be NULL */
 	unsigned n_workers;               /* background refreshes running */
+	uint64_t merge_seq;               /* one stamp per listing merge */
 	pthread_cond_t workers_done;
 	char *source;                     /* user.mailfs.source text */
 	char *(*stats_hook)(void *ctx);
@@ -154,8 +162,14 @@ int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 	struct inval_list *il);
 void tree_refresh_async(struct fs_tree *t, struct node *dir);
 
-/* Removes a message node from its folder's list and listing (lock held). */
+/* Removes a message node from its folder's list and listing (lock held).
+ * A refresh of dir under way will not bring it back. */
 void tree_detach_message(struct fs_tree *t, struct node *dir, struct node *x);
+/* dir's listing on the server changed through the mount in a way its next
+ * resync must not take on trust (lock held): flags were set, or a message
+ * was moved in (which the next lookup must already see). */
+void tree_note_flags_set(struct node *dir);
+void tree_note_moved_in(struct node *dir);
 
 /* Staged files (fs_stage.c; lock held). */
 struct node *tree_find_staged(struct node *dir, const char *name);

@@ -54,11 +54,41 @@ void tree_detach_message(struct fs_tree *t, struct node *dir, struct node *x)
 			dir->n_listing--;
 			break;
 		}
+	if (dir->loading) {
+		struct gone_uid *g = realloc(dir->gone,
+			(dir->n_gone + 1) * sizeof(*g));
+
+		if (g) {
+			dir->gone = g;
+			dir->gone[dir->n_gone].uidvalidity =
+				x->msg_uidvalidity;
+			dir->gone[dir->n_gone++].uid = x->uid;
+		} else {
+			/* Cannot say which: list again before trusting. */
+			dir->moved_in_while_loading = true;
+		}
+	}
 	/* The counts no longer match the server's: make the next resync
 	 * compare every UID rather than trust CONDSTORE. */
 	dir->state.highestmodseq = 0;
+	dir->meta_dirty = true;
 	x->attached = false;
 	tree_maybe_free(t, x);
+}
+
+void tree_note_flags_set(struct node *dir)
+{
+	dir->state.highestmodseq = 0;
+	if (dir->loading)
+		dir->changed_while_loading = true;
+}
+
+void tree_note_moved_in(struct node *dir)
+{
+	dir->loaded_at = 0;
+	dir->msgs_loaded = false;
+	if (dir->loading)
+		dir->moved_in_while_loading = true;
 }
 
 static struct node *child_dir(struct node *dir, const char *name)
@@ -409,8 +439,7 @@ static int move_message(struct fs_tree *t, struct node *dir, struct node *x,
 		tree_detach_message(t, dir, x);
 	/* The target learns of it at its next listing, which must not be
 	 * served from before the move. */
-	newdir->loaded_at = 0;
-	newdir->msgs_loaded = false;
+	tree_note_moved_in(newdir);
 	ret = 0;
 out:
 	free(mt.folder);
@@ -520,7 +549,7 @@ int fs_tree_setxattr(struct fs_tree *t, fuse_ino_t ino, const char *name,
 	dir = tree_find(t, dir_ino);
 	if (dir)
 		/* Flags we set are flags we must not miss on resync. */
-		dir->state.highestmodseq = 0;
+		tree_note_flags_set(dir);
 	pthread_mutex_unlock(&t->lock);
 	free(folder);
 	free(flags);

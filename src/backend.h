@@ -195,6 +195,15 @@ struct backend {
  * of the tree, and never addressed. */
 bool backend_raw_name_sendable(const char *raw);
 
+/* Puts a listing into strict UID order: sorts it when it is not, and drops
+ * (freeing) every repeat of a UID, keeping its first entry.  Returns the
+ * new count; *n_repeats_r (may be NULL) tells how many were dropped, and
+ * *first_repeat_r (may be NULL) the first UID seen twice.  A listing from
+ * any source (a server, the metadata cache) goes through this before it
+ * is used: a UID listed twice would otherwise name one message twice. */
+size_t backend_messages_normalize(struct backend_message *msgs, size_t count,
+	size_t *n_repeats_r, uint32_t *first_repeat_r);
+
 void backend_folders_free(struct backend_folder **folders, size_t count);
 void backend_messages_free(struct backend_message **msgs, size_t count);
 

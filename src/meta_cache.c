@@ -407,6 +407,17 @@ int meta_cache_load_messages(struct meta_cache *mc, const char *raw,
 			goto fail;
 		}
 	}
+	size_t repeats;
+
+	n = backend_messages_normalize(m, n, &repeats, NULL);
+	if (repeats) {
+		/* Written by an older mailfs from a server that listed a UID
+		 * twice: keep the rest, and let the next resync compare every
+		 * UID rather than trust the saved counts. */
+		log_warn("metadata cache of %s listed %zu message(s) twice; "
+			"repaired", raw, repeats);
+		state_r->highestmodseq = 0;
+	}
 	free(name);
 	free(data);
 	*msgs_r = m;

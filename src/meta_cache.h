@@ -33,7 +33,9 @@ int meta_cache_load_folders(struct meta_cache *mc,
 	struct backend_folder **folders_r, size_t *count_r);
 
 /* Saves/loads one folder's state and messages (UID order).  load returns 0
- * with *msgs_r owned by the caller (backend_messages_free), or -1. */
+ * with *msgs_r owned by the caller (backend_messages_free), or -1; what it
+ * returns is in strict UID order even when the file was not (see
+ * backend_messages_normalize). */
 int meta_cache_save_messages(struct meta_cache *mc, const char *raw_folder,
 	const struct backend_folder_state *state,
 	const struct backend_message *msgs, size_t count);
