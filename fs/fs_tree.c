@@ -1088,9 +1088,11 @@ int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 	if (st == BACKEND_OK) {
 		/* Whatever the backend promised: one entry per UID. */
 		n = backend_messages_normalize(m, n, &repeats, &first_repeat);
-		if (repeats)
+		if (repeats) {
 			log_warn("server error: %s lists UID %u twice",
 				raw, first_repeat);
+			state.uidnext = 0;   /* list in full next time */
+		}
 		nm = name_messages(m, n);
 		n_named = n;
 		if (!nm)

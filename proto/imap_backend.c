@@ -434,10 +434,14 @@ static enum backend_status imap_resync_messages(struct backend *be,
 		uint32_t first;
 
 		n = backend_messages_normalize(msgs, n, &repeats, &first);
-		if (repeats)
+		if (repeats) {
 			log_warn("server error: %s lists UID %u (and %zu more) "
 				"twice; ignoring the repeats", folder, first,
 				repeats - 1);
+			/* A listing the server contradicted cannot anchor
+			 * an incremental resync: list in full next time. */
+			state_r->uidnext = 0;
+		}
 	}
 	*msgs_r = msgs;
 	*count_r = n;

@@ -104,3 +104,46 @@ def test_rm_and_mv_while_refresh_waits_on_server(make_account, proxies,
     assert len(account.fetch("Archive", body=False)) == 1
     assert set(files_in(archive)) == {by_uid[uids[4]]}
     assert m.proc.poll() is None, "mailfs died"
+
+
+def test_server_listing_one_uid_twice(make_account, proxies, mount):
+    """A server that answers the listing with one UID twice: the message
+    is listed once, the repeat logged as the server's error, and later
+    refreshes (the UID expunged by another client) leave mailfs intact."""
+    msgs = [make_message(f"twice-{i}", 1500) for i in range(3)]
+    account = make_account("nossl")
+    seed(account, {"INBOX": msgs})
+    uids = sorted(account.fetch("INBOX", body=False))
+    proxy = proxies(account.server.imap_port)
+    # The second message of the answer claims the first one's UID.
+    proxy.rewrite(rb"^(\* 2 FETCH \(UID )%d " % uids[1],
+                  rb"\g<1>%d " % uids[0])
+    m = mount(account, source=proxy_url(account, proxy, "imap"),
+              ca_file=False,
+              options=["allow_plaintext", "pop3=none", "refresh=1"])
+    inbox = os.path.join(m.path, "INBOX")
+    # A lookup loads the listing without readdir references to its names.
+    assert not os.path.exists(os.path.join(inbox, "nonexistent"))
+    assert proxy.rewritten == 1
+    listed = assert_listed_once(inbox)
+    assert len(listed) == 2
+    poll_until(lambda: "lists UID" in m.stderr(),
+               "the repeat logged", DEADLINE)
+    proxy.clear()
+
+    # The doubled UID goes.  The answer was contradictory, so the next
+    # refresh lists in full: the message it hid shows up too.
+    with account.client() as c:
+        c.expunge_uid("INBOX", uids[0])
+
+    def contents():
+        out = []
+        for name in assert_listed_once(inbox):
+            with open(os.path.join(inbox, name), "rb") as f:
+                out.append(f.read())
+        return sorted(out)
+
+    poll_until(lambda: contents() == sorted(msgs[1:]),
+               "the server's messages listed through the mount", DEADLINE,
+               tolerate=OSError)
+    assert m.proc.poll() is None, "mailfs died"
