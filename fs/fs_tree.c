@@ -14,6 +14,7 @@
 #include "src/errfmt.h"
 #include "src/log.h"
 #include "src/meta_cache.h"
+#include "src/work_queue.h"
 
 time_t tree_now(void)
 {
@@ -113,12 +114,10 @@ void tree_node_free(struct node *n)
 	free(n->msgs);
 	free(n->folder_raw);
 	free(n->flags);
-	backend_messages_free(&n->listing, n->n_listing);
 	free(n->staged);
 	free(n->by_ino);
 	free(n->prev_dirs);
 	free(n->stage_path);
-	free(n->gone);
 	free(n);
 }
 
@@ -142,11 +141,11 @@ void tree_detach_messages(struct fs_tree *t, struct node *dir)
 	dir->msgs = NULL;
 	dir->n_msgs = 0;
 	dir->msgs_loaded = false;
-	backend_messages_free(&dir->listing, dir->n_listing);
-	dir->n_listing = 0;
 }
 
 /* ---- creation ------------------------------------------------------------ */
+
+static folder_namer tree_name_listing;
 
 struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
 	struct meta_cache *meta, unsigned refresh_s)
@@ -164,9 +163,19 @@ struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
 		free(t);
 		return NULL;
 	}
+	t->index = folder_index_new(be, meta, tree_name_listing);
+	/* Refreshes and kernel notifications: two at a time is plenty, and
+	 * the queue only ever holds a few per folder. */
+	t->bg = t->index ? work_queue_new(2, 256) : NULL;
+	if (!t->bg) {
+		folder_index_free(&t->index);
+		free(t->buckets);
+		free(t->root);
+		free(t);
+		return NULL;
+	}
 	pthread_mutex_init(&t->lock, NULL);
 	pthread_cond_init(&t->loaded, NULL);
-	pthread_cond_init(&t->workers_done, NULL);
 	t->meta = meta;
 	t->be = be;
 	t->reader = reader;
@@ -197,19 +206,15 @@ void fs_tree_free(struct fs_tree **tp)
 		pthread_join(t->watcher, NULL);
 	}
 	stage_stop(t);
-	/* Background refreshes hold pointers into the tree; each is bounded
-	 * by the network timeout. */
+	/* Background jobs hold pointers into the tree; each is bounded by
+	 * the network timeout.  Those not started are dropped. */
 	pthread_mutex_lock(&t->lock);
-	while (t->n_workers > 0)
-		pthread_cond_wait(&t->workers_done, &t->lock);
+	t->stopping = true;
 	pthread_mutex_unlock(&t->lock);
-	/* No other thread is left: no lock needed to save listings whose
-	 * sizes reads corrected. */
-	for (size_t i = 0; t->meta && i < t->n_buckets; i++)
-		for (struct node *n = t->buckets[i]; n; n = n->hnext)
-			if (n->is_dir && n->meta_dirty && n->raw && n->listing)
-				meta_cache_save_messages(t->meta, n->raw,
-					&n->state, n->listing, n->n_listing);
+	work_queue_free(&t->bg);
+	/* No other thread is left: listings changed since they were saved
+	 * (sizes reads corrected, messages removed) are saved now. */
+	folder_index_free(&t->index);
 	for (size_t i = 0; i < t->n_buckets; i++) {
 		struct node *n = t->buckets[i], *next;
 
@@ -221,7 +226,6 @@ void fs_tree_free(struct fs_tree **tp)
 	free(t->buckets);
 	pthread_mutex_destroy(&t->lock);
 	pthread_cond_destroy(&t->loaded);
-	pthread_cond_destroy(&t->workers_done);
 	free(t->trash);
 	free(t->stage_dir);
 	free(t->watch_folder);
@@ -691,6 +695,9 @@ int tree_install_folders(struct fs_tree *t,
 		if (!d) {
 			fuse_ino_t ino = tree_dir_ino(want[i].path);
 
+			if (t->folders_installed)
+				parent->child_came = true;
+
 			while (tree_find(t, ino))
 				ino++;   /* collision (or a renamed dir's old
 					    number): any free one will do */
@@ -723,6 +730,17 @@ int tree_install_folders(struct fs_tree *t,
 		old[i]->prev_dirs = NULL;
 		old[i]->n_prev_dirs = 0;
 	}
+	/* Now that every child is back in place, so a parent's time only
+	 * moves forward. */
+	for (size_t i = 0; i < n_old; i++)
+		if (!old[i]->seen && old[i]->parent && old[i]->parent->seen)
+			old[i]->parent->child_came = true;
+	for (size_t i = 0; i < n_old; i++)
+		if (old[i]->seen && old[i]->child_came) {
+			old[i]->child_came = false;
+			tree_dir_changed(t, old[i]);
+		}
+	t->folders_installed = true;
 	for (size_t i = 0; i < n_old; i++) {
 		if (old[i]->seen)
 			continue;
@@ -746,7 +764,7 @@ int fs_tree_load_folders(struct fs_tree *t, const char **error_r)
 
 	st = t->be->ops->list_folders(t->be, &folders, &nf, error_r);
 	if (st != BACKEND_OK)
-		return st == BACKEND_NOT_FOUND ? -ENOENT : -EIO;
+		return -backend_status_errno(st);
 	if (t->meta)
 		meta_cache_save_folders(t->meta, folders, nf);
 	ret = tree_install_folders(t, folders, nf, error_r);
@@ -839,6 +857,20 @@ fail:
 	return NULL;
 }
 
+/* The folder index's namer: the same names, in UID order. */
+static int tree_name_listing(const struct backend_message *m, size_t n,
+	char **names_r)
+{
+	struct named_msg *nm = name_messages(m, n);
+
+	if (!nm)
+		return -1;
+	for (size_t i = 0; i < n; i++)
+		names_r[nm[i].index] = nm[i].name;
+	free(nm);
+	return 0;
+}
+
 void tree_inval_add(struct inval_list *il, fuse_ino_t parent,
 	const char *name)
 {
@@ -873,15 +905,14 @@ void tree_inval_send(struct fs_tree *t, struct inval_list *il)
 	memset(il, 0, sizeof(*il));
 }
 
-/* Installs a listing into dir, reusing nodes the kernel knows, and keeps
- * the listing itself (m, which it takes over) for the next resync.
+/* Installs a listing (borrowed) into dir, reusing nodes the kernel knows.
  * Vanished messages are added to *il. */
 static int merge_messages(struct fs_tree *t, struct node *dir,
-	const struct backend_folder_state *state, struct backend_message *m,
-	size_t n, struct named_msg *nm, struct inval_list *il)
+	const struct folder_listing *l, struct inval_list *il)
 {
+	size_t n = l->count;
 	struct node **list = calloc(n ? n : 1, sizeof(*list));
-	uint32_t uidvalidity = state->uidvalidity;
+	uint32_t uidvalidity = l->state.uidvalidity;
 	uint64_t stamp = ++t->merge_seq;
 	size_t k = 0;
 
@@ -902,7 +933,7 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 	for (size_t i = 0; i < dir->n_msgs; i++)
 		dir->msgs[i]->seen = false;
 	for (size_t i = 0; i < n; i++) {
-		const struct backend_message *bm = &m[nm[i].index];
+		const struct backend_message *bm = &l->msgs[i];
 		struct node key = { .uid = bm->uid }, *kp = &key, **hit;
 		struct node *x = NULL;
 		fuse_ino_t ino = tree_msg_ino(dir->raw, uidvalidity, bm->uid);
@@ -936,22 +967,23 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 			x->mtime = bm->internaldate;
 			x->size_uncertain = bm->size_uncertain;
 			tree_hash_add(t, x);
-		} else if (x->name && strcmp(x->name, nm[i].name) != 0 &&
+		} else if (x->name && strcmp(x->name, l->names[i]) != 0 &&
 			   x->attached) {
 			tree_inval_add(il, dir->ino, x->name);
 		}
-		/* A size a full read settled beats an estimate. */
+		/* A size a full read settled beats an estimate (the index
+		 * keeps it too, from folder_index_settle_size). */
 		if (x->size_uncertain) {
 			x->size = bm->size;
 			x->size_uncertain = bm->size_uncertain;
-		} else if (bm->size_uncertain) {
-			m[nm[i].index].size = x->size;
-			m[nm[i].index].size_uncertain = false;
-			dir->meta_dirty = true;
 		}
 		free(x->name);
-		x->name = nm[i].name;
-		nm[i].name = NULL;
+		x->name = strdup(l->names[i]);
+		if (!x->name) {
+			/* Not listed this time; the node stays findable. */
+			x->attached = false;
+			continue;
+		}
 		free(x->flags);
 		x->flags = strdup(bm->flags ? bm->flags : "");
 		x->parent = dir;
@@ -979,173 +1011,64 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 	dir->n_by_ino = 0;
 	dir->prefetched_upto = dir->prefetched_upto_ino = 0;
 	dir->uidvalidity = uidvalidity;
-	backend_messages_free(&dir->listing, dir->n_listing);
-	dir->listing = m;
-	dir->n_listing = n;
-	dir->state = *state;
+	dir->list_changed_at = l->changed_at;
 	dir->msgs_loaded = true;
 	return 0;
 }
 
-/* A deep copy of a listing, or NULL (no memory). */
-static struct backend_message *listing_copy(const struct backend_message *m,
-	size_t n)
-{
-	struct backend_message *c = calloc(n + 1, sizeof(*c));
-
-	for (size_t i = 0; c && i < n; i++) {
-		c[i] = m[i];
-		c[i].flags = strdup(m[i].flags ? m[i].flags : "");
-		c[i].header = malloc(m[i].header_len + 1);
-		if (!c[i].flags || !c[i].header) {
-			backend_messages_free(&c, i + 1);
-			break;
-		}
-		memcpy(c[i].header, m[i].header, m[i].header_len);
-		c[i].header[m[i].header_len] = '\0';
-	}
-	return c;
-}
-
-/* Drops from a fresh listing the messages removed through the mount while
- * it was fetched (lock held).  Returns how many it dropped. */
-static size_t drop_gone(struct node *dir,
-	const struct backend_folder_state *state, struct backend_message *m,
-	size_t *n)
-{
-	size_t k = 0, dropped = 0;
-
-	for (size_t i = 0; i < *n; i++) {
-		bool gone = false;
-
-		for (size_t j = 0; j < dir->n_gone && !gone; j++)
-			gone = dir->gone[j].uid == m[i].uid &&
-				dir->gone[j].uidvalidity == state->uidvalidity;
-		if (gone) {
-			free(m[i].flags);
-			free(m[i].header);
-			dropped++;
-			continue;
-		}
-		m[k++] = m[i];
-	}
-	*n = k;
-	return dropped;
-}
-
-static void free_names(struct named_msg **nm, size_t n)
-{
-	if (!*nm)
-		return;
-	for (size_t i = 0; i < n; i++)
-		free((*nm)[i].name);
-	free(*nm);
-	*nm = NULL;
-}
-
-/* Fetches dir's listing from the server (incrementally when one is known)
- * and installs it.  Called with the lock held and dir->loading clear;
- * drops the lock around the network.  Returns 0 or a negative errno.
- *
- * The backend works on a private copy of the known listing: rm, mv and
- * size corrections change dir->listing under the lock meanwhile.  What
- * they did is noted in dir (gone, *_while_loading) and applied again to
- * the answer, which may predate them. */
+/* Fetches dir's listing through the folder index (incrementally when one
+ * is known) and installs it.  Called with the lock held and dir->loading
+ * clear; drops the lock around the network.  Returns 0 or a negative
+ * errno.  What rm and mv do meanwhile is the index's to apply; the
+ * version installed is the index's latest, read back under the lock. */
 int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 	struct inval_list *il)
 {
-	struct backend_folder_state state, known_state = dir->state;
-	struct backend_message *m = NULL, *known = NULL;
-	size_t n = 0, n_named = 0, n_known = dir->n_listing, repeats = 0;
-	bool resync = t->be->ops->resync_messages && dir->listing;
-	struct named_msg *nm = NULL;
+	struct folder_listing *l = NULL;
 	enum backend_status st;
 	const char *error = "";
-	uint32_t first_repeat;
 	char *raw;
 	int ret = 0;
 
 	raw = strdup(dir->raw);
-	if (resync)
-		known = listing_copy(dir->listing, n_known);
-	if (!raw || (resync && !known)) {
-		free(raw);
+	if (!raw)
 		return -ENOMEM;
-	}
 	dir->loading = true;
-	dir->n_gone = 0;
-	dir->changed_while_loading = false;
 	dir->moved_in_while_loading = false;
 	pthread_mutex_unlock(&t->lock);
 
-	if (resync)
-		st = t->be->ops->resync_messages(t->be, raw, &known_state,
-			known, n_known, &state, &m, &n, &error);
-	else
-		st = t->be->ops->list_messages(t->be, raw, &state, &m, &n,
-			&error);
-	backend_messages_free(&known, n_known);
-	if (st == BACKEND_OK) {
-		/* Whatever the backend promised: one entry per UID. */
-		n = backend_messages_normalize(m, n, &repeats, &first_repeat);
-		if (repeats) {
-			log_warn("server error: %s lists UID %u twice",
-				raw, first_repeat);
-			state.uidnext = 0;   /* list in full next time */
-		}
-		nm = name_messages(m, n);
-		n_named = n;
-		if (!nm)
-			st = BACKEND_TEMP;
-		else if (t->meta)
-			meta_cache_save_messages(t->meta, raw, &state, m, n);
-	} else {
+	st = folder_index_refresh(t->index, raw, &l, &error);
+	folder_listing_release(&l);
+	if (st != BACKEND_OK)
 		log_debug("cannot list %s: %s", raw, error);
-	}
 
 	pthread_mutex_lock(&t->lock);
 	dir->loading = false;
 	pthread_cond_broadcast(&t->loaded);
 	/* Even a failure counts as an attempt: retry after the period. */
 	dir->loaded_at = tree_now();
-	if (st == BACKEND_OK && dir->n_gone &&
-	    drop_gone(dir, &state, m, &n) > 0) {
-		/* Names depend on their neighbours (~2, ~3): derive them
-		 * again for what is left.  Rare, and local work. */
-		free_names(&nm, n_named);
-		nm = name_messages(m, n);
-		n_named = n;
-		if (!nm)
-			st = BACKEND_TEMP;
-	}
-	if (st != BACKEND_OK) {
+	if (st == BACKEND_OK && dir->raw && strcmp(dir->raw, raw) == 0)
+		l = folder_index_get(t->index, raw);
+	if (l)
+		ret = merge_messages(t, dir, l, il);
+	else if (st != BACKEND_OK)
 		/* Keep serving an older listing rather than nothing. */
-		ret = dir->msgs_loaded ? 0 :
-			st == BACKEND_NOT_FOUND ? -ENOENT : -EIO;
-	} else if (dir->raw && strcmp(dir->raw, raw) == 0) {
-		ret = merge_messages(t, dir, &state, m, n, nm, il);
-		if (ret == 0)
-			m = NULL;   /* kept as dir->listing */
-	}
-	if (dir->n_gone || dir->changed_while_loading ||
-	    dir->moved_in_while_loading) {
-		/* The answer cannot vouch for the counts any more, nor the
-		 * saved copy for what was removed. */
-		dir->state.highestmodseq = 0;
+		ret = dir->msgs_loaded ? 0 : -backend_status_errno(st);
+	if (dir->moved_in_while_loading) {
+		dir->msgs_loaded = false;
 		dir->loaded_at = 0;
-		dir->meta_dirty = true;
+		dir->moved_in_while_loading = false;
 	}
-	if (dir->moved_in_while_loading)
-		dir->msgs_loaded = false;   /* the answer may predate it */
-	free(dir->gone);
-	dir->gone = NULL;
-	dir->n_gone = 0;
-	dir->changed_while_loading = false;
-	dir->moved_in_while_loading = false;
-	free_names(&nm, n_named);
-	backend_messages_free(&m, n);
+	folder_listing_release(&l);
 	free(raw);
 	return ret;
+}
+
+static void refresh_job_done(struct fs_tree *t, struct node *dir)
+{
+	dir->refresh_queued = false;
+	dir->pins--;
+	tree_maybe_free(t, dir);
 }
 
 struct refresh_job {
@@ -1153,49 +1076,56 @@ struct refresh_job {
 	struct node *dir;
 };
 
-static void *refresh_thread(void *arg)
+static void refresh_job_run(void *arg)
 {
 	struct refresh_job *job = arg;
 	struct fs_tree *t = job->t;
 	struct inval_list il = { 0 };
 
 	pthread_mutex_lock(&t->lock);
-	if (!job->dir->loading)
+	job->dir->refresh_queued = false;
+	if (!job->dir->loading && !t->stopping)
 		tree_refresh_messages(t, job->dir, &il);
-	job->dir->pins--;
-	tree_maybe_free(t, job->dir);
+	refresh_job_done(t, job->dir);
 	pthread_mutex_unlock(&t->lock);
 	tree_inval_send(t, &il);
-
-	pthread_mutex_lock(&t->lock);
-	if (--t->n_workers == 0)
-		pthread_cond_broadcast(&t->workers_done);
-	pthread_mutex_unlock(&t->lock);
 	free(job);
-	return NULL;
 }
 
-/* Starts a background refresh of dir (lock held). */
+static void refresh_job_cancel(void *arg)
+{
+	struct refresh_job *job = arg;
+
+	pthread_mutex_lock(&job->t->lock);
+	refresh_job_done(job->t, job->dir);
+	pthread_mutex_unlock(&job->t->lock);
+	free(job);
+}
+
+/* Queues a background refresh of dir (lock held).  When the queue is
+ * full it is simply not done: the next access asks again. */
 void tree_refresh_async(struct fs_tree *t, struct node *dir)
 {
-	struct refresh_job *job = malloc(sizeof(*job));
-	pthread_attr_t attr;
-	pthread_t th;
+	struct refresh_job *job;
 
-	if (!job)
+	if (dir->refresh_queued || !(job = malloc(sizeof(*job))))
 		return;
 	job->t = t;
 	job->dir = dir;
 	dir->pins++;
-	t->n_workers++;
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	if (pthread_create(&th, &attr, refresh_thread, job) != 0) {
+	dir->refresh_queued = true;
+	if (!work_queue_submit(t->bg, refresh_job_run, refresh_job_cancel,
+			job)) {
+		dir->refresh_queued = false;
 		dir->pins--;
-		t->n_workers--;
 		free(job);
 	}
-	pthread_attr_destroy(&attr);
+}
+
+bool fs_tree_run_later(struct fs_tree *t, void (*run)(void *arg),
+	void (*cancel)(void *arg), void *arg)
+{
+	return work_queue_submit(t->bg, run, cancel, arg);
 }
 
 /* Makes sure dir's message list is there.  A folder never listed is
@@ -1242,45 +1172,77 @@ int tree_ensure_messages(struct fs_tree *t, struct node *dir, bool fresh)
 static void preload_cached_listings(struct fs_tree *t)
 {
 	struct node **dirs = NULL;
-	size_t n = 0, cap = 0;
+	char **raws = NULL;
+	size_t n = 0, cap = 0, k = 0;
 
 	if (!t->meta)
 		return;
 	pthread_mutex_lock(&t->lock);
 	collect_dirs(t->root, &dirs, &n, &cap);
-	for (size_t i = 0; i < n; i++) {
-		struct node *d = dirs[i];
-		struct backend_folder_state state;
-		struct backend_message *m = NULL;
-		struct named_msg *nm;
-		struct inval_list il = { 0 };
-		size_t count = 0;
+	raws = calloc(n + 1, sizeof(*raws));
+	for (size_t i = 0; raws && i < n; i++)
+		if (dirs[i]->raw && dirs[i]->selectable &&
+		    !dirs[i]->msgs_loaded && !dirs[i]->loading &&
+		    (raws[k] = strdup(dirs[i]->raw)))
+			k++;
+	pthread_mutex_unlock(&t->lock);
+	free(dirs);
 
-		if (!d->raw || !d->selectable || d->msgs_loaded || d->loading)
-			continue;
-		/* Startup only: a local read, fine under the lock. */
-		if (meta_cache_load_messages(t->meta, d->raw, &state, &m,
-				&count) < 0)
-			continue;
-		nm = name_messages(m, count);
-		if (nm && merge_messages(t, d, &state, m, count, nm, &il) == 0) {
-			m = NULL;
-			d->loaded_at = 0;
+	for (size_t i = 0; i < k; i++) {
+		struct folder_listing *l = NULL;
+		struct inval_list il = { 0 };
+		struct node *d;
+
+		/* File I/O: without the tree lock. */
+		if (folder_index_load(t->index, raws[i], &l) == 0) {
+			pthread_mutex_lock(&t->lock);
+			d = dir_by_raw(t->root, raws[i]);
+			if (d && d->selectable && !d->msgs_loaded &&
+			    !d->loading && merge_messages(t, d, l, &il) == 0)
+				d->loaded_at = 0;
+			pthread_mutex_unlock(&t->lock);
 		}
-		if (nm)
-			for (size_t j = 0; j < count; j++)
-				free(nm[j].name);
-		free(nm);
-		backend_messages_free(&m, count);
+		folder_listing_release(&l);
 		for (size_t j = 0; j < il.n; j++)
 			free(il.items[j].name);
 		free(il.items);
+		free(raws[i]);
 	}
-	pthread_mutex_unlock(&t->lock);
-	free(dirs);
+	free(raws);
 }
 
 /* ---- attributes and lookups ---------------------------------------------- */
+
+/* A directory's own change time: its listing's, or a child directory's
+ * coming or going. */
+static int64_t dir_changed_at(const struct node *d)
+{
+	return d->list_changed_at > d->dirs_changed_at ? d->list_changed_at :
+		d->dirs_changed_at;
+}
+
+/* A directory's mtime moves forward when its entries change and stays
+ * put otherwise, also across remounts (the folder index keeps listing
+ * times in the metadata cache).  One that never saw a change of its own
+ * (the root, a folder holding only folders) takes its newest child's. */
+static int64_t dir_mtime(const struct fs_tree *t, const struct node *d)
+{
+	int64_t m = dir_changed_at(d), newest = 0;
+
+	for (size_t i = 0; m == 0 && i < d->n_dirs; i++)
+		if (dir_changed_at(d->dirs[i]) > newest)
+			newest = dir_changed_at(d->dirs[i]);
+	if (m == 0)
+		m = newest;
+	return m ? m : (int64_t)t->start_time;
+}
+
+void tree_dir_changed(struct fs_tree *t, struct node *dir)
+{
+	int64_t now = (int64_t)time(NULL), last = dir_mtime(t, dir);
+
+	dir->dirs_changed_at = now > last ? now : last + 1;
+}
 
 void tree_fill_stat(struct fs_tree *t, const struct node *n, struct stat *st)
 {
@@ -1291,7 +1253,8 @@ void tree_fill_stat(struct fs_tree *t, const struct node *n, struct stat *st)
 	if (n->is_dir) {
 		st->st_mode = S_IFDIR | 0700;
 		st->st_nlink = 2 + n->n_dirs;
-		st->st_mtime = st->st_atime = st->st_ctime = t->start_time;
+		st->st_mtime = st->st_atime = st->st_ctime =
+			(time_t)dir_mtime(t, n);
 		return;
 	}
 	st->st_mode = S_IFREG | 0600;
@@ -1415,41 +1378,37 @@ int fs_tree_getattr(struct fs_tree *t, fuse_ino_t ino, struct stat *st,
 
 /* ---- directory snapshots --------------------------------------------------- */
 
-static void *folders_thread(void *arg)
+static void folders_job_cancel(void *arg)
+{
+	struct fs_tree *t = arg;
+
+	pthread_mutex_lock(&t->lock);
+	t->folders_loading = false;
+	t->folders_at = tree_now();
+	pthread_mutex_unlock(&t->lock);
+}
+
+static void folders_job_run(void *arg)
 {
 	struct fs_tree *t = arg;
 	const char *error;
 
 	if (fs_tree_load_folders(t, &error) < 0)
 		log_debug("cannot refresh the folder list: %s", error);
-	pthread_mutex_lock(&t->lock);
-	t->folders_loading = false;
-	t->folders_at = tree_now();
-	if (--t->n_workers == 0)
-		pthread_cond_broadcast(&t->workers_done);
-	pthread_mutex_unlock(&t->lock);
-	return NULL;
+	folders_job_cancel(t);
 }
 
 /* Folders made or removed by other clients show up when the root is read
  * and the list is older than the refresh period (lock held). */
 static void refresh_folders_async(struct fs_tree *t)
 {
-	pthread_attr_t attr;
-	pthread_t th;
-
 	if (t->folders_loading ||
 	    tree_now() - t->folders_at < (time_t)t->refresh_s)
 		return;
 	t->folders_loading = true;
-	t->n_workers++;
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	if (pthread_create(&th, &attr, folders_thread, t) != 0) {
+	if (!work_queue_submit(t->bg, folders_job_run,
+			folders_job_cancel, t))
 		t->folders_loading = false;
-		t->n_workers--;
-	}
-	pthread_attr_destroy(&attr);
 }
 
 int fs_tree_snapshot_dir(struct fs_tree *t, fuse_ino_t ino,
@@ -1543,21 +1502,12 @@ int fs_tree_check_message(struct fs_tree *t, fuse_ino_t ino)
 }
 
 /* A full read showed the message's real size: remember it, also in the
- * listing the metadata cache keeps (saved when unmounting). */
-static void settle_size(struct node *x, uint64_t true_size)
+ * folder index (which saves it in the metadata cache). */
+static void settle_size(struct fs_tree *t, struct node *x, uint64_t true_size)
 {
-	struct node *dir = x->attached ? x->parent : NULL;
-
 	x->size_uncertain = false;
-	if (!dir)
-		return;
-	for (size_t i = 0; i < dir->n_listing; i++)
-		if (dir->listing[i].uid == x->uid) {
-			dir->listing[i].size = true_size;
-			dir->listing[i].size_uncertain = false;
-			dir->meta_dirty = true;
-			break;
-		}
+	folder_index_settle_size(t->index, x->folder_raw, x->msg_uidvalidity,
+		x->uid, true_size);
 }
 
 #define READAHEAD_FILES 384
@@ -1692,7 +1642,7 @@ ssize_t fs_tree_read(struct fs_tree *t, fuse_ino_t ino, uint64_t offset,
 		x = tree_find(t, ino);
 		if (x && !x->is_dir && (x->size_uncertain ||
 					x->size != true_size))
-			settle_size(x, true_size);
+			settle_size(t, x, true_size);
 		pthread_mutex_unlock(&t->lock);
 	}
 	if (got >= 0 && true_size && true_size != ref.size) {

@@ -32,6 +32,14 @@ struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
 	struct meta_cache *meta, unsigned refresh_s);
 void fs_tree_free(struct fs_tree **tree);
 
+/* Runs run(arg) soon on the tree's bounded pool of background workers,
+ * outside any request handler (kernel notifications that must not be
+ * sent from inside one).  false when the pool is full or stopping: arg is
+ * then still the caller's.  cancel(arg) replaces run(arg) for a job that
+ * never ran (unmount). */
+bool fs_tree_run_later(struct fs_tree *tree, void (*run)(void *arg),
+	void (*cancel)(void *arg), void *arg);
+
 /* Fetches the folder list and rebuilds the directory tree.  Returns 0 or a
  * negative errno with *error_r set. */
 int fs_tree_load_folders(struct fs_tree *tree, const char **error_r);

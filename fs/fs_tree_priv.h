@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "fs/fs_tree.h"
+#include "src/folder_index.h"
 
 /* Message files never change: let the kernel keep what it learned. */
 #define MSG_TIMEOUT 3600.0
@@ -36,18 +37,13 @@ struct node {
 	size_t n_staged;
 	bool msgs_loaded;
 	bool loading;           /* a refresh is talking to the server */
-	/* Changes made through the mount while a refresh is under way: the
-	 * answer it gets may predate them (tree_note_*). */
-	struct gone_uid { uint32_t uidvalidity, uid; } *gone;
-	size_t n_gone;
-	bool changed_while_loading;  /* flags set */
-	bool moved_in_while_loading;
+	bool moved_in_while_loading;  /* its answer may predate the move */
+	bool refresh_queued;    /* a background refresh waits in t->bg */
 	time_t loaded_at;       /* monotonic; 0: from the metadata cache */
-	uint32_t uidvalidity;
-	struct backend_message *listing;  /* last listing, UID order; owned */
-	size_t n_listing;
-	struct backend_folder_state state;
-	bool meta_dirty;        /* listing changed since saved: save at exit */
+	uint32_t uidvalidity;   /* of the listing msgs came from */
+	int64_t list_changed_at;  /* that listing's changed_at */
+	int64_t dirs_changed_at;  /* wall clock: a child dir came or went */
+	bool child_came;        /* scratch for folder-list merges */
 	size_t last_read;       /* index+1 of the message last read from 0 */
 	size_t prefetched_upto; /* read-ahead queued up to this index */
 	struct node **by_ino;   /* msgs in inode order, built when needed */
@@ -92,9 +88,9 @@ struct fs_tree {
 	size_t n_buckets;
 	size_t n_nodes;
 	struct meta_cache *meta;          /* may be NULL */
-	unsigned n_workers;               /* background refreshes running */
+	struct folder_index *index;       /* owned; listings live there */
+	struct work_queue *bg;            /* owned: refreshes, notifications */
 	uint64_t merge_seq;               /* one stamp per listing merge */
-	pthread_cond_t workers_done;
 	char *source;                     /* user.mailfs.source text */
 	char *(*stats_hook)(void *ctx);
 	void *stats_ctx;
@@ -111,6 +107,7 @@ struct fs_tree {
 	pthread_cond_t stage_wake;
 
 	time_t folders_at;                /* monotonic: last folder list */
+	bool folders_installed;           /* later lists are changes */
 	bool folders_loading;
 
 	/* the change watcher (fs_tree.c) */
@@ -151,6 +148,9 @@ int tree_add_child_dir(struct node *parent, struct node *child);
 int tree_install_folders(struct fs_tree *t,
 	const struct backend_folder *folders, size_t nf, const char **error_r);
 
+/* Moves dir's mtime forward: its entries changed (lock held). */
+void tree_dir_changed(struct fs_tree *t, struct node *dir);
+
 void tree_fill_stat(struct fs_tree *t, const struct node *n, struct stat *st);
 void tree_fill_entry(struct fs_tree *t, const struct node *n,
 	struct fuse_entry_param *e);
@@ -167,9 +167,9 @@ void tree_refresh_async(struct fs_tree *t, struct node *dir);
 void tree_detach_message(struct fs_tree *t, struct node *dir, struct node *x);
 /* dir's listing on the server changed through the mount in a way its next
  * resync must not take on trust (lock held): flags were set, or a message
- * was moved in (which the next lookup must already see). */
-void tree_note_flags_set(struct node *dir);
-void tree_note_moved_in(struct node *dir);
+ * was moved in (which the next lookup must already see: it lists again). */
+void tree_note_flags_set(struct fs_tree *t, struct node *dir);
+void tree_note_moved_in(struct fs_tree *t, struct node *dir);
 
 /* Staged files (fs_stage.c; lock held). */
 struct node *tree_find_staged(struct node *dir, const char *name);
@@ -180,8 +180,6 @@ int stage_setxattr(struct fs_tree *t, struct node *x, const char *name,
 	const char *value);
 int stage_start(struct fs_tree *t);
 void stage_stop(struct fs_tree *t);
-
-int backend_errno(enum backend_status st);
 
 void tree_inval_add(struct inval_list *il, fuse_ino_t parent,
 	const char *name);

@@ -83,6 +83,7 @@ static void test_cache_repairs_repeats(void)
 	char dir[] = "/tmp/mailfs-test-listing-XXXXXX";
 	struct meta_cache *mc = NULL;
 	const char *error;
+	int64_t changed = 0;
 	size_t n = 0;
 
 	if (!mkdtemp(dir)) {
@@ -91,9 +92,11 @@ static void test_cache_repairs_repeats(void)
 	}
 	CHECK(meta_cache_open(dir, &mc, &error) == 0);
 	/* As an older mailfs saved a server's contradictory answer. */
-	CHECK(meta_cache_save_messages(mc, "INBOX", &state, m, 4) == 0);
-	CHECK(meta_cache_load_messages(mc, "INBOX", &got, &back, &n) == 0);
+	CHECK(meta_cache_save_messages(mc, "INBOX", &state, 77, m, 4) == 0);
+	CHECK(meta_cache_load_messages(mc, "INBOX", &got, &changed, &back,
+		&n) == 0);
 	CHECK(n == 3, "%zu messages loaded", n);
+	CHECK(changed == 77);
 	check_strict(back, n, "loaded");
 	CHECK(got.uidvalidity == 42 && got.uidnext == 8);
 	CHECK(got.highestmodseq == 0, "the saved modseq is not trusted");
@@ -102,9 +105,10 @@ static void test_cache_repairs_repeats(void)
 	/* A sound listing comes back as it was saved. */
 	backend_messages_free(&m, 4);
 	m = listing((const uint32_t[]){ 3, 4, 7 }, 3);
-	CHECK(meta_cache_save_messages(mc, "INBOX", &state, m, 3) == 0);
-	CHECK(meta_cache_load_messages(mc, "INBOX", &got, &back, &n) == 0);
-	CHECK(n == 3 && got.highestmodseq == 99);
+	CHECK(meta_cache_save_messages(mc, "INBOX", &state, 78, m, 3) == 0);
+	CHECK(meta_cache_load_messages(mc, "INBOX", &got, &changed, &back,
+		&n) == 0);
+	CHECK(n == 3 && got.highestmodseq == 99 && changed == 78);
 	backend_messages_free(&back, n);
 	backend_messages_free(&m, 3);
 	meta_cache_close(&mc);
