@@ -1147,14 +1147,13 @@ int tree_ensure_messages(struct fs_tree *t, struct node *dir, bool fresh)
 			tree_refresh_async(t, dir);
 		return 0;
 	}
-	if (dir->loading) {
-		while (dir->loading)
-			pthread_cond_wait(&t->loaded, &t->lock);
-		return dir->msgs_loaded ? 0 : -EIO;
-	}
-	dir->pins++;
-	ret = tree_refresh_messages(t, dir, &il);
-	dir->pins--;
+	dir->pins++;   /* it may be detached while we wait */
+	while (dir->loading)
+		pthread_cond_wait(&t->loaded, &t->lock);
+	/* The listing we waited for may have failed, or predate a message
+	 * moved in meanwhile: then list it ourselves, once. */
+	ret = dir->msgs_loaded ? 0 : tree_refresh_messages(t, dir, &il);
+	dir->pins--;   /* the caller's kernel reference keeps it */
 	if (il.n) {
 		/* We are inside a request for this directory: hand the
 		 * invalidations to a thread (there are none on a first
