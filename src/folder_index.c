@@ -324,14 +324,14 @@ static bool apply_local(const struct folder *f,
 				m[i].size = old->msgs[o].size;
 				m[i].size_uncertain = false;
 			}
-			for (size_t j = 0; j < f->n_settled; j++)
-				if (f->settled[j].uid == m[i].uid &&
-				    f->settled[j].uidvalidity ==
-				    state->uidvalidity) {
-					m[i].size = f->settled[j].size;
-					m[i].size_uncertain = false;
-				}
 		}
+		/* A full read's size beats whatever the server announced. */
+		for (size_t j = 0; j < f->n_settled; j++)
+			if (f->settled[j].uid == m[i].uid &&
+			    f->settled[j].uidvalidity == state->uidvalidity) {
+				m[i].size = f->settled[j].size;
+				m[i].size_uncertain = false;
+			}
 		m[k++] = m[i];
 	}
 	*n = k;

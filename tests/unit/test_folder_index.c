@@ -323,6 +323,15 @@ static void test_changes_during_refresh(void)
 	l = refresh(idx);
 	CHECK(l && l->count == 1 && l->msgs[0].size == 4242);
 	folder_listing_release(&l);
+	/* A size the server announced wrongly, corrected by a full read
+	 * while a refresh waits: the correction stays too. */
+	fk.uncertain = false;
+	fk.during = settle_three;
+	fk.sizes[0] = 999;
+	l = refresh(idx);
+	CHECK(l && l->count == 1 && l->msgs[0].size == 4242, "size %llu",
+		l && l->count ? (unsigned long long)l->msgs[0].size : 0ULL);
+	folder_listing_release(&l);
 	folder_listing_release(&before);
 	folder_index_free(&idx);
 }
