@@ -198,13 +198,7 @@ void fs_tree_free(struct fs_tree **tp)
 
 	if (!t)
 		return;
-	if (t->watcher_running) {
-		pthread_mutex_lock(&t->lock);
-		t->stopping = true;
-		pthread_mutex_unlock(&t->lock);
-		t->be->ops->interrupt_wait(t->be);
-		pthread_join(t->watcher, NULL);
-	}
+	folder_index_stop_watch(t->index);
 	stage_stop(t);
 	/* Background jobs hold pointers into the tree; each is bounded by
 	 * the network timeout.  Those not started are dropped. */
@@ -228,7 +222,6 @@ void fs_tree_free(struct fs_tree **tp)
 	pthread_cond_destroy(&t->loaded);
 	free(t->trash);
 	free(t->stage_dir);
-	free(t->watch_folder);
 	free(t->source);
 	free(t);
 	*tp = NULL;
@@ -248,49 +241,28 @@ static struct node *dir_by_raw(struct node *d, const char *raw)
 	return NULL;
 }
 
-static void *watcher_main(void *arg)
+static int merge_messages(struct fs_tree *t, struct node *dir,
+	const struct folder_listing *l, struct inval_list *il);
+
+/* The folder index saw another client change raw (IDLE) and refreshed
+ * it: show the new listing.  From the index's watcher thread. */
+static void folder_changed(void *ctx, const char *raw)
 {
-	struct fs_tree *t = arg;
+	struct fs_tree *t = ctx;
+	struct inval_list il = { 0 };
+	struct folder_listing *l;
+	struct node *dir;
 
-	for (;;) {
-		struct inval_list il = { 0 };
-		enum backend_status st;
-		const char *error;
-		struct node *dir;
-
-		/* Servers drop IDLE after 30 minutes; renew well before. */
-		st = t->be->ops->wait_changes(t->be, t->watch_folder, 20 * 60,
-			&error);
-		pthread_mutex_lock(&t->lock);
-		if (t->stopping) {
-			pthread_mutex_unlock(&t->lock);
-			break;
-		}
-		dir = dir_by_raw(t->root, t->watch_folder);
-		if (st == BACKEND_OK && dir && dir->selectable &&
-		    !dir->loading) {
-			dir->pins++;
-			tree_refresh_messages(t, dir, &il);
-			dir->pins--;
-			tree_maybe_free(t, dir);
-		}
-		pthread_mutex_unlock(&t->lock);
-		tree_inval_send(t, &il);
-		if (st != BACKEND_OK)
-			log_debug("watching %s: %s", t->watch_folder, error);
+	pthread_mutex_lock(&t->lock);
+	dir = dir_by_raw(t->root, raw);
+	if (dir && dir->selectable && !dir->loading && !t->stopping &&
+	    (l = folder_index_get(t->index, raw))) {
+		merge_messages(t, dir, l, &il);
+		dir->loaded_at = tree_now();
+		folder_listing_release(&l);
 	}
-	return NULL;
-}
-
-static void fs_tree_watch(struct fs_tree *t, const char *raw_folder)
-{
-	if (!t->be->ops->wait_changes || !t->be->ops->interrupt_wait ||
-	    t->watcher_running)
-		return;
-	t->watch_folder = strdup(raw_folder);
-	if (t->watch_folder &&
-	    pthread_create(&t->watcher, NULL, watcher_main, t) == 0)
-		t->watcher_running = true;
+	pthread_mutex_unlock(&t->lock);
+	tree_inval_send(t, &il);
 }
 
 int fs_tree_enable_writes(struct fs_tree *t, const char *trash,
@@ -308,7 +280,7 @@ int fs_tree_start(struct fs_tree *t, const char *watch_folder)
 	int ret = t->stage_dir ? stage_start(t) : 0;
 
 	if (watch_folder)
-		fs_tree_watch(t, watch_folder);
+		folder_index_watch(t->index, watch_folder, folder_changed, t);
 	return ret;
 }
 

@@ -110,10 +110,6 @@ struct fs_tree {
 	bool folders_installed;           /* later lists are changes */
 	bool folders_loading;
 
-	/* the change watcher (fs_tree.c) */
-	pthread_t watcher;
-	bool watcher_running;
-	char *watch_folder;               /* raw name, e.g. INBOX */
 };
 
 /* Seconds a copied-in file must stay untouched and closed before it is

@@ -47,6 +47,13 @@ struct folder_index {
 	struct folder **folders;
 	size_t n_folders;
 	uint64_t next_id;
+
+	/* the change watcher */
+	pthread_t watcher;
+	bool watching, stop_watch;
+	char *watch_raw;
+	void (*changed)(void *ctx, const char *raw);
+	void *changed_ctx;
 };
 
 static struct version *version_of(struct folder_listing *l)
@@ -220,6 +227,7 @@ void folder_index_free(struct folder_index **idxp)
 
 	if (!idx)
 		return;
+	folder_index_stop_watch(idx);
 	for (size_t i = 0; i < idx->n_folders; i++) {
 		struct folder *f = idx->folders[i];
 
@@ -676,4 +684,64 @@ void folder_index_forget(struct folder_index *idx, const char *raw)
 	pthread_mutex_unlock(&idx->lock);
 	if (idx->meta)
 		meta_cache_drop_messages(idx->meta, raw);
+}
+
+static void *watcher_main(void *arg)
+{
+	struct folder_index *idx = arg;
+
+	for (;;) {
+		struct folder_listing *l = NULL;
+		enum backend_status st;
+		const char *error = "";
+		bool stop;
+
+		/* Servers drop IDLE after 30 minutes; renew well before. */
+		st = idx->be->ops->wait_changes(idx->be, idx->watch_raw,
+			20 * 60, &error);
+		pthread_mutex_lock(&idx->lock);
+		stop = idx->stop_watch;
+		pthread_mutex_unlock(&idx->lock);
+		if (stop)
+			break;
+		if (st != BACKEND_OK) {
+			log_debug("watching %s: %s", idx->watch_raw, error);
+			continue;
+		}
+		st = folder_index_refresh(idx, idx->watch_raw, &l, &error);
+		folder_listing_release(&l);
+		if (st == BACKEND_OK)
+			idx->changed(idx->changed_ctx, idx->watch_raw);
+		else
+			log_debug("cannot list %s: %s", idx->watch_raw, error);
+	}
+	return NULL;
+}
+
+void folder_index_watch(struct folder_index *idx, const char *raw,
+	void (*changed)(void *ctx, const char *raw), void *ctx)
+{
+	if (!idx->be->ops->wait_changes || !idx->be->ops->interrupt_wait ||
+	    idx->watching)
+		return;
+	idx->watch_raw = strdup(raw);
+	idx->changed = changed;
+	idx->changed_ctx = ctx;
+	if (idx->watch_raw &&
+	    pthread_create(&idx->watcher, NULL, watcher_main, idx) == 0)
+		idx->watching = true;
+}
+
+void folder_index_stop_watch(struct folder_index *idx)
+{
+	if (idx->watching) {
+		pthread_mutex_lock(&idx->lock);
+		idx->stop_watch = true;
+		pthread_mutex_unlock(&idx->lock);
+		idx->be->ops->interrupt_wait(idx->be);
+		pthread_join(idx->watcher, NULL);
+		idx->watching = false;
+	}
+	free(idx->watch_raw);
+	idx->watch_raw = NULL;
 }

@@ -91,7 +91,18 @@ void folder_index_settle_size(struct folder_index *idx,
 /* The folder changed through the mount in a way its next resync must not
  * take on trust (flags set, a message moved in): it compares every UID. */
 void folder_index_distrust(struct folder_index *idx, const char *raw_folder);
-/* Forgets the folder's listing, in memory and on disk (deleted, renamed). */
+/* Forgets the folder's listing, in memory and on disk (deleted, renamed;
+ * one unlink). */
 void folder_index_forget(struct folder_index *idx, const char *raw_folder);
+
+/* Watches raw_folder for changes other clients make (IMAP IDLE) from a
+ * thread of its own: after each, the folder is refreshed and changed(ctx,
+ * raw_folder) called from that thread, without the index's lock, to pick
+ * up the new version.  Does nothing when the backend cannot watch.  At
+ * most one folder is watched; folder_index_free stops the watcher (before
+ * the caller frees what changed() uses, call folder_index_stop_watch). */
+void folder_index_watch(struct folder_index *idx, const char *raw_folder,
+	void (*changed)(void *ctx, const char *raw_folder), void *ctx);
+void folder_index_stop_watch(struct folder_index *idx);
 
 #endif
