@@ -1100,6 +1100,35 @@ bool fs_tree_run_later(struct fs_tree *t, void (*run)(void *arg),
 	return work_queue_submit(t->bg, run, cancel, arg);
 }
 
+static void inval_list_free(struct inval_list *il)
+{
+	for (size_t i = 0; i < il->n; i++)
+		free(il->items[i].name);
+	free(il->items);
+	memset(il, 0, sizeof(*il));
+}
+
+struct inval_job {
+	struct fs_tree *t;
+	struct inval_list il;
+};
+
+static void inval_job_run(void *arg)
+{
+	struct inval_job *job = arg;
+
+	tree_inval_send(job->t, &job->il);
+	free(job);
+}
+
+static void inval_job_cancel(void *arg)
+{
+	struct inval_job *job = arg;
+
+	inval_list_free(&job->il);
+	free(job);
+}
+
 /* Makes sure dir's message list is there.  A folder never listed is
  * fetched now; a known one (from this mount or the metadata cache) is
  * served as it is, and when `fresh` is asked and it is older than the
@@ -1127,12 +1156,20 @@ int tree_ensure_messages(struct fs_tree *t, struct node *dir, bool fresh)
 	ret = dir->msgs_loaded ? 0 : tree_refresh_messages(t, dir, &il);
 	dir->pins--;   /* the caller's kernel reference keeps it */
 	if (il.n) {
-		/* We are inside a request for this directory: hand the
-		 * invalidations to a thread (there are none on a first
-		 * listing, so this is rare). */
-		for (size_t i = 0; i < il.n; i++)
-			free(il.items[i].name);
-		free(il.items);
+		/* We are inside a request for this directory: a background
+		 * worker tells the kernel (there is nothing to tell after a
+		 * first listing, so this is rare). */
+		struct inval_job *job = malloc(sizeof(*job));
+
+		if (job) {
+			job->t = t;
+			job->il = il;
+		}
+		if (!job || !fs_tree_run_later(t, inval_job_run,
+				inval_job_cancel, job)) {
+			free(job);
+			inval_list_free(&il);
+		}
 	}
 	return ret;
 }

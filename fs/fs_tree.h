@@ -7,7 +7,16 @@
  * kernel holds a lookup reference to it (FUSE lookup/forget counting).
  *
  * One mutex guards the whole tree; it is never held across network I/O:
- * listings are fetched unlocked and merged in afterwards.
+ * listings are fetched unlocked and merged in afterwards.  The listings
+ * themselves live in the folder index (src/folder_index.h), which the tree
+ * owns and asks for immutable snapshots; background work (refreshes,
+ * kernel notifications) runs on one bounded work queue.
+ *
+ * Lock order: tree lock -> folder index lock, and tree lock -> msg_reader
+ * lock (read-ahead is queued under the tree lock).  The work queue's lock
+ * is a leaf; its jobs run without it and take the tree lock themselves.
+ * Kernel notifications are sent with no lock held and never from inside a
+ * request handler for the same directory.
  */
 #ifndef MAILFS_FS_TREE_H
 #define MAILFS_FS_TREE_H
