@@ -949,8 +949,10 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 			x->size = bm->size;
 			x->size_uncertain = bm->size_uncertain;
 		}
-		free(x->name);
-		x->name = strdup(l->names[i]);
+		if (!x->name || strcmp(x->name, l->names[i]) != 0) {
+			free(x->name);
+			x->name = strdup(l->names[i]);
+		}
 		if (!x->name) {
 			/* Not listed this time; the node stays findable. */
 			x->attached = false;
