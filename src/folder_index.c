@@ -306,21 +306,18 @@ static bool is_gone(const struct folder *f, uint32_t uidvalidity,
 }
 
 /* Applies to a fresh answer what the mount did while it was fetched, and
- * keeps sizes full reads settled (lock held).  Returns whether messages
- * were dropped, which changes the names of their neighbours. */
-static bool apply_local(const struct folder *f,
+ * keeps sizes full reads settled (lock held). */
+static void apply_local(const struct folder *f,
 	const struct backend_folder_state *state, struct backend_message *m,
 	size_t *n)
 {
 	const struct version *old = f->cur;
 	size_t k = 0;
-	bool dropped = false;
 
 	for (size_t i = 0; i < *n; i++) {
 		if (is_gone(f, state->uidvalidity, m[i].uid)) {
 			free(m[i].flags);
 			free(m[i].header);
-			dropped = true;
 			continue;
 		}
 		if (m[i].size_uncertain) {
@@ -343,7 +340,6 @@ static bool apply_local(const struct folder *f,
 		m[k++] = m[i];
 	}
 	*n = k;
-	return dropped;
 }
 
 /* A change seen now: time moves forward even within one second, so that
