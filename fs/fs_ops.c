@@ -375,7 +375,7 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_err(req, -r);
 }
 
-static void *notify_size_thread(void *arg)
+static void notify_size_run(void *arg)
 {
 	fuse_ino_t ino = (fuse_ino_t)(uintptr_t)arg;
 
@@ -383,23 +383,20 @@ static void *notify_size_thread(void *arg)
 	if (session)
 		fuse_lowlevel_notify_inval_inode(session, ino, 0, 0);
 	pthread_rwlock_unlock(&session_lock);
-	return NULL;
 }
 
 /* The kernel must relearn the size; telling it from inside the read that
- * found out could deadlock, so a short-lived thread does it. */
-static void notify_size_changed(fuse_ino_t ino)
+ * found out could deadlock, so a background worker does it.  Dropped when
+ * the pool is full: the attributes then time out as usual. */
+static void notify_size_changed(struct fs_tree *t, fuse_ino_t ino)
 {
-	pthread_t th;
-
-	if (pthread_create(&th, NULL, notify_size_thread,
-			(void *)(uintptr_t)ino) == 0)
-		pthread_detach(th);
+	fs_tree_run_later(t, notify_size_run, NULL, (void *)(uintptr_t)ino);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	struct fuse_file_info *fi)
 {
+	struct fs_tree *t = tree_of(req);   /* req is gone once answered */
 	bool size_changed = false;
 	char *buf = malloc(size ? size : 1);
 	ssize_t got;
@@ -414,7 +411,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			fuse_reply_buf(req, buf, (size_t)got);
 		free(buf);
 		if (size_changed)
-			notify_size_changed(ino);
+			notify_size_changed(t, ino);
 		return;
 	}
 	if (buf && fd >= 0) {
@@ -430,15 +427,14 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	got = fs_tree_read(tree_of(req), ino, (uint64_t)off, size, buf,
-		&size_changed);
+	got = fs_tree_read(t, ino, (uint64_t)off, size, buf, &size_changed);
 	if (got < 0)
 		fuse_reply_err(req, (int)-got);
 	else
 		fuse_reply_buf(req, buf, (size_t)got);
 	free(buf);
 	if (size_changed)
-		notify_size_changed(ino);
+		notify_size_changed(t, ino);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino,

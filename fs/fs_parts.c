@@ -363,7 +363,7 @@ out:
 	free(buf);
 	if (st != BACKEND_OK) {
 		log_warn(".parts: structure of UID %u: %s", id->uid, err);
-		return -backend_errno(st);
+		return -backend_status_errno(st);
 	}
 	cache_tree(p, id, *tree_r);
 	return 0;
@@ -392,7 +392,7 @@ static int render(struct fs_parts *p, const struct pmsg *m,
 	free(raw);
 	if (st != BACKEND_OK) {
 		log_warn(".parts: %s of UID %u: %s", n->section, m->uid, err);
-		return -backend_errno(st);
+		return -backend_status_errno(st);
 	}
 	return 0;
 }
@@ -423,7 +423,7 @@ static int size_entry(struct fs_parts *p, const struct pmsg *m,
 	st = part_decoded_size(&src, n, &e->size, &e->size_exact, &err);
 	if (st != BACKEND_OK) {
 		log_warn(".parts: %s of UID %u: %s", n->section, m->uid, err);
-		return -backend_errno(st);
+		return -backend_status_errno(st);
 	}
 	return 0;
 }
@@ -828,7 +828,7 @@ ssize_t fs_parts_read(struct fs_parts *p, uint64_t fh, uint64_t offset,
 	if (st != BACKEND_OK) {
 		log_warn(".parts: reading %s of UID %u: %s", e->node->section,
 			e->msg->uid, err);
-		return -backend_errno(st);
+		return -backend_status_errno(st);
 	}
 	if (got < length && (got > 0 || offset > 0)) {
 		/* the end: now the size is known */

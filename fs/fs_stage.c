@@ -635,10 +635,13 @@ static bool mark_sending(struct fs_tree *t, struct commit *c)
 
 		/* UIDs only grow: the last listing's UIDNEXT is a floor
 		 * for the UID this APPEND gets. */
+		struct folder_listing *l = dir->raw ?
+			folder_index_get(t->index, dir->raw) : NULL;
+
 		x->sent = true;
-		x->sent_uidvalidity = dir->msgs_loaded ?
-			dir->state.uidvalidity : 0;
-		x->sent_min_uid = dir->msgs_loaded ? dir->state.uidnext : 0;
+		x->sent_uidvalidity = l ? l->state.uidvalidity : 0;
+		x->sent_min_uid = l ? l->state.uidnext : 0;
+		folder_listing_release(&l);
 		if (was && uv && uv == x->sent_uidvalidity && min < x->sent_min_uid)
 			x->sent_min_uid = min;   /* an older try may be there */
 		ok = !x->journaled || journal_save(x) == 0;

@@ -15,6 +15,7 @@
 #include "src/errfmt.h"
 #include "src/log.h"
 #include "src/meta_cache.h"
+#include "src/work_queue.h"
 
 time_t tree_now(void)
 {
@@ -114,7 +115,6 @@ void tree_node_free(struct node *n)
 	free(n->msgs);
 	free(n->folder_raw);
 	free(n->flags);
-	backend_messages_free(&n->listing, n->n_listing);
 	free(n->staged);
 	free(n->by_ino);
 	free(n->prev_dirs);
@@ -144,11 +144,11 @@ void tree_detach_messages(struct fs_tree *t, struct node *dir)
 	dir->msgs = NULL;
 	dir->n_msgs = 0;
 	dir->msgs_loaded = false;
-	backend_messages_free(&dir->listing, dir->n_listing);
-	dir->n_listing = 0;
 }
 
 /* ---- creation ------------------------------------------------------------ */
+
+static folder_namer tree_name_listing;
 
 struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
 	struct meta_cache *meta, unsigned refresh_s)
@@ -166,9 +166,19 @@ struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
 		free(t);
 		return NULL;
 	}
+	t->index = folder_index_new(be, meta, tree_name_listing);
+	/* Refreshes and kernel notifications: two at a time is plenty, and
+	 * the queue only ever holds a few per folder. */
+	t->bg = t->index ? work_queue_new(2, 256) : NULL;
+	if (!t->bg) {
+		folder_index_free(&t->index);
+		free(t->buckets);
+		free(t->root);
+		free(t);
+		return NULL;
+	}
 	pthread_mutex_init(&t->lock, NULL);
 	pthread_cond_init(&t->loaded, NULL);
-	pthread_cond_init(&t->workers_done, NULL);
 	t->meta = meta;
 	t->be = be;
 	t->reader = reader;
@@ -191,27 +201,17 @@ void fs_tree_free(struct fs_tree **tp)
 
 	if (!t)
 		return;
-	if (t->watcher_running) {
-		pthread_mutex_lock(&t->lock);
-		t->stopping = true;
-		pthread_mutex_unlock(&t->lock);
-		t->be->ops->interrupt_wait(t->be);
-		pthread_join(t->watcher, NULL);
-	}
+	folder_index_stop_watch(t->index);
 	stage_stop(t);
-	/* Background refreshes hold pointers into the tree; each is bounded
-	 * by the network timeout. */
+	/* Background jobs hold pointers into the tree; each is bounded by
+	 * the network timeout.  Those not started are dropped. */
 	pthread_mutex_lock(&t->lock);
-	while (t->n_workers > 0)
-		pthread_cond_wait(&t->workers_done, &t->lock);
+	t->stopping = true;
 	pthread_mutex_unlock(&t->lock);
-	/* No other thread is left: no lock needed to save listings whose
-	 * sizes reads corrected. */
-	for (size_t i = 0; t->meta && i < t->n_buckets; i++)
-		for (struct node *n = t->buckets[i]; n; n = n->hnext)
-			if (n->is_dir && n->meta_dirty && n->raw && n->listing)
-				meta_cache_save_messages(t->meta, n->raw,
-					&n->state, n->listing, n->n_listing);
+	work_queue_free(&t->bg);
+	/* No other thread is left: listings changed since they were saved
+	 * (sizes reads corrected, messages removed) are saved now. */
+	folder_index_free(&t->index);
 	for (size_t i = 0; i < t->n_buckets; i++) {
 		struct node *n = t->buckets[i], *next;
 
@@ -223,10 +223,8 @@ void fs_tree_free(struct fs_tree **tp)
 	free(t->buckets);
 	pthread_mutex_destroy(&t->lock);
 	pthread_cond_destroy(&t->loaded);
-	pthread_cond_destroy(&t->workers_done);
 	free(t->trash);
 	free(t->stage_dir);
-	free(t->watch_folder);
 	free(t->source);
 	free(t);
 	*tp = NULL;
@@ -246,49 +244,28 @@ static struct node *dir_by_raw(struct node *d, const char *raw)
 	return NULL;
 }
 
-static void *watcher_main(void *arg)
+static int merge_messages(struct fs_tree *t, struct node *dir,
+	const struct folder_listing *l, struct inval_list *il);
+
+/* The folder index saw another client change raw (IDLE) and refreshed
+ * it: show the new listing.  From the index's watcher thread. */
+static void folder_changed(void *ctx, const char *raw)
 {
-	struct fs_tree *t = arg;
+	struct fs_tree *t = ctx;
+	struct inval_list il = { 0 };
+	struct folder_listing *l;
+	struct node *dir;
 
-	for (;;) {
-		struct inval_list il = { 0 };
-		enum backend_status st;
-		const char *error;
-		struct node *dir;
-
-		/* Servers drop IDLE after 30 minutes; renew well before. */
-		st = t->be->ops->wait_changes(t->be, t->watch_folder, 20 * 60,
-			&error);
-		pthread_mutex_lock(&t->lock);
-		if (t->stopping) {
-			pthread_mutex_unlock(&t->lock);
-			break;
-		}
-		dir = dir_by_raw(t->root, t->watch_folder);
-		if (st == BACKEND_OK && dir && dir->selectable &&
-		    !dir->loading) {
-			dir->pins++;
-			tree_refresh_messages(t, dir, &il);
-			dir->pins--;
-			tree_maybe_free(t, dir);
-		}
-		pthread_mutex_unlock(&t->lock);
-		tree_inval_send(t, &il);
-		if (st != BACKEND_OK)
-			log_debug("watching %s: %s", t->watch_folder, error);
+	pthread_mutex_lock(&t->lock);
+	dir = dir_by_raw(t->root, raw);
+	if (dir && dir->selectable && !dir->loading && !t->stopping &&
+	    (l = folder_index_get(t->index, raw))) {
+		merge_messages(t, dir, l, &il);
+		dir->loaded_at = tree_now();
+		folder_listing_release(&l);
 	}
-	return NULL;
-}
-
-static void fs_tree_watch(struct fs_tree *t, const char *raw_folder)
-{
-	if (!t->be->ops->wait_changes || !t->be->ops->interrupt_wait ||
-	    t->watcher_running)
-		return;
-	t->watch_folder = strdup(raw_folder);
-	if (t->watch_folder &&
-	    pthread_create(&t->watcher, NULL, watcher_main, t) == 0)
-		t->watcher_running = true;
+	pthread_mutex_unlock(&t->lock);
+	tree_inval_send(t, &il);
 }
 
 int fs_tree_enable_writes(struct fs_tree *t, const char *trash,
@@ -306,7 +283,7 @@ int fs_tree_start(struct fs_tree *t, const char *watch_folder)
 	int ret = t->stage_dir ? stage_start(t) : 0;
 
 	if (watch_folder)
-		fs_tree_watch(t, watch_folder);
+		folder_index_watch(t->index, watch_folder, folder_changed, t);
 	return ret;
 }
 
@@ -424,6 +401,9 @@ int tree_install_folders(struct fs_tree *t,
 		if (!d) {
 			fuse_ino_t ino = tree_dir_ino(want[i].path);
 
+			if (t->folders_installed)
+				parent->child_came = true;
+
 			while (tree_find(t, ino))
 				ino++;   /* collision (or a renamed dir's old
 					    number): any free one will do */
@@ -456,6 +436,17 @@ int tree_install_folders(struct fs_tree *t,
 		old[i]->prev_dirs = NULL;
 		old[i]->n_prev_dirs = 0;
 	}
+	/* Now that every child is back in place, so a parent's time only
+	 * moves forward. */
+	for (size_t i = 0; i < n_old; i++)
+		if (!old[i]->seen && old[i]->parent && old[i]->parent->seen)
+			old[i]->parent->child_came = true;
+	for (size_t i = 0; i < n_old; i++)
+		if (old[i]->seen && old[i]->child_came) {
+			old[i]->child_came = false;
+			tree_dir_changed(t, old[i]);
+		}
+	t->folders_installed = true;
 	for (size_t i = 0; i < n_old; i++) {
 		if (old[i]->seen)
 			continue;
@@ -479,7 +470,7 @@ int fs_tree_load_folders(struct fs_tree *t, const char **error_r)
 
 	st = t->be->ops->list_folders(t->be, &folders, &nf, error_r);
 	if (st != BACKEND_OK)
-		return st == BACKEND_NOT_FOUND ? -ENOENT : -EIO;
+		return -backend_status_errno(st);
 	if (t->meta)
 		meta_cache_save_folders(t->meta, folders, nf);
 	ret = tree_install_folders(t, folders, nf, error_r);
@@ -572,6 +563,20 @@ fail:
 	return NULL;
 }
 
+/* The folder index's namer: the same names, in UID order. */
+static int tree_name_listing(const struct backend_message *m, size_t n,
+	char **names_r)
+{
+	struct named_msg *nm = name_messages(m, n);
+
+	if (!nm)
+		return -1;
+	for (size_t i = 0; i < n; i++)
+		names_r[nm[i].index] = nm[i].name;
+	free(nm);
+	return 0;
+}
+
 void tree_inval_add(struct inval_list *il, fuse_ino_t parent,
 	const char *name)
 {
@@ -606,15 +611,15 @@ void tree_inval_send(struct fs_tree *t, struct inval_list *il)
 	memset(il, 0, sizeof(*il));
 }
 
-/* Installs a listing into dir, reusing nodes the kernel knows, and keeps
- * the listing itself (m, which it takes over) for the next resync.
+/* Installs a listing (borrowed) into dir, reusing nodes the kernel knows.
  * Vanished messages are added to *il. */
 static int merge_messages(struct fs_tree *t, struct node *dir,
-	const struct backend_folder_state *state, struct backend_message *m,
-	size_t n, struct named_msg *nm, struct inval_list *il)
+	const struct folder_listing *l, struct inval_list *il)
 {
+	size_t n = l->count;
 	struct node **list = calloc(n ? n : 1, sizeof(*list));
-	uint32_t uidvalidity = state->uidvalidity;
+	uint32_t uidvalidity = l->state.uidvalidity;
+	uint64_t stamp = ++t->merge_seq;
 	size_t k = 0;
 
 	if (!list)
@@ -634,7 +639,7 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 	for (size_t i = 0; i < dir->n_msgs; i++)
 		dir->msgs[i]->seen = false;
 	for (size_t i = 0; i < n; i++) {
-		const struct backend_message *bm = &m[nm[i].index];
+		const struct backend_message *bm = &l->msgs[i];
 		struct node key = { .uid = bm->uid }, *kp = &key, **hit;
 		struct node *x = NULL;
 		fuse_ino_t ino = tree_msg_ino(dir->raw, uidvalidity, bm->uid);
@@ -654,6 +659,8 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 				x = NULL;
 			}
 		}
+		if (x && x->merge_stamp == stamp)
+			continue;   /* never one node under two names */
 		if (!x) {
 			x = calloc(1, sizeof(*x));
 			if (!x)
@@ -666,27 +673,31 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 			x->mtime = bm->internaldate;
 			x->size_uncertain = bm->size_uncertain;
 			tree_hash_add(t, x);
-		} else if (x->name && strcmp(x->name, nm[i].name) != 0 &&
+		} else if (x->name && strcmp(x->name, l->names[i]) != 0 &&
 			   x->attached) {
 			tree_inval_add(il, dir->ino, x->name);
 		}
-		/* A size a full read settled beats an estimate. */
+		/* A size a full read settled beats an estimate (the index
+		 * keeps it too, from folder_index_settle_size). */
 		if (x->size_uncertain) {
 			x->size = bm->size;
 			x->size_uncertain = bm->size_uncertain;
-		} else if (bm->size_uncertain) {
-			m[nm[i].index].size = x->size;
-			m[nm[i].index].size_uncertain = false;
-			dir->meta_dirty = true;
 		}
-		free(x->name);
-		x->name = nm[i].name;
-		nm[i].name = NULL;
+		if (!x->name || strcmp(x->name, l->names[i]) != 0) {
+			free(x->name);
+			x->name = strdup(l->names[i]);
+		}
+		if (!x->name) {
+			/* Not listed this time; the node stays findable. */
+			x->attached = false;
+			continue;
+		}
 		free(x->flags);
 		x->flags = strdup(bm->flags ? bm->flags : "");
 		x->parent = dir;
 		x->attached = true;
 		x->seen = true;
+		x->merge_stamp = stamp;
 		list[k++] = x;
 	}
 	for (size_t i = 0; i < dir->n_msgs; i++) {
@@ -708,26 +719,22 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 	dir->n_by_ino = 0;
 	dir->prefetched_upto = dir->prefetched_upto_ino = 0;
 	dir->uidvalidity = uidvalidity;
-	backend_messages_free(&dir->listing, dir->n_listing);
-	dir->listing = m;
-	dir->n_listing = n;
-	dir->state = *state;
+	dir->list_changed_at = l->changed_at;
 	dir->msgs_loaded = true;
 	return 0;
 }
 
-/* Fetches dir's listing from the server (incrementally when one is known)
- * and installs it.  Called with the lock held and dir->loading clear;
- * drops the lock around the network.  Returns 0 or a negative errno. */
+/* Fetches dir's listing through the folder index (incrementally when one
+ * is known) and installs it.  Called with the lock held and dir->loading
+ * clear; drops the lock around the network.  Returns 0 or a negative
+ * errno.  What rm and mv do meanwhile is the index's to apply; the
+ * version installed is the index's latest, read back under the lock. */
 int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 	struct inval_list *il)
 {
-	struct backend_folder_state state;
-	struct backend_message *m = NULL;
-	struct named_msg *nm = NULL;
+	struct folder_listing *l = NULL;
 	enum backend_status st;
 	const char *error = "";
-	size_t n = 0;
 	char *raw;
 	int ret = 0;
 
@@ -735,47 +742,41 @@ int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 	if (!raw)
 		return -ENOMEM;
 	dir->loading = true;
+	dir->moved_in_while_loading = false;
 	pthread_mutex_unlock(&t->lock);
 
-	/* The loading flag keeps every other writer of dir->listing out, so
-	 * it can be read unlocked. */
-	if (t->be->ops->resync_messages && dir->listing)
-		st = t->be->ops->resync_messages(t->be, raw, &dir->state,
-			dir->listing, dir->n_listing, &state, &m, &n, &error);
-	else
-		st = t->be->ops->list_messages(t->be, raw, &state, &m, &n,
-			&error);
-	if (st == BACKEND_OK) {
-		nm = name_messages(m, n);
-		if (!nm)
-			st = BACKEND_TEMP;
-		else if (t->meta)
-			meta_cache_save_messages(t->meta, raw, &state, m, n);
-	} else {
+	st = folder_index_refresh(t->index, raw, &l, &error);
+	folder_listing_release(&l);
+	if (st != BACKEND_OK)
 		log_debug("cannot list %s: %s", raw, error);
-	}
 
 	pthread_mutex_lock(&t->lock);
 	dir->loading = false;
 	pthread_cond_broadcast(&t->loaded);
 	/* Even a failure counts as an attempt: retry after the period. */
 	dir->loaded_at = tree_now();
-	if (st != BACKEND_OK) {
+	if (st == BACKEND_OK && dir->raw && strcmp(dir->raw, raw) == 0)
+		l = folder_index_get(t->index, raw);
+	if (l)
+		ret = merge_messages(t, dir, l, il);
+	else if (st != BACKEND_OK)
 		/* Keep serving an older listing rather than nothing. */
-		ret = dir->msgs_loaded ? 0 :
-			st == BACKEND_NOT_FOUND ? -ENOENT : -EIO;
-	} else if (dir->raw && strcmp(dir->raw, raw) == 0) {
-		ret = merge_messages(t, dir, &state, m, n, nm, il);
-		if (ret == 0)
-			m = NULL;   /* kept as dir->listing */
+		ret = dir->msgs_loaded ? 0 : -backend_status_errno(st);
+	if (dir->moved_in_while_loading) {
+		dir->msgs_loaded = false;
+		dir->loaded_at = 0;
+		dir->moved_in_while_loading = false;
 	}
-	if (nm)
-		for (size_t i = 0; i < n; i++)
-			free(nm[i].name);
-	free(nm);
-	backend_messages_free(&m, n);
+	folder_listing_release(&l);
 	free(raw);
 	return ret;
+}
+
+static void refresh_job_done(struct fs_tree *t, struct node *dir)
+{
+	dir->refresh_queued = false;
+	dir->pins--;
+	tree_maybe_free(t, dir);
 }
 
 struct refresh_job {
@@ -783,49 +784,85 @@ struct refresh_job {
 	struct node *dir;
 };
 
-static void *refresh_thread(void *arg)
+static void refresh_job_run(void *arg)
 {
 	struct refresh_job *job = arg;
 	struct fs_tree *t = job->t;
 	struct inval_list il = { 0 };
 
 	pthread_mutex_lock(&t->lock);
-	if (!job->dir->loading)
+	job->dir->refresh_queued = false;
+	if (!job->dir->loading && !t->stopping)
 		tree_refresh_messages(t, job->dir, &il);
-	job->dir->pins--;
-	tree_maybe_free(t, job->dir);
+	refresh_job_done(t, job->dir);
 	pthread_mutex_unlock(&t->lock);
 	tree_inval_send(t, &il);
-
-	pthread_mutex_lock(&t->lock);
-	if (--t->n_workers == 0)
-		pthread_cond_broadcast(&t->workers_done);
-	pthread_mutex_unlock(&t->lock);
 	free(job);
-	return NULL;
 }
 
-/* Starts a background refresh of dir (lock held). */
+static void refresh_job_cancel(void *arg)
+{
+	struct refresh_job *job = arg;
+
+	pthread_mutex_lock(&job->t->lock);
+	refresh_job_done(job->t, job->dir);
+	pthread_mutex_unlock(&job->t->lock);
+	free(job);
+}
+
+/* Queues a background refresh of dir (lock held).  When the queue is
+ * full it is simply not done: the next access asks again. */
 void tree_refresh_async(struct fs_tree *t, struct node *dir)
 {
-	struct refresh_job *job = malloc(sizeof(*job));
-	pthread_attr_t attr;
-	pthread_t th;
+	struct refresh_job *job;
 
-	if (!job)
+	if (dir->refresh_queued || !(job = malloc(sizeof(*job))))
 		return;
 	job->t = t;
 	job->dir = dir;
 	dir->pins++;
-	t->n_workers++;
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	if (pthread_create(&th, &attr, refresh_thread, job) != 0) {
+	dir->refresh_queued = true;
+	if (!work_queue_submit(t->bg, refresh_job_run, refresh_job_cancel,
+			job)) {
+		dir->refresh_queued = false;
 		dir->pins--;
-		t->n_workers--;
 		free(job);
 	}
-	pthread_attr_destroy(&attr);
+}
+
+bool fs_tree_run_later(struct fs_tree *t, void (*run)(void *arg),
+	void (*cancel)(void *arg), void *arg)
+{
+	return work_queue_submit(t->bg, run, cancel, arg);
+}
+
+static void inval_list_free(struct inval_list *il)
+{
+	for (size_t i = 0; i < il->n; i++)
+		free(il->items[i].name);
+	free(il->items);
+	memset(il, 0, sizeof(*il));
+}
+
+struct inval_job {
+	struct fs_tree *t;
+	struct inval_list il;
+};
+
+static void inval_job_run(void *arg)
+{
+	struct inval_job *job = arg;
+
+	tree_inval_send(job->t, &job->il);
+	free(job);
+}
+
+static void inval_job_cancel(void *arg)
+{
+	struct inval_job *job = arg;
+
+	inval_list_free(&job->il);
+	free(job);
 }
 
 /* Makes sure dir's message list is there.  A folder never listed is
@@ -847,21 +884,28 @@ int tree_ensure_messages(struct fs_tree *t, struct node *dir, bool fresh)
 			tree_refresh_async(t, dir);
 		return 0;
 	}
-	if (dir->loading) {
-		while (dir->loading)
-			pthread_cond_wait(&t->loaded, &t->lock);
-		return dir->msgs_loaded ? 0 : -EIO;
-	}
-	dir->pins++;
-	ret = tree_refresh_messages(t, dir, &il);
-	dir->pins--;
+	dir->pins++;   /* it may be detached while we wait */
+	while (dir->loading)
+		pthread_cond_wait(&t->loaded, &t->lock);
+	/* The listing we waited for may have failed, or predate a message
+	 * moved in meanwhile: then list it ourselves, once. */
+	ret = dir->msgs_loaded ? 0 : tree_refresh_messages(t, dir, &il);
+	dir->pins--;   /* the caller's kernel reference keeps it */
 	if (il.n) {
-		/* We are inside a request for this directory: hand the
-		 * invalidations to a thread (there are none on a first
-		 * listing, so this is rare). */
-		for (size_t i = 0; i < il.n; i++)
-			free(il.items[i].name);
-		free(il.items);
+		/* We are inside a request for this directory: a background
+		 * worker tells the kernel (there is nothing to tell after a
+		 * first listing, so this is rare). */
+		struct inval_job *job = malloc(sizeof(*job));
+
+		if (job) {
+			job->t = t;
+			job->il = il;
+		}
+		if (!job || !fs_tree_run_later(t, inval_job_run,
+				inval_job_cancel, job)) {
+			free(job);
+			inval_list_free(&il);
+		}
 	}
 	return ret;
 }
@@ -872,45 +916,77 @@ int tree_ensure_messages(struct fs_tree *t, struct node *dir, bool fresh)
 static void preload_cached_listings(struct fs_tree *t)
 {
 	struct node **dirs = NULL;
-	size_t n = 0, cap = 0;
+	char **raws = NULL;
+	size_t n = 0, cap = 0, k = 0;
 
 	if (!t->meta)
 		return;
 	pthread_mutex_lock(&t->lock);
 	collect_dirs(t->root, &dirs, &n, &cap);
-	for (size_t i = 0; i < n; i++) {
-		struct node *d = dirs[i];
-		struct backend_folder_state state;
-		struct backend_message *m = NULL;
-		struct named_msg *nm;
-		struct inval_list il = { 0 };
-		size_t count = 0;
+	raws = calloc(n + 1, sizeof(*raws));
+	for (size_t i = 0; raws && i < n; i++)
+		if (dirs[i]->raw && dirs[i]->selectable &&
+		    !dirs[i]->msgs_loaded && !dirs[i]->loading &&
+		    (raws[k] = strdup(dirs[i]->raw)))
+			k++;
+	pthread_mutex_unlock(&t->lock);
+	free(dirs);
 
-		if (!d->raw || !d->selectable || d->msgs_loaded || d->loading)
-			continue;
-		/* Startup only: a local read, fine under the lock. */
-		if (meta_cache_load_messages(t->meta, d->raw, &state, &m,
-				&count) < 0)
-			continue;
-		nm = name_messages(m, count);
-		if (nm && merge_messages(t, d, &state, m, count, nm, &il) == 0) {
-			m = NULL;
-			d->loaded_at = 0;
+	for (size_t i = 0; i < k; i++) {
+		struct folder_listing *l = NULL;
+		struct inval_list il = { 0 };
+		struct node *d;
+
+		/* File I/O: without the tree lock. */
+		if (folder_index_load(t->index, raws[i], &l) == 0) {
+			pthread_mutex_lock(&t->lock);
+			d = dir_by_raw(t->root, raws[i]);
+			if (d && d->selectable && !d->msgs_loaded &&
+			    !d->loading && merge_messages(t, d, l, &il) == 0)
+				d->loaded_at = 0;
+			pthread_mutex_unlock(&t->lock);
 		}
-		if (nm)
-			for (size_t j = 0; j < count; j++)
-				free(nm[j].name);
-		free(nm);
-		backend_messages_free(&m, count);
+		folder_listing_release(&l);
 		for (size_t j = 0; j < il.n; j++)
 			free(il.items[j].name);
 		free(il.items);
+		free(raws[i]);
 	}
-	pthread_mutex_unlock(&t->lock);
-	free(dirs);
+	free(raws);
 }
 
 /* ---- attributes and lookups ---------------------------------------------- */
+
+/* A directory's own change time: its listing's, or a child directory's
+ * coming or going. */
+static int64_t dir_changed_at(const struct node *d)
+{
+	return d->list_changed_at > d->dirs_changed_at ? d->list_changed_at :
+		d->dirs_changed_at;
+}
+
+/* A directory's mtime moves forward when its entries change and stays
+ * put otherwise, also across remounts (the folder index keeps listing
+ * times in the metadata cache).  One that never saw a change of its own
+ * (the root, a folder holding only folders) takes its newest child's. */
+static int64_t dir_mtime(const struct fs_tree *t, const struct node *d)
+{
+	int64_t m = dir_changed_at(d), newest = 0;
+
+	for (size_t i = 0; m == 0 && i < d->n_dirs; i++)
+		if (dir_changed_at(d->dirs[i]) > newest)
+			newest = dir_changed_at(d->dirs[i]);
+	if (m == 0)
+		m = newest;
+	return m ? m : (int64_t)t->start_time;
+}
+
+void tree_dir_changed(struct fs_tree *t, struct node *dir)
+{
+	int64_t now = (int64_t)time(NULL), last = dir_mtime(t, dir);
+
+	dir->dirs_changed_at = now > last ? now : last + 1;
+}
 
 void tree_fill_stat(struct fs_tree *t, const struct node *n, struct stat *st)
 {
@@ -921,7 +997,8 @@ void tree_fill_stat(struct fs_tree *t, const struct node *n, struct stat *st)
 	if (n->is_dir) {
 		st->st_mode = S_IFDIR | 0700;
 		st->st_nlink = 2 + n->n_dirs;
-		st->st_mtime = st->st_atime = st->st_ctime = t->start_time;
+		st->st_mtime = st->st_atime = st->st_ctime =
+			(time_t)dir_mtime(t, n);
 		return;
 	}
 	st->st_mode = S_IFREG | 0600;
@@ -1079,41 +1156,37 @@ int fs_tree_getattr(struct fs_tree *t, fuse_ino_t ino, struct stat *st,
 
 /* ---- directory snapshots --------------------------------------------------- */
 
-static void *folders_thread(void *arg)
+static void folders_job_cancel(void *arg)
+{
+	struct fs_tree *t = arg;
+
+	pthread_mutex_lock(&t->lock);
+	t->folders_loading = false;
+	t->folders_at = tree_now();
+	pthread_mutex_unlock(&t->lock);
+}
+
+static void folders_job_run(void *arg)
 {
 	struct fs_tree *t = arg;
 	const char *error;
 
 	if (fs_tree_load_folders(t, &error) < 0)
 		log_debug("cannot refresh the folder list: %s", error);
-	pthread_mutex_lock(&t->lock);
-	t->folders_loading = false;
-	t->folders_at = tree_now();
-	if (--t->n_workers == 0)
-		pthread_cond_broadcast(&t->workers_done);
-	pthread_mutex_unlock(&t->lock);
-	return NULL;
+	folders_job_cancel(t);
 }
 
 /* Folders made or removed by other clients show up when the root is read
  * and the list is older than the refresh period (lock held). */
 static void refresh_folders_async(struct fs_tree *t)
 {
-	pthread_attr_t attr;
-	pthread_t th;
-
 	if (t->folders_loading ||
 	    tree_now() - t->folders_at < (time_t)t->refresh_s)
 		return;
 	t->folders_loading = true;
-	t->n_workers++;
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	if (pthread_create(&th, &attr, folders_thread, t) != 0) {
+	if (!work_queue_submit(t->bg, folders_job_run,
+			folders_job_cancel, t))
 		t->folders_loading = false;
-		t->n_workers--;
-	}
-	pthread_attr_destroy(&attr);
 }
 
 int fs_tree_snapshot_dir(struct fs_tree *t, fuse_ino_t ino,
@@ -1207,21 +1280,12 @@ int fs_tree_check_message(struct fs_tree *t, fuse_ino_t ino)
 }
 
 /* A full read showed the message's real size: remember it, also in the
- * listing the metadata cache keeps (saved when unmounting). */
-static void settle_size(struct node *x, uint64_t true_size)
+ * folder index (which saves it in the metadata cache). */
+static void settle_size(struct fs_tree *t, struct node *x, uint64_t true_size)
 {
-	struct node *dir = x->attached ? x->parent : NULL;
-
 	x->size_uncertain = false;
-	if (!dir)
-		return;
-	for (size_t i = 0; i < dir->n_listing; i++)
-		if (dir->listing[i].uid == x->uid) {
-			dir->listing[i].size = true_size;
-			dir->listing[i].size_uncertain = false;
-			dir->meta_dirty = true;
-			break;
-		}
+	folder_index_settle_size(t->index, x->folder_raw, x->msg_uidvalidity,
+		x->uid, true_size);
 }
 
 #define READAHEAD_FILES 384
@@ -1356,7 +1420,7 @@ ssize_t fs_tree_read(struct fs_tree *t, fuse_ino_t ino, uint64_t offset,
 		x = tree_find(t, ino);
 		if (x && !x->is_dir && (x->size_uncertain ||
 					x->size != true_size))
-			settle_size(x, true_size);
+			settle_size(t, x, true_size);
 		pthread_mutex_unlock(&t->lock);
 	}
 	if (got >= 0 && true_size && true_size != ref.size) {

@@ -7,7 +7,16 @@
  * kernel holds a lookup reference to it (FUSE lookup/forget counting).
  *
  * One mutex guards the whole tree; it is never held across network I/O:
- * listings are fetched unlocked and merged in afterwards.
+ * listings are fetched unlocked and merged in afterwards.  The listings
+ * themselves live in the folder index (src/folder_index.h), which the tree
+ * owns and asks for immutable snapshots; background work (refreshes,
+ * kernel notifications) runs on one bounded work queue.
+ *
+ * Lock order: tree lock -> folder index lock, and tree lock -> msg_reader
+ * lock (read-ahead is queued under the tree lock).  The work queue's lock
+ * is a leaf; its jobs run without it and take the tree lock themselves.
+ * Kernel notifications are sent with no lock held and never from inside a
+ * request handler for the same directory.
  */
 #ifndef MAILFS_FS_TREE_H
 #define MAILFS_FS_TREE_H
@@ -31,6 +40,14 @@ struct meta_cache;
 struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
 	struct meta_cache *meta, unsigned refresh_s);
 void fs_tree_free(struct fs_tree **tree);
+
+/* Runs run(arg) soon on the tree's bounded pool of background workers,
+ * outside any request handler (kernel notifications that must not be
+ * sent from inside one).  false when the pool is full or stopping: arg is
+ * then still the caller's.  cancel(arg) replaces run(arg) for a job that
+ * never ran (unmount). */
+bool fs_tree_run_later(struct fs_tree *tree, void (*run)(void *arg),
+	void (*cancel)(void *arg), void *arg);
 
 /* Fetches the folder list and rebuilds the directory tree.  Returns 0 or a
  * negative errno with *error_r set. */

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "fs/fs_tree.h"
+#include "src/folder_index.h"
 
 /* Message files never change: let the kernel keep what it learned. */
 #define MSG_TIMEOUT 3600.0
@@ -35,13 +36,14 @@ struct node {
 	struct node **staged;   /* files being copied in, unordered */
 	size_t n_staged;
 	bool msgs_loaded;
-	bool loading;
+	bool loading;           /* a refresh is talking to the server */
+	bool moved_in_while_loading;  /* its answer may predate the move */
+	bool refresh_queued;    /* a background refresh waits in t->bg */
 	time_t loaded_at;       /* monotonic; 0: from the metadata cache */
-	uint32_t uidvalidity;
-	struct backend_message *listing;  /* last listing, UID order; owned */
-	size_t n_listing;
-	struct backend_folder_state state;
-	bool meta_dirty;        /* listing changed since saved: save at exit */
+	uint32_t uidvalidity;   /* of the listing msgs came from */
+	int64_t list_changed_at;  /* that listing's changed_at */
+	int64_t dirs_changed_at;  /* wall clock: a child dir came or went */
+	bool child_came;        /* scratch for folder-list merges */
 	size_t last_read;       /* index+1 of the message last read from 0 */
 	size_t prefetched_upto; /* read-ahead queued up to this index */
 	struct node **by_ino;   /* msgs in inode order, built when needed */
@@ -49,6 +51,7 @@ struct node {
 	size_t last_read_ino, prefetched_upto_ino;  /* the same, that order */
 	bool seen;              /* scratch for folder-list merges */
 	unsigned pins;          /* in use by a refresh: do not free */
+	uint64_t merge_stamp;   /* the last merge that placed this message */
 
 	/* messages */
 	char *folder_raw;       /* copy: the node may outlive its folder */
@@ -91,8 +94,9 @@ struct fs_tree {
 	size_t n_buckets;
 	size_t n_nodes;
 	struct meta_cache *meta;          /* may be NULL */
-	unsigned n_workers;               /* background refreshes running */
-	pthread_cond_t workers_done;
+	struct folder_index *index;       /* owned; listings live there */
+	struct work_queue *bg;            /* owned: refreshes, notifications */
+	uint64_t merge_seq;               /* one stamp per listing merge */
 	char *source;                     /* user.mailfs.source text */
 	char *(*stats_hook)(void *ctx);
 	void *stats_ctx;
@@ -108,12 +112,9 @@ struct fs_tree {
 	pthread_cond_t stage_wake;
 
 	time_t folders_at;                /* monotonic: last folder list */
+	bool folders_installed;           /* later lists are changes */
 	bool folders_loading;
 
-	/* the change watcher (fs_tree.c) */
-	pthread_t watcher;
-	bool watcher_running;
-	char *watch_folder;               /* raw name, e.g. INBOX */
 };
 
 /* Seconds a copied-in file must stay untouched and closed before it is
@@ -148,6 +149,9 @@ int tree_add_child_dir(struct node *parent, struct node *child);
 int tree_install_folders(struct fs_tree *t,
 	const struct backend_folder *folders, size_t nf, const char **error_r);
 
+/* Moves dir's mtime forward: its entries changed (lock held). */
+void tree_dir_changed(struct fs_tree *t, struct node *dir);
+
 void tree_fill_stat(struct fs_tree *t, const struct node *n, struct stat *st);
 void tree_fill_entry(struct fs_tree *t, const struct node *n,
 	struct fuse_entry_param *e);
@@ -159,8 +163,14 @@ int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 	struct inval_list *il);
 void tree_refresh_async(struct fs_tree *t, struct node *dir);
 
-/* Removes a message node from its folder's list and listing (lock held). */
+/* Removes a message node from its folder's list and listing (lock held).
+ * A refresh of dir under way will not bring it back. */
 void tree_detach_message(struct fs_tree *t, struct node *dir, struct node *x);
+/* dir's listing on the server changed through the mount in a way its next
+ * resync must not take on trust (lock held): flags were set, or a message
+ * was moved in (which the next lookup must already see: it lists again). */
+void tree_note_flags_set(struct fs_tree *t, struct node *dir);
+void tree_note_moved_in(struct fs_tree *t, struct node *dir);
 
 /* Staged files (fs_stage.c; lock held). */
 struct node *tree_find_staged(struct node *dir, const char *name);
@@ -176,8 +186,6 @@ char *stage_status(const struct node *x);
 bool stage_xattr_ignored(const char *name);
 int stage_start(struct fs_tree *t);
 void stage_stop(struct fs_tree *t);
-
-int backend_errno(enum backend_status st);
 
 void tree_inval_add(struct inval_list *il, fuse_ino_t parent,
 	const char *name);

@@ -9,27 +9,10 @@
 #include "fs/fs_tree_priv.h"
 #include "fs/msg_name.h"
 #include "src/log.h"
-#include "src/meta_cache.h"
-
-int backend_errno(enum backend_status st)
-{
-	switch (st) {
-	case BACKEND_OK: return 0;
-	case BACKEND_NOT_FOUND: return ENOENT;
-	case BACKEND_READ_ONLY: return EROFS;
-	case BACKEND_UNSUPPORTED: return ENOTSUP;
-	case BACKEND_EXISTS: return EEXIST;
-	case BACKEND_INVALID: return EINVAL;
-	case BACKEND_REFUSED: return EPERM;
-	case BACKEND_NOT_EMPTY: return ENOTEMPTY;
-	case BACKEND_AUTH: return EACCES;
-	default: return EIO;
-	}
-}
 
 static bool writable(struct fs_tree *t)
 {
-	return !t->be->read_only && t->be->ops->expunge;
+	return backend_writable(t->be);
 }
 
 void tree_detach_message(struct fs_tree *t, struct node *dir, struct node *x)
@@ -44,21 +27,34 @@ void tree_detach_message(struct fs_tree *t, struct node *dir, struct node *x)
 	free(dir->by_ino);
 	dir->by_ino = NULL;
 	dir->n_by_ino = 0;
-	for (size_t i = 0; i < dir->n_listing; i++)
-		if (dir->listing[i].uid == x->uid) {
-			free(dir->listing[i].flags);
-			free(dir->listing[i].header);
-			memmove(&dir->listing[i], &dir->listing[i + 1],
-				(dir->n_listing - i - 1) *
-				sizeof(*dir->listing));
-			dir->n_listing--;
-			break;
-		}
-	/* The counts no longer match the server's: make the next resync
-	 * compare every UID rather than trust CONDSTORE. */
-	dir->state.highestmodseq = 0;
+	folder_index_remove(t->index, x->folder_raw, x->msg_uidvalidity,
+		x->uid);
+	if (dir->raw) {
+		/* The index moved the listing's time forward. */
+		struct folder_listing *l = folder_index_get(t->index,
+			dir->raw);
+
+		if (l && l->changed_at > dir->list_changed_at)
+			dir->list_changed_at = l->changed_at;
+		folder_listing_release(&l);
+	}
 	x->attached = false;
 	tree_maybe_free(t, x);
+}
+
+void tree_note_flags_set(struct fs_tree *t, struct node *dir)
+{
+	if (dir->raw)
+		folder_index_distrust(t->index, dir->raw);
+}
+
+void tree_note_moved_in(struct fs_tree *t, struct node *dir)
+{
+	tree_note_flags_set(t, dir);
+	dir->loaded_at = 0;
+	dir->msgs_loaded = false;
+	if (dir->loading)
+		dir->moved_in_while_loading = true;
 }
 
 static struct node *child_dir(struct node *dir, const char *name)
@@ -121,12 +117,12 @@ int fs_tree_unlink(struct fs_tree *t, fuse_ino_t parent, const char *name)
 		free(mt.folder);
 		return -EROFS;
 	}
-	st = t->be->ops->expunge(t->be, mt.folder, mt.uidvalidity, mt.uid,
+	st = backend_expunge(t->be, mt.folder, mt.uidvalidity, mt.uid,
 		t->trash, &error);
 	if (st != BACKEND_OK) {
 		log_warn("cannot delete %s in %s: %s", name, mt.folder, error);
 		free(mt.folder);
-		return -backend_errno(st);
+		return -backend_status_errno(st);
 	}
 	log_debug("deleted UID %u from %s", mt.uid, mt.folder);
 	pthread_mutex_lock(&t->lock);
@@ -180,7 +176,7 @@ int fs_tree_rmdir(struct fs_tree *t, fuse_ino_t parent, const char *name)
 	if (!raw)
 		return -ENOMEM;
 
-	st = t->be->ops->delete_folder(t->be, raw, &error);
+	st = backend_delete_folder(t->be, raw, &error);
 	if (st == BACKEND_NOT_FOUND) {
 		/* A parent that only existed through its children goes away
 		 * with the last of them: gone is what rmdir wanted. */
@@ -188,10 +184,9 @@ int fs_tree_rmdir(struct fs_tree *t, fuse_ino_t parent, const char *name)
 	} else if (st != BACKEND_OK) {
 		log_warn("cannot delete folder %s: %s", raw, error);
 		free(raw);
-		return -backend_errno(st);
+		return -backend_status_errno(st);
 	}
-	if (t->meta)
-		meta_cache_drop_messages(t->meta, raw);
+	folder_index_forget(t->index, raw);
 	pthread_mutex_lock(&t->lock);
 	dir = tree_find(t, parent);
 	d = dir ? child_dir(dir, name) : NULL;
@@ -204,6 +199,7 @@ int fs_tree_rmdir(struct fs_tree *t, fuse_ino_t parent, const char *name)
 				dir->n_dirs--;
 				break;
 			}
+		tree_dir_changed(t, dir);
 		d->attached = false;
 		tree_detach_messages(t, d);
 		tree_maybe_free(t, d);
@@ -281,11 +277,11 @@ int fs_tree_mkdir(struct fs_tree *t, fuse_ino_t parent, const char *name,
 	if (!raw)
 		return ret;
 
-	st = t->be->ops->create_folder(t->be, raw, &error);
+	st = backend_create_folder(t->be, raw, &error);
 	free(raw);
 	if (st != BACKEND_OK) {
 		log_warn("cannot create folder '%s': %s", name, error);
-		return -backend_errno(st);
+		return -backend_status_errno(st);
 	}
 	ret = fs_tree_load_folders(t, &error);
 	if (ret < 0)
@@ -342,12 +338,12 @@ static int rename_folder(struct fs_tree *t, struct node *dir, struct node *d,
 	}
 	d->pins++;
 	pthread_mutex_unlock(&t->lock);
-	st = t->be->ops->rename_folder(t->be, old_raw, new_raw, &error);
+	st = backend_rename_folder(t->be, old_raw, new_raw, &error);
 	pthread_mutex_lock(&t->lock);
 	d->pins--;
 	if (st != BACKEND_OK) {
 		log_warn("cannot rename folder %s: %s", old_raw, error);
-		ret = -backend_errno(st);
+		ret = -backend_status_errno(st);
 		goto out;
 	}
 	/* Move the node itself, so the kernel's inode stays valid. */
@@ -358,12 +354,13 @@ static int rename_folder(struct fs_tree *t, struct node *dir, struct node *d,
 			dir->n_dirs--;
 			break;
 		}
+	tree_dir_changed(t, dir);
+	tree_dir_changed(t, newdir);
 	free(d->name);
 	d->name = strdup(newname);
 	tree_add_child_dir(newdir, d);
 	rename_raw_subtree(d, old_raw, new_raw);
-	if (t->meta)
-		meta_cache_drop_messages(t->meta, old_raw);
+	folder_index_forget(t->index, old_raw);
 out:
 	free(old_raw);
 	free(new_raw);
@@ -392,7 +389,7 @@ static int move_message(struct fs_tree *t, struct node *dir, struct node *x,
 	to = strdup(newdir->raw);
 	pthread_mutex_unlock(&t->lock);
 	if (to)
-		st = t->be->ops->move(t->be, mt.folder, mt.uidvalidity, mt.uid,
+		st = backend_move(t->be, mt.folder, mt.uidvalidity, mt.uid,
 			to, &new_uid, &error);
 	else
 		st = BACKEND_TEMP, error = "out of memory";
@@ -400,7 +397,7 @@ static int move_message(struct fs_tree *t, struct node *dir, struct node *x,
 	if (st != BACKEND_OK) {
 		log_warn("cannot move UID %u from %s to %s: %s", mt.uid,
 			mt.folder, to ? to : "?", error);
-		ret = -backend_errno(st);
+		ret = -backend_status_errno(st);
 		goto out;
 	}
 	dir = tree_find(t, mt.dir_ino);
@@ -409,8 +406,7 @@ static int move_message(struct fs_tree *t, struct node *dir, struct node *x,
 		tree_detach_message(t, dir, x);
 	/* The target learns of it at its next listing, which must not be
 	 * served from before the move. */
-	newdir->loaded_at = 0;
-	newdir->msgs_loaded = false;
+	tree_note_moved_in(t, newdir);
 	ret = 0;
 out:
 	free(mt.folder);
@@ -488,7 +484,7 @@ int fs_tree_setxattr(struct fs_tree *t, fuse_ino_t ino, const char *name,
 		free(flags);
 		return stage_xattr_ignored(name) ? 0 : -ENOTSUP;
 	}
-	if (!writable(t) || !t->be->ops->set_flags) {
+	if (!writable(t)) {
 		pthread_mutex_unlock(&t->lock);
 		free(flags);
 		return -EROFS;
@@ -502,14 +498,14 @@ int fs_tree_setxattr(struct fs_tree *t, fuse_ino_t ino, const char *name,
 		free(flags);
 		return -ENOMEM;
 	}
-	st = t->be->ops->set_flags(t->be, folder, uidvalidity, uid, flags,
+	st = backend_set_flags(t->be, folder, uidvalidity, uid, flags,
 		&error);
 	if (st != BACKEND_OK) {
 		log_warn("cannot set flags of UID %u in %s: %s", uid, folder,
 			error);
 		free(folder);
 		free(flags);
-		return -backend_errno(st);
+		return -backend_status_errno(st);
 	}
 	pthread_mutex_lock(&t->lock);
 	x = tree_find(t, ino);
@@ -520,7 +516,7 @@ int fs_tree_setxattr(struct fs_tree *t, fuse_ino_t ino, const char *name,
 	dir = tree_find(t, dir_ino);
 	if (dir)
 		/* Flags we set are flags we must not miss on resync. */
-		dir->state.highestmodseq = 0;
+		tree_note_flags_set(t, dir);
 	pthread_mutex_unlock(&t->lock);
 	free(folder);
 	free(flags);

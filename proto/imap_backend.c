@@ -215,13 +215,6 @@ out_put:
 	return st;
 }
 
-static int compare_uid(const void *a, const void *b)
-{
-	const struct backend_message *x = a, *y = b;
-
-	return (x->uid > y->uid) - (x->uid < y->uid);
-}
-
 /* Runs UID FETCH first:last (metadata; last 0 is '*') and appends the
  * messages with uid >= min_uid to *msgs (UID order not guaranteed). */
 static enum backend_status fetch_metadata(struct imap_session *s,
@@ -438,7 +431,20 @@ static enum backend_status imap_resync_messages(struct backend *be,
 	}
 	if (!msgs)
 		msgs = calloc(1, sizeof(*msgs));
-	qsort(msgs, n, sizeof(*msgs), compare_uid);
+	if (msgs) {
+		size_t repeats;
+		uint32_t first;
+
+		n = backend_messages_normalize(msgs, n, &repeats, &first);
+		if (repeats) {
+			log_warn("server error: %s lists UID %u (and %zu more) "
+				"twice; ignoring the repeats", folder, first,
+				repeats - 1);
+			/* A listing the server contradicted cannot anchor
+			 * an incremental resync: list in full next time. */
+			state_r->uidnext = 0;
+		}
+	}
 	*msgs_r = msgs;
 	*count_r = n;
 out_put:

@@ -40,6 +40,11 @@ enum backend_status {
 /* Returns a static lowercase name for logs, e.g. "temporary failure". */
 const char *backend_status_name(enum backend_status status);
 
+/* The errno a file-system operation answers for a status (0 for
+ * BACKEND_OK): the one table for every operation, so that the same
+ * failure reads the same from ls, cat and rm. */
+int backend_status_errno(enum backend_status status);
+
 /* One folder as listed by the server. */
 struct backend_folder {
 	char *raw_name;      /* the server's name, e.g. modified UTF-7; owned */
@@ -222,10 +227,42 @@ struct backend {
  * of the tree, and never addressed. */
 bool backend_raw_name_sendable(const char *raw);
 
+/* Puts a listing into strict UID order: sorts it when it is not, and drops
+ * (freeing) every repeat of a UID, keeping its first entry.  Returns the
+ * new count; *n_repeats_r (may be NULL) tells how many were dropped, and
+ * *first_repeat_r (may be NULL) the first UID seen twice.  A listing from
+ * any source (a server, the metadata cache) goes through this before it
+ * is used: a UID listed twice would otherwise name one message twice. */
+size_t backend_messages_normalize(struct backend_message *msgs, size_t count,
+	size_t *n_repeats_r, uint32_t *first_repeat_r);
+
 void backend_folders_free(struct backend_folder **folders, size_t count);
 void backend_messages_free(struct backend_message **msgs, size_t count);
 
 /* Releases *be through its destroy slot and sets *be to NULL. */
 void backend_destroy(struct backend **be);
+
+/* The write half, for callers: each answers BACKEND_READ_ONLY (with
+ * *error_r set) when the backend is read-only or lacks the slot, and
+ * otherwise calls the slot. */
+bool backend_writable(const struct backend *be);
+enum backend_status backend_expunge(struct backend *be, const char *raw_folder,
+	uint32_t uidvalidity, uint32_t uid, const char *trash_folder,
+	const char **error_r);
+enum backend_status backend_move(struct backend *be, const char *raw_from,
+	uint32_t uidvalidity, uint32_t uid, const char *raw_to,
+	uint32_t *new_uid_r, const char **error_r);
+enum backend_status backend_append(struct backend *be, const char *raw_folder,
+	const void *data, size_t len, const char *flags, int64_t internaldate,
+	uint32_t *new_uid_r, const char **error_r);
+enum backend_status backend_set_flags(struct backend *be,
+	const char *raw_folder, uint32_t uidvalidity, uint32_t uid,
+	const char *flags, const char **error_r);
+enum backend_status backend_create_folder(struct backend *be,
+	const char *raw_name, const char **error_r);
+enum backend_status backend_delete_folder(struct backend *be,
+	const char *raw_name, const char **error_r);
+enum backend_status backend_rename_folder(struct backend *be,
+	const char *raw_from, const char *raw_to, const char **error_r);
 
 #endif

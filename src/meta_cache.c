@@ -13,7 +13,7 @@
 #include "src/meta_cache.h"
 
 #define META_MAGIC "MFSMETA1"
-#define META_VERSION 2
+#define META_VERSION 3
 #define HEADER_SIZE 24          /* magic 8, version 4, length 4, xxh 8 */
 #define MAX_PAYLOAD (1U << 30)  /* refuse absurd files instead of reading them */
 
@@ -330,7 +330,7 @@ fail:
 }
 
 int meta_cache_save_messages(struct meta_cache *mc, const char *raw,
-	const struct backend_folder_state *state,
+	const struct backend_folder_state *state, int64_t changed_at,
 	const struct backend_message *m, size_t count)
 {
 	struct wbuf w = { 0 };
@@ -346,6 +346,7 @@ int meta_cache_save_messages(struct meta_cache *mc, const char *raw,
 	w_u32(&w, state->uidnext);
 	w_u64(&w, state->highestmodseq);
 	w_u32(&w, state->exists);
+	w_u64(&w, (uint64_t)changed_at);
 	w_u32(&w, (uint32_t)count);
 	for (size_t i = 0; i < count; i++) {
 		w_u32(&w, m[i].uid);
@@ -364,7 +365,7 @@ int meta_cache_save_messages(struct meta_cache *mc, const char *raw,
 }
 
 int meta_cache_load_messages(struct meta_cache *mc, const char *raw,
-	struct backend_folder_state *state_r,
+	struct backend_folder_state *state_r, int64_t *changed_at_r,
 	struct backend_message **msgs_r, size_t *count_r)
 {
 	struct backend_message *m = NULL;
@@ -388,6 +389,7 @@ int meta_cache_load_messages(struct meta_cache *mc, const char *raw,
 	state_r->uidnext = r_u32(&r);
 	state_r->highestmodseq = r_u64(&r);
 	state_r->exists = r_u32(&r);
+	*changed_at_r = (int64_t)r_u64(&r);
 	count = r_u32(&r);
 	/* Each message takes at least 32 bytes: bound the allocation. */
 	if (r.failed || count > len / 32 + 1)
@@ -406,6 +408,17 @@ int meta_cache_load_messages(struct meta_cache *mc, const char *raw,
 			n++;
 			goto fail;
 		}
+	}
+	size_t repeats;
+
+	n = backend_messages_normalize(m, n, &repeats, NULL);
+	if (repeats) {
+		/* Written by an older mailfs from a server that listed a UID
+		 * twice: keep the rest, and let the next resync compare every
+		 * UID rather than trust the saved counts. */
+		log_warn("metadata cache of %s listed %zu message(s) twice; "
+			"repaired", raw, repeats);
+		state_r->highestmodseq = 0;
 	}
 	free(name);
 	free(data);

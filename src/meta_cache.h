@@ -14,6 +14,7 @@
 #define MAILFS_META_CACHE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "src/backend.h"
 
@@ -32,13 +33,16 @@ int meta_cache_save_folders(struct meta_cache *mc,
 int meta_cache_load_folders(struct meta_cache *mc,
 	struct backend_folder **folders_r, size_t *count_r);
 
-/* Saves/loads one folder's state and messages (UID order).  load returns 0
- * with *msgs_r owned by the caller (backend_messages_free), or -1. */
+/* Saves/loads one folder's state, the time its list of messages last
+ * changed (seconds since the epoch, as the folder index keeps it) and its
+ * messages (UID order).  load returns 0 with *msgs_r owned by the caller
+ * (backend_messages_free), or -1; what it returns is in strict UID order
+ * even when the file was not (see backend_messages_normalize). */
 int meta_cache_save_messages(struct meta_cache *mc, const char *raw_folder,
-	const struct backend_folder_state *state,
+	const struct backend_folder_state *state, int64_t changed_at,
 	const struct backend_message *msgs, size_t count);
 int meta_cache_load_messages(struct meta_cache *mc, const char *raw_folder,
-	struct backend_folder_state *state_r,
+	struct backend_folder_state *state_r, int64_t *changed_at_r,
 	struct backend_message **msgs_r, size_t *count_r);
 
 /* Forgets one folder's listing (UIDVALIDITY changed, folder deleted). */

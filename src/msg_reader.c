@@ -170,11 +170,6 @@ static void inflight_remove(struct msg_reader *r, const struct block_key *key)
 
 /* ---- getting one block ----------------------------------------------------- */
 
-static int status_to_errno(enum backend_status st)
-{
-	return st == BACKEND_NOT_FOUND ? ENOENT : st == BACKEND_AUTH ? EACCES : EIO;
-}
-
 /* A block received from the server: into both caches. */
 static void store_block(struct msg_reader *r, const struct block_key *key,
 	const char *data, size_t len, bool eom)
@@ -316,7 +311,7 @@ static ssize_t get_block(struct msg_reader *r, const struct msg_ref *ref,
 		inflight_remove(r, &key);
 		pthread_cond_broadcast(&r->fetched);
 		pthread_mutex_unlock(&r->lock);
-		return -status_to_errno(st);
+		return -backend_status_errno(st);
 	}
 	*eom_r = len < BLOCK;
 	store_block(r, &key, buf, len, *eom_r);

@@ -34,6 +34,10 @@ Faults on the server->client direction:
                             optionally close it after cut_after more bytes
                             from the server, or send `flood` bytes of
                             filler lines instead and close it
+  gate(pattern)             hold the first client line matching `pattern`
+                            (and everything after it on that connection)
+                            until open_gate(): the server has not seen
+                            the command yet, the client waits for it
   down() / up()             close every connection and refuse new ones
                             (the port is closed) / listen again on the
                             same port, like a server restart
@@ -45,7 +49,8 @@ before the handshake, or servers without TLS).
 
 Counters: connections (accepted so far), open_connections(), cuts,
 server_bytes, client_bytes, client_bytes_stalled (client bytes that arrived
-while stalled: a request left without an answer), injected, rewritten.
+while stalled: a request left without an answer), injected, rewritten,
+gated (client lines held by a gate so far).
 
 ScriptedImapServer greets each connection with fixed bytes and answers
 command lines through a function, for servers that misbehave from their
@@ -170,6 +175,7 @@ class _Conn:
                         pass
                     break
                 self.proxy._count_client(len(data))
+                self.proxy._pass_gate(self, data)
                 try:
                     self.upstream.sendall(data)
                 except OSError:
@@ -354,6 +360,9 @@ class FaultProxy:
         self.server_bytes = 0
         self.client_bytes = 0
         self.client_bytes_stalled = 0
+        self.gated = 0
+        self._gate = None         # compiled pattern while armed
+        self._gate_open = True
 
     # -- life cycle
 
@@ -483,6 +492,19 @@ class FaultProxy:
                 self.client_bytes_stalled += n
             self._lock.notify_all()
 
+    def _pass_gate(self, conn, data):
+        """Blocks a client->server chunk holding the gate's pattern until
+        open_gate(); the pattern matches at most once."""
+        with self._lock:
+            if self._gate is None or not self._gate.search(data):
+                return
+            self._gate = None
+            self.gated += 1
+            self._lock.notify_all()
+            while not self._gate_open and not conn.closed and \
+                    not self._closing:
+                self._lock.wait(0.2)
+
     # -- observation
 
     def open_connections(self):
@@ -504,9 +526,11 @@ class FaultProxy:
     # -- faults
 
     def clear(self):
-        """Removes every fault (and a stall); keeps the connections."""
+        """Removes every fault (a stall and a gate too); keeps the
+        connections."""
         self._change(lambda f: f.__init__())
         self.resume()
+        self.open_gate()
 
     def delay(self, seconds, chunk=16384):
         def fn(f):
@@ -555,6 +579,17 @@ class FaultProxy:
             f.rewrite_flood = flood
             f.rewrite_every = bool(every)
         self._change(fn)
+
+    def gate(self, pattern):
+        with self._lock:
+            self._gate = re.compile(pattern, re.MULTILINE)
+            self._gate_open = False
+
+    def open_gate(self):
+        with self._lock:
+            self._gate = None
+            self._gate_open = True
+            self._lock.notify_all()
 
     def drop_all(self):
         """Closes every open connection (the port stays open)."""

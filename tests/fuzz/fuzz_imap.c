@@ -91,7 +91,7 @@ static void check_messages(const struct backend_message *m, size_t n)
 		FUZZ_CHECK(m[i].header[m[i].header_len] == '\0',
 			"header of message %zu", i);
 		if (i > 0)
-			FUZZ_CHECK(m[i - 1].uid <= m[i].uid, "UID order at %zu",
+			FUZZ_CHECK(m[i - 1].uid < m[i].uid, "UID order at %zu",
 				i);
 	}
 }

@@ -1,0 +1,76 @@
+"""Integration tests: a directory's mtime tells when its entries changed.
+
+Indexers and backup tools rescan only directories whose mtime moved, so a
+folder's mtime (and ctime) must move forward whenever a message or a
+subfolder comes or goes, through the mount or through another client,
+and stay put otherwise, also across a remount with the same cache.
+"""
+
+import os
+
+from helpers import files_in, poll_until, seed
+from test_faults import make_message
+
+DEADLINE = 60
+
+
+def times(path):
+    st = os.stat(path)
+    return st.st_mtime_ns, st.st_ctime_ns
+
+
+def test_folder_mtime_moves_only_with_its_entries(account, mount, tmp_path):
+    seed(account, {"INBOX": [make_message(f"mtime-{i}", 1200)
+                             for i in range(3)],
+                   "Work": [make_message("mtime-work", 1200)]})
+    cache = str(tmp_path / "cache")
+    m = mount(account, cache_dir=cache, options=["refresh=1"])
+    inbox = os.path.join(m.path, "INBOX")
+    work = os.path.join(m.path, "Work")
+    files_in(inbox)
+    files_in(work)
+    first = times(inbox)
+    assert first[0] == first[1]
+
+    # Refreshes that find nothing new leave it alone.  A flag changed by
+    # another client is no change of the directory either.
+    with account.client() as c:
+        c.store("INBOX", 1, ["\\Flagged"])
+
+    def flagged_somewhere():
+        return any("\\Flagged" in os.getxattr(
+            os.path.join(inbox, n), "user.mail.flags").decode()
+            for n in files_in(inbox))
+
+    poll_until(flagged_somewhere, "the flag seen through the mount",
+               DEADLINE, tolerate=OSError)
+    assert times(inbox) == first
+
+    # Mail from another client moves it forward.
+    with account.client() as c:
+        c.append("INBOX", make_message("mtime-new", 900))
+    poll_until(lambda: len(files_in(inbox)) == 4, "the new message",
+               DEADLINE)
+    second = times(inbox)
+    assert second[0] > first[0] and second[1] == second[0]
+
+    # rm through the mount moves it forward; the folder it did not touch
+    # stays put.
+    work_before = times(work)
+    os.unlink(os.path.join(inbox, sorted(files_in(inbox))[0]))
+    third = times(inbox)
+    assert third[0] > second[0]
+    assert times(work) == work_before
+
+    # A new subfolder moves its parent forward.
+    root_before = times(m.path)
+    os.mkdir(os.path.join(m.path, "Fresh"))
+    assert times(m.path)[0] > root_before[0]
+
+    # The same times after a remount with the same cache.
+    m.unmount()
+    m2 = mount(account, cache_dir=cache, options=["refresh=1"])
+    inbox2 = os.path.join(m2.path, "INBOX")
+    assert len(files_in(inbox2)) == 3
+    assert times(inbox2) == third
+    assert times(os.path.join(m2.path, "Work")) == work_before
