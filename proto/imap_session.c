@@ -92,6 +92,54 @@ static bool is_plain_ascii(const char *s)
 	return true;
 }
 
+/* What libetpan 1.9.4 does with the results of the commands mailfs
+ * sends through it when the server does not answer OK (read from its
+ * source: mailimap.c, qresync.c, uidplus.c, condstore.c):
+ *
+ *   any command, BAD or BYE, a wrong tag, a parse or stream error:
+ *     returns before touching a result pointer (BAD gives
+ *     MAILIMAP_ERROR_PROTOCOL, BYE MAILIMAP_ERROR_FATAL);
+ *   UID FETCH (mailimap_uid_fetch -> mailimap_uid_fetch_qresync_vanished),
+ *   tagged NO:
+ *     with untagged FETCH data: returns MAILIMAP_NO_ERROR, the list is
+ *     the caller's; with none: stores the list in *result, frees it and
+ *     returns MAILIMAP_ERROR_UID_FETCH with *result dangling;
+ *   LIST, tagged NO: *result holds whatever came before the NO, owned by
+ *     the caller, returns MAILIMAP_ERROR_LIST;
+ *   UID COPY, UID MOVE (uidplus), tagged NO: results untouched;
+ *   SELECT, EXAMINE, STORE, EXPUNGE, CREATE, DELETE, RENAME, LOGIN,
+ *   IDLE DONE, tagged NO: no result; selection data stays in
+ *     imap_selection_info until the next SELECT or EXAMINE.
+ *
+ * The wrappers below make FETCH and LIST agree with the rest. */
+int imap_session_uid_fetch(struct imap_session *s, struct mailimap_set *set,
+	struct mailimap_fetch_type *ft, clist **result_r)
+{
+	clist *result = NULL;
+	int r;
+
+	r = mailimap_uid_fetch(s->imap, set, ft, &result);
+	/* On MAILIMAP_ERROR_UID_FETCH the list is already freed; on every
+	 * other error it was never set. */
+	*result_r = r == MAILIMAP_NO_ERROR ? result : NULL;
+	return r;
+}
+
+int imap_session_list(struct imap_session *s, const char *reference,
+	const char *pattern, clist **result_r)
+{
+	clist *result = NULL;
+	int r;
+
+	r = mailimap_list(s->imap, reference, pattern, &result);
+	if (r != MAILIMAP_NO_ERROR && result != NULL) {
+		mailimap_list_result_free(result);   /* answers before a NO */
+		result = NULL;
+	}
+	*result_r = result;
+	return r;
+}
+
 const char *imap_session_last_text(struct imap_session *s)
 {
 	mailimap *imap = s->imap;
@@ -910,11 +958,7 @@ static enum backend_status session_delimiter(struct imap_session *s,
 	enum backend_status st;
 	int r;
 
-	r = mailimap_list(s->imap, "", "", &list);
-	if (r != MAILIMAP_NO_ERROR && list) {
-		mailimap_list_result_free(list);   /* partial answers too */
-		list = NULL;
-	}
+	r = imap_session_list(s, "", "", &list);
 	if (r == MAILIMAP_ERROR_LIST) {
 		log_debug("imap %s: LIST \"\" \"\" refused (%s); assuming a"
 			" flat namespace", s->label,
