@@ -159,6 +159,13 @@ const char *imap_session_last_text(struct imap_session *s)
 	return s->text;
 }
 
+/* The status of a failed stream: the guard refusing what the server
+ * sent is the server's fault, not the network's. */
+static enum backend_status stream_status(struct imap_session *s)
+{
+	return s->guard.refused != NULL ? BACKEND_PROTOCOL : BACKEND_TEMP;
+}
+
 static const char *stream_reason(struct imap_session *s)
 {
 	const char *e = "";
@@ -239,7 +246,7 @@ enum backend_status imap_session_status(struct imap_session *s, int r)
 	/* Our idea of the state disagrees with libetpan's: start over. */
 	case MAILIMAP_ERROR_BAD_STATE:
 		s->broken = true;
-		return BACKEND_TEMP;
+		return stream_status(s);
 
 	/* A tagged BAD, or a response with another command's tag. */
 	case MAILIMAP_ERROR_PROTOCOL:
@@ -367,27 +374,31 @@ enum line_kind {
  * imap://...).  Refused: lists, quoted strings and literals, which is
  * where libetpan's bugs live, and PERMANENTFLAGS and BADCHARSET in any
  * form: they belong to SELECT and SEARCH answers, never to what a server
- * says before TLS. */
+ * says before TLS.  Blanks are taken as libetpan takes them: any run of
+ * SP and TAB, after the '[' too. */
 static const char *code_problem(const char *p, const char *end)
 {
-	const char *name = p;
+	const char *name;
 	size_t n;
 	bool capability;
 
-	while (p < end && imap_atom_char((unsigned char)*p))
+	while (p < end && imap_blank(*p))
 		p++;
+	for (name = p; p < end && imap_atom_char((unsigned char)*p); p++)
+		;
 	n = (size_t)(p - name);
 	if (n == 0)
 		return "an empty response code";
-	if (imap_word_is(name, n, "PERMANENTFLAGS"))
+	/* libetpan matches code names as prefixes. */
+	if (n >= 14 && strncasecmp(name, "PERMANENTFLAGS", 14) == 0)
 		return "refused response code PERMANENTFLAGS";
-	if (imap_word_is(name, n, "BADCHARSET"))
+	if (n >= 10 && strncasecmp(name, "BADCHARSET", 10) == 0)
 		return "refused response code BADCHARSET";
 	capability = imap_word_is(name, n, "CAPABILITY");
 	for (; p < end && *p != ']'; p++) {
 		unsigned char ch = (unsigned char)*p;
 
-		if (ch == ' ')
+		if (imap_blank((char)ch))
 			continue;
 		if (capability ? !imap_atom_char(ch) :
 		    (ch < 0x20 || ch > 0x7e || strchr("(){\"\\[", ch)))
@@ -402,21 +413,41 @@ static const char *code_problem(const char *p, const char *end)
 /* Checks resp-text at p: a response code, if any, must pass. */
 static const char *text_problem(const char *p, const char *end)
 {
-	while (p < end && *p == ' ')
+	while (p < end && imap_blank(*p))
 		p++;
 	if (p < end && *p == '[')
 		return code_problem(p + 1, end);
 	return NULL;
 }
 
+/* The status word at p, matched as libetpan's keyword parser matches
+ * it (a prefix, any case); the length matched, or 0. */
+static size_t status_word(const char *p, const char *end, bool greeting)
+{
+	static const char *const any[] = { "OK", "PREAUTH", "BYE" };
+	static const char *const answers[] = { "NO", "BAD" };
+
+	for (size_t i = 0; i < sizeof(any) / sizeof(any[0]); i++)
+		if ((size_t)(end - p) >= strlen(any[i]) &&
+		    strncasecmp(p, any[i], strlen(any[i])) == 0)
+			return strlen(any[i]);
+	for (size_t i = 0; !greeting && i < 2; i++)
+		if ((size_t)(end - p) >= strlen(answers[i]) &&
+		    strncasecmp(p, answers[i], strlen(answers[i])) == 0)
+			return strlen(answers[i]);
+	return 0;
+}
+
 /* Checks one line (len bytes with its '\n') of what the server sent in
  * clear text, or of a continuation request (imap_session_continuation);
  * NULL if libetpan may parse it, else why not.  *kind_r says
- * what the line is.  A greeting must be "* OK", "* PREAUTH" or "* BYE". */
+ * what the line is.  A greeting must be "* OK", "* PREAUTH" or "* BYE".
+ * The line is split as libetpan splits it: blanks are runs of SP and
+ * TAB, before the '*' or '+' too. */
 static const char *check_line(const char *line, size_t len, bool greeting,
 	enum line_kind *kind_r)
 {
-	const char *end = line + len, *p, *word;
+	const char *end = line + len, *p, *tag;
 	size_t n;
 
 	if (memchr(line, '\0', len) != NULL)
@@ -424,34 +455,34 @@ static const char *check_line(const char *line, size_t len, bool greeting,
 	end--;                              /* the '\n' */
 	if (end > line && end[-1] == '\r')
 		end--;
+	for (p = line; p < end && imap_blank(*p); p++)
+		;
 	/* libetpan takes "+" for a continuation request with or without
 	 * a space after it. */
-	if (line[0] == '+') {
+	if (p < end && *p == '+') {
 		*kind_r = LINE_CONTINUATION;
 		if (greeting)
 			return "not an IMAP greeting";
-		return text_problem(line + 1, end);
+		return text_problem(p + 1, end);
 	}
-	p = memchr(line, ' ', (size_t)(end - line));
-	if (p == NULL)
-		p = end;
-	*kind_r = p - line == 1 && line[0] == '*' ? LINE_UNTAGGED :
+	for (tag = p; p < end && !imap_blank(*p); p++)
+		;
+	*kind_r = p - tag == 1 && tag[0] == '*' ? LINE_UNTAGGED :
 		LINE_TAGGED;
+	if (tag < end && tag[0] == '*' && *kind_r != LINE_UNTAGGED)
+		return "a '*' not followed by a space";
 	if (greeting && *kind_r != LINE_UNTAGGED)
 		return "not an IMAP greeting";
 	/* Literals would need libetpan's grammar to follow; no answer
 	 * expected before TLS carries one. */
-	if (!greeting && end > line && end[-1] == '}')
+	if (!greeting && memchr(line, '{', (size_t)(end - line)) != NULL)
 		return "a literal";
 
-	word = p < end ? p + 1 : end;
-	for (p = word; p < end && *p != ' '; p++)
-		;
-	n = (size_t)(p - word);
-	if (imap_word_is(word, n, "OK") || imap_word_is(word, n, "PREAUTH") ||
-	    imap_word_is(word, n, "BYE") ||
-	    (!greeting && (imap_word_is(word, n, "NO") || imap_word_is(word, n, "BAD"))))
-		return text_problem(p, end);
+	while (p < end && imap_blank(*p))
+		p++;
+	n = status_word(p, end, greeting);
+	if (n > 0)
+		return text_problem(p + n, end);
 	if (greeting)
 		return "not an IMAP greeting";
 	return NULL;                        /* data: CAPABILITY, EXISTS, ... */
@@ -535,7 +566,7 @@ static enum backend_status peek_answer_line(struct imap_session *s,
 	if (n < 0) {
 		*error_r = errfmt("%s at %s failed: %s", what, s->label,
 			stream_reason(s));
-		return BACKEND_TEMP;
+		return stream_status(s);
 	}
 	*error_r = errfmt("bad answer to %s from %s: a line longer than %d"
 		" bytes", what, s->label, PLAIN_ANSWER_MAX);
@@ -686,7 +717,7 @@ enum backend_status imap_session_continuation(struct imap_session *s,
 				s->broken = true;
 				*error_r = errfmt("%s at %s failed: %s", what,
 					s->label, stream_reason(s));
-				return BACKEND_TEMP;
+				return stream_status(s);
 			}
 			*go_r = true;
 			return BACKEND_OK;
@@ -712,7 +743,7 @@ enum backend_status imap_session_continuation(struct imap_session *s,
 			s->broken = true;
 			*error_r = errfmt("%s at %s failed: %s", what, s->label,
 				stream_reason(s));
-			return BACKEND_TEMP;
+			return stream_status(s);
 		}
 		if (untagged_r != NULL)
 			*untagged_r = true;

@@ -16,6 +16,13 @@ static inline bool imap_atom_char(unsigned char ch)
 	return ch > 0x20 && ch < 0x7f && strchr("(){%*\"\\]", ch) == NULL;
 }
 
+/* What libetpan's parser (built with UNSTRICT_SYNTAX) takes for a
+ * space: it accepts a run of them wherever IMAP has one SP. */
+static inline bool imap_blank(char ch)
+{
+	return ch == ' ' || ch == '\t';
+}
+
 /* True if p[0..n) is word, ASCII case ignored. */
 static inline bool imap_word_is(const char *p, size_t n, const char *word)
 {
