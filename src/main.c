@@ -295,6 +295,35 @@ static char *stats_text(void *ctx)
 /* Start-up failures: one line on stderr, naming the cause.  Control
  * characters (a line break in an option's value) are shown as '?', so
  * that the line stays one. */
+/* "-ofsname=mailfs#USER@HOST,subtype=mailfs", with the ',' and '\\' of
+ * user and host escaped as libfuse's option parser expects: a user name
+ * may hold any byte ("x%2Callow_other" in a URL), and must not add
+ * options to the mount.  Returns a malloc'ed string, or NULL. */
+static char *fsname_option(const char *user, const char *host)
+{
+	const char *parts[2] = { user, host };
+	size_t len = 0;
+	char *out, *d;
+
+	for (int i = 0; i < 2; i++)
+		len += 2 * strlen(parts[i]);
+	out = malloc(len + sizeof("-ofsname=mailfs#@,subtype=mailfs"));
+	if (!out)
+		return NULL;
+	d = stpcpy(out, "-ofsname=mailfs#");
+	for (int i = 0; i < 2; i++) {
+		if (i == 1)
+			*d++ = '@';
+		for (const char *p = parts[i]; *p; p++) {
+			if (*p == ',' || *p == '\\')
+				*d++ = '\\';
+			*d++ = *p;
+		}
+	}
+	strcpy(d, ",subtype=mailfs");
+	return out;
+}
+
 static __attribute__((format(printf, 1, 2))) int fail(const char *fmt, ...)
 {
 	char *text = NULL;
@@ -542,10 +571,14 @@ int main(int argc, char **argv)
 
 	/* Keep the kernel's default_permissions checks meaningful and name
 	 * the mount after its source in /proc/mounts. */
-	char fsname[1024];
-	snprintf(fsname, sizeof(fsname), "-ofsname=mailfs#%s@%s,subtype=mailfs",
-		o.source.user, o.source.host);
-	fuse_opt_add_arg(&args, fsname);
+	char *fsname = fsname_option(o.source.user, o.source.host);
+
+	if (!fsname || fuse_opt_add_arg(&args, fsname) < 0) {
+		free(fsname);
+		fail("%s", "out of memory");
+		goto out;
+	}
+	free(fsname);
 	se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), tree);
 	if (!se)
 		goto out;   /* libfuse said why */
