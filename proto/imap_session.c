@@ -1164,6 +1164,13 @@ static enum backend_status session_secure(struct imap_session *s,
 		if (ep->tls_ctx != NULL &&
 		    has_cap(s->imap, "STARTTLS"))
 			return session_starttls(s, error_r);
+		if (!net_stream_peer_is_loopback(s->imap->imap_stream)) {
+			s->broken = true;
+			*error_r = errfmt("server %s does not offer STARTTLS;"
+				" refusing to send the password in clear text"
+				" to a host not on loopback", s->label);
+			return BACKEND_PROTOCOL;
+		}
 		/* Every pooled session passes here; main warns once. */
 		log_debug("imap %s: no TLS offered, continuing in plain text",
 			s->label);

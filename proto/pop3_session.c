@@ -545,6 +545,9 @@ static enum backend_status session_connect(struct pop3_session *s,
 		}
 	}
 
+	/* libetpan reads the greeting and the answers to STLS, USER, PASS
+	 * and QUIT with a line reader that grows without limit. */
+	net_stream_set_line_max(stream, LINE_MAX_LEN);
 	/* From here on the stream belongs to s->pop3, even on failure. */
 	r = mailpop3_connect(s->pop3, stream);
 	if (r == MAILPOP3_NO_ERROR)
@@ -623,7 +626,7 @@ static enum backend_status session_secure(struct pop3_session *s,
 			s->broken = true;
 			*error_r = errfmt("server %s does not offer STLS;"
 				" refusing to continue without TLS (use pop3s://"
-				" or -o allow_plaintext)", s->label);
+				" or -o pop3_allow_plaintext)", s->label);
 			return BACKEND_PROTOCOL;
 		}
 		return session_stls(s, error_r);
@@ -633,6 +636,13 @@ static enum backend_status session_secure(struct pop3_session *s,
 		/* Once offered, STLS must work: no silent downgrade. */
 		if (ep->tls_ctx != NULL && s->caps.stls)
 			return session_stls(s, error_r);
+		if (!net_stream_peer_is_loopback(session_stream(s))) {
+			s->broken = true;
+			*error_r = errfmt("server %s does not offer STLS;"
+				" refusing to send the password in clear text"
+				" to a host not on loopback", s->label);
+			return BACKEND_PROTOCOL;
+		}
 		log_warn("pop3 %s: no TLS, credentials and mail travel in clear"
 			" text", s->label);
 		return BACKEND_OK;
@@ -730,6 +740,8 @@ enum backend_status pop3_session_open(const struct pop3_endpoint *ep,
 	if (st != BACKEND_OK)
 		goto out_close;
 
+	/* Until QUIT only our own readers read, message lines included. */
+	net_stream_set_line_max(session_stream(s), 0);
 	log_debug("pop3 %s: session ready (%s%s%s%s)", s->label,
 		net_stream_is_tls(session_stream(s)) ? "TLS" : "plain text",
 		s->caps.top ? ", TOP" : "", s->caps.uidl ? ", UIDL" : "",
@@ -760,6 +772,8 @@ void pop3_session_close(struct pop3_session **session)
 			if (t <= 0 || t > QUIT_TIMEOUT_S)
 				t = QUIT_TIMEOUT_S;
 			net_stream_set_timeout(pop3->pop3_stream, t);
+			net_stream_set_line_max(pop3->pop3_stream,
+				LINE_MAX_LEN);
 			/* Nothing is marked deleted, so the UPDATE state
 			 * QUIT enters removes nothing. */
 			mailpop3_quit(pop3);        /* closes the stream */

@@ -46,6 +46,8 @@
 #define DATA_END_TIMEOUT_S 300
 /* Lines in one reply, and bytes of reply text kept for EHLO parsing. */
 #define REPLY_LINES_MAX 100
+/* Longest reply line, CRLF included (RFC 5321 4.5.3.1.5). */
+#define REPLY_LINE_MAX 512
 #define EHLO_TEXT_MAX 4096
 /* Longest command line we write: RFC 5321 allows 512 with CRLF, AUTH
  * lines may be longer (RFC 4954: 12288). */
@@ -538,7 +540,7 @@ static enum backend_status session_secure(struct smtp_session *s,
 			set_state(s, ST_BROKEN);
 			*error_r = errfmt("server %s does not offer STARTTLS;"
 				" refusing to continue without TLS (use"
-				" smtps:// or -o allow_plaintext)", s->label);
+				" smtps:// or -o smtp_allow_plaintext)", s->label);
 			return BACKEND_PROTOCOL;
 		}
 		return session_starttls(s, error_r);
@@ -547,6 +549,14 @@ static enum backend_status session_secure(struct smtp_session *s,
 		/* Once offered, STARTTLS must work: no silent downgrade. */
 		if (ep->tls_ctx != NULL && s->caps.starttls)
 			return session_starttls(s, error_r);
+		if (ep->user != NULL &&
+		    !net_stream_peer_is_loopback(s->smtp->stream)) {
+			set_state(s, ST_BROKEN);
+			*error_r = errfmt("server %s does not offer STARTTLS;"
+				" refusing to send the password in clear text"
+				" to a host not on loopback", s->label);
+			return BACKEND_PROTOCOL;
+		}
 		log_warn("smtp %s: no TLS, credentials and mail travel in clear"
 			" text", s->label);
 		return BACKEND_OK;
@@ -810,6 +820,9 @@ enum backend_status smtp_session_connect(struct smtp_session *s,
 			return BACKEND_TEMP;
 		}
 	}
+	/* Every reply is read by libetpan's line reader, which grows without
+	 * limit: lines are bounded as RFC 5321 4.5.3.1.5 bounds them. */
+	net_stream_set_line_max(stream, REPLY_LINE_MAX);
 	pthread_mutex_lock(&s->lock);
 	s->smtp->stream = stream;
 	s->cancel_stream = stream;

@@ -52,6 +52,8 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("retry_min=%u", retry_min_s, 0),
 	OPT("retry_max_age=%u", retry_max_age_s, 0),
 	OPT("allow_plaintext", allow_plaintext, 1),
+	OPT("pop3_allow_plaintext", pop3_allow_plaintext, 1),
+	OPT("smtp_allow_plaintext", smtp_allow_plaintext, 1),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -100,7 +102,10 @@ static void usage(FILE *out)
 "                           $XDG_STATE_HOME/mailfs/USER@HOST/outbox)\n"
 "    -o retry_min=SECONDS   first retry delay, doubling to an hour (60)\n"
 "    -o retry_max_age=SECONDS  give up after this long (5 days)\n"
-"    -o allow_plaintext     permit imap:// without STARTTLS (unsafe)\n"
+"    -o allow_plaintext     permit imap:// without STARTTLS (unsafe; the\n"
+"                           password goes only to a loopback address)\n"
+"    -o pop3_allow_plaintext  the same for pop3:// (STLS)\n"
+"    -o smtp_allow_plaintext  the same for smtp:// (STARTTLS)\n"
 "    -h, --help             this help and the FUSE options\n"
 "    -V, --version          version\n"
 "\n");
@@ -457,8 +462,16 @@ int main(int argc, char **argv)
 
 	if (o.allow_plaintext)
 		log_warn("allow_plaintext: the password and mail may cross "
-			"the network unencrypted if the server offers no "
+			"the network unencrypted if the IMAP server offers no "
 			"STARTTLS");
+	if (o.pop3_allow_plaintext)
+		log_warn("pop3_allow_plaintext: the password and mail may "
+			"cross the network unencrypted if the POP3 server "
+			"offers no STLS");
+	if (o.smtp_allow_plaintext)
+		log_warn("smtp_allow_plaintext: the password and mail may "
+			"cross the network unencrypted if the SMTP server "
+			"offers no STARTTLS");
 	tls_ctx = net_tls_context_new(o.ca_file, &error);
 	if (!tls_ctx) {
 		fail("%s", error);
@@ -600,7 +613,8 @@ int main(int argc, char **argv)
 			.smtp = {
 				.host = o.smtp.host, .port = o.smtp.port,
 				.tls = o.smtp.scheme == SCHEME_SMTPS ?
-					SMTP_TLS_IMPLICIT : o.allow_plaintext ?
+					SMTP_TLS_IMPLICIT :
+					o.smtp_allow_plaintext ?
 					SMTP_TLS_NONE : SMTP_TLS_STARTTLS,
 				.tls_ctx = smtp_tls, .user = o.smtp.user,
 				.password = smtp_password ? smtp_password :

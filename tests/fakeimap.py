@@ -10,9 +10,14 @@ LITERAL+), CREATE, DELETE, RENAME, IDLE, NOOP, LOGOUT.  Changes made
 through it are kept for later connections.
 
 fail(kind, answer, times=None) makes the next `times` commands of that
-kind (every one with None) get `answer` instead: "NO", "BAD", "BYE", or
-raw bytes sent as they are (then the connection is closed).  Kinds are
-the names in KINDS.  `seen` counts the commands of each kind received,
+kind (every one with None) get `answer` instead: "NO", "BAD", "BYE",
+raw bytes sent as they are (then the connection is closed), or
+endless(prefix): prefix, then filler without a line end for as long as
+the client reads (`endless_sent` counts those bytes).  Kinds are the
+names in KINDS.
+
+EndlessServer(prefix) greets every connection that way, for any
+protocol.  `seen` counts the commands of each kind received,
 `failed` those answered by a fault; `lines` holds every command line.
 """
 
@@ -20,7 +25,7 @@ import re
 import socket
 import threading
 
-__all__ = ["FakeImapServer", "KINDS"]
+__all__ = ["FakeImapServer", "EndlessServer", "KINDS", "endless"]
 
 CAPS = b"IMAP4rev1 LITERAL+ UIDPLUS MOVE IDLE"
 DATE = b'"03-Jun-2025 10:00:00 +0000"'
@@ -30,6 +35,26 @@ HEAD_FIELDS = (b"date", b"subject", b"message-id", b"from")
 KINDS = ("CAPABILITY", "LOGIN", "LIST", "EXAMINE", "SELECT", "FETCH-META",
          "FETCH-FLAGS", "FETCH-BODY", "STORE", "EXPUNGE", "MOVE", "COPY",
          "APPEND", "CREATE", "DELETE", "RENAME", "IDLE", "NOOP", "LOGOUT")
+
+
+FILLER = b"A" * 65536
+
+
+class endless:
+    def __init__(self, prefix):
+        self.prefix = prefix
+
+    def send(self, sock, count):
+        """Sends the prefix, then filler until the peer stops reading;
+        count(n) is called with every piece sent."""
+        sock.sendall(self.prefix)
+        count(len(self.prefix))
+        try:
+            while True:
+                sock.sendall(FILLER)
+                count(len(FILLER))
+        except OSError:
+            pass
 
 
 def kind_of(words):
@@ -154,6 +179,8 @@ class _Conn:
                     continue
                 if fault == "BYE":
                     self.send(b"* BYE going away\r\n")
+                elif isinstance(fault, endless):
+                    fault.send(self.sock, s._count_endless)
                 else:
                     self.send(fault)
                 return
@@ -313,6 +340,7 @@ class FakeImapServer:
         self.folders = {name: _Folder(raws)
                         for name, raws in (messages or {"INBOX": []}).items()}
         self.lines = []
+        self.endless_sent = 0
         self.seen = {}
         self.failed = {}
         self._faults = {}
@@ -325,6 +353,10 @@ class FakeImapServer:
         self.port = self._sock.getsockname()[1]
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
         self._thread.start()
+
+    def _count_endless(self, n):
+        with self.lock:
+            self.endless_sent += n
 
     def fail(self, kind, answer, times=None):
         assert kind in KINDS, kind
@@ -395,6 +427,68 @@ class FakeImapServer:
             except OSError:
                 pass
             c.close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class EndlessServer:
+    """Greets every connection on 127.0.0.1 with endless(prefix).
+    `sent` counts the bytes sent, `connections` the connections."""
+
+    def __init__(self, prefix):
+        self.greeting = endless(prefix)
+        self.sent = 0
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._conns = []
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.port = self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    def _count(self, n):
+        with self._lock:
+            self.sent += n
+
+    def _accept_loop(self):
+        while True:
+            try:
+                c, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._conns.append(c)
+                self.connections += 1
+            threading.Thread(target=self._serve, args=(c,),
+                             daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            self.greeting.send(c, self._count)
+        finally:
+            c.close()
+
+    def close(self):
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self._thread.join(timeout=5)
 
     def __enter__(self):
