@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "proto/imap_syntax.h"
+#include "proto/mail_conn.h"
 #include "proto/net_stream.h"
 #include "src/errfmt.h"
 
@@ -631,7 +632,7 @@ static enum backend_status tagged_status(struct imap_session *s,
 	if (strncasecmp(text, "OK", 2) == 0 &&
 	    (text[2] == ' ' || text[2] == '\0'))
 		return BACKEND_OK;
-	imap_copy_printable(words, sizeof(words), text, strlen(text));
+	mail_copy_printable(words, sizeof(words), text, strlen(text));
 	if (strncasecmp(text, "NO", 2) == 0 &&
 	    (text[2] == ' ' || text[2] == '\0')) {
 		*error_r = errfmt("UID FETCH in %s: refused: %s", folder, words);
@@ -721,7 +722,7 @@ enum backend_status imap_meta_fetch(struct imap_session *s,
 			if (strncasecmp(p, "BYE", 3) == 0) {
 				char words[200];
 
-				imap_copy_printable(words, sizeof(words), p, strlen(p));
+				mail_copy_printable(words, sizeof(words), p, strlen(p));
 				s->broken = true;
 				st = BACKEND_TEMP;
 				*error_r = errfmt("UID FETCH in %s: the server "
@@ -740,7 +741,7 @@ enum backend_status imap_meta_fetch(struct imap_session *s,
 		/* A continuation request or another command's tag. */
 		char words[200];
 
-		imap_copy_printable(words, sizeof(words), rp.buf, rp.len);
+		mail_copy_printable(words, sizeof(words), rp.buf, rp.len);
 		s->broken = true;
 		st = BACKEND_PROTOCOL;
 		*error_r = errfmt("UID FETCH in %s: unexpected answer: %s",

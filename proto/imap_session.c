@@ -37,15 +37,13 @@
 #include <openssl/evp.h>
 
 #include "proto/imap_syntax.h"
+#include "proto/mail_conn.h"
 #include "proto/net_stream.h"
 #include "src/errfmt.h"
 #include "src/log.h"
 
 /* LOGOUT at close waits at most this long. */
 #define LOGOUT_TIMEOUT_S 5
-/* Debug protocol log: at most this many lines per chunk, bytes per line. */
-#define LOG_MAX_LINES 8
-#define LOG_MAX_LINE 200
 /* Longest user name or password we will send. */
 #define CREDENTIAL_MAX 1024
 /* Longest greeting, and longest answer read ahead before TLS; a
@@ -155,7 +153,7 @@ const char *imap_session_last_text(struct imap_session *s)
 		snprintf(raw, sizeof(raw), "[%s] %s", atom, text);
 	else
 		snprintf(raw, sizeof(raw), "%s", text);
-	imap_copy_printable(s->text, sizeof(s->text), raw, strlen(raw));
+	mail_copy_printable(s->text, sizeof(s->text), raw, strlen(raw));
 	return s->text;
 }
 
@@ -311,52 +309,13 @@ enum backend_status imap_session_status(struct imap_session *s, int r)
 /* ------------------------------------------------------------------ */
 /* Protocol logging (debug only)                                       */
 
-static void log_chunk(struct imap_session *s, const char *dir,
-	const char *str, size_t size)
-{
-	char line[LOG_MAX_LINE + 1];
-	size_t off = 0;
-	int lines = 0;
-
-	while (off < size) {
-		const char *nl = memchr(str + off, '\n', size - off);
-		size_t len = nl != NULL ? (size_t)(nl - (str + off)) : size - off;
-		size_t shown = len;
-
-		if (++lines > LOG_MAX_LINES) {
-			log_debug("imap %s %s ... (%zu more bytes)",
-				s->label, dir, size - off);
-			return;
-		}
-		if (shown > 0 && str[off + shown - 1] == '\r')
-			shown--;
-		imap_copy_printable(line, sizeof(line), str + off, shown);
-		log_debug("imap %s %s %s%s", s->label, dir, line,
-			shown > LOG_MAX_LINE ? " ..." : "");
-		off += len + (nl != NULL ? 1 : 0);
-	}
-}
-
 static void session_logger(mailimap *imap, int log_type, const char *str,
 	size_t size, void *context)
 {
 	struct imap_session *s = context;
 
-	switch (log_type) {
-	case MAILSTREAM_LOG_TYPE_DATA_SENT_PRIVATE:
-		log_debug("imap %s C: (%zu bytes with credentials not shown)",
-			s->label, size);
-		break;
-	case MAILSTREAM_LOG_TYPE_DATA_SENT:
-		log_chunk(s, "C:", str, size);
-		break;
-	case MAILSTREAM_LOG_TYPE_DATA_RECEIVED:
-		log_chunk(s, "S:", str, size);
-		break;
-	default:
-		/* libetpan's "<<<<<<< read <<<<<<" markers and empty errors. */
-		break;
-	}
+	(void)imap;
+	mail_conn_log("imap", s->label, log_type, str, size, MAIL_LOG_ALL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -500,7 +459,7 @@ static const char *quote_line(const char *line, size_t len)
 		len = QUOTE_MAX;
 		cut = true;
 	}
-	imap_copy_printable(buf, sizeof(buf), line, len);
+	mail_copy_printable(buf, sizeof(buf), line, len);
 	return errfmt("%s%s", buf, cut ? " ..." : "");
 }
 
@@ -528,7 +487,9 @@ static enum backend_status check_greeting(struct imap_session *s,
 		return BACKEND_PROTOCOL;
 	}
 	if (log_debug_enabled())
-		log_chunk(s, "S:", line, (size_t)n);
+		mail_conn_log("imap", s->label,
+			MAILSTREAM_LOG_TYPE_DATA_RECEIVED, line, (size_t)n,
+			MAIL_LOG_ALL);
 	problem = check_line(line, (size_t)n, true, &kind);
 	if (problem != NULL) {
 		s->broken = true;

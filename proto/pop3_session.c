@@ -28,6 +28,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "proto/mail_conn.h"
 #include "proto/net_stream.h"
 #include "src/errfmt.h"
 #include "src/log.h"
@@ -43,24 +44,8 @@
 #define SCAN_MAX 1000000
 /* TOP commands sent ahead of their answers when PIPELINING is offered. */
 #define PIPELINE_DEPTH 32
-/* Debug protocol log: at most this many lines per chunk, bytes per line. */
-#define LOG_MAX_LINES 8
-#define LOG_MAX_LINE 200
 
 /* Copies at most dst_size - 1 bytes of src, control characters as '?'. */
-static void copy_printable(char *dst, size_t dst_size, const char *src,
-	size_t src_len)
-{
-	size_t i, n = src_len < dst_size - 1 ? src_len : dst_size - 1;
-
-	for (i = 0; i < n; i++) {
-		unsigned char ch = (unsigned char)src[i];
-
-		dst[i] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
-	}
-	dst[n] = '\0';
-}
-
 bool pop3_uidl_valid(const char *uidl, size_t len)
 {
 	if (len == 0 || len > POP3_UIDL_MAX)
@@ -83,7 +68,7 @@ static void take_libetpan_text(struct pop3_session *s)
 
 	if (t == NULL)
 		t = "";
-	copy_printable(s->text, sizeof(s->text), t, strlen(t));
+	mail_copy_printable(s->text, sizeof(s->text), t, strlen(t));
 }
 
 static mailstream *session_stream(struct pop3_session *s)
@@ -120,53 +105,14 @@ static enum backend_status protocol_failed(struct pop3_session *s,
 /* ------------------------------------------------------------------ */
 /* Protocol logging (debug only)                                       */
 
-static void log_chunk(struct pop3_session *s, const char *dir,
-	const char *str, size_t size)
-{
-	char line[LOG_MAX_LINE + 1];
-	size_t off = 0;
-	int lines = 0;
-
-	while (off < size) {
-		const char *nl = memchr(str + off, '\n', size - off);
-		size_t len = nl != NULL ? (size_t)(nl - (str + off)) : size - off;
-		size_t shown = len;
-
-		if (++lines > LOG_MAX_LINES) {
-			log_debug("pop3 %s %s ... (%zu more bytes)", s->label,
-				dir, size - off);
-			return;
-		}
-		if (shown > 0 && str[off + shown - 1] == '\r')
-			shown--;
-		copy_printable(line, sizeof(line), str + off, shown);
-		log_debug("pop3 %s %s %s%s", s->label, dir, line,
-			shown > LOG_MAX_LINE ? " ..." : "");
-		off += len + (nl != NULL ? 1 : 0);
-	}
-}
-
 static void session_logger(mailpop3 *pop3, int log_type, const char *str,
 	size_t size, void *context)
 {
 	struct pop3_session *s = context;
 
-	switch (log_type) {
-	case MAILSTREAM_LOG_TYPE_DATA_SENT_PRIVATE:
-		log_debug("pop3 %s C: (%zu bytes with credentials not shown)",
-			s->label, size);
-		break;
-	case MAILSTREAM_LOG_TYPE_DATA_SENT:
-		log_chunk(s, "C:", str, size);
-		break;
-	case MAILSTREAM_LOG_TYPE_DATA_RECEIVED:
-		/* Mail content is summarised by the command instead. */
-		if (!s->quiet)
-			log_chunk(s, "S:", str, size);
-		break;
-	default:
-		break;
-	}
+	(void)pop3;
+	mail_conn_log("pop3", s->label, log_type, str, size,
+		s->quiet ? MAIL_LOG_QUIET_RECEIVED : MAIL_LOG_ALL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -303,7 +249,7 @@ static int rd_status(struct rd *r, const char *what, enum backend_status *st_r,
 	}
 	if (skip < len && line[skip] == ' ')
 		skip++;
-	copy_printable(r->s->text, sizeof(r->s->text), line + skip, len - skip);
+	mail_copy_printable(r->s->text, sizeof(r->s->text), line + skip, len - skip);
 	return ok;
 }
 
