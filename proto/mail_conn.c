@@ -1,11 +1,17 @@
 /* The parts of a mail server connection the three clients share. */
 #include "proto/mail_conn.h"
 
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <libetpan/libetpan.h>
 
+#include "src/errfmt.h"
 #include "src/log.h"
+
+#define BACKOFF_MIN_S 1
+#define BACKOFF_MAX_S 60
 
 /* Debug wire log: at most this many lines per chunk, bytes per line. */
 #define LOG_MAX_LINES 8
@@ -81,4 +87,46 @@ void mail_conn_log(const char *proto, const char *label, int log_type,
 		/* libetpan's "<<<<<<< read <<<<<<" markers and empty errors. */
 		break;
 	}
+}
+
+static int64_t now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec;
+}
+
+bool reconnect_gate_closed(const struct reconnect_gate *g,
+	enum backend_status *status_r, const char **error_r)
+{
+	if (g->retry_at == 0 || now_s() >= g->retry_at)
+		return false;
+	*status_r = g->last_status;
+	*error_r = errfmt("%s", g->last_error);
+	return true;
+}
+
+void reconnect_gate_failed(struct reconnect_gate *g, enum backend_status st,
+	const char *error)
+{
+	g->backoff_s = g->backoff_s ? g->backoff_s * 2 : BACKOFF_MIN_S;
+	if (g->backoff_s > BACKOFF_MAX_S)
+		g->backoff_s = BACKOFF_MAX_S;
+	g->retry_at = now_s() + g->backoff_s;
+	g->last_status = st;
+	snprintf(g->last_error, sizeof(g->last_error), "%s", error);
+	if (!g->offline)
+		log_warn("%s unreachable, mount is offline: %s", g->what,
+			error);
+	g->offline = true;
+}
+
+void reconnect_gate_opened(struct reconnect_gate *g)
+{
+	if (g->offline)
+		log_info("%s reachable again, mount is online", g->what);
+	g->offline = false;
+	g->retry_at = 0;
+	g->backoff_s = 0;
 }

@@ -1,12 +1,16 @@
 /* What the IMAP, POP3 and SMTP clients share about a connection to a
- * mail server: the debug wire log and the way server text is made fit
- * for one log or error line.  Each client keeps only its grammar.
+ * mail server: the debug wire log, the way server text is made fit for
+ * one log or error line, and the gate that spaces out reconnects to a
+ * server that failed.  Each client keeps only its grammar.
  */
 #ifndef MAILFS_MAIL_CONN_H
 #define MAILFS_MAIL_CONN_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include "src/backend.h"
 
 /* Copies at most dst_size - 1 bytes of src into dst (terminated), control
  * characters as '?'. */
@@ -31,5 +35,31 @@ enum mail_log_quiet {
  * ("host:port") name the connection. */
 void mail_conn_log(const char *proto, const char *label, int log_type,
 	const char *str, size_t size, enum mail_log_quiet quiet);
+
+/* After a failed connect, further attempts are answered at once with
+ * the same failure for a while (1 s, doubling to 60 s) instead of each
+ * paying the timeout again; the mount is "offline" until one succeeds,
+ * which is logged once each way.  Not locked: its owner's lock guards
+ * it.  Zero-initialised it is open. */
+struct reconnect_gate {
+	const char *what;          /* "server", "POP3 server": for the log */
+	int64_t retry_at;          /* monotonic seconds; 0: open */
+	int backoff_s;
+	enum backend_status last_status;
+	char last_error[256];
+	bool offline;
+};
+
+/* True while attempts are held back; then *status_r and *error_r
+ * (errfmt) repeat the last failure. */
+bool reconnect_gate_closed(const struct reconnect_gate *g,
+	enum backend_status *status_r, const char **error_r);
+
+/* Records a failed connect (status and error as it returned them). */
+void reconnect_gate_failed(struct reconnect_gate *g, enum backend_status st,
+	const char *error);
+
+/* Records a successful connect. */
+void reconnect_gate_opened(struct reconnect_gate *g);
 
 #endif
