@@ -33,12 +33,11 @@
 #include <string.h>
 #include <strings.h>
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
 
 #include "proto/imap_syntax.h"
 #include "proto/mail_conn.h"
 #include "proto/net_stream.h"
+#include "proto/sasl.h"
 #include "src/errfmt.h"
 #include "src/log.h"
 
@@ -749,29 +748,20 @@ static enum backend_status session_capability(struct imap_session *s,
  * SASL-IR the response rides on the command line, else it follows the
  * server's "+" continuation. */
 static int auth_plain(struct imap_session *s, const char *user,
-	const char *password)
+	const char *password, bool sasl_ir)
 {
 	mailimap *imap = s->imap;
 	mailstream *stream = imap->imap_stream;
-	bool sasl_ir = has_cap(imap, "SASL-IR");
-	size_t ulen = strlen(user), plen = strlen(password);
-	size_t mlen = ulen + plen + 2, blen = 4 * ((mlen + 2) / 3) + 1;
-	unsigned char *msg;
-	char *b64;
+	unsigned char *msg = NULL;
+	size_t mlen = 0, blen = 0;
+	char *b64 = NULL;
 	int r, cond, res;
 
-	msg = malloc(mlen);
-	b64 = malloc(blen);
-	if (msg == NULL || b64 == NULL) {
+	if (sasl_plain.message(0, user, password, &msg, &mlen) < 0 ||
+	    (b64 = sasl_base64(msg, mlen, &blen)) == NULL) {
 		res = MAILIMAP_ERROR_MEMORY;
 		goto out_free;
 	}
-	/* authzid (empty) NUL authcid NUL passwd */
-	msg[0] = '\0';
-	memcpy(msg + 1, user, ulen);
-	msg[1 + ulen] = '\0';
-	memcpy(msg + 2 + ulen, password, plen);
-	EVP_EncodeBlock((unsigned char *)b64, msg, (int)mlen);
 
 	mailstream_set_privacy(stream, 0);
 	res = mailimap_send_current_tag(imap);
@@ -829,12 +819,8 @@ static int auth_plain(struct imap_session *s, const char *user,
 out_public:
 	mailstream_set_privacy(stream, 1);
 out_free:
-	if (msg != NULL)
-		OPENSSL_cleanse(msg, mlen);
-	if (b64 != NULL)
-		OPENSSL_cleanse(b64, blen);
-	free(msg);
-	free(b64);
+	sasl_free_secret(msg, mlen);
+	sasl_free_secret(b64, blen);
 	return res;
 }
 
@@ -846,6 +832,8 @@ static enum backend_status session_login(struct imap_session *s,
 	bool ascii = is_plain_ascii(ep->user) && is_plain_ascii(ep->password);
 	bool plain = has_cap_of(imap, MAILIMAP_CAPABILITY_AUTH_TYPE, "PLAIN");
 	bool disabled = has_cap(imap, "LOGINDISABLED");
+	/* Read before the capabilities are forgotten below. */
+	bool sasl_ir = has_cap(imap, "SASL-IR");
 	enum backend_status st;
 	int r;
 
@@ -858,7 +846,7 @@ static enum backend_status session_login(struct imap_session *s,
 	 * does not, the caller asks again. */
 	caps_forget(imap);
 	if ((!ascii || disabled) && plain) {
-		r = auth_plain(s, ep->user, ep->password);
+		r = auth_plain(s, ep->user, ep->password, sasl_ir);
 	} else {
 		/* 8-bit bytes in a quoted string break RFC 3501 but most
 		 * servers take them; there is nothing better to try. */

@@ -32,11 +32,10 @@
 #include <sys/socket.h>
 
 #include <libetpan/libetpan.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
 
 #include "proto/mail_conn.h"
 #include "proto/net_stream.h"
+#include "proto/sasl.h"
 #include "src/errfmt.h"
 #include "src/log.h"
 
@@ -509,26 +508,6 @@ static enum backend_status session_secure(struct smtp_session *s,
 /* ------------------------------------------------------------------ */
 /* AUTH                                                                */
 
-/* Base64 of data into a new buffer; the caller cleanses and frees it. */
-static char *base64(const unsigned char *data, size_t len, size_t *size_r)
-{
-	size_t size = 4 * ((len + 2) / 3) + 1;
-	char *out = malloc(size);
-
-	if (out != NULL)
-		EVP_EncodeBlock((unsigned char *)out, data, (int)len);
-	*size_r = size;
-	return out;
-}
-
-static void free_secret(char *p, size_t size)
-{
-	if (p != NULL) {
-		OPENSSL_cleanse(p, size);
-		free(p);
-	}
-}
-
 /* Sends one private line and reads the reply. */
 static int secret_exchange(struct smtp_session *s, const char *prefix,
 	const char *b64, struct smtp_reply *reply)
@@ -550,68 +529,73 @@ static int secret_exchange(struct smtp_session *s, const char *prefix,
 	memcpy(line, prefix, plen);
 	memcpy(line + plen, b64, blen + 1);
 	res = send_line(s, line, true, reply);
-	free_secret(line, size);
+	sasl_free_secret(line, size);
 	if (res < 0)
 		return 0;
 	return read_reply(s, reply);
 }
 
-/* AUTH PLAIN with an initial response (RFC 4954, RFC 4616). */
-static int auth_plain(struct smtp_session *s, struct smtp_reply *reply)
-{
-	const char *user = s->ep->user, *pass = s->ep->password;
-	size_t ulen = strlen(user), plen = strlen(pass);
-	size_t mlen = ulen + plen + 2, bsize = 0;
-	unsigned char *msg = malloc(mlen);
-	char *b64 = NULL;
-	int code = 0;
+/* The mechanisms AUTH tries, in this order, among those the server
+ * lists. */
+static const struct sasl_mech *const auth_mechs[] = {
+	&sasl_plain, &sasl_login,
+};
 
-	if (msg == NULL) {
+static bool mech_offered(const struct smtp_caps *c, const struct sasl_mech *m)
+{
+	return (m == &sasl_plain && c->auth_plain) ||
+		(m == &sasl_login && c->auth_login);
+}
+
+/* Sends the mechanism's message for `step` after prefix and reads the
+ * reply; a challenge it has no answer for is cancelled ("*"). */
+static int auth_step(struct smtp_session *s, const struct sasl_mech *m,
+	size_t step, const char *prefix, struct smtp_reply *reply)
+{
+	unsigned char *msg = NULL;
+	size_t len = 0, bsize = 0;
+	char *b64;
+	int r, code;
+
+	r = m->message(step, s->ep->user, s->ep->password, &msg, &len);
+	if (r < 0) {
 		reply_none(s, reply, "out of memory");
 		return 0;
 	}
-	/* authzid (empty) NUL authcid NUL passwd */
-	msg[0] = '\0';
-	memcpy(msg + 1, user, ulen);
-	msg[1 + ulen] = '\0';
-	memcpy(msg + 2 + ulen, pass, plen);
-	b64 = base64(msg, mlen, &bsize);
-	if (b64 == NULL) {
-		reply_none(s, reply, "out of memory");
-		goto out_free;
-	}
-	code = secret_exchange(s, "AUTH PLAIN ", b64, reply);
-	if (code == 334) {
-		/* A challenge despite the initial response: give up. */
+	if (r == 0) {
 		if (send_line(s, "*", false, reply) == 0)
 			read_reply(s, reply);
-		code = 535;
+		return 535;
 	}
-out_free:
-	free_secret((char *)msg, mlen);
-	free_secret(b64, bsize);
+	b64 = sasl_base64(msg, len, &bsize);
+	sasl_free_secret(msg, len);
+	if (b64 == NULL) {
+		reply_none(s, reply, "out of memory");
+		return 0;
+	}
+	code = secret_exchange(s, prefix, b64, reply);
+	sasl_free_secret(b64, bsize);
 	return code;
 }
 
-/* AUTH LOGIN: the user name, then the password, each after a 334. */
-static int auth_login(struct smtp_session *s, struct smtp_reply *reply)
+/* AUTH with one mechanism (RFC 4954): its first message as the initial
+ * response when the client speaks first, every other one answering a
+ * 334 challenge. */
+static int auth_sasl(struct smtp_session *s, const struct sasl_mech *m,
+	struct smtp_reply *reply)
 {
-	const char *items[2] = { s->ep->user, s->ep->password };
-	int code, i;
+	char prefix[64];
+	size_t step = 0;
+	int code;
 
-	code = command(s, reply, "AUTH LOGIN");
-	for (i = 0; i < 2 && code == 334; i++) {
-		size_t bsize;
-		char *b64 = base64((const unsigned char *)items[i],
-			strlen(items[i]), &bsize);
-
-		if (b64 == NULL) {
-			reply_none(s, reply, "out of memory");
-			return 0;
-		}
-		code = secret_exchange(s, "", b64, reply);
-		free_secret(b64, bsize);
+	if (m->client_first) {
+		snprintf(prefix, sizeof(prefix), "AUTH %s ", m->name);
+		code = auth_step(s, m, step++, prefix, reply);
+	} else {
+		code = command(s, reply, "AUTH %s", m->name);
 	}
+	while (code == 334)
+		code = auth_step(s, m, step++, "", reply);
 	return code;
 }
 
@@ -620,20 +604,21 @@ static enum backend_status session_auth(struct smtp_session *s,
 {
 	const struct smtp_endpoint *ep = s->ep;
 	struct smtp_reply reply;
+	size_t i;
 	int code;
 
 	if (ep->user == NULL)
 		return BACKEND_OK;
 	set_state(s, ST_AUTH);
-	if (s->caps.auth_plain) {
-		code = auth_plain(s, &reply);
-	} else if (s->caps.auth_login) {
-		code = auth_login(s, &reply);
-	} else {
+	for (i = 0; i < sizeof(auth_mechs) / sizeof(auth_mechs[0]); i++)
+		if (mech_offered(&s->caps, auth_mechs[i]))
+			break;
+	if (i == sizeof(auth_mechs) / sizeof(auth_mechs[0])) {
 		*error_r = errfmt("server %s offers no AUTH mechanism mailfs"
 			" can use (PLAIN, LOGIN)", s->label);
 		return BACKEND_UNSUPPORTED;
 	}
+	code = auth_sasl(s, auth_mechs[i], &reply);
 	if (code == 235)
 		return BACKEND_OK;
 	if (code == 0) {

@@ -6,8 +6,10 @@ FakeImapServer(messages={"INBOX": [raw, ...]}) listens on 127.0.0.1
 (plain text; mount with allow_plaintext) and serves those folders well
 enough for a mount: CAPABILITY, LOGIN, LIST, EXAMINE/SELECT, the listing
 and content UID FETCHes, UID STORE, UID EXPUNGE, UID MOVE, APPEND (with
-LITERAL+), CREATE, DELETE, RENAME, IDLE, NOOP, LOGOUT.  Changes made
-through it are kept for later connections.
+LITERAL+), CREATE, DELETE, RENAME, IDLE, NOOP, LOGOUT, and AUTHENTICATE
+PLAIN when `caps` offers it (`auth` records each response and whether
+it came as an initial response).  Changes made through it are kept for
+later connections.
 
 fail(kind, answer, times=None) makes the next `times` commands of that
 kind (every one with None) get `answer` instead: "NO", "BAD", "BYE",
@@ -21,6 +23,7 @@ protocol.  `seen` counts the commands of each kind received,
 `failed` those answered by a fault; `lines` holds every command line.
 """
 
+import base64
 import re
 import socket
 import threading
@@ -154,7 +157,7 @@ class _Conn:
 
     def serve(self):
         s = self.server
-        self.send(b"* OK [CAPABILITY " + CAPS + b"] fake ready\r\n")
+        self.send(b"* OK [CAPABILITY " + s.caps + b"] fake ready\r\n")
         while True:
             line = self.line()
             # A command with a literal: read it whole first.
@@ -200,7 +203,19 @@ class _Conn:
     def handle(self, tag, kind, args, words, lit):
         s = self.server
         if kind == "CAPABILITY":
-            self.send(b"* CAPABILITY " + CAPS + b"\r\n")
+            self.send(b"* CAPABILITY " + s.caps + b"\r\n")
+            self.ok(tag)
+        elif words and words[0].upper() == b"AUTHENTICATE":
+            # PLAIN: the response on the line (SASL-IR) or after a "+".
+            ir = len(words) > 2
+            if not ir:
+                self.send(b"+ \r\n")
+                s.lock.release()
+                try:
+                    words = words + [self.line()]
+                finally:
+                    s.lock.acquire()
+            s.auth.append((ir, base64.b64decode(words[2])))
             self.ok(tag)
         elif kind in ("LOGIN", "NOOP"):
             self.ok(tag)
@@ -335,8 +350,10 @@ class _Conn:
 
 
 class FakeImapServer:
-    def __init__(self, messages=None):
+    def __init__(self, messages=None, caps=CAPS):
         self.lock = threading.Lock()
+        self.caps = caps
+        self.auth = []            # (with SASL-IR, decoded response)
         self.folders = {name: _Folder(raws)
                         for name, raws in (messages or {"INBOX": []}).items()}
         self.lines = []

@@ -154,3 +154,24 @@ def test_refused_command_at_mount_fails_the_mount_cleanly(kind, answer,
                     if "warning: allow_plaintext" not in line)
     print(assert_one_line(err, kind, "refused", "closed", "failed"))
     assert PASSWORD not in err
+
+
+@pytest.mark.parametrize("sasl_ir", [True, False], ids=["sasl-ir", "no-ir"])
+def test_authenticate_plain_uses_initial_response_when_offered(sasl_ir,
+                                                               mount):
+    """A password LOGIN cannot quote (8-bit) goes through AUTHENTICATE
+    PLAIN: on the command line when the server offers SASL-IR, else
+    after its "+"."""
+    caps = b"IMAP4rev1 " + (b"SASL-IR " if sasl_ir else b"") + \
+        b"LITERAL+ UIDPLUS MOVE IDLE AUTH=PLAIN"
+    password = "p\u00e4ssw\u00f6rd"
+    with FakeImapServer({"INBOX": []}, caps=caps) as fake:
+        m = mount(None, source=f"imap://someone@127.0.0.1:{fake.port}",
+                  password=password, ca_file=False,
+                  options=["allow_plaintext", "pop3=none"])
+        assert fake.auth, fake.lines
+        for ir, response in fake.auth:
+            assert ir == sasl_ir, fake.lines
+            assert response == b"\0someone\0" + password.encode()
+        assert not any(b" LOGIN " in line for line in fake.lines)
+        m.unmount()
