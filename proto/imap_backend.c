@@ -175,10 +175,8 @@ static enum backend_status imap_list_folders(struct backend *be,
 	st = imap_pool_get(ib->pool, &s, error_r);
 	if (st != BACKEND_OK)
 		return st;
-	r = mailimap_list(s->imap, "", "*", &list);
+	r = imap_session_list(s, "", "*", &list);
 	if (r != MAILIMAP_NO_ERROR) {
-		if (list)
-			mailimap_list_result_free(list);
 		st = command_failed(s, r, "LIST", NULL, error_r);
 		goto out_put;
 	}
@@ -593,7 +591,7 @@ static int fetch_into_sink(struct imap_session *s, struct mailimap_set *set,
 	int r;
 
 	mailimap_set_msg_body_handler(s->imap, sink_body, bs);
-	r = mailimap_uid_fetch(s->imap, set, ft, &result);
+	r = imap_session_uid_fetch(s, set, ft, &result);
 	mailimap_set_msg_body_handler(s->imap, NULL, NULL);
 	if (r == MAILIMAP_NO_ERROR && result)
 		for (it = clist_begin(result); it; it = clist_next(it)) {

@@ -1,5 +1,18 @@
 /* Following an IMAP server's byte stream to refuse what libetpan
- * mishandles. */
+ * mishandles, framed as libetpan 1.9.4 frames it (mailimap_parser.c and
+ * mailimap_keywords.c with UNSTRICT_SYNTAX):
+ *  - mailimap_space_parse() takes any run of SP and TAB, and
+ *    mailimap_token_case_insensitive_parse() skips one before every
+ *    keyword, so "*\tOK", "OK  [" and "[ BADCHARSET" all parse;
+ *  - keywords match as prefixes ("[BADCHARSETS" is BADCHARSET);
+ *  - a literal is blanks "{" blanks ["-"] digits blanks "}" and then
+ *    blanks and CRLF or LF; a "-" (or a second one) makes it empty, the
+ *    count wraps at 2^32, and when no line end follows (a workaround for
+ *    Lotus Domino) the literal starts right there, inside the line;
+ *  - a quoted string takes any byte but '"' and '\', line ends included;
+ *  - text after OK, NO, BAD, BYE, PREAUTH and "+" runs to the line end
+ *    and never holds a literal or a quoted string;
+ *  - continuation requests ("+ ...") are parsed inside any response. */
 #include "proto/imap_guard.h"
 
 #include <string.h>
@@ -9,7 +22,32 @@
 
 void imap_guard_init(struct imap_guard *g)
 {
-	memset(g, 0, sizeof(*g));
+	g->literal_left = 0;
+	g->in_line = g->in_quote = g->streaming = false;
+	g->response_bytes = 0;
+	g->refused = NULL;
+	g->len = 0;
+}
+
+void imap_guard_streaming(struct imap_guard *g, bool on)
+{
+	g->streaming = on;
+}
+
+static const char *skip_blanks(const char *p, const char *end)
+{
+	while (p < end && imap_blank(*p))
+		p++;
+	return p;
+}
+
+/* Whether p starts with word, ASCII case ignored (a prefix match, as
+ * libetpan's keyword parser does). */
+static bool starts_with(const char *p, const char *end, const char *word)
+{
+	size_t n = strlen(word);
+
+	return (size_t)(end - p) >= n && strncasecmp(p, word, n) == 0;
 }
 
 /* "(" [flag *(SP flag)] ")" then "]": flags are "\*", "\atom" or atom. */
@@ -41,166 +79,181 @@ next:
 	}
 }
 
-/* The response code after '[' at p. */
-static const char *code_problem(const char *p, const char *end)
+/* Response codes anywhere in the segment: libetpan finds them after
+ * blanks, in any case, in status lines and in "+" lines alike. */
+static const char *codes_problem(const char *p, const char *end)
 {
-	const char *name = p;
+	for (; (p = memchr(p, '[', (size_t)(end - p))) != NULL; p++) {
+		const char *q = skip_blanks(p + 1, end);
 
-	while (p < end && imap_atom_char((unsigned char)*p))
-		p++;
-	if (imap_word_is(name, (size_t)(p - name), "BADCHARSET"))
-		return "a BADCHARSET response code";
-	if (imap_word_is(name, (size_t)(p - name), "PERMANENTFLAGS") &&
-	    (p >= end || *p != ' ' || !flag_list_ok(p + 1, end)))
-		return "a malformed PERMANENTFLAGS response code";
+		if (starts_with(q, end, "BADCHARSET"))
+			return "a BADCHARSET response code";
+		if (starts_with(q, end, "PERMANENTFLAGS")) {
+			q += strlen("PERMANENTFLAGS");
+			if (q >= end || *q != ' ' || !flag_list_ok(q + 1, end))
+				return "a malformed PERMANENTFLAGS response"
+					" code";
+		}
+	}
 	return NULL;
 }
 
-/* Looks at the start of a response (up to IMAP_GUARD_HEAD bytes of its
- * first line, without the line end).  Returns why it is refused or NULL;
- * *status_r says whether it is a status response or a continuation
- * request, whose text never holds a literal. */
-static const char *check_head(const char *line, size_t len, bool *status_r)
+/* mailimap_number_parse(): blanks, an optional "-" (which makes the
+ * number 0), digits; the count wraps at 2^32. */
+static bool number_at(const char **pp, const char *end, uint32_t *n_r)
 {
-	const char *p = line, *end = line + len, *word;
+	const char *q = skip_blanks(*pp, end), *digits;
+	bool minus = false;
+	uint32_t n = 0;
 
-	*status_r = false;
-	if (p < end && *p == '+') {
-		/* Continuation requests are read and checked by mailfs
-		 * itself (imap_session_continuation), never by libetpan. */
-		*status_r = true;
-		return NULL;
-	} else {
-		while (p < end && *p != ' ')
-			p++;            /* "*" or the tag */
-		if (p < end)
-			p++;
-		for (word = p; p < end && *p != ' '; p++)
-			;
-		*status_r = imap_word_is(word, (size_t)(p - word), "OK") ||
-			imap_word_is(word, (size_t)(p - word), "NO") ||
-			imap_word_is(word, (size_t)(p - word), "BAD") ||
-			imap_word_is(word, (size_t)(p - word), "BYE") ||
-			imap_word_is(word, (size_t)(p - word), "PREAUTH");
-		if (!*status_r)
-			return NULL;
+	if (q < end && *q == '-') {
+		minus = true;
+		q++;
 	}
-	while (p < end && *p == ' ')
-		p++;
-	if (p < end && *p == '[')
-		return code_problem(p + 1, end);
-	return NULL;
-}
-
-/* The literal announced at the end of a line ("{N}" or "{N+}" before
- * the line end, given its last bytes), or false.  Counts too long to
- * hold are UINT64_MAX. */
-static bool literal_at_end(const char *tail, size_t len, bool cut,
-	uint64_t *n_r)
-{
-	uint64_t n = 0, scale = 1;
-	size_t i, digits = 0;
-
-	if (len > 0 && tail[len - 1] == '\n')
-		len--;
-	if (len > 0 && tail[len - 1] == '\r')
-		len--;
-	if (len < 3 || tail[len - 1] != '}')
+	for (digits = q; q < end && *q >= '0' && *q <= '9'; q++)
+		n = n * 10u + (uint32_t)(*q - '0');
+	if (q == digits)
 		return false;
-	i = len - 1;
-	if (tail[i - 1] == '+')
-		i--;
-	for (; i > 0 && tail[i - 1] >= '0' && tail[i - 1] <= '9'; i--) {
-		if (++digits > 19)
-			n = UINT64_MAX;
-		else
-			n += (uint64_t)(tail[i - 1] - '0') * scale;
-		scale *= 10;
-	}
-	if (digits == 0)
-		return false;
-	if (i == 0) {
-		if (!cut)
-			return false;
-		/* The tail was cut inside the digits: more than fit. */
-		*n_r = UINT64_MAX;
-		return true;
-	}
-	if (tail[i - 1] != '{')
-		return false;
-	*n_r = n;
+	*n_r = minus ? 0 : n;
+	*pp = q;
 	return true;
 }
 
-static void keep(struct imap_guard *g, const char *data, size_t n)
+/* After a "{" at p: the rest of a literal's announcement, up to and
+ * with its "}", as mailimap_literal_parse_progress() reads it. */
+static bool literal_open(const char *p, const char *end, uint32_t *n_r,
+	const char **after_r)
 {
-	size_t room = IMAP_GUARD_HEAD - g->head_len;
-	size_t t = sizeof(g->tail);
+	const char *q = p;
 
-	g->line_len += n;
-	memcpy(g->head + g->head_len, data, n < room ? n : room);
-	g->head_len += n < room ? n : room;
-	if (n >= t) {
-		memcpy(g->tail, data + n - t, t);
-		g->tail_len = t;
-	} else {
-		size_t drop = g->tail_len + n > t ? g->tail_len + n - t : 0;
-
-		memmove(g->tail, g->tail + drop, g->tail_len - drop);
-		memcpy(g->tail + g->tail_len - drop, data, n);
-		g->tail_len += n - drop;
+	if (!number_at(&q, end, n_r)) {
+		/* The "{-N}" workaround: a "-", then a number. */
+		q = skip_blanks(p, end);
+		if (q >= end || *q != '-')
+			return false;
+		q++;
+		if (!number_at(&q, end, n_r))
+			return false;
+		*n_r = 0;
 	}
+	q = skip_blanks(q, end);
+	if (q >= end || *q != '}')
+		return false;
+	*after_r = q + 1;
+	return true;
+}
+
+/* Whether a response line starting at p (its first segment) is text
+ * after its first words: a status response or a continuation request;
+ * *tagged_r says it is a tagged one. */
+static bool text_line(const char *p, const char *end, bool *tagged_r)
+{
+	*tagged_r = false;
+	p = skip_blanks(p, end);
+	if (p < end && *p == '+')
+		return true;
+	if (p >= end || *p != '*') {
+		/* Tagged: only a status may follow the tag. */
+		*tagged_r = true;
+		return true;
+	}
+	p = skip_blanks(p + 1, end);
+	return starts_with(p, end, "OK") || starts_with(p, end, "NO") ||
+		starts_with(p, end, "BAD") || starts_with(p, end, "BYE") ||
+		starts_with(p, end, "PREAUTH");
+}
+
+const char *imap_guard_segment(const char *seg, size_t len, bool first,
+	bool *in_quote, struct imap_segment *out)
+{
+	const char *end = seg + len, *problem;
+
+	memset(out, 0, sizeof(*out));
+	if (memchr(seg, '\0', len) != NULL)
+		return "a NUL byte";
+	if ((problem = codes_problem(seg, end)) != NULL)
+		return problem;
+	if (first && !*in_quote && text_line(seg, end, &out->tagged))
+		return NULL;
+	for (const char *p = seg; p < end; p++) {
+		const char *after;
+		uint32_t n;
+
+		if (*in_quote) {
+			if (*p == '\\' && p + 1 < end &&
+			    (p[1] == '"' || p[1] == '\\'))
+				p++;
+			else if (*p == '"')
+				*in_quote = false;
+			continue;
+		}
+		if (*p == '"') {
+			*in_quote = true;
+			continue;
+		}
+		if (*p != '{' || !literal_open(p + 1, end, &n, &after))
+			continue;
+		after = skip_blanks(after, end);
+		if (!(after == end || (after + 1 == end && *after == '\r')))
+			return "a literal inside a line";
+		if (n > IMAP_GUARD_LITERAL_MAX)
+			return "a literal larger than 256 MiB";
+		out->literal = true;
+		out->size = n;
+		out->open = (size_t)(p - seg);
+		return NULL;
+	}
+	return NULL;
+}
+
+static const char *follow(struct imap_guard *g, const char *data,
+	size_t len)
+{
+	while (len > 0) {
+		struct imap_segment s;
+		const char *nl = NULL, *problem;
+		size_t seg;
+
+		if (g->literal_left > 0) {
+			seg = g->literal_left < len ? g->literal_left : len;
+			g->literal_left -= (uint32_t)seg;
+		} else {
+			nl = memchr(data, '\n', len);
+			seg = nl ? (size_t)(nl - data) : len;
+			if (seg > IMAP_GUARD_LINE_MAX - g->len)
+				return "a line longer than 64 KiB";
+			memcpy(g->seg + g->len, data, seg);
+			g->len += seg;
+			if (nl)
+				seg++;
+		}
+		data += seg;
+		len -= seg;
+		g->response_bytes += seg;
+		if (!g->streaming &&
+		    g->response_bytes > IMAP_GUARD_RESPONSE_MAX)
+			return "a response larger than 16 MiB";
+		if (nl == NULL)
+			continue;
+		/* A segment is complete: up to a line end, after a line end
+		 * or a literal. */
+		problem = imap_guard_segment(g->seg, g->len, !g->in_line,
+			&g->in_quote, &s);
+		if (problem)
+			return problem;
+		g->len = 0;
+		g->literal_left = s.literal ? s.size : 0;
+		g->in_line = s.literal || g->in_quote;
+		if (s.tagged)
+			g->response_bytes = 0;
+	}
+	return NULL;
 }
 
 const char *imap_guard_feed(struct imap_guard *g, const char *data,
 	size_t len)
 {
-	while (len > 0) {
-		const char *nl, *problem;
-		size_t seg;
-		uint64_t lit;
-		bool status;
-
-		if (g->literal_left > 0) {
-			seg = g->literal_left < len ? (size_t)g->literal_left :
-				len;
-			g->literal_left -= seg;
-			data += seg;
-			len -= seg;
-			continue;
-		}
-		nl = memchr(data, '\n', len);
-		seg = nl ? (size_t)(nl - data) + 1 : len;
-		keep(g, data, seg);
-		data += seg;
-		len -= seg;
-		if (!nl)
-			break;
-
-		/* A line (or the rest of one after a literal) is complete. */
-		status = false;
-		if (!g->in_response) {
-			size_t hl = g->head_len;
-
-			while (hl > 0 && (g->head[hl - 1] == '\n' ||
-					  g->head[hl - 1] == '\r'))
-				hl--;
-			problem = check_head(g->head, hl, &status);
-			if (problem)
-				return problem;
-		}
-		g->head_len = 0;
-		if (!status && literal_at_end(g->tail, g->tail_len,
-				g->line_len > g->tail_len, &lit)) {
-			if (lit > IMAP_GUARD_LITERAL_MAX)
-				return "a literal larger than 256 MiB";
-			g->literal_left = lit;
-			g->in_response = true;
-		} else {
-			g->in_response = false;
-		}
-		g->tail_len = 0;
-		g->line_len = 0;
-	}
-	return NULL;
+	if (g->refused == NULL)
+		g->refused = follow(g, data, len);
+	return g->refused;
 }

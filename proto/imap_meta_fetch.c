@@ -10,11 +10,15 @@
 #include <time.h>
 
 #include "proto/imap_syntax.h"
+#include "proto/mail_conn.h"
 #include "proto/net_stream.h"
 #include "src/errfmt.h"
 
 /* Bytes of one response outside its literals (a long FLAGS list, say). */
 #define LINE_MAX_BYTES (1024u * 1024)
+/* Literals in one response: the listing asks for one (the header
+ * fields); each is kept up to IMAP_META_HEADER_MAX bytes. */
+#define LITERALS_MAX 4
 #define FLAGS_MAX 4096
 
 /* ------------------------------------------------------------------ */
@@ -390,9 +394,15 @@ struct reader {
 struct response {
 	char *buf;
 	size_t len, cap, line_bytes;
+	size_t seg;             /* where the segment being read starts */
+	bool in_quote;          /* it starts inside a quoted string */
+	unsigned literals;
+	const char *refused;    /* why, with READ_REFUSED */
 };
 
-enum read_result { READ_OK, READ_STREAM, READ_TOO_BIG, READ_NOMEM };
+enum read_result {
+	READ_OK, READ_STREAM, READ_TOO_BIG, READ_NOMEM, READ_REFUSED
+};
 
 /* Moves what libetpan's stream buffer holds, or the next read from the
  * connection, into the window. */
@@ -470,40 +480,31 @@ static bool resp_append(struct response *rp, const char *data, size_t len)
 	return true;
 }
 
-/* If the response so far ends in "{N}\r\n" (or "{N}\n"), returns true
- * with N and cuts the marker off. */
-static bool ends_in_literal(struct response *rp, uint64_t *n_r)
+/* Frames the segment of rp that a line end just completed the way the
+ * stream guard does (imap_guard_segment), so that both agree on which
+ * bytes are literal data: the guard checks only the others, and what is
+ * read past this answer goes back to libetpan.  Returns NULL or why the
+ * answer is refused; *seg_r says whether a literal follows (the marker
+ * is then cut off) and how long it is. */
+static const char *frame_segment(struct response *rp,
+	struct imap_segment *seg_r)
 {
-	size_t end = rp->len, i;
-	uint64_t n = 0, scale = 1;
+	const char *why;
 
-	if (end > 0 && rp->buf[end - 1] == '\n')
-		end--;
-	if (end > 0 && rp->buf[end - 1] == '\r')
-		end--;
-	if (end < 3 || rp->buf[end - 1] != '}')
-		return false;
-	for (i = end - 1; i > 0 && rp->buf[i - 1] >= '0' &&
-	     rp->buf[i - 1] <= '9'; i--) {
-		/* More digits than fit: too big, as any caller will find. */
-		if (end - i > 19)
-			n = UINT64_MAX;
-		else
-			n += (uint64_t)(rp->buf[i - 1] - '0') * scale;
-		scale *= 10;
-	}
-	if (i == end - 1 || i == 0 || rp->buf[i - 1] != '{')
-		return false;
-	rp->len = i - 1;
-	*n_r = n;
-	return true;
+	why = imap_guard_segment(rp->buf + rp->seg, rp->len - 1 - rp->seg,
+		rp->seg == 0, &rp->in_quote, seg_r);
+	if (why == NULL && seg_r->literal)
+		rp->len = rp->seg + seg_r->open;
+	return why;
 }
 
 /* Frames the next whole response (up to its final line end, which is
  * dropped) into rp. */
 static enum read_result read_response(struct reader *r, struct response *rp)
 {
-	rp->len = rp->line_bytes = 0;
+	rp->len = rp->line_bytes = rp->seg = 0;
+	rp->in_quote = false;
+	rp->literals = 0;
 	for (;;) {
 		enum read_result res;
 
@@ -513,7 +514,7 @@ static enum read_result read_response(struct reader *r, struct response *rp)
 		char *nl = memchr(r->buf + r->pos, '\n', r->len - r->pos);
 		size_t take = nl ? (size_t)(nl - (r->buf + r->pos)) + 1 :
 			r->len - r->pos;
-		uint64_t lit;
+		struct imap_segment seg;
 
 		rp->line_bytes += take;
 		if (rp->line_bytes > LINE_MAX_BYTES)
@@ -523,7 +524,13 @@ static enum read_result read_response(struct reader *r, struct response *rp)
 		r->pos += take;
 		if (!nl)
 			continue;
-		if (!ends_in_literal(rp, &lit)) {
+		if ((rp->refused = frame_segment(rp, &seg)) != NULL)
+			return READ_REFUSED;
+		if (!seg.literal && rp->in_quote) {
+			rp->seg = rp->len;      /* the string runs on */
+			continue;
+		}
+		if (!seg.literal) {
 			/* Complete: drop the line end. */
 			rp->len--;
 			if (rp->len > 0 && rp->buf[rp->len - 1] == '\r')
@@ -531,6 +538,9 @@ static enum read_result read_response(struct reader *r, struct response *rp)
 			rp->buf[rp->len] = '\0';
 			return READ_OK;
 		}
+		if (++rp->literals > LITERALS_MAX)
+			return READ_TOO_BIG;
+		uint64_t lit = seg.size;
 		if (lit > IMAP_META_LITERAL_MAX)
 			return READ_TOO_BIG;
 		size_t keep = lit < IMAP_META_HEADER_MAX ? (size_t)lit :
@@ -556,6 +566,7 @@ static enum read_result read_response(struct reader *r, struct response *rp)
 			r->pos += chunk;
 			lit -= chunk;
 		}
+		rp->seg = rp->len;
 	}
 }
 
@@ -622,7 +633,7 @@ static enum backend_status tagged_status(struct imap_session *s,
 	if (strncasecmp(text, "OK", 2) == 0 &&
 	    (text[2] == ' ' || text[2] == '\0'))
 		return BACKEND_OK;
-	imap_copy_printable(words, sizeof(words), text, strlen(text));
+	mail_copy_printable(words, sizeof(words), text, strlen(text));
 	if (strncasecmp(text, "NO", 2) == 0 &&
 	    (text[2] == ' ' || text[2] == '\0')) {
 		*error_r = errfmt("UID FETCH in %s: refused: %s", folder, words);
@@ -643,8 +654,11 @@ enum backend_status imap_meta_fetch(struct imap_session *s,
 	size_t cap = *n, tag_len;
 	char tag[24];
 
+	/* Responses are handled one at a time here, not held whole. */
+	imap_guard_streaming(&s->guard, true);
 	st = send_command(s, q, tag, sizeof(tag));
 	if (st != BACKEND_OK) {
+		imap_guard_streaming(&s->guard, false);
 		s->broken = true;
 		*error_r = errfmt("UID FETCH in %s: %s", folder,
 			net_stream_last_error(r.st));
@@ -658,12 +672,15 @@ enum backend_status imap_meta_fetch(struct imap_session *s,
 		if (res != READ_OK) {
 			s->broken = true;
 			st = res == READ_NOMEM ? BACKEND_TEMP :
-				res == READ_TOO_BIG ? BACKEND_PROTOCOL :
-				BACKEND_TEMP;
+				res == READ_TOO_BIG || res == READ_REFUSED ?
+				BACKEND_PROTOCOL : BACKEND_TEMP;
 			*error_r = res == READ_STREAM ?
 				errfmt("UID FETCH in %s: %s", folder,
 					net_stream_last_error(r.st)) :
 				res == READ_NOMEM ? "out of memory" :
+				res == READ_REFUSED ?
+				errfmt("UID FETCH in %s: refused answer: %s",
+					folder, rp.refused) :
 				errfmt("UID FETCH in %s: the server's answer "
 					"is too long", folder);
 			break;
@@ -706,7 +723,7 @@ enum backend_status imap_meta_fetch(struct imap_session *s,
 			if (strncasecmp(p, "BYE", 3) == 0) {
 				char words[200];
 
-				imap_copy_printable(words, sizeof(words), p, strlen(p));
+				mail_copy_printable(words, sizeof(words), p, strlen(p));
 				s->broken = true;
 				st = BACKEND_TEMP;
 				*error_r = errfmt("UID FETCH in %s: the server "
@@ -725,13 +742,14 @@ enum backend_status imap_meta_fetch(struct imap_session *s,
 		/* A continuation request or another command's tag. */
 		char words[200];
 
-		imap_copy_printable(words, sizeof(words), rp.buf, rp.len);
+		mail_copy_printable(words, sizeof(words), rp.buf, rp.len);
 		s->broken = true;
 		st = BACKEND_PROTOCOL;
 		*error_r = errfmt("UID FETCH in %s: unexpected answer: %s",
 			folder, words);
 		break;
 	}
+	imap_guard_streaming(&s->guard, false);
 	if (!s->broken)
 		reader_give_back(&r);
 	free(r.buf);

@@ -5,11 +5,10 @@
 #include <time.h>
 
 #include "proto/imap_pool.h"
+#include "proto/mail_conn.h"
 #include "src/errfmt.h"
 #include "src/log.h"
 
-#define BACKOFF_MIN_S 1
-#define BACKOFF_MAX_S 60
 
 struct imap_pool {
 	const struct imap_endpoint *ep;
@@ -19,21 +18,8 @@ struct imap_pool {
 	unsigned open;            /* sessions in existence, idle or out */
 	unsigned n_idle;
 	struct imap_session **idle;
-	/* connect failure backoff */
-	time_t retry_at;
-	int backoff_s;
-	enum backend_status last_status;
-	char last_error[256];
-	bool offline;
+	struct reconnect_gate gate;
 };
-
-static time_t now_monotonic(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec;
-}
 
 struct imap_pool *imap_pool_new(const struct imap_endpoint *ep, unsigned size)
 {
@@ -47,6 +33,7 @@ struct imap_pool *imap_pool_new(const struct imap_endpoint *ep, unsigned size)
 		return NULL;
 	}
 	pool->ep = ep;
+	pool->gate.what = "server";
 	pool->size = size ? size : 1;
 	pthread_mutex_init(&pool->lock, NULL);
 	pthread_cond_init(&pool->returned, NULL);
@@ -81,7 +68,7 @@ bool imap_pool_offline(struct imap_pool *pool)
 	bool offline;
 
 	pthread_mutex_lock(&pool->lock);
-	offline = pool->offline;
+	offline = pool->gate.offline;
 	pthread_mutex_unlock(&pool->lock);
 	return offline;
 }
@@ -106,11 +93,7 @@ enum backend_status imap_pool_get(struct imap_pool *pool,
 			break;
 		pthread_cond_wait(&pool->returned, &pool->lock);
 	}
-	if (pool->retry_at && now_monotonic() < pool->retry_at) {
-		/* Recently failed: answer at once instead of paying the
-		 * timeout again for every operation. */
-		st = pool->last_status;
-		*error_r = errfmt("%s", pool->last_error);
+	if (reconnect_gate_closed(&pool->gate, &st, error_r)) {
 		pthread_mutex_unlock(&pool->lock);
 		return st;
 	}
@@ -122,27 +105,14 @@ enum backend_status imap_pool_get(struct imap_pool *pool,
 	pthread_mutex_lock(&pool->lock);
 	if (st != BACKEND_OK) {
 		pool->open--;
-		pool->backoff_s = pool->backoff_s ?
-			pool->backoff_s * 2 : BACKOFF_MIN_S;
-		if (pool->backoff_s > BACKOFF_MAX_S)
-			pool->backoff_s = BACKOFF_MAX_S;
-		pool->retry_at = now_monotonic() + pool->backoff_s;
-		pool->last_status = st;
-		snprintf(pool->last_error, sizeof(pool->last_error), "%s", error);
-		if (!pool->offline)
-			log_warn("server unreachable, mount is offline: %s", error);
-		pool->offline = true;
+		reconnect_gate_failed(&pool->gate, st, error);
 		/* Let a waiter try (or fail fast) instead of sleeping on us. */
 		pthread_cond_signal(&pool->returned);
 		pthread_mutex_unlock(&pool->lock);
 		*error_r = errfmt("%s", error);
 		return st;
 	}
-	if (pool->offline)
-		log_info("server reachable again, mount is online");
-	pool->offline = false;
-	pool->retry_at = 0;
-	pool->backoff_s = 0;
+	reconnect_gate_opened(&pool->gate);
 	pthread_mutex_unlock(&pool->lock);
 	*s_r = s;
 	return BACKEND_OK;

@@ -33,10 +33,9 @@
 #include <string.h>
 #include <strings.h>
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
 
 #include "proto/imap_syntax.h"
+#include "proto/mail_conn.h"
 #include "proto/net_stream.h"
 #include "proto/sasl.h"
 #include "src/errfmt.h"
@@ -46,9 +45,6 @@
 
 /* LOGOUT at close waits at most this long. */
 #define LOGOUT_TIMEOUT_S 5
-/* Debug protocol log: at most this many lines per chunk, bytes per line. */
-#define LOG_MAX_LINES 8
-#define LOG_MAX_LINE 200
 /* Longest user name or password we will send. */
 #define CREDENTIAL_MAX 1024
 /* Longest greeting, and longest answer read ahead before TLS; a
@@ -95,6 +91,54 @@ static bool is_plain_ascii(const char *s)
 	return true;
 }
 
+/* What libetpan 1.9.4 does with the results of the commands mailfs
+ * sends through it when the server does not answer OK (read from its
+ * source: mailimap.c, qresync.c, uidplus.c, condstore.c):
+ *
+ *   any command, BAD or BYE, a wrong tag, a parse or stream error:
+ *     returns before touching a result pointer (BAD gives
+ *     MAILIMAP_ERROR_PROTOCOL, BYE MAILIMAP_ERROR_FATAL);
+ *   UID FETCH (mailimap_uid_fetch -> mailimap_uid_fetch_qresync_vanished),
+ *   tagged NO:
+ *     with untagged FETCH data: returns MAILIMAP_NO_ERROR, the list is
+ *     the caller's; with none: stores the list in *result, frees it and
+ *     returns MAILIMAP_ERROR_UID_FETCH with *result dangling;
+ *   LIST, tagged NO: *result holds whatever came before the NO, owned by
+ *     the caller, returns MAILIMAP_ERROR_LIST;
+ *   UID COPY, UID MOVE (uidplus), tagged NO: results untouched;
+ *   SELECT, EXAMINE, STORE, EXPUNGE, CREATE, DELETE, RENAME, LOGIN,
+ *   IDLE DONE, tagged NO: no result; selection data stays in
+ *     imap_selection_info until the next SELECT or EXAMINE.
+ *
+ * The wrappers below make FETCH and LIST agree with the rest. */
+int imap_session_uid_fetch(struct imap_session *s, struct mailimap_set *set,
+	struct mailimap_fetch_type *ft, clist **result_r)
+{
+	clist *result = NULL;
+	int r;
+
+	r = mailimap_uid_fetch(s->imap, set, ft, &result);
+	/* On MAILIMAP_ERROR_UID_FETCH the list is already freed; on every
+	 * other error it was never set. */
+	*result_r = r == MAILIMAP_NO_ERROR ? result : NULL;
+	return r;
+}
+
+int imap_session_list(struct imap_session *s, const char *reference,
+	const char *pattern, clist **result_r)
+{
+	clist *result = NULL;
+	int r;
+
+	r = mailimap_list(s->imap, reference, pattern, &result);
+	if (r != MAILIMAP_NO_ERROR && result != NULL) {
+		mailimap_list_result_free(result);   /* answers before a NO */
+		result = NULL;
+	}
+	*result_r = result;
+	return r;
+}
+
 const char *imap_session_last_text(struct imap_session *s)
 {
 	mailimap *imap = s->imap;
@@ -110,8 +154,15 @@ const char *imap_session_last_text(struct imap_session *s)
 		snprintf(raw, sizeof(raw), "[%s] %s", atom, text);
 	else
 		snprintf(raw, sizeof(raw), "%s", text);
-	imap_copy_printable(s->text, sizeof(s->text), raw, strlen(raw));
+	mail_copy_printable(s->text, sizeof(s->text), raw, strlen(raw));
 	return s->text;
+}
+
+/* The status of a failed stream: the guard refusing what the server
+ * sent is the server's fault, not the network's. */
+static enum backend_status stream_status(struct imap_session *s)
+{
+	return s->guard.refused != NULL ? BACKEND_PROTOCOL : BACKEND_TEMP;
 }
 
 static const char *stream_reason(struct imap_session *s)
@@ -194,7 +245,7 @@ enum backend_status imap_session_status(struct imap_session *s, int r)
 	/* Our idea of the state disagrees with libetpan's: start over. */
 	case MAILIMAP_ERROR_BAD_STATE:
 		s->broken = true;
-		return BACKEND_TEMP;
+		return stream_status(s);
 
 	/* A tagged BAD, or a response with another command's tag. */
 	case MAILIMAP_ERROR_PROTOCOL:
@@ -259,52 +310,13 @@ enum backend_status imap_session_status(struct imap_session *s, int r)
 /* ------------------------------------------------------------------ */
 /* Protocol logging (debug only)                                       */
 
-static void log_chunk(struct imap_session *s, const char *dir,
-	const char *str, size_t size)
-{
-	char line[LOG_MAX_LINE + 1];
-	size_t off = 0;
-	int lines = 0;
-
-	while (off < size) {
-		const char *nl = memchr(str + off, '\n', size - off);
-		size_t len = nl != NULL ? (size_t)(nl - (str + off)) : size - off;
-		size_t shown = len;
-
-		if (++lines > LOG_MAX_LINES) {
-			log_debug("imap %s %s ... (%zu more bytes)",
-				s->label, dir, size - off);
-			return;
-		}
-		if (shown > 0 && str[off + shown - 1] == '\r')
-			shown--;
-		imap_copy_printable(line, sizeof(line), str + off, shown);
-		log_debug("imap %s %s %s%s", s->label, dir, line,
-			shown > LOG_MAX_LINE ? " ..." : "");
-		off += len + (nl != NULL ? 1 : 0);
-	}
-}
-
 static void session_logger(mailimap *imap, int log_type, const char *str,
 	size_t size, void *context)
 {
 	struct imap_session *s = context;
 
-	switch (log_type) {
-	case MAILSTREAM_LOG_TYPE_DATA_SENT_PRIVATE:
-		log_debug("imap %s C: (%zu bytes with credentials not shown)",
-			s->label, size);
-		break;
-	case MAILSTREAM_LOG_TYPE_DATA_SENT:
-		log_chunk(s, "C:", str, size);
-		break;
-	case MAILSTREAM_LOG_TYPE_DATA_RECEIVED:
-		log_chunk(s, "S:", str, size);
-		break;
-	default:
-		/* libetpan's "<<<<<<< read <<<<<<" markers and empty errors. */
-		break;
-	}
+	(void)imap;
+	mail_conn_log("imap", s->label, log_type, str, size, MAIL_LOG_ALL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -322,27 +334,31 @@ enum line_kind {
  * imap://...).  Refused: lists, quoted strings and literals, which is
  * where libetpan's bugs live, and PERMANENTFLAGS and BADCHARSET in any
  * form: they belong to SELECT and SEARCH answers, never to what a server
- * says before TLS. */
+ * says before TLS.  Blanks are taken as libetpan takes them: any run of
+ * SP and TAB, after the '[' too. */
 static const char *code_problem(const char *p, const char *end)
 {
-	const char *name = p;
+	const char *name;
 	size_t n;
 	bool capability;
 
-	while (p < end && imap_atom_char((unsigned char)*p))
+	while (p < end && imap_blank(*p))
 		p++;
+	for (name = p; p < end && imap_atom_char((unsigned char)*p); p++)
+		;
 	n = (size_t)(p - name);
 	if (n == 0)
 		return "an empty response code";
-	if (imap_word_is(name, n, "PERMANENTFLAGS"))
+	/* libetpan matches code names as prefixes. */
+	if (n >= 14 && strncasecmp(name, "PERMANENTFLAGS", 14) == 0)
 		return "refused response code PERMANENTFLAGS";
-	if (imap_word_is(name, n, "BADCHARSET"))
+	if (n >= 10 && strncasecmp(name, "BADCHARSET", 10) == 0)
 		return "refused response code BADCHARSET";
 	capability = imap_word_is(name, n, "CAPABILITY");
 	for (; p < end && *p != ']'; p++) {
 		unsigned char ch = (unsigned char)*p;
 
-		if (ch == ' ')
+		if (imap_blank((char)ch))
 			continue;
 		if (capability ? !imap_atom_char(ch) :
 		    (ch < 0x20 || ch > 0x7e || strchr("(){\"\\[", ch)))
@@ -357,21 +373,41 @@ static const char *code_problem(const char *p, const char *end)
 /* Checks resp-text at p: a response code, if any, must pass. */
 static const char *text_problem(const char *p, const char *end)
 {
-	while (p < end && *p == ' ')
+	while (p < end && imap_blank(*p))
 		p++;
 	if (p < end && *p == '[')
 		return code_problem(p + 1, end);
 	return NULL;
 }
 
+/* The status word at p, matched as libetpan's keyword parser matches
+ * it (a prefix, any case); the length matched, or 0. */
+static size_t status_word(const char *p, const char *end, bool greeting)
+{
+	static const char *const any[] = { "OK", "PREAUTH", "BYE" };
+	static const char *const answers[] = { "NO", "BAD" };
+
+	for (size_t i = 0; i < sizeof(any) / sizeof(any[0]); i++)
+		if ((size_t)(end - p) >= strlen(any[i]) &&
+		    strncasecmp(p, any[i], strlen(any[i])) == 0)
+			return strlen(any[i]);
+	for (size_t i = 0; !greeting && i < 2; i++)
+		if ((size_t)(end - p) >= strlen(answers[i]) &&
+		    strncasecmp(p, answers[i], strlen(answers[i])) == 0)
+			return strlen(answers[i]);
+	return 0;
+}
+
 /* Checks one line (len bytes with its '\n') of what the server sent in
  * clear text, or of a continuation request (imap_session_continuation);
  * NULL if libetpan may parse it, else why not.  *kind_r says
- * what the line is.  A greeting must be "* OK", "* PREAUTH" or "* BYE". */
+ * what the line is.  A greeting must be "* OK", "* PREAUTH" or "* BYE".
+ * The line is split as libetpan splits it: blanks are runs of SP and
+ * TAB, before the '*' or '+' too. */
 static const char *check_line(const char *line, size_t len, bool greeting,
 	enum line_kind *kind_r)
 {
-	const char *end = line + len, *p, *word;
+	const char *end = line + len, *p, *tag;
 	size_t n;
 
 	if (memchr(line, '\0', len) != NULL)
@@ -379,34 +415,34 @@ static const char *check_line(const char *line, size_t len, bool greeting,
 	end--;                              /* the '\n' */
 	if (end > line && end[-1] == '\r')
 		end--;
+	for (p = line; p < end && imap_blank(*p); p++)
+		;
 	/* libetpan takes "+" for a continuation request with or without
 	 * a space after it. */
-	if (line[0] == '+') {
+	if (p < end && *p == '+') {
 		*kind_r = LINE_CONTINUATION;
 		if (greeting)
 			return "not an IMAP greeting";
-		return text_problem(line + 1, end);
+		return text_problem(p + 1, end);
 	}
-	p = memchr(line, ' ', (size_t)(end - line));
-	if (p == NULL)
-		p = end;
-	*kind_r = p - line == 1 && line[0] == '*' ? LINE_UNTAGGED :
+	for (tag = p; p < end && !imap_blank(*p); p++)
+		;
+	*kind_r = p - tag == 1 && tag[0] == '*' ? LINE_UNTAGGED :
 		LINE_TAGGED;
+	if (tag < end && tag[0] == '*' && *kind_r != LINE_UNTAGGED)
+		return "a '*' not followed by a space";
 	if (greeting && *kind_r != LINE_UNTAGGED)
 		return "not an IMAP greeting";
 	/* Literals would need libetpan's grammar to follow; no answer
 	 * expected before TLS carries one. */
-	if (!greeting && end > line && end[-1] == '}')
+	if (!greeting && memchr(line, '{', (size_t)(end - line)) != NULL)
 		return "a literal";
 
-	word = p < end ? p + 1 : end;
-	for (p = word; p < end && *p != ' '; p++)
-		;
-	n = (size_t)(p - word);
-	if (imap_word_is(word, n, "OK") || imap_word_is(word, n, "PREAUTH") ||
-	    imap_word_is(word, n, "BYE") ||
-	    (!greeting && (imap_word_is(word, n, "NO") || imap_word_is(word, n, "BAD"))))
-		return text_problem(p, end);
+	while (p < end && imap_blank(*p))
+		p++;
+	n = status_word(p, end, greeting);
+	if (n > 0)
+		return text_problem(p + n, end);
 	if (greeting)
 		return "not an IMAP greeting";
 	return NULL;                        /* data: CAPABILITY, EXISTS, ... */
@@ -424,7 +460,7 @@ static const char *quote_line(const char *line, size_t len)
 		len = QUOTE_MAX;
 		cut = true;
 	}
-	imap_copy_printable(buf, sizeof(buf), line, len);
+	mail_copy_printable(buf, sizeof(buf), line, len);
 	return errfmt("%s%s", buf, cut ? " ..." : "");
 }
 
@@ -452,7 +488,9 @@ static enum backend_status check_greeting(struct imap_session *s,
 		return BACKEND_PROTOCOL;
 	}
 	if (log_debug_enabled())
-		log_chunk(s, "S:", line, (size_t)n);
+		mail_conn_log("imap", s->label,
+			MAILSTREAM_LOG_TYPE_DATA_RECEIVED, line, (size_t)n,
+			MAIL_LOG_ALL);
 	problem = check_line(line, (size_t)n, true, &kind);
 	if (problem != NULL) {
 		s->broken = true;
@@ -490,7 +528,7 @@ static enum backend_status peek_answer_line(struct imap_session *s,
 	if (n < 0) {
 		*error_r = errfmt("%s at %s failed: %s", what, s->label,
 			stream_reason(s));
-		return BACKEND_TEMP;
+		return stream_status(s);
 	}
 	*error_r = errfmt("bad answer to %s from %s: a line longer than %d"
 		" bytes", what, s->label, PLAIN_ANSWER_MAX);
@@ -641,7 +679,7 @@ enum backend_status imap_session_continuation(struct imap_session *s,
 				s->broken = true;
 				*error_r = errfmt("%s at %s failed: %s", what,
 					s->label, stream_reason(s));
-				return BACKEND_TEMP;
+				return stream_status(s);
 			}
 			*go_r = true;
 			return BACKEND_OK;
@@ -667,7 +705,7 @@ enum backend_status imap_session_continuation(struct imap_session *s,
 			s->broken = true;
 			*error_r = errfmt("%s at %s failed: %s", what, s->label,
 				stream_reason(s));
-			return BACKEND_TEMP;
+			return stream_status(s);
 		}
 		if (untagged_r != NULL)
 			*untagged_r = true;
@@ -1039,11 +1077,7 @@ static enum backend_status session_delimiter(struct imap_session *s,
 	enum backend_status st;
 	int r;
 
-	r = mailimap_list(s->imap, "", "", &list);
-	if (r != MAILIMAP_NO_ERROR && list) {
-		mailimap_list_result_free(list);   /* partial answers too */
-		list = NULL;
-	}
+	r = imap_session_list(s, "", "", &list);
 	if (r == MAILIMAP_ERROR_LIST) {
 		log_debug("imap %s: LIST \"\" \"\" refused (%s); assuming a"
 			" flat namespace", s->label,
@@ -1218,6 +1252,13 @@ static enum backend_status session_secure(struct imap_session *s,
 		if (ep->tls_ctx != NULL &&
 		    has_cap(s->imap, "STARTTLS"))
 			return session_starttls(s, error_r);
+		if (!net_stream_peer_is_loopback(s->imap->imap_stream)) {
+			s->broken = true;
+			*error_r = errfmt("server %s does not offer STARTTLS;"
+				" refusing to send the password in clear text"
+				" to a host not on loopback", s->label);
+			return BACKEND_PROTOCOL;
+		}
 		/* Every pooled session passes here; main warns once. */
 		log_debug("imap %s: no TLS offered, continuing in plain text",
 			s->label);

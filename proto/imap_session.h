@@ -111,6 +111,21 @@ enum backend_status imap_session_status(struct imap_session *s, int r);
 enum backend_status imap_session_continuation(struct imap_session *s,
 	const char *what, bool *go_r, bool *untagged_r, const char **error_r);
 
+/* libetpan's commands that hand back a result disagree on who owns it
+ * when the server does not answer OK (see the table in imap_session.c;
+ * on a NO without data, mailimap_uid_fetch() frees the list it has
+ * already stored in *result).  Every such call mailfs makes goes through
+ * one of these, with one contract: they return libetpan's code; on
+ * MAILIMAP_NO_ERROR *result_r is the caller's (release with
+ * mailimap_fetch_list_free() or mailimap_list_result_free()), on any
+ * other code *result_r is NULL and nothing is left to free.  A NO that
+ * comes with data still counts as MAILIMAP_NO_ERROR for a FETCH, as in
+ * libetpan: the caller checks the answers it needed are there. */
+int imap_session_uid_fetch(struct imap_session *s, struct mailimap_set *set,
+	struct mailimap_fetch_type *ft, clist **result_r);
+int imap_session_list(struct imap_session *s, const char *reference,
+	const char *pattern, clist **result_r);
+
 /* The server's text from the last tagged response, with its response
  * code ("[AUTHENTICATIONFAILED] Authentication failed."), control
  * characters replaced and cut to fit, or "" if none.  Meaningful only

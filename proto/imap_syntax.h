@@ -16,25 +16,17 @@ static inline bool imap_atom_char(unsigned char ch)
 	return ch > 0x20 && ch < 0x7f && strchr("(){%*\"\\]", ch) == NULL;
 }
 
+/* What libetpan's parser (built with UNSTRICT_SYNTAX) takes for a
+ * space: it accepts a run of them wherever IMAP has one SP. */
+static inline bool imap_blank(char ch)
+{
+	return ch == ' ' || ch == '\t';
+}
+
 /* True if p[0..n) is word, ASCII case ignored. */
 static inline bool imap_word_is(const char *p, size_t n, const char *word)
 {
 	return n == strlen(word) && strncasecmp(p, word, n) == 0;
-}
-
-/* Copies at most dst_size - 1 bytes of src into dst (terminated), control
- * characters as '?': server text fit for one log or error line. */
-static inline void imap_copy_printable(char *dst, size_t dst_size,
-	const char *src, size_t src_len)
-{
-	size_t n = src_len < dst_size - 1 ? src_len : dst_size - 1;
-
-	for (size_t i = 0; i < n; i++) {
-		unsigned char ch = (unsigned char)src[i];
-
-		dst[i] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
-	}
-	dst[n] = '\0';
 }
 
 #endif

@@ -60,6 +60,8 @@ struct net_conn {
 	/* Sees every chunk read before it is handed over (borrowed). */
 	net_inspect_fn *inspect;
 	void *inspect_ctx;
+	size_t line_max;        /* net_stream_set_line_max; 0: none */
+	size_t line_len;        /* bytes read since the last '\n' */
 };
 
 /* ------------------------------------------------------------------ */
@@ -522,11 +524,32 @@ out_free_ssl:
 /* ------------------------------------------------------------------ */
 /* The mailstream_low driver                                           */
 
+/* Follows the line lengths in n bytes just read; false when one is
+ * longer than the stream's bound. */
+static bool lines_bounded(struct net_conn *c, const char *p, size_t n)
+{
+	const char *end = p + n, *nl;
+
+	for (; (nl = memchr(p, '\n', (size_t)(end - p))) != NULL; p = nl + 1) {
+		c->line_len += (size_t)(nl - p) + 1;
+		if (c->line_max > 0 && c->line_len > c->line_max)
+			return false;
+		c->line_len = 0;
+	}
+	c->line_len += (size_t)(end - p);
+	return c->line_max == 0 || c->line_len <= c->line_max;
+}
+
 /* Counts n bytes just read into the exchange; returns n. */
 static ssize_t conn_got(struct net_conn *c, const void *buf, size_t n)
 {
 	c->exchange_bytes += n;
 	c->read_since_write = true;
+	if (!lines_bounded(c, buf, n)) {
+		conn_fail(c, "refused answer from %s: a line longer than %zu"
+			" bytes", c->label, c->line_max);
+		return -1;
+	}
 	if (c->inspect != NULL) {
 		const char *problem = c->inspect(c->inspect_ctx, buf, n);
 
@@ -1014,6 +1037,38 @@ void net_stream_set_inspect(mailstream *stream, net_inspect_fn *inspect,
 		return;
 	c->inspect = inspect;
 	c->inspect_ctx = ctx;
+}
+
+bool net_stream_peer_is_loopback(mailstream *stream)
+{
+	struct net_conn *c = stream_conn(stream);
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	if (c == NULL || c->fd < 0 ||
+	    getpeername(c->fd, (struct sockaddr *)&ss, &len) < 0)
+		return false;
+	if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+
+		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (ss.ss_family == AF_INET6) {
+		const struct in6_addr *a =
+			&((const struct sockaddr_in6 *)&ss)->sin6_addr;
+
+		return IN6_IS_ADDR_LOOPBACK(a) ||
+			(IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+	}
+	return false;
+}
+
+void net_stream_set_line_max(mailstream *stream, size_t max)
+{
+	struct net_conn *c = stream_conn(stream);
+
+	if (c != NULL)
+		c->line_max = max;
 }
 
 void net_stream_set_timeout(mailstream *stream, int timeout_s)

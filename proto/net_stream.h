@@ -100,6 +100,17 @@ typedef const char *net_inspect_fn(void *ctx, const char *data, size_t len);
 void net_stream_set_inspect(mailstream *stream, net_inspect_fn *inspect,
 	void *ctx);
 
+/* True when the stream is connected to a loopback address (127.0.0.0/8,
+ * ::1): the only peers a credential may go to without TLS. */
+bool net_stream_peer_is_loopback(mailstream *stream);
+
+/* Bounds every line the server sends from now on to max bytes with its
+ * line end (0: no bound), for answers read by libetpan's line readers,
+ * which grow one buffer without limit.  A longer line fails the read like
+ * a refused chunk (see net_stream_set_inspect), at the read that carries
+ * its byte max + 1: memory stays bounded. */
+void net_stream_set_line_max(mailstream *stream, size_t max);
+
 /* Why the stream failed ("connection closed by host:993", "host:993 did
  * not answer within 30 s", ...), or "" while it works.  Points into the
  * stream; valid until it is closed. */

@@ -23,6 +23,7 @@
 #include <libetpan/libetpan.h>
 #include <xxhash.h>
 
+#include "proto/mail_conn.h"
 #include "src/errfmt.h"
 #include "src/log.h"
 #include "src/mail_date.h"
@@ -44,8 +45,6 @@
 /* QUIT an unused session after this long: the server locks the maildrop
  * while it is open. */
 #define IDLE_CLOSE_S 10
-#define BACKOFF_MIN_S 1
-#define BACKOFF_MAX_S 60
 #define UIDS_FILE "pop3-uids"
 #define HEADERS_FILE "pop3-headers"
 #define UIDS_MAGIC "mailfs-pop3-uids 1"
@@ -109,11 +108,7 @@ struct pop3_backend {
 	size_t n_known, cap_known;
 	bool uids_dirty;        /* in-memory UIDs not yet on disk */
 	bool headers_dirty;
-	int64_t retry_at;
-	int backoff_s;
-	enum backend_status last_status;
-	char last_error[256];
-	bool offline;
+	struct reconnect_gate gate;
 };
 
 static struct pop3_backend *to_pop3(struct backend *be)
@@ -1127,42 +1122,22 @@ static enum backend_status session_ensure(struct pop3_backend *pb,
 {
 	enum backend_status st;
 	const char *error;
-	int64_t now;
 
 	if (pb->session != NULL && pb->session->broken)
 		session_drop(pb);
 	if (pb->session != NULL)
 		return BACKEND_OK;
-	now = now_mono();
-	if (pb->retry_at != 0 && now < pb->retry_at) {
-		/* Recently failed: answer at once instead of paying the
-		 * timeout again for every operation. */
-		*error_r = errfmt("%s", pb->last_error);
-		return pb->last_status;
-	}
+	if (reconnect_gate_closed(&pb->gate, &st, error_r))
+		return st;
 	pb->scanned = false;
 	pb->n_slots = 0;
 	st = pop3_session_open(pb->ep, &pb->session, &error);
 	if (st != BACKEND_OK) {
-		pb->backoff_s = pb->backoff_s ? pb->backoff_s * 2 :
-			BACKOFF_MIN_S;
-		if (pb->backoff_s > BACKOFF_MAX_S)
-			pb->backoff_s = BACKOFF_MAX_S;
-		pb->retry_at = now_mono() + pb->backoff_s;
-		pb->last_status = st;
-		snprintf(pb->last_error, sizeof(pb->last_error), "%s", error);
-		if (!pb->offline)
-			log_warn("POP3 server unreachable, mount is offline: %s",
-				error);
-		pb->offline = true;
+		reconnect_gate_failed(&pb->gate, st, error);
 		*error_r = errfmt("%s", error);
 		return st;
 	}
-	if (pb->offline)
-		log_info("POP3 server reachable again, mount is online");
-	pb->offline = false;
-	pb->retry_at = 0;
-	pb->backoff_s = 0;
+	reconnect_gate_opened(&pb->gate);
 	return BACKEND_OK;
 }
 
@@ -1827,6 +1802,7 @@ struct backend *pop3_backend_new(const struct pop3_endpoint *ep,
 	}
 	pb->be.ops = &pop3_backend_ops;
 	pb->be.delimiter = '/';
+	pb->gate.what = "POP3 server";
 	pb->be.read_only = true;
 	pb->ep = ep;
 	pthread_mutex_init(&pb->lock, NULL);

@@ -28,6 +28,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "proto/mail_conn.h"
 #include "proto/net_stream.h"
 #include "src/errfmt.h"
 #include "src/log.h"
@@ -43,24 +44,8 @@
 #define SCAN_MAX 1000000
 /* TOP commands sent ahead of their answers when PIPELINING is offered. */
 #define PIPELINE_DEPTH 32
-/* Debug protocol log: at most this many lines per chunk, bytes per line. */
-#define LOG_MAX_LINES 8
-#define LOG_MAX_LINE 200
 
 /* Copies at most dst_size - 1 bytes of src, control characters as '?'. */
-static void copy_printable(char *dst, size_t dst_size, const char *src,
-	size_t src_len)
-{
-	size_t i, n = src_len < dst_size - 1 ? src_len : dst_size - 1;
-
-	for (i = 0; i < n; i++) {
-		unsigned char ch = (unsigned char)src[i];
-
-		dst[i] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
-	}
-	dst[n] = '\0';
-}
-
 bool pop3_uidl_valid(const char *uidl, size_t len)
 {
 	if (len == 0 || len > POP3_UIDL_MAX)
@@ -83,7 +68,7 @@ static void take_libetpan_text(struct pop3_session *s)
 
 	if (t == NULL)
 		t = "";
-	copy_printable(s->text, sizeof(s->text), t, strlen(t));
+	mail_copy_printable(s->text, sizeof(s->text), t, strlen(t));
 }
 
 static mailstream *session_stream(struct pop3_session *s)
@@ -120,53 +105,14 @@ static enum backend_status protocol_failed(struct pop3_session *s,
 /* ------------------------------------------------------------------ */
 /* Protocol logging (debug only)                                       */
 
-static void log_chunk(struct pop3_session *s, const char *dir,
-	const char *str, size_t size)
-{
-	char line[LOG_MAX_LINE + 1];
-	size_t off = 0;
-	int lines = 0;
-
-	while (off < size) {
-		const char *nl = memchr(str + off, '\n', size - off);
-		size_t len = nl != NULL ? (size_t)(nl - (str + off)) : size - off;
-		size_t shown = len;
-
-		if (++lines > LOG_MAX_LINES) {
-			log_debug("pop3 %s %s ... (%zu more bytes)", s->label,
-				dir, size - off);
-			return;
-		}
-		if (shown > 0 && str[off + shown - 1] == '\r')
-			shown--;
-		copy_printable(line, sizeof(line), str + off, shown);
-		log_debug("pop3 %s %s %s%s", s->label, dir, line,
-			shown > LOG_MAX_LINE ? " ..." : "");
-		off += len + (nl != NULL ? 1 : 0);
-	}
-}
-
 static void session_logger(mailpop3 *pop3, int log_type, const char *str,
 	size_t size, void *context)
 {
 	struct pop3_session *s = context;
 
-	switch (log_type) {
-	case MAILSTREAM_LOG_TYPE_DATA_SENT_PRIVATE:
-		log_debug("pop3 %s C: (%zu bytes with credentials not shown)",
-			s->label, size);
-		break;
-	case MAILSTREAM_LOG_TYPE_DATA_SENT:
-		log_chunk(s, "C:", str, size);
-		break;
-	case MAILSTREAM_LOG_TYPE_DATA_RECEIVED:
-		/* Mail content is summarised by the command instead. */
-		if (!s->quiet)
-			log_chunk(s, "S:", str, size);
-		break;
-	default:
-		break;
-	}
+	(void)pop3;
+	mail_conn_log("pop3", s->label, log_type, str, size,
+		s->quiet ? MAIL_LOG_QUIET_RECEIVED : MAIL_LOG_ALL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -303,7 +249,7 @@ static int rd_status(struct rd *r, const char *what, enum backend_status *st_r,
 	}
 	if (skip < len && line[skip] == ' ')
 		skip++;
-	copy_printable(r->s->text, sizeof(r->s->text), line + skip, len - skip);
+	mail_copy_printable(r->s->text, sizeof(r->s->text), line + skip, len - skip);
 	return ok;
 }
 
@@ -545,6 +491,9 @@ static enum backend_status session_connect(struct pop3_session *s,
 		}
 	}
 
+	/* libetpan reads the greeting and the answers to STLS, USER, PASS
+	 * and QUIT with a line reader that grows without limit. */
+	net_stream_set_line_max(stream, LINE_MAX_LEN);
 	/* From here on the stream belongs to s->pop3, even on failure. */
 	r = mailpop3_connect(s->pop3, stream);
 	if (r == MAILPOP3_NO_ERROR)
@@ -623,7 +572,7 @@ static enum backend_status session_secure(struct pop3_session *s,
 			s->broken = true;
 			*error_r = errfmt("server %s does not offer STLS;"
 				" refusing to continue without TLS (use pop3s://"
-				" or -o allow_plaintext)", s->label);
+				" or -o pop3_allow_plaintext)", s->label);
 			return BACKEND_PROTOCOL;
 		}
 		return session_stls(s, error_r);
@@ -633,6 +582,13 @@ static enum backend_status session_secure(struct pop3_session *s,
 		/* Once offered, STLS must work: no silent downgrade. */
 		if (ep->tls_ctx != NULL && s->caps.stls)
 			return session_stls(s, error_r);
+		if (!net_stream_peer_is_loopback(session_stream(s))) {
+			s->broken = true;
+			*error_r = errfmt("server %s does not offer STLS;"
+				" refusing to send the password in clear text"
+				" to a host not on loopback", s->label);
+			return BACKEND_PROTOCOL;
+		}
 		log_warn("pop3 %s: no TLS, credentials and mail travel in clear"
 			" text", s->label);
 		return BACKEND_OK;
@@ -730,6 +686,8 @@ enum backend_status pop3_session_open(const struct pop3_endpoint *ep,
 	if (st != BACKEND_OK)
 		goto out_close;
 
+	/* Until QUIT only our own readers read, message lines included. */
+	net_stream_set_line_max(session_stream(s), 0);
 	log_debug("pop3 %s: session ready (%s%s%s%s)", s->label,
 		net_stream_is_tls(session_stream(s)) ? "TLS" : "plain text",
 		s->caps.top ? ", TOP" : "", s->caps.uidl ? ", UIDL" : "",
@@ -760,6 +718,8 @@ void pop3_session_close(struct pop3_session **session)
 			if (t <= 0 || t > QUIT_TIMEOUT_S)
 				t = QUIT_TIMEOUT_S;
 			net_stream_set_timeout(pop3->pop3_stream, t);
+			net_stream_set_line_max(pop3->pop3_stream,
+				LINE_MAX_LEN);
 			/* Nothing is marked deleted, so the UPDATE state
 			 * QUIT enters removes nothing. */
 			mailpop3_quit(pop3);        /* closes the stream */

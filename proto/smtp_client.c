@@ -32,10 +32,10 @@
 #include <sys/socket.h>
 
 #include <libetpan/libetpan.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
 
+#include "proto/mail_conn.h"
 #include "proto/net_stream.h"
+#include "proto/sasl.h"
 #include "src/errfmt.h"
 #include "src/log.h"
 #include "src/secret.h"
@@ -47,6 +47,8 @@
 #define DATA_END_TIMEOUT_S 300
 /* Lines in one reply, and bytes of reply text kept for EHLO parsing. */
 #define REPLY_LINES_MAX 100
+/* Longest reply line, CRLF included (RFC 5321 4.5.3.1.5). */
+#define REPLY_LINE_MAX 512
 #define EHLO_TEXT_MAX 4096
 /* Longest command line we write: RFC 5321 allows 512 with CRLF, AUTH
  * lines may be longer (RFC 4954: 12288). */
@@ -55,9 +57,6 @@
 #define CREDENTIAL_MAX 1024
 #define ADDRESS_MAX 256
 #define HELO_NAME_MAX 255
-/* Debug protocol log: at most this many lines per chunk, bytes per line. */
-#define LOG_MAX_LINES 8
-#define LOG_MAX_LINE 200
 
 /* Where a session is; every change goes through set_state(), which logs
  * it.  BROKEN is final: the connection can no longer be trusted. */
@@ -121,19 +120,6 @@ static bool is_broken(const struct smtp_session *s)
 
 /* Appends src[0..len) to dst (size bytes, NUL-terminated), control
  * characters as '?', dropping what does not fit. */
-static void append_printable(char *dst, size_t size, const char *src,
-	size_t len)
-{
-	size_t o = strlen(dst), i;
-
-	for (i = 0; i < len && o + 1 < size; i++) {
-		unsigned char ch = (unsigned char)src[i];
-
-		dst[o++] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
-	}
-	dst[o] = '\0';
-}
-
 /* Something we may put between '<' and '>' on a command line. */
 static bool address_sendable(const char *addr)
 {
@@ -182,56 +168,14 @@ static void mark_broken(struct smtp_session *s, struct smtp_reply *reply)
 /* ------------------------------------------------------------------ */
 /* Protocol logging (debug only)                                       */
 
-static void log_chunk(struct smtp_session *s, const char *dir,
-	const char *str, size_t size)
-{
-	char line[LOG_MAX_LINE + 1];
-	size_t off = 0;
-	int lines = 0;
-
-	while (off < size) {
-		const char *nl = memchr(str + off, '\n', size - off);
-		size_t len = nl != NULL ? (size_t)(nl - (str + off)) : size - off;
-		size_t shown = len < LOG_MAX_LINE ? len : LOG_MAX_LINE;
-
-		if (++lines > LOG_MAX_LINES) {
-			log_debug("smtp %s %s ... (%zu more bytes)", s->label,
-				dir, size - off);
-			return;
-		}
-		if (shown > 0 && shown == len && str[off + shown - 1] == '\r')
-			shown--;
-		line[0] = '\0';
-		append_printable(line, sizeof(line), str + off, shown);
-		log_debug("smtp %s %s %s%s", s->label, dir, line,
-			len > LOG_MAX_LINE ? " ..." : "");
-		off += len + (nl != NULL ? 1 : 0);
-	}
-}
-
 static void stream_logger(mailstream *stream, int log_type, const char *str,
 	size_t size, void *context)
 {
 	struct smtp_session *s = context;
 
-	switch (log_type) {
-	case MAILSTREAM_LOG_TYPE_DATA_SENT_PRIVATE:
-		log_debug("smtp %s C: (%zu bytes with credentials not shown)",
-			s->label, size);
-		break;
-	case MAILSTREAM_LOG_TYPE_DATA_SENT:
-		if (s->in_data)
-			log_debug("smtp %s C: (%zu bytes of message)", s->label,
-				size);
-		else
-			log_chunk(s, "C:", str, size);
-		break;
-	case MAILSTREAM_LOG_TYPE_DATA_RECEIVED:
-		log_chunk(s, "S:", str, size);
-		break;
-	default:
-		break;
-	}
+	(void)stream;
+	mail_conn_log("smtp", s->label, log_type, str, size,
+		s->in_data ? MAIL_LOG_QUIET_SENT : MAIL_LOG_ALL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -280,10 +224,10 @@ static int read_reply(struct smtp_session *s, struct smtp_reply *reply)
 		if (lines == 0)
 			snprintf(reply->text, sizeof(reply->text), "%03d", c);
 		if (len > 4) {
-			append_printable(reply->text, sizeof(reply->text), " ", 1);
-			append_printable(reply->text, sizeof(reply->text),
+			mail_append_printable(reply->text, sizeof(reply->text), " ", 1);
+			mail_append_printable(reply->text, sizeof(reply->text),
 				line + 4, len - 4);
-			append_printable(s->ehlo, sizeof(s->ehlo), line + 4,
+			mail_append_printable(s->ehlo, sizeof(s->ehlo), line + 4,
 				len - 4);
 		}
 		/* '\n' separates lines for parse_ehlo(); not printable. */
@@ -305,7 +249,7 @@ out_bad:
 	reply->code = 0;
 	snprintf(reply->text, sizeof(reply->text), "not an SMTP reply from %s: ",
 		s->label);
-	append_printable(reply->text, sizeof(reply->text),
+	mail_append_printable(reply->text, sizeof(reply->text),
 		s->smtp->line_buffer->str, strlen(s->smtp->line_buffer->str));
 	return 0;
 }
@@ -543,7 +487,7 @@ static enum backend_status session_secure(struct smtp_session *s,
 			set_state(s, ST_BROKEN);
 			*error_r = errfmt("server %s does not offer STARTTLS;"
 				" refusing to continue without TLS (use"
-				" smtps:// or -o allow_plaintext)", s->label);
+				" smtps:// or -o smtp_allow_plaintext)", s->label);
 			return BACKEND_PROTOCOL;
 		}
 		return session_starttls(s, error_r);
@@ -552,6 +496,14 @@ static enum backend_status session_secure(struct smtp_session *s,
 		/* Once offered, STARTTLS must work: no silent downgrade. */
 		if (ep->tls_ctx != NULL && s->caps.starttls)
 			return session_starttls(s, error_r);
+		if (ep->user != NULL &&
+		    !net_stream_peer_is_loopback(s->smtp->stream)) {
+			set_state(s, ST_BROKEN);
+			*error_r = errfmt("server %s does not offer STARTTLS;"
+				" refusing to send the password in clear text"
+				" to a host not on loopback", s->label);
+			return BACKEND_PROTOCOL;
+		}
 		log_warn("smtp %s: no TLS, credentials and mail travel in clear"
 			" text", s->label);
 		return BACKEND_OK;
@@ -882,6 +834,9 @@ enum backend_status smtp_session_connect(struct smtp_session *s,
 			return BACKEND_TEMP;
 		}
 	}
+	/* Every reply is read by libetpan's line reader, which grows without
+	 * limit: lines are bounded as RFC 5321 4.5.3.1.5 bounds them. */
+	net_stream_set_line_max(stream, REPLY_LINE_MAX);
 	pthread_mutex_lock(&s->lock);
 	s->smtp->stream = stream;
 	s->cancel_stream = stream;
@@ -1113,9 +1068,9 @@ enum smtp_result smtp_session_data(struct smtp_session *s, const char *data,
 		size_t n = strcspn(text, "\n");
 
 		if (n > 0) {
-			append_printable(reply_r->text, sizeof(reply_r->text),
+			mail_append_printable(reply_r->text, sizeof(reply_r->text),
 				" ", 1);
-			append_printable(reply_r->text, sizeof(reply_r->text),
+			mail_append_printable(reply_r->text, sizeof(reply_r->text),
 				text, n);
 		}
 		text += n;

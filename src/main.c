@@ -59,6 +59,8 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("retry_min=%u", retry_min_s, 0),
 	OPT("retry_max_age=%u", retry_max_age_s, 0),
 	OPT("allow_plaintext", allow_plaintext, 1),
+	OPT("pop3_allow_plaintext", pop3_allow_plaintext, 1),
+	OPT("smtp_allow_plaintext", smtp_allow_plaintext, 1),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -113,7 +115,10 @@ static void usage(FILE *out)
 "                           $XDG_STATE_HOME/mailfs/USER@HOST/outbox)\n"
 "    -o retry_min=SECONDS   first retry delay, doubling to an hour (60)\n"
 "    -o retry_max_age=SECONDS  give up after this long (5 days)\n"
-"    -o allow_plaintext     permit imap:// without STARTTLS (unsafe)\n"
+"    -o allow_plaintext     permit imap:// without STARTTLS (unsafe; the\n"
+"                           password goes only to a loopback address)\n"
+"    -o pop3_allow_plaintext  the same for pop3:// (STLS)\n"
+"    -o smtp_allow_plaintext  the same for smtp:// (STARTTLS)\n"
 "    -h, --help             this help and the FUSE options\n"
 "    -V, --version          version\n"
 "\n");
@@ -295,6 +300,35 @@ static char *stats_text(void *ctx)
 /* Start-up failures: one line on stderr, naming the cause.  Control
  * characters (a line break in an option's value) are shown as '?', so
  * that the line stays one. */
+/* "-ofsname=mailfs#USER@HOST,subtype=mailfs", with the ',' and '\\' of
+ * user and host escaped as libfuse's option parser expects: a user name
+ * may hold any byte ("x%2Callow_other" in a URL), and must not add
+ * options to the mount.  Returns a malloc'ed string, or NULL. */
+static char *fsname_option(const char *user, const char *host)
+{
+	const char *parts[2] = { user, host };
+	size_t len = 0;
+	char *out, *d;
+
+	for (int i = 0; i < 2; i++)
+		len += 2 * strlen(parts[i]);
+	out = malloc(len + sizeof("-ofsname=mailfs#@,subtype=mailfs"));
+	if (!out)
+		return NULL;
+	d = stpcpy(out, "-ofsname=mailfs#");
+	for (int i = 0; i < 2; i++) {
+		if (i == 1)
+			*d++ = '@';
+		for (const char *p = parts[i]; *p; p++) {
+			if (*p == ',' || *p == '\\')
+				*d++ = '\\';
+			*d++ = *p;
+		}
+	}
+	strcpy(d, ",subtype=mailfs");
+	return out;
+}
+
 static __attribute__((format(printf, 1, 2))) int fail(const char *fmt, ...)
 {
 	char *text = NULL;
@@ -499,8 +533,16 @@ int main(int argc, char **argv)
 
 	if (o.allow_plaintext)
 		log_warn("allow_plaintext: the password and mail may cross "
-			"the network unencrypted if the server offers no "
+			"the network unencrypted if the IMAP server offers no "
 			"STARTTLS");
+	if (o.pop3_allow_plaintext)
+		log_warn("pop3_allow_plaintext: the password and mail may "
+			"cross the network unencrypted if the POP3 server "
+			"offers no STLS");
+	if (o.smtp_allow_plaintext)
+		log_warn("smtp_allow_plaintext: the password and mail may "
+			"cross the network unencrypted if the SMTP server "
+			"offers no STARTTLS");
 	tls_ctx = net_tls_context_new(o.ca_file, &error);
 	if (!tls_ctx) {
 		fail("%s", error);
@@ -625,10 +667,14 @@ int main(int argc, char **argv)
 
 	/* Keep the kernel's default_permissions checks meaningful and name
 	 * the mount after its source in /proc/mounts. */
-	char fsname[1024];
-	snprintf(fsname, sizeof(fsname), "-ofsname=mailfs#%s@%s,subtype=mailfs",
-		o.source.user, o.source.host);
-	fuse_opt_add_arg(&args, fsname);
+	char *fsname = fsname_option(o.source.user, o.source.host);
+
+	if (!fsname || fuse_opt_add_arg(&args, fsname) < 0) {
+		free(fsname);
+		fail("%s", "out of memory");
+		goto out;
+	}
+	free(fsname);
 	se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), tree);
 	if (!se)
 		goto out;   /* libfuse said why */
@@ -650,7 +696,8 @@ int main(int argc, char **argv)
 			.smtp = {
 				.host = o.smtp.host, .port = o.smtp.port,
 				.tls = o.smtp.scheme == SCHEME_SMTPS ?
-					SMTP_TLS_IMPLICIT : o.allow_plaintext ?
+					SMTP_TLS_IMPLICIT :
+					o.smtp_allow_plaintext ?
 					SMTP_TLS_NONE : SMTP_TLS_STARTTLS,
 				.tls_ctx = smtp_tls, .user = o.smtp.user,
 				.password = smtp_token ? NULL : smtp_password ?

@@ -57,7 +57,11 @@ struct mailfs_options {
 	unsigned timeout_s;
 	unsigned connections;
 	unsigned refresh_s;
-	int allow_plaintext;      /* int: fuse_opt stores an int there */
+	/* ints: fuse_opt stores ints there.  Each permits its protocol
+	 * without TLS when the server offers none. */
+	int allow_plaintext;      /* the IMAP source (imap://) */
+	int pop3_allow_plaintext; /* pop3:// as source or -o pop3= */
+	int smtp_allow_plaintext; /* smtp:// in -o smtp= */
 	bool foreground;
 	bool debug;
 	bool allow_other;         /* seen among the FUSE options */

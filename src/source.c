@@ -38,7 +38,7 @@ static int open_pop3(const struct mailfs_options *o, const struct mail_url *u,
 	src->pop3.timeout_s = (int)o->timeout_s;
 	src->pop3.tls_ctx = tls_ctx;
 	src->pop3.tls = u->scheme == SCHEME_POP3S ? POP3_TLS_IMPLICIT :
-		o->allow_plaintext ? POP3_TLS_NONE : POP3_TLS_STARTTLS;
+		o->pop3_allow_plaintext ? POP3_TLS_NONE : POP3_TLS_STARTTLS;
 	st = pop3_session_open(&src->pop3, &first, error_r);
 	if (st != BACKEND_OK)
 		return -1;

@@ -37,7 +37,8 @@ def test_trickling_server_fails_uncached_read(scheme, proxies, make_account,
     port = account.server.imap_port if scheme == "imap" \
         else account.server.pop3_port
     proxy = proxies(port)
-    options = ["allow_plaintext", f"timeout={TIMEOUT}"]
+    options = ["allow_plaintext" if scheme == "imap" else
+               "pop3_allow_plaintext", f"timeout={TIMEOUT}"]
     if scheme == "imap":
         options.append("pop3=none")
     m = mount(account, source=proxy_url(account, proxy, scheme),

@@ -22,10 +22,12 @@ import random
 import stat
 import subprocess
 import sys
+import urllib.parse
 
 import pytest
 
-from conftest import read_bytes
+from conftest import _unescape_mount, read_bytes
+from fakeimap import FakeImapServer
 from helpers import fill_up, leave_room, sha, tmpfs
 # The outbox fixtures and helpers (make_smtp, smtp, outbox) are shared.
 from test_outbox import (  # noqa: F401,F811  (fixtures used by name)
@@ -466,6 +468,41 @@ def test_allow_other_without_default_permissions_refused(account,
     assert len(lines) == 1, err
     assert "allow_other" in lines[0] and "default_permissions" in lines[0], \
         err
+
+
+def mount_entry(path):
+    """(source, options) of the mount at path, from /proc/self/mountinfo:
+    the per-mount and the superblock options together."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split(" ")
+            if _unescape_mount(fields[4]) == os.path.realpath(path):
+                sep = fields.index("-")
+                return (_unescape_mount(fields[sep + 2]),
+                        set(fields[5].split(",")) |
+                        set(fields[sep + 3].strip().split(",")))
+    raise AssertionError(f"{path} is not mounted")
+
+
+@pytest.mark.parametrize("user", ["x%2Callow_other",
+                                  "x%2Callow_other%2Cfsname%3Dz",
+                                  "x%5C%2Callow_other", "x%5C"])
+def test_user_name_adds_no_mount_options(user, mount):
+    """libfuse splits its options at ',' (and '\\' escapes): the user
+    name, which goes into the fsname option, must not add options."""
+    with FakeImapServer({"INBOX": []}) as fake:
+        m = mount(None, source=f"imap://{user}@127.0.0.1:{fake.port}",
+                  password="fake-secret", ca_file=False,
+                  options=["allow_plaintext", "pop3=none"])
+        source, options = mount_entry(m.path)
+        decoded = urllib.parse.unquote(user)
+        assert "allow_other" not in options, options
+        assert source == f"mailfs#{decoded}@127.0.0.1", source
+        # Logged in as that user (a quoted string: '\\' doubled).
+        quoted = decoded.replace("\\", "\\\\").encode()
+        assert any(line.split(b" ")[1:3] == [b"LOGIN", b'"' + quoted + b'"']
+                   for line in fake.lines), fake.lines
+        m.unmount()
 
 
 def _as_nobody(fd, code):

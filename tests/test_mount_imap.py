@@ -14,7 +14,7 @@ import pytest
 import corpus as corpus_mod
 from conftest import (assert_no_sanitizer_report, mailfs_bin, message_files,
                       read_bytes)
-from helpers import assert_one_line, files_in, sha, uid_of
+from helpers import assert_one_line, files_in, poll_until, sha, uid_of
 from mailserver import closed_port
 
 NAME_RE = re.compile(
@@ -266,12 +266,27 @@ def test_xattrs(account, corpus, mount):
 
 # ---------------------------------------------------------------- connecting
 
+def dovecot_logins(account):
+    """Dovecot's log lines of the IMAP logins of account, so far."""
+    with open(account.server.log_path, errors="replace") as f:
+        return [line for line in f
+                if re.search(r"imap-login: (Info: )?Login: ", line)
+                and f"user=<{account.user}>" in line]
+
+
 def test_starttls(account, corpus, mount):
     account.seed(corpus[:2])
+    before = len(dovecot_logins(account))
     m = mount(account, scheme="imap")
     inbox = os.path.join(m.path, "INBOX")
     got = sorted(read_bytes(os.path.join(inbox, n)) for n in files_in(inbox))
     assert got == sorted(x.raw for x in corpus[:2])
+    # Dovecot logs how each login came in: mailfs's, over STARTTLS, name
+    # TLS ("secured" alone would be a clear-text login on loopback).
+    ours = poll_until(lambda: dovecot_logins(account)[before:],
+                      "Dovecot's log of mailfs's login", timeout=30)
+    for line in ours:
+        assert re.search(r", TLS[,:]", line), line
 
 
 def test_host_name_localhost(account, corpus, mount):

@@ -1350,9 +1350,13 @@ def test_failed_names_do_not_collide(outbox, smtp):
 
 # ---------------------------------------------------------------- TLS, AUTH
 
-def test_starttls_required(outbox, make_smtp):
+@pytest.mark.parametrize("options", [[], ["allow_plaintext"]],
+                         ids=["default", "imap-allow-plaintext"])
+def test_starttls_required(outbox, make_smtp, options):
+    """A server (or a man in the middle) that offers no STARTTLS gets no
+    AUTH; allow_plaintext is for the IMAP source only."""
     plain = make_smtp(tls="none")
-    ob = outbox(server=plain)
+    ob = outbox(server=plain, options=options)
     path = ob.send("secret.eml", message("secret"))
     st = wait_until(lambda: status_of(path).startswith("deferred until")
                     and status_of(path), "the deferred status")
@@ -1362,6 +1366,17 @@ def test_starttls_required(outbox, make_smtp):
     kinds = {k for k, _ in events}
     assert not kinds & {"auth", "auth-failed", "mail", "rcpt", "data"}, events
     assert "secret.eml" in listing(ob.path)
+
+
+def test_smtp_allow_plaintext_on_loopback(account, outbox, make_smtp):
+    plain = make_smtp(tls="none")
+    raw = message("plain text allowed")
+    ob = outbox(server=plain, options=["smtp_allow_plaintext"])
+    ob.send("plain.eml", raw)
+    [d] = plain.wait_deliveries(1)
+    assert d.data == raw
+    assert not d.tls and d.login == account.user
+    assert "smtp_allow_plaintext" in ob.mount.stderr()
 
 
 def test_smtps_implicit_tls(account, outbox, make_smtp):

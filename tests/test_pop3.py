@@ -891,11 +891,22 @@ def test_pop3_refuses_server_without_stls(make_account, mount_fails):
     assert_one_line(err, "stls", "tls")
 
 
+def test_pop3_plaintext_needs_its_own_option(make_account, mount_fails):
+    """allow_plaintext is for the IMAP source only."""
+    account = make_account("nossl")
+    rc, err = mount_fails(account, source=account.url("pop3"),
+                          ca_file=False, options=["allow_plaintext"])
+    line = [ln for ln in err.splitlines()
+            if ln.strip() and "warning:" not in ln]
+    assert len(line) == 1 and "pop3_allow_plaintext" in line[0], err
+    assert account.password not in err
+
+
 def test_pop3_plaintext_when_allowed(make_account, corpus, mount):
     account = make_account("nossl")
     account.seed(corpus[:1])
     m = mount(account, source=account.url("pop3"), ca_file=False,
-              options=["allow_plaintext"])
+              options=["pop3_allow_plaintext"])
     [name] = files_in(inbox_of(m))
     assert read_bytes(os.path.join(inbox_of(m), name)) == corpus[0].raw
 
