@@ -3,13 +3,15 @@ give only rarely: NO or BAD to any command mailfs sends, BYE in the
 middle of an answer, endless lines.
 
 FakeImapServer(messages={"INBOX": [raw, ...]}) listens on 127.0.0.1
-(plain text; mount with allow_plaintext) and serves those folders well
-enough for a mount: CAPABILITY, LOGIN, LIST, EXAMINE/SELECT, the listing
+(plain text, mount with allow_plaintext; or implicit TLS with tls=an
+ssl.SSLContext) and serves those folders well enough for a mount: CAPABILITY, LOGIN, LIST, EXAMINE/SELECT, the listing
 and content UID FETCHes, UID STORE, UID EXPUNGE, UID MOVE, APPEND (with
 LITERAL+), CREATE, DELETE, RENAME, IDLE, NOOP, LOGOUT, and AUTHENTICATE
 PLAIN when `caps` offers it (`auth` records each response and whether
 it came as an initial response).  Changes made through it are kept for
-later connections.
+later connections.  A message is raw bytes, or a VirtualMessage whose
+bytes are computed from the offset (a message of many GiB is never held),
+and `fetches` records every partial body FETCH as (uid, origin, length).
 
 fail(kind, answer, times=None) makes the next `times` commands of that
 kind (every one with None) get `answer` instead: "NO", "BAD", "BYE",
@@ -28,7 +30,8 @@ import re
 import socket
 import threading
 
-__all__ = ["FakeImapServer", "EndlessServer", "KINDS", "endless"]
+__all__ = ["FakeImapServer", "VirtualMessage", "EndlessServer", "KINDS",
+           "endless"]
 
 CAPS = b"IMAP4rev1 LITERAL+ UIDPLUS MOVE IDLE"
 DATE = b'"03-Jun-2025 10:00:00 +0000"'
@@ -87,6 +90,30 @@ def head_fields(raw):
         if line.split(b":", 1)[0].strip().lower() in HEAD_FIELDS:
             out.append(line + b"\r\n")
     return b"".join(out) + b"\r\n"
+
+
+class VirtualMessage:
+    """A message of `size` bytes, content(offset, length) -> bytes, whose
+    listing header fields are `header` (as the listing FETCH sends them)."""
+
+    def __init__(self, size, content, header):
+        self.size = size
+        self.content = content
+        self.header = header
+
+
+def msg_size(m):
+    return m.size if isinstance(m, VirtualMessage) else len(m)
+
+
+def msg_bytes(m, offset, length):
+    if isinstance(m, VirtualMessage):
+        return m.content(offset, max(0, min(length, m.size - offset)))
+    return m[offset:offset + length]
+
+
+def msg_header(m):
+    return m.header if isinstance(m, VirtualMessage) else head_fields(m)
 
 
 def literal(data):
@@ -337,22 +364,26 @@ class _Conn:
             elif kind == "FETCH-META":
                 body = (b"UID %d RFC822.SIZE %d INTERNALDATE %s %s "
                         b"BODY[HEADER.FIELDS (DATE SUBJECT MESSAGE-ID "
-                        b"FROM)] %s" % (uid, len(raw), DATE, flag_text,
-                                        literal(head_fields(raw))))
+                        b"FROM)] %s" % (uid, msg_size(raw), DATE,
+                                        flag_text,
+                                        literal(msg_header(raw))))
             else:
                 m = re.search(rb"BODY\.PEEK\[\]<(\d+)\.(\d+)>",
                               b" ".join(words))
                 off, n = int(m.group(1)), int(m.group(2))
+                self.server.fetches.append((uid, off, n))
                 body = b"UID %d BODY[]<%d> %s" % (
-                    uid, off, literal(raw[off:off + n]))
+                    uid, off, literal(msg_bytes(raw, off, n)))
             self.send(b"* %d FETCH (%s)\r\n" % (seq, body))
         self.ok(tag)
 
 
 class FakeImapServer:
-    def __init__(self, messages=None, caps=CAPS):
+    def __init__(self, messages=None, caps=CAPS, tls=None):
         self.lock = threading.Lock()
         self.caps = caps
+        self.tls = tls
+        self.fetches = []         # (uid, origin, length) of body FETCHes
         self.auth = []            # (with SASL-IR, decoded response)
         self.folders = {name: _Folder(raws)
                         for name, raws in (messages or {"INBOX": []}).items()}
@@ -421,6 +452,8 @@ class FakeImapServer:
 
     def _serve(self, c):
         try:
+            if self.tls is not None:
+                c = self.tls.wrap_socket(c, server_side=True)
             _Conn(self, c).serve()
         except (OSError, EOFError):
             pass

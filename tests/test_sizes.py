@@ -1,5 +1,5 @@
 """Integration tests of sizes and offsets at the 32- and 64-bit edges,
-against a scripted IMAP server (fake_imap.py): no real server on a test
+against a scripted IMAP server (fakeimap.py): no real server on a test
 machine holds a message of more than 4 GiB, and none announces a size no
 file can have.  The content of the huge message is computed from the
 offset, so nothing of that size is ever held or written."""
@@ -10,7 +10,7 @@ import ssl
 
 import pytest
 
-from fake_imap import FakeImapServer, FakeMessage
+from fakeimap import FakeImapServer, VirtualMessage
 from faultproxy import ScriptedImapServer
 from helpers import files_in, read_uncached
 
@@ -49,7 +49,9 @@ def header_of(head):
 
 
 def fake_mount(servers, mount, messages, **kw):
-    server = FakeImapServer(servers.cert, servers.key, messages)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(servers.cert, servers.key)
+    server = FakeImapServer({"INBOX": messages}, tls=tls)
     try:
         m = mount(None, source=f"imaps://u@127.0.0.1:{server.port}",
                   password="secret", options=["pop3=none", "timeout=10"],
@@ -61,7 +63,7 @@ def fake_mount(servers, mount, messages, **kw):
 
 
 def test_message_over_4gib_reads_right(servers, mount):
-    huge = FakeMessage(1, HUGE_SIZE, huge_content, header_of(HEAD))
+    huge = VirtualMessage(HUGE_SIZE, huge_content, header_of(HEAD))
     server, m = fake_mount(servers, mount, [huge])
     with server:
         inbox = os.path.join(m.path, "INBOX")
@@ -92,7 +94,7 @@ def test_size_beyond_any_file_refused(servers, mount):
     """An RFC822.SIZE above INT64_MAX cannot be a file's size: the listing
     is refused as a protocol error, never shown as a negative size."""
     header = header_of(HEAD)
-    absurd = FakeMessage(1, 1 << 63, huge_content, header)
+    absurd = VirtualMessage(1 << 63, huge_content, header)
     server, m = fake_mount(servers, mount, [absurd])
     with server:
         with pytest.raises(OSError) as e:
