@@ -28,10 +28,13 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/crypto.h>
+
 #include "proto/mail_conn.h"
 #include "proto/net_stream.h"
 #include "src/errfmt.h"
 #include "src/log.h"
+#include "src/secret.h"
 
 /* QUIT at close waits at most this long. */
 #define QUIT_TIMEOUT_S 5
@@ -378,6 +381,30 @@ static bool word_is(const char *p, size_t len, const char *word)
 	return strlen(word) == len && strncasecmp(p, word, len) == 0;
 }
 
+/* The mechanisms of a CAPA "SASL" line (after the word). */
+static void sasl_caps(struct pop3_caps *caps, const char *p, size_t len)
+{
+	size_t i = 0;
+
+	while (i < len) {
+		size_t w;
+
+		while (i < len && p[i] == ' ')
+			i++;
+		for (w = 0; i + w < len && p[i + w] != ' '; w++)
+			;
+		if (word_is(p + i, w, "PLAIN"))
+			caps->sasl_plain = true;
+		else if (word_is(p + i, w, "LOGIN"))
+			caps->sasl_login = true;
+		else if (word_is(p + i, w, "XOAUTH2"))
+			caps->sasl_xoauth2 = true;
+		else if (word_is(p + i, w, "OAUTHBEARER"))
+			caps->sasl_oauthbearer = true;
+		i += w;
+	}
+}
+
 /* CAPA (RFC 2449).  A server without it (-ERR) leaves caps.known false. */
 static enum backend_status session_capa(struct pop3_session *s,
 	const char **error_r)
@@ -425,6 +452,8 @@ static enum backend_status session_capa(struct pop3_session *s,
 			caps.stls = true;
 		else if (word_is(line, w, "PIPELINING"))
 			caps.pipelining = true;
+		else if (word_is(line, w, "SASL"))
+			sasl_caps(&caps, line + w, len - w);
 	}
 	rd_done(&r);
 	caps.known = true;
@@ -442,7 +471,8 @@ static enum backend_status check_endpoint(const struct pop3_endpoint *ep,
 		*error_r = "no POP3 server given";
 		return BACKEND_INVALID;
 	}
-	if (ep->user == NULL || ep->user[0] == '\0' || ep->password == NULL) {
+	if (ep->user == NULL || ep->user[0] == '\0' ||
+	    (ep->password == NULL && ep->token == NULL)) {
 		*error_r = "no POP3 user name or password given";
 		return BACKEND_INVALID;
 	}
@@ -454,8 +484,8 @@ static enum backend_status check_endpoint(const struct pop3_endpoint *ep,
 		*error_r = "the POP3 user name contains a line break or is too long";
 		return BACKEND_INVALID;
 	}
-	if (strpbrk(ep->password, "\r\n") != NULL ||
-	    strlen(ep->password) > CREDENTIAL_MAX) {
+	if (ep->password != NULL && (strpbrk(ep->password, "\r\n") != NULL ||
+	    strlen(ep->password) > CREDENTIAL_MAX)) {
 		*error_r = "the POP3 password contains a line break or is too long";
 		return BACKEND_INVALID;
 	}
@@ -607,6 +637,210 @@ static enum backend_status login_status(const char *text)
 	return BACKEND_AUTH;
 }
 
+/* Sends one line that carries a secret (hidden from the debug log). */
+static enum backend_status send_secret(struct pop3_session *s,
+	const char *prefix, const char *b64, const char **error_r)
+{
+	mailstream *st = session_stream(s);
+	size_t plen = strlen(prefix), blen = strlen(b64);
+	enum backend_status ret = BACKEND_OK;
+
+	mailstream_set_privacy(st, 0);
+	if (mailstream_write(st, prefix, plen) != (ssize_t)plen ||
+	    mailstream_write(st, b64, blen) != (ssize_t)blen ||
+	    mailstream_write(st, "\r\n", 2) != 2 ||
+	    mailstream_flush(st) == -1)
+		ret = stream_failed(s, "AUTH", error_r);
+	mailstream_set_privacy(st, 1);
+	return ret;
+}
+
+/* Longest AUTH line with an initial response (RFC 5034 4): a longer
+ * response waits for the server's empty challenge. */
+#define AUTH_IR_MAX 255
+/* The most challenges one exchange may bring before mailfs gives up. */
+#define SASL_ROUNDS_MAX 4
+
+/* AUTH with the mechanism of c (RFC 5034).  Returns 1 for +OK, 0 for
+ * -ERR (text kept for pop3_session_last_text), -1 with *st_r set when
+ * the exchange failed. */
+static int auth_sasl(struct pop3_session *s, struct sasl_client *c,
+	enum backend_status *st_r, const char **error_r)
+{
+	size_t ilen = 0;
+	unsigned char *initial = sasl_initial_response(c, &ilen);
+	char *b64 = initial == NULL ? NULL : ilen == 0 ? strdup("=") :
+		sasl_b64_encode(initial, ilen);
+	const char *name = sasl_name(c->mech);
+	bool sent_initial;
+	char prefix[32];
+	int ok = -1;
+
+	sasl_free(initial, ilen);
+	if (b64 == NULL) {
+		*error_r = "out of memory";
+		*st_r = BACKEND_TEMP;
+		return -1;
+	}
+	snprintf(prefix, sizeof(prefix), "AUTH %s ", name);
+	sent_initial = c->mech != SASL_LOGIN &&
+		strlen(prefix) + strlen(b64) <= AUTH_IR_MAX;
+	*st_r = sent_initial ? send_secret(s, prefix, b64, error_r) :
+		send_secret(s, "AUTH ", name, error_r);
+	for (unsigned round = 0; *st_r == BACKEND_OK; round++) {
+		const char *line;
+		size_t len, clen = 0, rlen = 0;
+		unsigned char *challenge = NULL, *resp = NULL;
+		bool cancel = true;
+		char *answer;
+		struct rd r;
+		int rc;
+
+		rd_init(&r, s);
+		rc = rd_line(&r, &line, &len);
+		if (rc < 0) {
+			*st_r = line_failed(&r, rc, "AUTH", error_r);
+			break;
+		}
+		if ((len >= 3 && memcmp(line, "+OK", 3) == 0) ||
+		    (len >= 4 && memcmp(line, "-ERR", 4) == 0)) {
+			size_t skip = line[0] == '+' ? 3 : 4;
+
+			ok = line[0] == '+';
+			if (skip < len && line[skip] == ' ')
+				skip++;
+			mail_copy_printable(s->text, sizeof(s->text),
+				line + skip, len - skip);
+			rd_done(&r);
+			break;
+		}
+		if (len == 0 || line[0] != '+') {
+			rd_done(&r);
+			*st_r = protocol_failed(s, "AUTH", "neither a challenge"
+				" nor +OK or -ERR", error_r);
+			break;
+		}
+		/* "+ challenge": the rest of the line, base64 */
+		size_t at = 1;
+
+		while (at < len && line[at] == ' ')
+			at++;
+		if (!sent_initial) {
+			rd_done(&r);
+			sent_initial = true;
+			*st_r = send_secret(s, "",
+				strcmp(b64, "=") == 0 ? "" : b64, error_r);
+			continue;
+		}
+		if (round < SASL_ROUNDS_MAX)
+			challenge = sasl_b64_decode(line + at, len - at, &clen);
+		rd_done(&r);
+		if (challenge != NULL)
+			resp = sasl_next_response(c, challenge, clen, &rlen,
+				&cancel);
+		free(challenge);
+		answer = resp == NULL || cancel ? strdup("*") : rlen == 0 ?
+			strdup("") : sasl_b64_encode(resp, rlen);
+		sasl_free(resp, rlen);
+		if (answer == NULL) {
+			*error_r = "out of memory";
+			*st_r = BACKEND_TEMP;
+			break;
+		}
+		*st_r = send_secret(s, "", answer, error_r);
+		OPENSSL_cleanse(answer, strlen(answer));
+		free(answer);
+	}
+	OPENSSL_cleanse(b64, strlen(b64));
+	free(b64);
+	/* libetpan's idea of the state stays "authorization": only its
+	 * QUIT runs after this, which takes either. */
+	return *st_r == BACKEND_OK ? ok : -1;
+}
+
+/* Whether the server offers AUTH name (for sasl_choose). */
+static bool offers_auth(const char *name, void *ctx)
+{
+	const struct pop3_caps *c = ctx;
+
+	return (strcmp(name, "PLAIN") == 0 && c->sasl_plain) ||
+		(strcmp(name, "LOGIN") == 0 && c->sasl_login) ||
+		(strcmp(name, "XOAUTH2") == 0 && c->sasl_xoauth2) ||
+		(strcmp(name, "OAUTHBEARER") == 0 && c->sasl_oauthbearer);
+}
+
+/* The error of a login the server refused. */
+static enum backend_status login_refused(struct pop3_session *s,
+	const char **error_r)
+{
+	const struct pop3_endpoint *ep = s->ep;
+	enum backend_status st = login_status(s->text);
+
+	if (st == BACKEND_TEMP)
+		*error_r = errfmt("mailbox of %s at %s is busy: %s", ep->user,
+			s->label, s->text);
+	else
+		*error_r = errfmt("login failed for %s at %s: %s", ep->user,
+			ep->host, s->text);
+	return st;
+}
+
+/* AUTH with an OAuth2 token from ep->token: a refused token is reported
+ * to the source and retried once with the command's next output (see
+ * src/token_source.h). */
+static enum backend_status login_with_token(struct pop3_session *s,
+	const char **error_r)
+{
+	const struct pop3_endpoint *ep = s->ep;
+	enum backend_status st = BACKEND_AUTH;
+	enum sasl_mech mech;
+
+	if (!net_stream_is_tls(session_stream(s))) {
+		*error_r = errfmt("%s: refusing to send an access token"
+			" without TLS", s->label);
+		return BACKEND_PROTOCOL;
+	}
+	mech = sasl_choose(ep->auth, true, offers_auth, &s->caps, error_r);
+	if (mech == SASL_NONE) {
+		*error_r = errfmt("server %s: %s", s->label, *error_r);
+		return BACKEND_UNSUPPORTED;
+	}
+	for (int attempt = 0; attempt < 2; attempt++) {
+		struct sasl_client c = { .mech = mech, .user = ep->user,
+			.host = ep->host, .port = ep->port };
+		char *token = NULL;
+		int ok;
+
+		switch (token_source_get(ep->token, &token, error_r)) {
+		case TOKEN_OK:
+			break;
+		case TOKEN_HELD:
+			*error_r = attempt == 0 ? "authentication refused:"
+				" re-authorize the token command" :
+				errfmt("login failed for %s at %s: %s;"
+				" re-authorize the token command", ep->user,
+				ep->host, s->text);
+			return BACKEND_AUTH;
+		case TOKEN_FAILED:
+			return BACKEND_AUTH;
+		}
+		c.secret = token;
+		ok = auth_sasl(s, &c, &st, error_r);
+		if (ok == 1)
+			token_source_accepted(ep->token, token);
+		else if (ok == 0 && login_status(s->text) == BACKEND_AUTH)
+			token_source_refused(ep->token, token);
+		secret_free(&token);
+		if (ok == 1)
+			return BACKEND_OK;
+		if (ok < 0)
+			return st;
+		if (login_status(s->text) != BACKEND_AUTH)
+			break;
+	}
+	return login_refused(s, error_r);
+}
+
 static enum backend_status session_login(struct pop3_session *s,
 	const char **error_r)
 {
@@ -614,6 +848,23 @@ static enum backend_status session_login(struct pop3_session *s,
 	enum backend_status st;
 	int r;
 
+	if (ep->token)
+		return login_with_token(s, error_r);
+	if (ep->auth == SASL_ONLY_PLAIN) {
+		struct sasl_client c = { .mech = SASL_PLAIN, .user = ep->user,
+			.secret = ep->password };
+		int ok;
+
+		if (!s->caps.sasl_plain) {
+			*error_r = errfmt("server %s does not offer AUTH PLAIN",
+				s->label);
+			return BACKEND_UNSUPPORTED;
+		}
+		ok = auth_sasl(s, &c, &st, error_r);
+		if (ok < 0)
+			return st;
+		return ok ? BACKEND_OK : login_refused(s, error_r);
+	}
 	if (s->caps.known && !s->caps.user)
 		log_debug("pop3 %s: USER not listed in CAPA; trying it anyway",
 			s->label);
@@ -625,14 +876,7 @@ static enum backend_status session_login(struct pop3_session *s,
 	if (r == MAILPOP3_ERROR_STREAM)
 		return stream_failed(s, "login", error_r);
 	take_libetpan_text(s);
-	st = login_status(s->text);
-	if (st == BACKEND_TEMP)
-		*error_r = errfmt("mailbox of %s at %s is busy: %s", ep->user,
-			s->label, s->text);
-	else
-		*error_r = errfmt("login failed for %s at %s: %s", ep->user,
-			ep->host, s->text);
-	return st;
+	return login_refused(s, error_r);
 }
 
 enum backend_status pop3_session_open(const struct pop3_endpoint *ep,

@@ -21,7 +21,9 @@
 #include <libetpan/libetpan.h>
 #include <openssl/ssl.h>
 
+#include "proto/sasl.h"
 #include "src/backend.h"
+#include "src/token_source.h"
 
 /* RFC 1939: a unique-id is 1 to 70 characters from 0x21 to 0x7E. */
 #define POP3_UIDL_MAX 70
@@ -42,7 +44,9 @@ struct pop3_endpoint {
 	SSL_CTX *tls_ctx;       /* from net_tls_context_new; may be NULL
 	                           only with POP3_TLS_NONE */
 	const char *user;
-	const char *password;
+	const char *password;   /* NULL when token is set */
+	struct token_source *token;  /* OAuth2 access tokens, or NULL */
+	enum sasl_choice auth;  /* how to log in: USER/PASS or AUTH */
 	int timeout_s;          /* per wait; each command exchange gets the
 	                           overall deadline of proto/net_stream.h */
 };
@@ -51,6 +55,8 @@ struct pop3_endpoint {
  * CAPA (known == false), TOP and UIDL are simply tried. */
 struct pop3_caps {
 	bool known, top, uidl, user, stls, pipelining;
+	/* SASL mechanisms offered for AUTH (RFC 5034) */
+	bool sasl_plain, sasl_login, sasl_xoauth2, sasl_oauthbearer;
 };
 
 struct pop3_session {

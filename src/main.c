@@ -479,12 +479,6 @@ int main(int argc, char **argv)
 	    (o.smtp_text && auth_conflict("smtp_auth", smtp_auth,
 		(o.smtp_token_cmd ? o.smtp_token_cmd : o.token_cmd) != NULL)))
 		goto out;
-	if (o.token_cmd && (o.source.scheme == SCHEME_POP3S ||
-			    o.source.scheme == SCHEME_POP3)) {
-		fail("%s", "token_cmd: OAuth2 is not available for the POP3"
-			" view");
-		goto out;
-	}
 	if (o.timeout_s == 0 || o.connections == 0) {
 		fail("%s", "timeout and connections must be at least 1");
 		goto out;

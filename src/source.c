@@ -77,6 +77,9 @@ int source_open(const struct mailfs_options *o, const char *password,
 	char *text;
 
 	memset(src, 0, sizeof(*src));
+	/* The POP3 view, or the fallback, logs in as IMAP would. */
+	src->pop3.token = token;
+	src->pop3.auth = auth;
 	if (o->source.scheme == SCHEME_POP3S || o->source.scheme == SCHEME_POP3) {
 		if (open_pop3(o, &o->source, password, tls_ctx, src,
 				error_r) < 0)

@@ -25,8 +25,9 @@ struct source {
 };
 
 /* Opens the source the options name, with its first session (so a wrong
- * password, token or certificate is reported now).  IMAP logs in with
- * token (OAuth2) when it is not NULL, else with password; auth says how.
+ * password, token or certificate is reported now).  IMAP and POP3 log in
+ * with token (OAuth2) when it is not NULL, else with password; auth says
+ * how.
  * password, token and tls_ctx are borrowed and must outlive the source;
  * cache_dir must exist.  Returns 0, or -1 with *error_r set to one line
  * naming the cause. */

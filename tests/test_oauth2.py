@@ -289,3 +289,34 @@ def test_smtp_refused_token_is_retried_with_the_next(oauth_account, idp,
     _, _, events = server.snapshot()
     assert not [e for e in events if e[0] == "auth-protocol"], events
     m.unmount()
+
+
+# ---------------------------------------------------------------- POP3
+
+@pytest.mark.parametrize("mech", ["xoauth2", "oauthbearer"])
+def test_pop3_view_with_each_mechanism(oauth_account, idp, mount, tmp_path,
+                                       mech):
+    seed(oauth_account, {"INBOX": [message(1)]})
+    token = idp.issue(oauth_account.user)
+    tokens = TokenFile(str(tmp_path), token)
+    m = mount_with_token(mount, oauth_account, tokens, mech, args=["-d"],
+                         source=oauth_account.url("pop3s"),
+                         secrets=[token])
+    inbox = os.path.join(m.path, "INBOX")
+    [name] = files_in(inbox)
+    assert read_uncached(os.path.join(inbox, name)) == message(1)
+    with open(oauth_account.server.log_path, errors="replace") as f:
+        assert re.search(rf"pop3-login: Info: Login: user=<"
+                         rf"{re.escape(oauth_account.user)}>.*"
+                         rf"method={mech.upper()}", f.read())
+    m.unmount()
+
+
+def test_pop3_wrong_token(oauth_account, idp, mount_fails, tmp_path):
+    tokens = TokenFile(str(tmp_path), "ya29.not-for-pop3")
+    rc, err = mount_fails(oauth_account, password_file=False,
+                          source=oauth_account.url("pop3s"),
+                          options=[f"token_cmd={tokens.command}"])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "login failed" in lines[0], err
+    assert 1 <= idp.checks("ya29.not-for-pop3") <= 2
