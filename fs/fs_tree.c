@@ -305,11 +305,11 @@ bool fs_tree_read_only(struct fs_tree *t)
 	return t->be->read_only;
 }
 
-void fs_tree_set_stats_hook(struct fs_tree *t, char *(*hook)(void *ctx),
-	void *ctx)
+void fs_tree_set_report_hook(struct fs_tree *t,
+	char *(*hook)(void *ctx, const char *what), void *ctx)
 {
-	t->stats_hook = hook;
-	t->stats_ctx = ctx;
+	t->report_hook = hook;
+	t->report_ctx = ctx;
 }
 
 /* ---- the folder tree ----------------------------------------------------- */
@@ -1452,8 +1452,10 @@ int fs_tree_getxattr(struct fs_tree *t, fuse_ino_t ino, const char *name,
 		*value_r = strdup(t->source ? t->source : "");
 		return *value_r ? 0 : -ENOMEM;
 	}
-	if (ino == FUSE_ROOT_ID && strcmp(name, "user.mailfs.stats") == 0) {
-		v = t->stats_hook ? t->stats_hook(t->stats_ctx) : strdup("");
+	if (ino == FUSE_ROOT_ID && (strcmp(name, "user.mailfs.stats") == 0 ||
+				    strcmp(name, "user.mailfs.status") == 0)) {
+		v = t->report_hook ? t->report_hook(t->report_ctx,
+			name + strlen("user.mailfs.")) : strdup("");
 		if (!v)
 			return -ENOMEM;
 		*value_r = v;

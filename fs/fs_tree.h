@@ -170,9 +170,10 @@ void fs_tree_set_source(struct fs_tree *tree, const char *text);
 /* True when the backend cannot change anything (POP3). */
 bool fs_tree_read_only(struct fs_tree *tree);
 
-/* The root's text for user.mailfs.stats is produced by this hook (set by
- * the caller that knows the caches); may be NULL. */
-void fs_tree_set_stats_hook(struct fs_tree *tree,
-	char *(*hook)(void *ctx), void *ctx);
+/* The root's user.mailfs.stats and user.mailfs.status are produced by
+ * hook(ctx, "stats" or "status"), a malloc'd string (NULL: out of memory),
+ * set by the caller that knows the caches and connections; may be NULL. */
+void fs_tree_set_report_hook(struct fs_tree *tree,
+	char *(*hook)(void *ctx, const char *what), void *ctx);
 
 #endif

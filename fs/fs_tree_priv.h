@@ -98,8 +98,8 @@ struct fs_tree {
 	struct work_queue *bg;            /* owned: refreshes, notifications */
 	uint64_t merge_seq;               /* one stamp per listing merge */
 	char *source;                     /* user.mailfs.source text */
-	char *(*stats_hook)(void *ctx);
-	void *stats_ctx;
+	char *(*report_hook)(void *ctx, const char *what);
+	void *report_ctx;
 	void (*inval_hook)(void *ctx, fuse_ino_t parent, const char *name);
 	void *inval_ctx;
 

@@ -177,6 +177,7 @@ struct mount_ctx {
 	struct block_cache *cache;
 	struct msg_reader *reader;
 	struct fs_parts *parts;
+	struct token_source *token, *smtp_token;   /* or NULL */
 };
 
 /* Copies of sent mail go to this folder (raw name; NULL: none). */
@@ -295,6 +296,26 @@ static char *stats_text(void *ctx)
 			(unsigned long long)pst.structures_fetched) < 0)
 		return NULL;
 	return out;
+}
+
+/* user.mailfs.status: what keeps the mount from the server, if anything. */
+static char *status_text(const struct mount_ctx *mc)
+{
+	bool imap = mc->token && token_source_held(mc->token);
+	bool smtp = mc->smtp_token && mc->smtp_token != mc->token &&
+		token_source_held(mc->smtp_token);
+
+	if (imap || smtp)
+		return strdup(imap ? "authentication refused: re-authorize the"
+			" token command" : "sending: authentication refused:"
+			" re-authorize smtp_token_cmd");
+	return strdup("ok");
+}
+
+static char *report_text(void *ctx, const char *what)
+{
+	return strcmp(what, "status") == 0 ? status_text(ctx) :
+		stats_text(ctx);
 }
 
 /* Start-up failures: one line on stderr, naming the cause.  Control
@@ -567,8 +588,9 @@ int main(int argc, char **argv)
 	}
 	mc.reader = reader;
 	mc.parts = fs_parts_new(be, tree, cache, account);
+	mc.token = token;
 	fs_ops_set_parts(mc.parts);
-	fs_tree_set_stats_hook(tree, stats_text, &mc);
+	fs_tree_set_report_hook(tree, report_text, &mc);
 	fs_tree_set_inval_hook(tree, fs_ops_inval_entry, NULL);
 	fs_tree_set_source(tree, src.description);
 	if (!be->read_only) {
@@ -659,6 +681,7 @@ int main(int argc, char **argv)
 		fs_ops_set_outbox(outbox);
 	}
 
+	mc.smtp_token = smtp_token;
 	/* Keep the kernel's default_permissions checks meaningful and name
 	 * the mount after its source in /proc/mounts. */
 	char *fsname = fsname_option(o.source.user, o.source.host);

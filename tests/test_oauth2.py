@@ -180,8 +180,10 @@ def test_token_goes_bad_and_recovers(oauth_account, idp, mount, proxies,
             read_uncached(os.path.join(inbox, names[2]))
         assert e.value.errno == errno.EACCES
     assert idp.checks(token) <= asked + 1
-    # what is cached still reads
+    # what is cached still reads, and the mount says what is wrong
     assert read_uncached(os.path.join(inbox, names[0])) == first
+    assert os.getxattr(m.path, "user.mailfs.status") == \
+        b"authentication refused: re-authorize the token command"
 
     good = idp.issue(oauth_account.user)
     m.secrets.append(good)
@@ -198,6 +200,7 @@ def test_token_goes_bad_and_recovers(oauth_account, idp, mount, proxies,
 
     poll_until(readable, "a read with the new token", DEADLINE,
                interval=0.5)
+    assert os.getxattr(m.path, "user.mailfs.status") == b"ok"
     m.unmount()
     assert "re-authorize the token command" in m.stderr()
 
