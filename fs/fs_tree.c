@@ -300,6 +300,16 @@ void fs_tree_set_source(struct fs_tree *t, const char *text)
 	t->source = text ? strdup(text) : NULL;
 }
 
+size_t fs_tree_folder_count(struct fs_tree *t)
+{
+	size_t n;
+
+	pthread_mutex_lock(&t->lock);
+	n = t->n_folders;
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
 bool fs_tree_read_only(struct fs_tree *t)
 {
 	return t->be->read_only;
@@ -368,6 +378,7 @@ int tree_install_folders(struct fs_tree *t,
 	}
 
 	pthread_mutex_lock(&t->lock);
+	t->n_folders = nw;
 	collect_dirs(t->root, &old, &n_old, &cap_old);
 	/* Children are matched by name under their parent, so a directory
 	 * keeps its node (and inode number) across renames and refreshes. */

@@ -167,6 +167,10 @@ int fs_tree_setattr_staged(struct fs_tree *tree, fuse_ino_t ino,
 /* The text of the root's user.mailfs.source (copied; may be NULL). */
 void fs_tree_set_source(struct fs_tree *tree, const char *text);
 
+/* How many directories the last folder list made (folders and the
+ * parents they imply). */
+size_t fs_tree_folder_count(struct fs_tree *tree);
+
 /* True when the backend cannot change anything (POP3). */
 bool fs_tree_read_only(struct fs_tree *tree);
 

@@ -112,6 +112,7 @@ struct fs_tree {
 	pthread_cond_t stage_wake;
 
 	time_t folders_at;                /* monotonic: last folder list */
+	size_t n_folders;                 /* directories it made */
 	bool folders_installed;           /* later lists are changes */
 	bool folders_loading;
 

@@ -738,9 +738,10 @@ int main(int argc, char **argv)
 	loop_cfg = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_max_threads(loop_cfg, 16);
 	fuse_loop_cfg_set_idle_threads(loop_cfg, 4);
-	sd_notify_status("READY=1", "mounted %s on %s%s", o.source_text,
-		mountpoint, offline ? ", started offline from the cache "
-		"(reconnecting)" : "");
+	sd_notify_status("READY=1", "mounted %s on %s, %zu folders%s",
+		o.source_text, mountpoint, fs_tree_folder_count(tree),
+		offline ? ", started offline from the cache (reconnecting)" :
+		"");
 	ret = fuse_session_loop_mt(se, loop_cfg) < 0 ? 1 : 0;
 	sd_notify_status("STOPPING=1", "unmounting");
 	fuse_loop_cfg_destroy(loop_cfg);

@@ -440,6 +440,9 @@ def check_notifications(listener):
                for line in lines), msgs
     assert msgs[ready][1], "READY=1 arrived before the mount was up"
     assert sum("READY=1" in lines for lines, _ in msgs) == 1, msgs
+    # the status then says how much is mounted: INBOX at least
+    status = [line for line in msgs[ready][0] if line.startswith("STATUS=")]
+    assert status and re.search(r", [1-9][0-9]* folders", status[0]), msgs
 
 
 @pytest.mark.parametrize("abstract", [False, True],
