@@ -280,7 +280,10 @@ int fs_tree_enable_writes(struct fs_tree *t, const char *trash,
 
 int fs_tree_start(struct fs_tree *t, const char *watch_folder)
 {
-	int ret = t->stage_dir ? stage_start(t) : 0;
+	int ret = work_queue_start(t->bg);
+
+	if (ret == 0 && t->stage_dir)
+		ret = stage_start(t);
 
 	if (watch_folder)
 		folder_index_watch(t->index, watch_folder, folder_changed, t);

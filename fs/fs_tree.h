@@ -130,10 +130,11 @@ void fs_tree_set_inval_hook(struct fs_tree *tree,
 int fs_tree_enable_writes(struct fs_tree *tree, const char *trash,
 	const char *stage_dir);
 
-/* Starts the tree's threads (after daemonizing): the one appending
- * copied-in files, and one watching watch_folder (may be NULL) for changes
- * (IMAP IDLE) so that new mail there appears at once.  Returns 0 or a
- * negative errno. */
+/* Starts the tree's threads (after daemonizing): the background workers
+ * (refreshes and notifications queued before wait for them), the one
+ * appending copied-in files, and one watching watch_folder (may be NULL)
+ * for changes (IMAP IDLE) so that new mail there appears at once.
+ * Returns 0 or a negative errno. */
 int fs_tree_start(struct fs_tree *tree, const char *watch_folder);
 
 /* Changes (fs_write.c).  Each returns 0 or a negative errno. */

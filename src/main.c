@@ -733,8 +733,8 @@ int main(int argc, char **argv)
 			log_error("cannot start sending the outbox: %s", error);
 	}
 	if (fs_tree_start(tree, "INBOX") < 0)
-		log_error("cannot start the copy-in thread; new files will "
-			"not be appended");
+		log_error("cannot start the background threads: refreshes"
+			" and copy-ins wait");
 	loop_cfg = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_max_threads(loop_cfg, 16);
 	fuse_loop_cfg_set_idle_threads(loop_cfg, 4);

@@ -17,7 +17,8 @@ struct work_queue {
 	size_t queued, max_queued;
 	bool stopping;
 	pthread_t *threads;
-	unsigned n_threads;
+	unsigned n_threads;     /* running */
+	unsigned want_threads;
 };
 
 static void *worker_main(void *arg)
@@ -52,7 +53,8 @@ struct work_queue *work_queue_new(unsigned n_threads, size_t max_queued)
 
 	if (!q)
 		return NULL;
-	q->threads = calloc(n_threads ? n_threads : 1, sizeof(*q->threads));
+	q->want_threads = n_threads ? n_threads : 1;
+	q->threads = calloc(q->want_threads, sizeof(*q->threads));
 	if (!q->threads) {
 		free(q);
 		return NULL;
@@ -61,14 +63,16 @@ struct work_queue *work_queue_new(unsigned n_threads, size_t max_queued)
 	pthread_cond_init(&q->wake, NULL);
 	q->tail = &q->head;
 	q->max_queued = max_queued;
-	for (unsigned i = 0; i < (n_threads ? n_threads : 1); i++)
-		if (pthread_create(&q->threads[q->n_threads], NULL,
-				worker_main, q) == 0)
-			q->n_threads++;
-	if (q->n_threads == 0) {
-		work_queue_free(&q);
-	}
 	return q;
+}
+
+int work_queue_start(struct work_queue *q)
+{
+	while (q->n_threads < q->want_threads &&
+	       pthread_create(&q->threads[q->n_threads], NULL, worker_main,
+		       q) == 0)
+		q->n_threads++;
+	return q->n_threads > 0 ? 0 : -1;
 }
 
 bool work_queue_submit(struct work_queue *q, void (*run)(void *arg),

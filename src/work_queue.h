@@ -17,8 +17,14 @@
 
 struct work_queue;
 
-/* n_threads workers (at least 1), at most max_queued jobs waiting. */
+/* A queue for n_threads workers (at least 1), at most max_queued jobs
+ * waiting.  No thread runs until work_queue_start: a process that forks
+ * (to become a daemon) must start the workers after the fork.  Jobs
+ * submitted before wait for them. */
 struct work_queue *work_queue_new(unsigned n_threads, size_t max_queued);
+
+/* Starts the workers; 0, or -1 when none could be started.  Once. */
+int work_queue_start(struct work_queue *q);
 
 /* Queues run(arg).  false (nothing queued, arg still the caller's) when
  * the queue is full or stopping. */
