@@ -221,7 +221,7 @@ static const char *follow(struct imap_guard *g, const char *data,
 			nl = memchr(data, '\n', len);
 			seg = nl ? (size_t)(nl - data) : len;
 			if (seg > IMAP_GUARD_LINE_MAX - g->len)
-				return "a line longer than 64 KiB";
+				return "a line longer than 1 MiB";
 			memcpy(g->seg + g->len, data, seg);
 			g->len += seg;
 			if (nl)

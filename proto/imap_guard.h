@@ -30,9 +30,9 @@
 #include <stdint.h>
 
 #define IMAP_GUARD_LITERAL_MAX (256u * 1024 * 1024)
-/* A line outside literals; long FLAGS lists and LIST lines stay far
- * below. */
-#define IMAP_GUARD_LINE_MAX (64u * 1024)
+/* A line outside literals: the BODYSTRUCTURE of a message of some 10,000
+ * parts fits.  The buffer is only touched as far as lines reach. */
+#define IMAP_GUARD_LINE_MAX (1024u * 1024)
 /* One response read by libetpan, which holds all of it (a LIST of some
  * 200000 folders fits). */
 #define IMAP_GUARD_RESPONSE_MAX (16u * 1024 * 1024)
