@@ -937,19 +937,9 @@ static enum backend_status login_with_token(struct imap_session *s,
 		struct sasl_client c = { .mech = mech, .user = ep->user,
 			.host = ep->host, .port = ep->port };
 
-		switch (token_source_get(ep->token, &token, error_r)) {
-		case TOKEN_OK:
-			break;
-		case TOKEN_HELD:
-			*error_r = attempt == 0 ? "authentication refused:"
-				" re-authorize the token command" :
-				errfmt("login failed for %s at %s: %s;"
-				" re-authorize the token command", ep->user,
-				ep->host, imap_session_last_text(s));
+		if (!token_source_for_login(ep->token, attempt, ep->user,
+				ep->host, imap_session_last_text(s), &token, error_r))
 			return BACKEND_AUTH;
-		case TOKEN_FAILED:
-			return BACKEND_AUTH;
-		}
 		c.secret = token;
 		caps_forget(s->imap);
 		r = auth_sasl(s, &c, sasl_ir);

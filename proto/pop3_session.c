@@ -811,19 +811,9 @@ static enum backend_status login_with_token(struct pop3_session *s,
 		char *token = NULL;
 		int ok;
 
-		switch (token_source_get(ep->token, &token, error_r)) {
-		case TOKEN_OK:
-			break;
-		case TOKEN_HELD:
-			*error_r = attempt == 0 ? "authentication refused:"
-				" re-authorize the token command" :
-				errfmt("login failed for %s at %s: %s;"
-				" re-authorize the token command", ep->user,
-				ep->host, s->text);
+		if (!token_source_for_login(ep->token, attempt, ep->user,
+				ep->host, s->text, &token, error_r))
 			return BACKEND_AUTH;
-		case TOKEN_FAILED:
-			return BACKEND_AUTH;
-		}
 		c.secret = token;
 		ok = auth_sasl(s, &c, &st, error_r);
 		if (ok == 1)

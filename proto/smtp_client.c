@@ -646,19 +646,9 @@ static int auth_token(struct smtp_session *s, enum sasl_mech mech,
 			.host = ep->host, .port = ep->port };
 		char *token = NULL;
 
-		switch (token_source_get(ep->token, &token, error_r)) {
-		case TOKEN_OK:
-			break;
-		case TOKEN_HELD:
-			*error_r = attempt == 0 ? "authentication refused:"
-				" re-authorize the token command" :
-				errfmt("login failed for %s at %s: %s;"
-				" re-authorize the token command", ep->user,
-				ep->host, reply->text);
+		if (!token_source_for_login(ep->token, attempt, ep->user,
+				ep->host, reply->text, &token, error_r))
 			return -1;
-		case TOKEN_FAILED:
-			return -1;
-		}
 		c.secret = token;
 		code = auth_sasl(s, &c, reply);
 		if (code == 235)

@@ -161,6 +161,25 @@ out:
 	return st;
 }
 
+bool token_source_for_login(struct token_source *ts, int attempt,
+	const char *user, const char *host, const char *refused_text,
+	char **token_r, const char **error_r)
+{
+	switch (token_source_get(ts, token_r, error_r)) {
+	case TOKEN_OK:
+		return true;
+	case TOKEN_HELD:
+		*error_r = attempt == 0 ? "authentication refused: re-authorize"
+			" the token command" : errfmt("login failed for %s at %s:"
+			" %s; re-authorize the token command", user, host,
+			refused_text);
+		return false;
+	case TOKEN_FAILED:
+	default:
+		return false;
+	}
+}
+
 void token_source_refused(struct token_source *ts, const char *token)
 {
 	pthread_mutex_lock(&ts->lock);

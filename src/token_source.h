@@ -52,6 +52,14 @@ void token_source_free(struct token_source *ts);
 enum token_status token_source_get(struct token_source *ts, char **token_r,
 	const char **error_r);
 
+/* token_source_get for attempt 0 or 1 of one login: true with *token_r,
+ * or false with *error_r saying why there is none (the command failed;
+ * tokens are held: after a refusal in this login, the error quotes
+ * refused_text, the server's words, for user at host). */
+bool token_source_for_login(struct token_source *ts, int attempt,
+	const char *user, const char *host, const char *refused_text,
+	char **token_r, const char **error_r);
+
 /* The server refused token (the caller's copy from token_source_get). */
 void token_source_refused(struct token_source *ts, const char *token);
 
