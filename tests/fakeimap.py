@@ -378,7 +378,70 @@ class _Conn:
         self.ok(tag)
 
 
-class FakeImapServer:
+class _LoopbackServer:
+    """Accepts connections on a port of 127.0.0.1 and serves each in a
+    thread of its own (self._serve(sock)); close() ends them all.
+    `connections` counts the connections accepted."""
+
+    def __init__(self):
+        self._conn_lock = threading.Lock()
+        self._conns = []
+        self.connections = 0
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.port = self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self):
+        while True:
+            try:
+                c, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._conn_lock:
+                self._conns.append(c)
+                self.connections += 1
+            threading.Thread(target=self._serve_closing, args=(c,),
+                             daemon=True).start()
+
+    def _serve_closing(self, c):
+        try:
+            self._serve(c)
+        except (OSError, EOFError):
+            pass
+        finally:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def close(self):
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        with self._conn_lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class FakeImapServer(_LoopbackServer):
     def __init__(self, messages=None, caps=CAPS, tls=None):
         self.lock = threading.Lock()
         self.caps = caps
@@ -392,15 +455,7 @@ class FakeImapServer:
         self.seen = {}
         self.failed = {}
         self._faults = {}
-        self._conns = []
-        self.connections = 0
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        self.port = self._sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
-        self._thread.start()
+        super().__init__()
 
     def _count_endless(self, n):
         with self.lock:
@@ -438,111 +493,25 @@ class FakeImapServer:
             self.failed[kind] = self.failed.get(kind, 0) + 1
             return answer
 
-    def _accept_loop(self):
-        while True:
-            try:
-                c, _ = self._sock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self._conns.append(c)
-                self.connections += 1
-            threading.Thread(target=self._serve, args=(c,),
-                             daemon=True).start()
-
     def _serve(self, c):
-        try:
-            if self.tls is not None:
-                c = self.tls.wrap_socket(c, server_side=True)
-            _Conn(self, c).serve()
-        except (OSError, EOFError):
-            pass
-        finally:
-            try:
-                c.close()
-            except OSError:
-                pass
-
-    def close(self):
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
-        with self.lock:
-            conns = list(self._conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            c.close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        if self.tls is not None:
+            c = self.tls.wrap_socket(c, server_side=True)
+        _Conn(self, c).serve()
 
 
-class EndlessServer:
+class EndlessServer(_LoopbackServer):
     """Greets every connection on 127.0.0.1 with endless(prefix).
     `sent` counts the bytes sent, `connections` the connections."""
 
     def __init__(self, prefix):
         self.greeting = endless(prefix)
         self.sent = 0
-        self.connections = 0
         self._lock = threading.Lock()
-        self._conns = []
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        self.port = self._sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
-        self._thread.start()
+        super().__init__()
 
     def _count(self, n):
         with self._lock:
             self.sent += n
 
-    def _accept_loop(self):
-        while True:
-            try:
-                c, _ = self._sock.accept()
-            except OSError:
-                return
-            with self._lock:
-                self._conns.append(c)
-                self.connections += 1
-            threading.Thread(target=self._serve, args=(c,),
-                             daemon=True).start()
-
     def _serve(self, c):
-        try:
-            self.greeting.send(c, self._count)
-        finally:
-            c.close()
-
-    def close(self):
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
-        with self._lock:
-            conns = list(self._conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._thread.join(timeout=5)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        self.greeting.send(c, self._count)
