@@ -6,6 +6,7 @@
  */
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <unistd.h>
 #include <stdlib.h>
@@ -28,6 +29,13 @@ struct imap_backend {
 	struct imap_pool *pool;
 	struct imap_session *idle;   /* wait_changes' own session */
 	int wake[2];                 /* interrupt_wait writes, IDLE polls */
+	/* What the last LIST said about special uses, for rm in a folder
+	 * whose expunge deletes nothing (see virtual_trash). */
+	pthread_mutex_t uses_lock;
+	bool uses_known;
+	char *trash_folder;          /* the \Trash folder's raw name or NULL */
+	char **virtual_folders;      /* raw names of \All, \Flagged... */
+	size_t n_virtual;
 };
 
 static struct imap_backend *to_imap(struct backend *be)
@@ -135,12 +143,14 @@ static bool list_flags_noselect(const struct mailimap_mbx_list_flags *fl)
 /* The RFC 6154 special use of a folder, if the server says. */
 static const char *list_flags_special(const struct mailimap_mbx_list_flags *fl)
 {
+	/* Important is Gmail's (draft-melnikov-imap-special-use-imp). */
 	static const char *const uses[] = {
 		"Sent", "Trash", "Drafts", "Junk", "Archive", "All", "Flagged",
+		"Important",
 	};
 	static const char *const names[] = {
 		"\\Sent", "\\Trash", "\\Drafts", "\\Junk", "\\Archive",
-		"\\All", "\\Flagged",
+		"\\All", "\\Flagged", "\\Important",
 	};
 	clistiter *it;
 
@@ -157,6 +167,70 @@ static const char *list_flags_special(const struct mailimap_mbx_list_flags *fl)
 				return names[i];
 	}
 	return NULL;
+}
+
+/* Folders that show messages living elsewhere (Gmail's All Mail and
+ * Starred, a server's virtual views): an expunge there deletes nothing
+ * or removes only a label, so rm moves the message to \Trash instead. */
+static bool special_use_virtual(const char *use)
+{
+	return use && (strcmp(use, "\\All") == 0 ||
+		strcmp(use, "\\Flagged") == 0 ||
+		strcmp(use, "\\Important") == 0);
+}
+
+static void forget_special_uses(struct imap_backend *ib)
+{
+	for (size_t i = 0; i < ib->n_virtual; i++)
+		free(ib->virtual_folders[i]);
+	free(ib->virtual_folders);
+	free(ib->trash_folder);
+	ib->virtual_folders = NULL;
+	ib->n_virtual = 0;
+	ib->trash_folder = NULL;
+	ib->uses_known = false;
+}
+
+/* Keeps what a LIST result says about \Trash and the virtual folders. */
+static void remember_special_uses(struct imap_backend *ib, clist *list)
+{
+	size_t n = 0;
+	char **virt = calloc(clist_count(list) + 1, sizeof(*virt));
+	char *trash = NULL;
+	bool ok = virt != NULL;
+	clistiter *it;
+
+	for (it = clist_begin(list); ok && it; it = clist_next(it)) {
+		struct mailimap_mailbox_list *mb = clist_content(it);
+		const char *use = list_flags_special(mb->mb_flag);
+
+		if (!use || !mb->mb_name ||
+		    !backend_raw_name_sendable(mb->mb_name) ||
+		    list_flags_noselect(mb->mb_flag))
+			continue;
+		if (strcmp(use, "\\Trash") == 0 && !trash) {
+			trash = strdup(mb->mb_name);
+			ok = trash != NULL;
+		} else if (special_use_virtual(use)) {
+			virt[n] = strdup(mb->mb_name);
+			ok = virt[n++] != NULL;
+		}
+	}
+	pthread_mutex_lock(&ib->uses_lock);
+	forget_special_uses(ib);
+	if (ok) {
+		ib->trash_folder = trash;
+		ib->virtual_folders = virt;
+		ib->n_virtual = n;
+		ib->uses_known = true;
+	}
+	pthread_mutex_unlock(&ib->uses_lock);
+	if (!ok) {
+		for (size_t i = 0; i < n; i++)
+			free(virt[i]);
+		free(virt);
+		free(trash);
+	}
 }
 
 static enum backend_status imap_list_folders(struct backend *be,
@@ -203,6 +277,7 @@ static enum backend_status imap_list_folders(struct backend *be,
 		f->special_use = list_flags_special(mb->mb_flag);
 		n++;
 	}
+	remember_special_uses(ib, list);
 	*folders_r = folders;
 	*count_r = n;
 	st = BACKEND_OK;
@@ -1147,6 +1222,35 @@ static enum backend_status move_one(struct imap_session *s, const char *from,
 	return st;
 }
 
+/* The \Trash folder when `folder` is a virtual one (a malloc'd raw
+ * name), else NULL.  Lists the folders first when no LIST was seen yet. */
+static char *virtual_trash(struct imap_backend *ib, struct imap_session *s,
+	const char *folder)
+{
+	char *out = NULL;
+	bool known;
+
+	pthread_mutex_lock(&ib->uses_lock);
+	known = ib->uses_known;
+	pthread_mutex_unlock(&ib->uses_lock);
+	if (!known) {
+		clist *list = NULL;
+
+		if (imap_session_list(s, "", "*", &list) != MAILIMAP_NO_ERROR)
+			return NULL;
+		remember_special_uses(ib, list);
+		mailimap_list_result_free(list);
+	}
+	pthread_mutex_lock(&ib->uses_lock);
+	for (size_t i = 0; ib->trash_folder && i < ib->n_virtual; i++)
+		if (strcmp(ib->virtual_folders[i], folder) == 0) {
+			out = strdup(ib->trash_folder);
+			break;
+		}
+	pthread_mutex_unlock(&ib->uses_lock);
+	return out;
+}
+
 static enum backend_status imap_expunge(struct backend *be,
 	const char *folder, uint32_t uidvalidity, uint32_t uid,
 	const char *trash, const char **error_r)
@@ -1155,10 +1259,14 @@ static enum backend_status imap_expunge(struct backend *be,
 	struct imap_session *s;
 	enum backend_status st;
 	uint32_t new_uid;
+	char *to_trash = NULL;
 
 	st = imap_pool_get(ib->pool, &s, error_r);
 	if (st != BACKEND_OK)
 		return st;
+	/* In a virtual folder rm goes to the trash= folder, else \Trash. */
+	if (!trash || strcmp(trash, folder) == 0)
+		trash = to_trash = virtual_trash(ib, s, folder);
 	st = session_select_rw(s, folder, uidvalidity, error_r);
 	if (st != BACKEND_OK)
 		goto out_put;
@@ -1174,6 +1282,7 @@ static enum backend_status imap_expunge(struct backend *be,
 	}
 out_put:
 	imap_pool_put(ib->pool, &s);
+	free(to_trash);
 	return st;
 }
 
@@ -1842,6 +1951,8 @@ static void imap_destroy(struct backend *be)
 		imap_session_close(&ib->idle);
 	close(ib->wake[0]);
 	close(ib->wake[1]);
+	forget_special_uses(ib);
+	pthread_mutex_destroy(&ib->uses_lock);
 	free(ib);
 }
 
@@ -1877,9 +1988,11 @@ struct backend *imap_backend_new(const struct imap_endpoint *ep,
 	ib->be.ops = &imap_backend_ops;
 	ib->be.delimiter = first && first->delimiter ? first->delimiter : '/';
 	ib->ep = ep;
+	pthread_mutex_init(&ib->uses_lock, NULL);
 	ib->pool = imap_pool_new(ep, connections);
 	if (!ib->pool || pipe2(ib->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
 		imap_pool_free(&ib->pool);
+		pthread_mutex_destroy(&ib->uses_lock);
 		free(ib);
 		return NULL;
 	}
