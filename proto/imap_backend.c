@@ -1719,6 +1719,55 @@ static enum backend_status imap_find_appended(struct backend *be,
 	return st;
 }
 
+/* UID SEARCH HEADER Message-ID: a substring match, which the '<' and '>'
+ * around an id make exact. */
+static enum backend_status imap_find_message_id(struct backend *be,
+	const char *folder, const char *message_id, uint32_t *uid_r,
+	const char **error_r)
+{
+	struct imap_backend *ib = to_imap(be);
+	struct mailimap_search_key *key = NULL;
+	char *field = strdup("Message-ID"), *value = strdup(message_id);
+	struct imap_session *s;
+	enum backend_status st;
+	clist *result = NULL;
+	clistiter *it;
+	int r;
+
+	*uid_r = 0;
+	if (field && value)
+		key = mailimap_search_key_new_header(field, value);
+	if (!key) {
+		free(field);
+		free(value);
+		*error_r = "out of memory";
+		return BACKEND_TEMP;
+	}
+	st = imap_pool_get(ib->pool, &s, error_r);
+	if (st != BACKEND_OK) {
+		mailimap_search_key_free(key);
+		return st;
+	}
+	/* Again, even if selected: the server may have filed it since. */
+	st = session_examine(s, folder, true, error_r);
+	if (st == BACKEND_OK) {
+		r = mailimap_uid_search(s->imap, NULL, key, &result);
+		if (r != MAILIMAP_NO_ERROR)
+			st = command_failed(s, r, "UID SEARCH in", folder,
+				error_r);
+	}
+	imap_pool_put(ib->pool, &s);
+	mailimap_search_key_free(key);
+	for (it = result ? clist_begin(result) : NULL; it;
+	     it = clist_next(it)) {
+		*uid_r = *(uint32_t *)clist_content(it);
+		break;
+	}
+	if (result)
+		mailimap_search_result_free(result);
+	return st;
+}
+
 static enum backend_status imap_set_flags(struct backend *be,
 	const char *folder, uint32_t uidvalidity, uint32_t uid,
 	const char *flags, const char **error_r)
@@ -1968,6 +2017,7 @@ static const struct backend_ops imap_backend_ops = {
 	.move = imap_move,
 	.append = imap_append,
 	.find_appended = imap_find_appended,
+	.find_message_id = imap_find_message_id,
 	.set_flags = imap_set_flags,
 	.create_folder = imap_create_folder,
 	.delete_folder = imap_delete_folder,

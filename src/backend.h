@@ -180,6 +180,13 @@ struct backend_ops {
 		uint32_t uidvalidity, uint32_t min_uid, uint32_t *uid_r,
 		const char **error_r);
 
+	/* Optional (NULL: nobody can tell).  The UID of a message in
+	 * raw_folder whose Message-ID field is message_id ("<...>", printable
+	 * ASCII), or 0 in *uid_r when there is none. */
+	enum backend_status (*find_message_id)(struct backend *be,
+		const char *raw_folder, const char *message_id,
+		uint32_t *uid_r, const char **error_r);
+
 	/* Replaces a message's flags (keywords included; \Recent ignored). */
 	enum backend_status (*set_flags)(struct backend *be,
 		const char *raw_folder, uint32_t uidvalidity, uint32_t uid,

@@ -212,6 +212,22 @@ static int file_sent(void *ctx, const char *bytes, size_t len)
 	return 0;
 }
 
+static int find_sent(void *ctx, const char *message_id)
+{
+	struct sent_ctx *sc = ctx;
+	const char *error;
+	uint32_t uid = 0;
+	enum backend_status st;
+
+	if (!sc->folder || !sc->be->ops->find_message_id)
+		return -1;
+	st = sc->be->ops->find_message_id(sc->be, sc->folder, message_id,
+		&uid, &error);
+	if (st == BACKEND_NOT_FOUND)
+		return 0;   /* no Sent folder yet: nobody filed anything */
+	return st == BACKEND_OK ? uid != 0 : -1;
+}
+
 /* The raw server name of a folder given as the mount shows it, levels
  * separated by '/' ("Archiv/Gesendet").  Malloc'd, or NULL with *error_r. */
 static char *encode_folder_path(struct backend *be, const char *path,
@@ -726,6 +742,7 @@ int main(int argc, char **argv)
 			.retry_min_s = o.retry_min_s,
 			.retry_max_age_s = o.retry_max_age_s,
 			.file_sent = file_sent,
+			.find_sent = find_sent,
 			.file_sent_ctx = &sent,
 		};
 
