@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <unistd.h>
 #include <stdlib.h>
@@ -29,6 +30,8 @@ struct imap_backend {
 	struct imap_pool *pool;
 	struct imap_session *idle;   /* wait_changes' own session */
 	int wake[2];                 /* interrupt_wait writes, IDLE polls */
+	atomic_bool interrupted;     /* interrupt_wait was called */
+	atomic_bool give_way;        /* IDLE should free its connection */
 	/* What the last LIST said about special uses, for rm in a folder
 	 * whose expunge deletes nothing (see virtual_trash). */
 	pthread_mutex_t uses_lock;
@@ -835,13 +838,31 @@ static enum backend_status read_one(struct backend *be, const char *folder,
 	return BACKEND_OK;
 }
 
+/* A read the server refused to slow the account down is tried again
+ * after the pause (imap_pool_get waits for it, within the timeout), this
+ * many times at most. */
+#define THROTTLED_TRIES 3
+
+static bool again_after_pause(struct imap_backend *ib,
+	enum backend_status st, unsigned *tries)
+{
+	return st == BACKEND_TEMP && ++*tries < THROTTLED_TRIES &&
+		imap_pool_paused(ib->pool);
+}
+
 static enum backend_status imap_read_range(struct backend *be,
 	const char *folder, uint32_t uidvalidity, uint32_t uid,
 	uint64_t offset, size_t length, void *buf, size_t *got_r,
 	const char **error_r)
 {
-	return read_one(be, folder, uidvalidity, uid, NULL, offset, length,
-		buf, got_r, error_r);
+	enum backend_status st;
+	unsigned tries = 0;
+
+	do
+		st = read_one(be, folder, uidvalidity, uid, NULL, offset,
+			length, buf, got_r, error_r);
+	while (again_after_pause(to_imap(be), st, &tries));
+	return st;
 }
 
 struct heads_ctx {
@@ -933,14 +954,21 @@ static enum backend_status imap_read_section(struct backend *be,
 	const char *section, uint64_t offset, size_t length, void *buf,
 	size_t *got_r, const char **error_r)
 {
-	struct mailimap_section *sec = section_of(section);
+	enum backend_status st;
+	unsigned tries = 0;
 
-	if (!sec) {
-		*error_r = errfmt("cannot ask for section \"%s\"", section);
-		return BACKEND_INVALID;
-	}
-	return read_one(be, folder, uidvalidity, uid, sec, offset, length,
-		buf, got_r, error_r);
+	do {
+		struct mailimap_section *sec = section_of(section);
+
+		if (!sec) {
+			*error_r = errfmt("cannot ask for section \"%s\"",
+				section);
+			return BACKEND_INVALID;
+		}
+		st = read_one(be, folder, uidvalidity, uid, sec, offset,
+			length, buf, got_r, error_r);
+	} while (again_after_pause(to_imap(be), st, &tries));
+	return st;
 }
 
 /* The BODYSTRUCTURE of the response for uid among result, or NULL. */
@@ -1944,6 +1972,19 @@ static enum backend_status imap_wait_changes(struct backend *be,
 	bool news = false;
 	int r, w;
 
+	if (atomic_exchange(&ib->give_way, false)) {
+		/* Reads found no connection the server would allow: IDLE
+		 * gives its up and polls for a while. */
+		char drain[64];
+
+		if (!atomic_load(&ib->interrupted))
+			while (read(ib->wake[0], drain, sizeof(drain)) > 0)
+				;
+		if (ib->idle)
+			imap_session_close(&ib->idle);
+		sleep_or_wake(ib, max_wait_s * 1000);
+		return BACKEND_OK;
+	}
 	if (!ib->idle) {
 		st = imap_session_open(ib->ep, &ib->idle, error_r);
 		if (st != BACKEND_OK) {
@@ -1986,8 +2027,21 @@ static enum backend_status imap_wait_changes(struct backend *be,
 static void imap_interrupt_wait(struct backend *be)
 {
 	struct imap_backend *ib = to_imap(be);
-	ssize_t ignored = write(ib->wake[1], "x", 1);
+	ssize_t ignored;
 
+	atomic_store(&ib->interrupted, true);
+	ignored = write(ib->wake[1], "x", 1);
+	(void)ignored;
+}
+
+/* The pool's crowded hook: wakes IDLE to give its connection up. */
+static void idle_give_way(void *ctx)
+{
+	struct imap_backend *ib = ctx;
+	ssize_t ignored;
+
+	atomic_store(&ib->give_way, true);
+	ignored = write(ib->wake[1], "y", 1);
 	(void)ignored;
 }
 
@@ -2003,6 +2057,25 @@ static void imap_destroy(struct backend *be)
 	forget_special_uses(ib);
 	pthread_mutex_destroy(&ib->uses_lock);
 	free(ib);
+}
+
+static char *imap_pressure_text(struct backend *be)
+{
+	unsigned open, allowed, max, pause_ms;
+	char *out = NULL;
+
+	imap_pool_connections(to_imap(be)->pool, &open, &allowed, &max,
+		&pause_ms);
+	if (allowed >= max && !pause_ms)
+		return NULL;
+	if (pause_ms && asprintf(&out, "connections: %u open, %u of %u"
+			" allowed by the server; paused by the server for"
+			" %u s", open, allowed, max, (pause_ms + 999) / 1000) < 0)
+		out = NULL;
+	if (!pause_ms && asprintf(&out, "connections: %u open, %u of %u"
+			" allowed by the server", open, allowed, max) < 0)
+		out = NULL;
+	return out;
 }
 
 static const struct backend_ops imap_backend_ops = {
@@ -2025,6 +2098,7 @@ static const struct backend_ops imap_backend_ops = {
 	.encode_name = imap_encode_name,
 	.wait_changes = imap_wait_changes,
 	.interrupt_wait = imap_interrupt_wait,
+	.pressure_text = imap_pressure_text,
 	.destroy = imap_destroy,
 };
 
@@ -2046,6 +2120,7 @@ struct backend *imap_backend_new(const struct imap_endpoint *ep,
 		free(ib);
 		return NULL;
 	}
+	imap_pool_set_crowded_hook(ib->pool, idle_give_way, ib);
 	if (first)
 		imap_pool_adopt(ib->pool, first);
 	return &ib->be;

@@ -218,6 +218,11 @@ struct backend_ops {
 	 * safe from any thread.  For unmounting. */
 	void (*interrupt_wait)(struct backend *be);
 
+	/* Optional: a malloc'd line saying how the server holds the mount
+	 * back now (fewer connections than asked for, a pause it asked
+	 * for), or NULL when it does not. */
+	char *(*pressure_text)(struct backend *be);
+
 	/* Releases the backend and its sessions. */
 	void (*destroy)(struct backend *be);
 };

@@ -178,6 +178,7 @@ struct mount_ctx {
 	struct msg_reader *reader;
 	struct fs_parts *parts;
 	struct token_source *token, *smtp_token;   /* or NULL */
+	struct backend *be;
 };
 
 /* Copies of sent mail go to this folder (raw name; NULL: none). */
@@ -321,11 +322,21 @@ static char *status_text(const struct mount_ctx *mc)
 	bool smtp = mc->smtp_token && mc->smtp_token != mc->token &&
 		token_source_held(mc->smtp_token);
 
-	if (imap || smtp)
+	char *pressure = mc->be && mc->be->ops->pressure_text ?
+		mc->be->ops->pressure_text(mc->be) : NULL, *out = NULL;
+
+	if (imap || smtp) {
+		free(pressure);
 		return strdup(imap ? "authentication refused: re-authorize the"
 			" token command" : "sending: authentication refused:"
 			" re-authorize smtp_token_cmd");
-	return strdup("ok");
+	}
+	if (!pressure)
+		return strdup("ok");
+	if (asprintf(&out, "ok; %s", pressure) < 0)
+		out = NULL;
+	free(pressure);
+	return out;
 }
 
 static char *report_text(void *ctx, const char *what)
@@ -605,6 +616,7 @@ int main(int argc, char **argv)
 	mc.reader = reader;
 	mc.parts = fs_parts_new(be, tree, cache, account);
 	mc.token = token;
+	mc.be = be;
 	fs_ops_set_parts(mc.parts);
 	fs_tree_set_report_hook(tree, report_text, &mc);
 	fs_tree_set_inval_hook(tree, fs_ops_inval_entry, NULL);
