@@ -28,6 +28,7 @@ struct imap_pool {
 struct imap_pool *imap_pool_new(const struct imap_endpoint *ep, unsigned size)
 {
 	struct imap_pool *pool = calloc(1, sizeof(*pool));
+	pthread_condattr_t attr;
 
 	if (!pool)
 		return NULL;
@@ -41,7 +42,7 @@ struct imap_pool *imap_pool_new(const struct imap_endpoint *ep, unsigned size)
 	pool->size = size ? size : 1;
 	server_pressure_init(&pool->pressure, pool->size);
 	pthread_mutex_init(&pool->lock, NULL);
-	pthread_condattr_t attr;
+	/* Pauses are timed on the monotonic clock. */
 	pthread_condattr_init(&attr);
 	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
 	pthread_cond_init(&pool->returned, &attr);
@@ -192,7 +193,8 @@ again:
 			void (*crowded)(void *) = pool->crowded;
 			void *ctx = pool->crowded_ctx;
 
-			server_pressure_limit(&pool->pressure, 1);
+			if (pool->pressure.allowed > 1)
+				server_pressure_limit(&pool->pressure, 1);
 			pthread_mutex_unlock(&pool->lock);
 			if (crowded)
 				crowded(ctx);
