@@ -6,6 +6,8 @@
  */
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <unistd.h>
 #include <stdlib.h>
@@ -28,6 +30,15 @@ struct imap_backend {
 	struct imap_pool *pool;
 	struct imap_session *idle;   /* wait_changes' own session */
 	int wake[2];                 /* interrupt_wait writes, IDLE polls */
+	atomic_bool interrupted;     /* interrupt_wait was called */
+	atomic_bool give_way;        /* IDLE should free its connection */
+	/* What the last LIST said about special uses, for rm in a folder
+	 * whose expunge deletes nothing (see virtual_trash). */
+	pthread_mutex_t uses_lock;
+	bool uses_known;
+	char *trash_folder;          /* the \Trash folder's raw name or NULL */
+	char **virtual_folders;      /* raw names of \All, \Flagged... */
+	size_t n_virtual;
 };
 
 static struct imap_backend *to_imap(struct backend *be)
@@ -135,12 +146,14 @@ static bool list_flags_noselect(const struct mailimap_mbx_list_flags *fl)
 /* The RFC 6154 special use of a folder, if the server says. */
 static const char *list_flags_special(const struct mailimap_mbx_list_flags *fl)
 {
+	/* Important is Gmail's (draft-melnikov-imap-special-use-imp). */
 	static const char *const uses[] = {
 		"Sent", "Trash", "Drafts", "Junk", "Archive", "All", "Flagged",
+		"Important",
 	};
 	static const char *const names[] = {
 		"\\Sent", "\\Trash", "\\Drafts", "\\Junk", "\\Archive",
-		"\\All", "\\Flagged",
+		"\\All", "\\Flagged", "\\Important",
 	};
 	clistiter *it;
 
@@ -157,6 +170,70 @@ static const char *list_flags_special(const struct mailimap_mbx_list_flags *fl)
 				return names[i];
 	}
 	return NULL;
+}
+
+/* Folders that show messages living elsewhere (Gmail's All Mail and
+ * Starred, a server's virtual views): an expunge there deletes nothing
+ * or removes only a label, so rm moves the message to \Trash instead. */
+static bool special_use_virtual(const char *use)
+{
+	return use && (strcmp(use, "\\All") == 0 ||
+		strcmp(use, "\\Flagged") == 0 ||
+		strcmp(use, "\\Important") == 0);
+}
+
+static void forget_special_uses(struct imap_backend *ib)
+{
+	for (size_t i = 0; i < ib->n_virtual; i++)
+		free(ib->virtual_folders[i]);
+	free(ib->virtual_folders);
+	free(ib->trash_folder);
+	ib->virtual_folders = NULL;
+	ib->n_virtual = 0;
+	ib->trash_folder = NULL;
+	ib->uses_known = false;
+}
+
+/* Keeps what a LIST result says about \Trash and the virtual folders. */
+static void remember_special_uses(struct imap_backend *ib, clist *list)
+{
+	size_t n = 0;
+	char **virt = calloc(clist_count(list) + 1, sizeof(*virt));
+	char *trash = NULL;
+	bool ok = virt != NULL;
+	clistiter *it;
+
+	for (it = clist_begin(list); ok && it; it = clist_next(it)) {
+		struct mailimap_mailbox_list *mb = clist_content(it);
+		const char *use = list_flags_special(mb->mb_flag);
+
+		if (!use || !mb->mb_name ||
+		    !backend_raw_name_sendable(mb->mb_name) ||
+		    list_flags_noselect(mb->mb_flag))
+			continue;
+		if (strcmp(use, "\\Trash") == 0 && !trash) {
+			trash = strdup(mb->mb_name);
+			ok = trash != NULL;
+		} else if (special_use_virtual(use)) {
+			virt[n] = strdup(mb->mb_name);
+			ok = virt[n++] != NULL;
+		}
+	}
+	pthread_mutex_lock(&ib->uses_lock);
+	forget_special_uses(ib);
+	if (ok) {
+		ib->trash_folder = trash;
+		ib->virtual_folders = virt;
+		ib->n_virtual = n;
+		ib->uses_known = true;
+	}
+	pthread_mutex_unlock(&ib->uses_lock);
+	if (!ok) {
+		for (size_t i = 0; i < n; i++)
+			free(virt[i]);
+		free(virt);
+		free(trash);
+	}
 }
 
 static enum backend_status imap_list_folders(struct backend *be,
@@ -203,6 +280,7 @@ static enum backend_status imap_list_folders(struct backend *be,
 		f->special_use = list_flags_special(mb->mb_flag);
 		n++;
 	}
+	remember_special_uses(ib, list);
 	*folders_r = folders;
 	*count_r = n;
 	st = BACKEND_OK;
@@ -760,13 +838,31 @@ static enum backend_status read_one(struct backend *be, const char *folder,
 	return BACKEND_OK;
 }
 
+/* A read the server refused to slow the account down is tried again
+ * after the pause (imap_pool_get waits for it, within the timeout), this
+ * many times at most. */
+#define THROTTLED_TRIES 3
+
+static bool again_after_pause(struct imap_backend *ib,
+	enum backend_status st, unsigned *tries)
+{
+	return st == BACKEND_TEMP && ++*tries < THROTTLED_TRIES &&
+		imap_pool_paused(ib->pool);
+}
+
 static enum backend_status imap_read_range(struct backend *be,
 	const char *folder, uint32_t uidvalidity, uint32_t uid,
 	uint64_t offset, size_t length, void *buf, size_t *got_r,
 	const char **error_r)
 {
-	return read_one(be, folder, uidvalidity, uid, NULL, offset, length,
-		buf, got_r, error_r);
+	enum backend_status st;
+	unsigned tries = 0;
+
+	do
+		st = read_one(be, folder, uidvalidity, uid, NULL, offset,
+			length, buf, got_r, error_r);
+	while (again_after_pause(to_imap(be), st, &tries));
+	return st;
 }
 
 struct heads_ctx {
@@ -858,14 +954,21 @@ static enum backend_status imap_read_section(struct backend *be,
 	const char *section, uint64_t offset, size_t length, void *buf,
 	size_t *got_r, const char **error_r)
 {
-	struct mailimap_section *sec = section_of(section);
+	enum backend_status st;
+	unsigned tries = 0;
 
-	if (!sec) {
-		*error_r = errfmt("cannot ask for section \"%s\"", section);
-		return BACKEND_INVALID;
-	}
-	return read_one(be, folder, uidvalidity, uid, sec, offset, length,
-		buf, got_r, error_r);
+	do {
+		struct mailimap_section *sec = section_of(section);
+
+		if (!sec) {
+			*error_r = errfmt("cannot ask for section \"%s\"",
+				section);
+			return BACKEND_INVALID;
+		}
+		st = read_one(be, folder, uidvalidity, uid, sec, offset,
+			length, buf, got_r, error_r);
+	} while (again_after_pause(to_imap(be), st, &tries));
+	return st;
 }
 
 /* The BODYSTRUCTURE of the response for uid among result, or NULL. */
@@ -1147,6 +1250,35 @@ static enum backend_status move_one(struct imap_session *s, const char *from,
 	return st;
 }
 
+/* The \Trash folder when `folder` is a virtual one (a malloc'd raw
+ * name), else NULL.  Lists the folders first when no LIST was seen yet. */
+static char *virtual_trash(struct imap_backend *ib, struct imap_session *s,
+	const char *folder)
+{
+	char *out = NULL;
+	bool known;
+
+	pthread_mutex_lock(&ib->uses_lock);
+	known = ib->uses_known;
+	pthread_mutex_unlock(&ib->uses_lock);
+	if (!known) {
+		clist *list = NULL;
+
+		if (imap_session_list(s, "", "*", &list) != MAILIMAP_NO_ERROR)
+			return NULL;
+		remember_special_uses(ib, list);
+		mailimap_list_result_free(list);
+	}
+	pthread_mutex_lock(&ib->uses_lock);
+	for (size_t i = 0; ib->trash_folder && i < ib->n_virtual; i++)
+		if (strcmp(ib->virtual_folders[i], folder) == 0) {
+			out = strdup(ib->trash_folder);
+			break;
+		}
+	pthread_mutex_unlock(&ib->uses_lock);
+	return out;
+}
+
 static enum backend_status imap_expunge(struct backend *be,
 	const char *folder, uint32_t uidvalidity, uint32_t uid,
 	const char *trash, const char **error_r)
@@ -1155,10 +1287,14 @@ static enum backend_status imap_expunge(struct backend *be,
 	struct imap_session *s;
 	enum backend_status st;
 	uint32_t new_uid;
+	char *to_trash = NULL;
 
 	st = imap_pool_get(ib->pool, &s, error_r);
 	if (st != BACKEND_OK)
 		return st;
+	/* In a virtual folder rm goes to the trash= folder, else \Trash. */
+	if (!trash || strcmp(trash, folder) == 0)
+		trash = to_trash = virtual_trash(ib, s, folder);
 	st = session_select_rw(s, folder, uidvalidity, error_r);
 	if (st != BACKEND_OK)
 		goto out_put;
@@ -1174,6 +1310,7 @@ static enum backend_status imap_expunge(struct backend *be,
 	}
 out_put:
 	imap_pool_put(ib->pool, &s);
+	free(to_trash);
 	return st;
 }
 
@@ -1610,6 +1747,55 @@ static enum backend_status imap_find_appended(struct backend *be,
 	return st;
 }
 
+/* UID SEARCH HEADER Message-ID: a substring match, which the '<' and '>'
+ * around an id make exact. */
+static enum backend_status imap_find_message_id(struct backend *be,
+	const char *folder, const char *message_id, uint32_t *uid_r,
+	const char **error_r)
+{
+	struct imap_backend *ib = to_imap(be);
+	struct mailimap_search_key *key = NULL;
+	char *field = strdup("Message-ID"), *value = strdup(message_id);
+	struct imap_session *s;
+	enum backend_status st;
+	clist *result = NULL;
+	clistiter *it;
+	int r;
+
+	*uid_r = 0;
+	if (field && value)
+		key = mailimap_search_key_new_header(field, value);
+	if (!key) {
+		free(field);
+		free(value);
+		*error_r = "out of memory";
+		return BACKEND_TEMP;
+	}
+	st = imap_pool_get(ib->pool, &s, error_r);
+	if (st != BACKEND_OK) {
+		mailimap_search_key_free(key);
+		return st;
+	}
+	/* Again, even if selected: the server may have filed it since. */
+	st = session_examine(s, folder, true, error_r);
+	if (st == BACKEND_OK) {
+		r = mailimap_uid_search(s->imap, NULL, key, &result);
+		if (r != MAILIMAP_NO_ERROR)
+			st = command_failed(s, r, "UID SEARCH in", folder,
+				error_r);
+	}
+	imap_pool_put(ib->pool, &s);
+	mailimap_search_key_free(key);
+	for (it = result ? clist_begin(result) : NULL; it;
+	     it = clist_next(it)) {
+		*uid_r = *(uint32_t *)clist_content(it);
+		break;
+	}
+	if (result)
+		mailimap_search_result_free(result);
+	return st;
+}
+
 static enum backend_status imap_set_flags(struct backend *be,
 	const char *folder, uint32_t uidvalidity, uint32_t uid,
 	const char *flags, const char **error_r)
@@ -1786,6 +1972,19 @@ static enum backend_status imap_wait_changes(struct backend *be,
 	bool news = false;
 	int r, w;
 
+	if (atomic_exchange(&ib->give_way, false)) {
+		/* Reads found no connection the server would allow: IDLE
+		 * gives its up and polls for a while. */
+		char drain[64];
+
+		if (!atomic_load(&ib->interrupted))
+			while (read(ib->wake[0], drain, sizeof(drain)) > 0)
+				;
+		if (ib->idle)
+			imap_session_close(&ib->idle);
+		sleep_or_wake(ib, max_wait_s * 1000);
+		return BACKEND_OK;
+	}
 	if (!ib->idle) {
 		st = imap_session_open(ib->ep, &ib->idle, error_r);
 		if (st != BACKEND_OK) {
@@ -1828,8 +2027,21 @@ static enum backend_status imap_wait_changes(struct backend *be,
 static void imap_interrupt_wait(struct backend *be)
 {
 	struct imap_backend *ib = to_imap(be);
-	ssize_t ignored = write(ib->wake[1], "x", 1);
+	ssize_t ignored;
 
+	atomic_store(&ib->interrupted, true);
+	ignored = write(ib->wake[1], "x", 1);
+	(void)ignored;
+}
+
+/* The pool's crowded hook: wakes IDLE to give its connection up. */
+static void idle_give_way(void *ctx)
+{
+	struct imap_backend *ib = ctx;
+	ssize_t ignored;
+
+	atomic_store(&ib->give_way, true);
+	ignored = write(ib->wake[1], "y", 1);
 	(void)ignored;
 }
 
@@ -1842,7 +2054,28 @@ static void imap_destroy(struct backend *be)
 		imap_session_close(&ib->idle);
 	close(ib->wake[0]);
 	close(ib->wake[1]);
+	forget_special_uses(ib);
+	pthread_mutex_destroy(&ib->uses_lock);
 	free(ib);
+}
+
+static char *imap_pressure_text(struct backend *be)
+{
+	unsigned open, allowed, max, pause_ms;
+	char *out = NULL;
+
+	imap_pool_connections(to_imap(be)->pool, &open, &allowed, &max,
+		&pause_ms);
+	if (allowed >= max && !pause_ms)
+		return NULL;
+	if (pause_ms && asprintf(&out, "connections: %u open, %u of %u"
+			" allowed by the server; paused by the server for"
+			" %u s", open, allowed, max, (pause_ms + 999) / 1000) < 0)
+		out = NULL;
+	if (!pause_ms && asprintf(&out, "connections: %u open, %u of %u"
+			" allowed by the server", open, allowed, max) < 0)
+		out = NULL;
+	return out;
 }
 
 static const struct backend_ops imap_backend_ops = {
@@ -1857,6 +2090,7 @@ static const struct backend_ops imap_backend_ops = {
 	.move = imap_move,
 	.append = imap_append,
 	.find_appended = imap_find_appended,
+	.find_message_id = imap_find_message_id,
 	.set_flags = imap_set_flags,
 	.create_folder = imap_create_folder,
 	.delete_folder = imap_delete_folder,
@@ -1864,6 +2098,7 @@ static const struct backend_ops imap_backend_ops = {
 	.encode_name = imap_encode_name,
 	.wait_changes = imap_wait_changes,
 	.interrupt_wait = imap_interrupt_wait,
+	.pressure_text = imap_pressure_text,
 	.destroy = imap_destroy,
 };
 
@@ -1877,12 +2112,15 @@ struct backend *imap_backend_new(const struct imap_endpoint *ep,
 	ib->be.ops = &imap_backend_ops;
 	ib->be.delimiter = first && first->delimiter ? first->delimiter : '/';
 	ib->ep = ep;
+	pthread_mutex_init(&ib->uses_lock, NULL);
 	ib->pool = imap_pool_new(ep, connections);
 	if (!ib->pool || pipe2(ib->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
 		imap_pool_free(&ib->pool);
+		pthread_mutex_destroy(&ib->uses_lock);
 		free(ib);
 		return NULL;
 	}
+	imap_pool_set_crowded_hook(ib->pool, idle_give_way, ib);
 	if (first)
 		imap_pool_adopt(ib->pool, first);
 	return &ib->be;

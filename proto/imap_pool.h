@@ -34,6 +34,27 @@ enum backend_status imap_pool_get(struct imap_pool *pool,
 /* Returns a session; broken sessions are closed.  Sets *s to NULL. */
 void imap_pool_put(struct imap_pool *pool, struct imap_session **s);
 
+/* Whether commands pause because the server asked to slow down: a
+ * session returned by imap_pool_put() whose last answer said so (a NO
+ * with "[THROTTLED]", "[UNAVAILABLE]", "Suggested Backoff Time: N
+ * milliseconds", a BYE about bandwidth; see proto/server_pressure.h)
+ * pauses every session, and imap_pool_get() waits for the pause when it
+ * ends within the timeout, else fails at once with BACKEND_TEMP.  A login
+ * refused for too many connections shrinks the pool to the sessions
+ * open instead. */
+bool imap_pool_paused(struct imap_pool *pool);
+
+/* fn(ctx) is called, without the pool's lock, when the server refuses a
+ * login for too many connections while the pool has none open: the
+ * owner's other connections (IDLE) should give theirs up. */
+void imap_pool_set_crowded_hook(struct imap_pool *pool, void (*fn)(void *),
+	void *ctx);
+
+/* Sessions open, how many the server allows now, how many were asked
+ * for, and the pause the server imposed (ms left, 0: none). */
+void imap_pool_connections(struct imap_pool *pool, unsigned *open_r,
+	unsigned *allowed_r, unsigned *max_r, unsigned *pause_ms_r);
+
 /* True after the most recent connect attempt failed and no session has
  * worked since: the mount is offline. */
 bool imap_pool_offline(struct imap_pool *pool);

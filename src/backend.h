@@ -180,6 +180,13 @@ struct backend_ops {
 		uint32_t uidvalidity, uint32_t min_uid, uint32_t *uid_r,
 		const char **error_r);
 
+	/* Optional (NULL: nobody can tell).  The UID of a message in
+	 * raw_folder whose Message-ID field is message_id ("<...>", printable
+	 * ASCII), or 0 in *uid_r when there is none. */
+	enum backend_status (*find_message_id)(struct backend *be,
+		const char *raw_folder, const char *message_id,
+		uint32_t *uid_r, const char **error_r);
+
 	/* Replaces a message's flags (keywords included; \Recent ignored). */
 	enum backend_status (*set_flags)(struct backend *be,
 		const char *raw_folder, uint32_t uidvalidity, uint32_t uid,
@@ -210,6 +217,11 @@ struct backend_ops {
 	/* Makes a wait_changes in progress (or the next one) return at once;
 	 * safe from any thread.  For unmounting. */
 	void (*interrupt_wait)(struct backend *be);
+
+	/* Optional: a malloc'd line saying how the server holds the mount
+	 * back now (fewer connections than asked for, a pause it asked
+	 * for), or NULL when it does not. */
+	char *(*pressure_text)(struct backend *be);
 
 	/* Releases the backend and its sessions. */
 	void (*destroy)(struct backend *be);

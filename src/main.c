@@ -178,6 +178,7 @@ struct mount_ctx {
 	struct msg_reader *reader;
 	struct fs_parts *parts;
 	struct token_source *token, *smtp_token;   /* or NULL */
+	struct backend *be;
 };
 
 /* Copies of sent mail go to this folder (raw name; NULL: none). */
@@ -210,6 +211,22 @@ static int file_sent(void *ctx, const char *bytes, size_t len)
 		return -1;
 	}
 	return 0;
+}
+
+static int find_sent(void *ctx, const char *message_id)
+{
+	struct sent_ctx *sc = ctx;
+	const char *error;
+	uint32_t uid = 0;
+	enum backend_status st;
+
+	if (!sc->folder || !sc->be->ops->find_message_id)
+		return -1;
+	st = sc->be->ops->find_message_id(sc->be, sc->folder, message_id,
+		&uid, &error);
+	if (st == BACKEND_NOT_FOUND)
+		return 0;   /* no Sent folder yet: nobody filed anything */
+	return st == BACKEND_OK ? uid != 0 : -1;
 }
 
 /* The raw server name of a folder given as the mount shows it, levels
@@ -305,11 +322,21 @@ static char *status_text(const struct mount_ctx *mc)
 	bool smtp = mc->smtp_token && mc->smtp_token != mc->token &&
 		token_source_held(mc->smtp_token);
 
-	if (imap || smtp)
+	char *pressure = mc->be && mc->be->ops->pressure_text ?
+		mc->be->ops->pressure_text(mc->be) : NULL, *out = NULL;
+
+	if (imap || smtp) {
+		free(pressure);
 		return strdup(imap ? "authentication refused: re-authorize the"
 			" token command" : "sending: authentication refused:"
 			" re-authorize smtp_token_cmd");
-	return strdup("ok");
+	}
+	if (!pressure)
+		return strdup("ok");
+	if (asprintf(&out, "ok; %s", pressure) < 0)
+		out = NULL;
+	free(pressure);
+	return out;
 }
 
 static char *report_text(void *ctx, const char *what)
@@ -589,6 +616,7 @@ int main(int argc, char **argv)
 	mc.reader = reader;
 	mc.parts = fs_parts_new(be, tree, cache, account);
 	mc.token = token;
+	mc.be = be;
 	fs_ops_set_parts(mc.parts);
 	fs_tree_set_report_hook(tree, report_text, &mc);
 	fs_tree_set_inval_hook(tree, fs_ops_inval_entry, NULL);
@@ -726,6 +754,7 @@ int main(int argc, char **argv)
 			.retry_min_s = o.retry_min_s,
 			.retry_max_age_s = o.retry_max_age_s,
 			.file_sent = file_sent,
+			.find_sent = find_sent,
 			.file_sent_ctx = &sent,
 		};
 

@@ -805,6 +805,39 @@ out_buf:
 /* ------------------------------------------------------------------ */
 /* Rendering                                                           */
 
+int outbox_message_id(const char *data, size_t len, char *buf, size_t size)
+{
+	struct header h;
+	const char *error;
+	int found = -1;
+
+	if (header_scan(data, len, &h, &error) < 0)
+		return -1;
+	for (size_t i = 0; i < h.n && found < 0; i++) {
+		const struct hfield *f = &h.fields[i];
+		const char *v = data + f->value;
+		size_t vlen = field_value_len(data, f), a = 0, b;
+
+		if (!field_is(data, f, "Message-ID"))
+			continue;
+		while (a < vlen && v[a] != '<')
+			a++;
+		for (b = a; b < vlen && v[b] != '>'; b++)
+			if (v[b] <= ' ' || v[b] >= 0x7f || v[b] == '"' ||
+			    v[b] == '\\')
+				break;
+		if (a < vlen && b < vlen && v[b] == '>' && b - a > 1 &&
+		    b - a + 1 <= OUTBOX_MESSAGE_ID_MAX && b - a + 1 < size) {
+			memcpy(buf, v + a, b - a + 1);
+			buf[b - a + 1] = '\0';
+			found = 0;
+		}
+		break;   /* only the first Message-ID field counts */
+	}
+	free(h.fields);
+	return found;
+}
+
 void outbox_format_date(time_t t, char *buf, size_t size)
 {
 	static const char *const days[] = {

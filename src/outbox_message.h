@@ -88,6 +88,15 @@ bool outbox_address_is_utf8(const char *addr);
 /* Case-insensitive (ASCII) address comparison, for recipient sets. */
 bool outbox_address_equal(const char *a, const char *b);
 
+/* Longest Message-ID outbox_message_id() returns, '<' and '>' included. */
+#define OUTBOX_MESSAGE_ID_MAX 250
+
+/* The Message-ID of a rendered message (CRLF line ends), "<...>", into
+ * buf (at least OUTBOX_MESSAGE_ID_MAX + 1 bytes): printable ASCII with
+ * no space, quote or backslash, so that any protocol can carry it.
+ * Returns 0, or -1 when the header has none of that form. */
+int outbox_message_id(const char *data, size_t len, char *buf, size_t size);
+
 /* The RFC 5322 date for t in local time, "Tue, 03 Jun 2025 14:05:09 +0200",
  * into buf (at least 32 bytes).  Names are English whatever the locale. */
 void outbox_format_date(time_t t, char *buf, size_t size);

@@ -25,6 +25,10 @@
 /* Longest sleep between looks at the queue: bounds the effect of a wall
  * clock that jumps. */
 #define MAX_SLEEP_S 300
+/* When the Sent folder is searched for a sent message before a copy is
+ * filed, in milliseconds after delivery: a server that files sent mail
+ * itself does so within moments. */
+static const unsigned sent_look_ms[] = { 0, 1000, 3000 };
 
 struct outbox_sender {
 	struct outbox_spool *spool;        /* borrowed */
@@ -36,6 +40,10 @@ struct outbox_sender {
 	bool stop;
 	bool woken;
 	struct smtp_session *session;      /* in use by the thread, or NULL */
+	/* Used by the thread only: whether the server was seen to file sent
+	 * mail itself (1), not to (0), or not yet known (-1).  Once it is
+	 * known not to, the Sent folder is searched without waiting. */
+	int server_files;
 
 	/* Used by the thread only: states it could not save (a full or
 	 * failing disk).  They are newer than what is on disk, so the next
@@ -305,13 +313,80 @@ static int save_state(struct pass *p, struct attempt *a)
 	return 0;
 }
 
-/* Files the Sent copy once the message has reached someone. */
+/* Waits ms unless stopping; false when stopping. */
+static bool nap(struct outbox_sender *sender, unsigned ms)
+{
+	struct timespec ts;
+	bool stop;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&sender->lock);
+	while (!sender->stop && pthread_cond_timedwait(&sender->cond,
+			&sender->lock, &ts) != ETIMEDOUT)
+		;
+	stop = sender->stop;
+	pthread_mutex_unlock(&sender->lock);
+	return !stop;
+}
+
+/* Whether the server filed the message in Sent itself: 1 yes, 0 no, -1
+ * nobody can tell.  Looks again after a pause while the answer is no,
+ * unless the decision was taken before a restart, or the server is known
+ * not to file, or mailfs is stopping. */
+static int already_in_sent(struct pass *p, struct attempt *a)
+{
+	struct outbox_sender *sender = p->sender;
+	char id[OUTBOX_MESSAGE_ID_MAX + 1];
+	size_t looks = sizeof(sent_look_ms) / sizeof(*sent_look_ms);
+	unsigned waited = 0;
+	int found = -1;
+
+	if (sender->cfg.find_sent == NULL ||
+	    outbox_message_id(a->data, a->len, id, sizeof(id)) < 0)
+		return -1;
+	if (a->state.filing || sender->server_files == 0)
+		looks = 1;
+	for (size_t i = 0; i < looks; i++) {
+		if (sent_look_ms[i] > waited) {
+			if (!nap(sender, sent_look_ms[i] - waited))
+				looks = i + 1;   /* stopping: one last look */
+			waited = sent_look_ms[i];
+		}
+		found = sender->cfg.find_sent(sender->cfg.file_sent_ctx, id);
+		if (found != 0)
+			break;
+	}
+	if (found >= 0 && !a->state.filing)
+		sender->server_files = found;
+	return found;
+}
+
+/* Files the Sent copy once the message has reached someone, unless the
+ * server did. */
 static void file_sent(struct pass *p, struct attempt *a)
 {
 	struct outbox_sender *sender = p->sender;
 
 	if (a->state.filed || count_status(a, OUTBOX_RCPT_SENT) == 0)
 		return;
+	if (sender->cfg.file_sent != NULL && already_in_sent(p, a) == 1) {
+		log_info("outbox: %s: the server filed it in the Sent folder"
+			" itself", a->name);
+		a->state.filed = true;
+		save_state(p, a);
+		return;
+	}
+	if (sender->cfg.file_sent != NULL && !a->state.filing) {
+		a->state.filing = true;
+		save_state(p, a);
+		fault_point("outbox-before-filing");
+	}
 	if (sender->cfg.file_sent != NULL &&
 	    sender->cfg.file_sent(sender->cfg.file_sent_ctx, a->data,
 		a->len) < 0)
@@ -681,6 +756,7 @@ int outbox_sender_start(struct outbox_spool *spool,
 	}
 	sender->spool = spool;
 	sender->cfg = *config;
+	sender->server_files = -1;
 	if (sender->cfg.retry_min_s == 0)
 		sender->cfg.retry_min_s = OUTBOX_RETRY_MIN_DEFAULT;
 	if (sender->cfg.retry_max_s == 0)

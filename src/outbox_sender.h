@@ -22,7 +22,14 @@
  *
  * The first time a message reaches anyone, file_sent is called with the
  * queued bytes (Bcc included, so the sender keeps a record of it); its
- * failure is logged and never causes a resend.
+ * failure is logged and never causes a resend.  Many servers file sent
+ * mail themselves (Gmail, Microsoft 365): unless find_sent is NULL, the
+ * Sent folder is first searched for the message's Message-ID, again
+ * after a few seconds while the server is not known to file it, and a
+ * copy is filed only when it is absent.  The state records the decision
+ * (filing) before the copy is made, so after a restart the folder is
+ * searched once more without waiting (finding the copy if it arrived)
+ * and nothing is filed twice.
  *
  * The one window no client can close: when the connection drops after
  * the final dot and before the reply, the recipients stay pending and get
@@ -46,6 +53,11 @@
  * Returns 0, or -1 after logging why. */
 typedef int outbox_file_sent_fn(void *ctx, const char *bytes, size_t len);
 
+/* Whether the Sent folder holds a message whose Message-ID field is
+ * message_id: 1 yes, 0 no, -1 nobody can tell (then a copy is filed).
+ * Runs on the sender thread. */
+typedef int outbox_find_sent_fn(void *ctx, const char *message_id);
+
 struct outbox_sender_config {
 	/* Copied; the strings and tls_ctx it points to are borrowed and
 	 * must outlive the sender. */
@@ -55,7 +67,8 @@ struct outbox_sender_config {
 	unsigned retry_max_s;         /* 0: OUTBOX_RETRY_MAX_DEFAULT */
 	unsigned retry_max_age_s;     /* 0: OUTBOX_RETRY_MAX_AGE_DEFAULT */
 	outbox_file_sent_fn *file_sent;   /* NULL: no Sent copy */
-	void *file_sent_ctx;
+	outbox_find_sent_fn *find_sent;   /* NULL: a copy is always filed */
+	void *file_sent_ctx;              /* for both */
 };
 
 struct outbox_sender;

@@ -420,6 +420,8 @@ int outbox_state_format(const struct outbox_state *state, char **text_r,
 	fprintf(f, "%s\nqueued %" PRId64 "\nnext %" PRId64 "\nattempts %u\n"
 		"filed %d\n", STATE_MAGIC, state->queued, state->next_attempt,
 		state->attempts, state->filed ? 1 : 0);
+	if (state->filing && !state->filed)
+		fputs("filing 1\n", f);
 	if (state->last_reply != NULL)
 		fprintf(f, "reply %s\n", state->last_reply);
 	for (i = 0; i < state->n_rcpts; i++) {
@@ -500,7 +502,8 @@ static int state_line(char *line, unsigned lineno, struct outbox_state *st,
 		return 0;   /* unknown flag words from a newer version */
 	*rest++ = '\0';
 	if (strcmp(line, "queued") == 0 || strcmp(line, "next") == 0 ||
-	    strcmp(line, "attempts") == 0 || strcmp(line, "filed") == 0) {
+	    strcmp(line, "attempts") == 0 || strcmp(line, "filed") == 0 ||
+	    strcmp(line, "filing") == 0) {
 		if (parse_i64(rest, &v) < 0 || v < 0) {
 			*error_r = errfmt("bad number on line %u of the state"
 				" file", lineno);
@@ -512,8 +515,10 @@ static int state_line(char *line, unsigned lineno, struct outbox_state *st,
 			st->next_attempt = v;
 		else if (line[0] == 'a')
 			st->attempts = v > UINT_MAX ? UINT_MAX : (unsigned)v;
-		else
+		else if (strcmp(line, "filed") == 0)
 			st->filed = v != 0;
+		else
+			st->filing = v != 0;
 	} else if (strcmp(line, "reply") == 0) {
 		if (outbox_state_set_reply(st, rest) < 0) {
 			*error_r = "out of memory";

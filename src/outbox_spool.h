@@ -78,6 +78,8 @@ struct outbox_state {
 	int64_t next_attempt;  /* not before then; 0: as soon as possible */
 	unsigned attempts;     /* attempts that ended in a temporary failure */
 	bool filed;            /* the copy in Sent was made (or given up) */
+	bool filing;           /* the Sent folder had no copy: one is being
+	                          filed (an APPEND may have reached it) */
 	char *last_reply;      /* why the last attempt failed, or NULL; owned */
 	struct outbox_rcpt *rcpts;  /* owned */
 	size_t n_rcpts;

@@ -15,10 +15,12 @@ and `fetches` records every partial body FETCH as (uid, origin, length).
 
 fail(kind, answer, times=None) makes the next `times` commands of that
 kind (every one with None) get `answer` instead: "NO", "BAD", "BYE",
-raw bytes sent as they are (then the connection is closed), or
+raw bytes sent as they are (then the connection is closed),
 endless(prefix): prefix, then filler without a line end for as long as
-the client reads (`endless_sent` counts those bytes).  Kinds are the
-names in KINDS.
+the client reads (`endless_sent` counts those bytes), or tagged(text):
+the command's tag and text (b"NO Request is throttled."), after which
+the connection goes on.  Kinds are the names in KINDS.  `times` holds
+(time.monotonic(), kind, refused) for every command.
 
 EndlessServer(prefix) greets every connection that way, for any
 protocol.  `seen` counts the commands of each kind received,
@@ -29,9 +31,10 @@ import base64
 import re
 import socket
 import threading
+import time
 
 __all__ = ["FakeImapServer", "VirtualMessage", "EndlessServer", "KINDS",
-           "endless"]
+           "endless", "tagged"]
 
 CAPS = b"IMAP4rev1 LITERAL+ UIDPLUS MOVE IDLE"
 DATE = b'"03-Jun-2025 10:00:00 +0000"'
@@ -61,6 +64,11 @@ class endless:
                 count(len(FILLER))
         except OSError:
             pass
+
+
+class tagged:
+    def __init__(self, text):
+        self.text = text
 
 
 def kind_of(words):
@@ -202,6 +210,11 @@ class _Conn:
             words = args.split()
             kind = kind_of(words)
             fault = s._take_fault(kind)
+            with s.lock:
+                s.times.append((time.monotonic(), kind, fault is not None))
+            if isinstance(fault, tagged):
+                self.send(tag + b" " + fault.text + b"\r\n")
+                continue
             if fault is not None:
                 if fault in ("NO", "BAD"):
                     self.send(tag + b" " + fault.encode() +
@@ -451,6 +464,7 @@ class FakeImapServer(_LoopbackServer):
         self.folders = {name: _Folder(raws)
                         for name, raws in (messages or {"INBOX": []}).items()}
         self.lines = []
+        self.times = []
         self.endless_sent = 0
         self.seen = {}
         self.failed = {}

@@ -238,14 +238,21 @@ class Dovecot:
     separator:  hierarchy delimiter of the INBOX namespace.
     oauth2_url: an introspection endpoint (tests/oauth2.py): XOAUTH2 and
                 OAUTHBEARER are offered, their tokens checked there.
+    special_use: folders "Sent", "All Mail" and "Trash" (once created)
+                are listed with the special uses \\Sent, \\All, \\Trash.
+    max_connections: IMAP connections allowed per user and address
+                (Dovecot's default is 10).
 
     Attributes after start(): host, imap_port, imaps_port, pop3_port,
     pop3s_port (the TLS ports are None when ssl is False), log_path.
     """
 
     def __init__(self, root, ssl=True, cert=None, key=None, ca=None,
-                 separator="/", name="mailfs-test", oauth2_url=None):
+                 separator="/", name="mailfs-test", oauth2_url=None,
+                 special_use=False, max_connections=None):
         self.root = root
+        self.special_use = special_use
+        self.max_connections = max_connections
         self.oauth2_url = oauth2_url
         self.ssl = ssl
         self.cert = cert
@@ -316,6 +323,13 @@ class Dovecot:
             "  inbox = yes",
             f"  separator = {self.separator}",
             "  prefix =",
+        ]
+        if self.special_use:
+            for folder, use in (("Sent", "Sent"), ("All Mail", "All"),
+                                ("Trash", "Trash")):
+                lines += [f'  mailbox "{folder}" {{',
+                          f"    special_use = \\{use}", "  }"]
+        lines += [
             "}",
             "passdb {",
             "  driver = passwd-file",
@@ -370,6 +384,11 @@ class Dovecot:
             "  }",
             "}",
         ]
+        if self.max_connections is not None:
+            lines += ["protocol imap {",
+                      f"  mail_max_userip_connections = "
+                      f"{self.max_connections}",
+                      "}"]
         if self.ssl:
             lines += [
                 "ssl = yes",
@@ -811,6 +830,10 @@ class ServerSet:
             kw.update(separator=".")
         elif variant == "oauth2":
             kw.update(oauth2_url=self.introspection().url)
+        elif variant == "special":
+            kw.update(special_use=True)
+        elif variant == "limited":
+            kw.update(max_connections=2)
         elif variant != "main":
             raise ValueError(variant)
         server = Dovecot(os.path.join(self.root, variant),

@@ -58,6 +58,9 @@ Behaviour, changeable at any time from the test (thread-safe):
   hold_data(n), release()    the next n messages are read to the final dot
                              and then left without a reply (event
                              "data-held") until release() or stop()
+  file_sent(fn)              fn(data) files each accepted message in a
+                             Sent folder before the 250 is given, as
+                             Gmail and Microsoft 365 do; None to stop
 """
 
 import asyncio
@@ -183,6 +186,11 @@ class _Handler:
             await asyncio.sleep(3600)
             return "421 4.4.2 connection dropped"
         d.reply = reply
+        filer = owner._filer
+        if filer is not None and reply.startswith("2"):
+            await asyncio.get_running_loop().run_in_executor(
+                None, filer, d.data)
+            owner._event("filed", f"{len(d.data)} bytes")
         owner._record(d, accepted=reply.startswith("2"))
         return reply
 
@@ -222,6 +230,7 @@ class SmtpServer:
         self._released = threading.Event()
         self._rcpt_reject = {}       # lower-case address -> reply
         self._rcpt_failures = {}     # lower-case address -> [reply, ...]
+        self._filer = None           # files accepted mail in Sent
 
         self._loop = None
         self._thread = None
@@ -262,6 +271,10 @@ class SmtpServer:
         with self._lock:
             self._holds = 0
             self._released.set()
+
+    def file_sent(self, fn):
+        with self._lock:
+            self._filer = fn
 
     def _take_hold(self):
         with self._lock:

@@ -473,6 +473,41 @@ def test_sent_copy_filed_with_seen(account, outbox, smtp, folder, option,
     assert titles.count([b"filed"]) == 1
 
 
+@pytest.mark.parametrize("msgid", [True, False])
+def test_server_filing_sent_mail_gets_no_second_copy(account, outbox, smtp,
+                                                     msgid):
+    """A server that files sent mail itself (Gmail, Microsoft 365): mailfs
+    finds the copy by its Message-ID (its own when the message had none)
+    and files none.  Without the server's copy, exactly one is filed."""
+    def server_files(data):
+        with account.client() as c:
+            if "Sent" not in {name for name, _, _ in c.list()}:
+                c.create("Sent")
+            c.append("Sent", data)
+
+    smtp.file_sent(server_files)
+    ob = outbox()
+    ob.send("self.eml", message("server files", msgid=msgid))
+    [d] = smtp.wait_deliveries(1)
+    assert header_values(d.data, "Message-ID")
+    ob.wait_gone("self.eml")
+    ob.barrier("first barrier")
+    smtp.file_sent(None)
+    ob.send("own.eml", message("mailfs files", msgid=msgid))
+    ob.wait_gone("own.eml")
+    ob.barrier("second barrier")
+    wait_until(lambda: len(account.fetch("Sent", body=False)) == 4,
+               "the copy of the second barrier")
+    titles = sorted(header_values(i["raw"], "Subject")[0]
+                    for i in account.fetch("Sent").values())
+    assert titles == [b"first barrier", b"mailfs files", b"second barrier",
+                      b"server files"], titles
+    assert [i["raw"] for i in account.fetch("Sent").values()
+            if header_values(i["raw"], "Subject") == [b"server files"]] == \
+        [d.data]
+    assert "filed it in the Sent folder itself" in ob.mount.stderr()
+
+
 def test_nested_sent_folder_not_silently_ignored(account, outbox, smtp):
     """sent=A/B names a folder by its path, as the mount shows it.  Either
     the copies go there, or the mount is refused: never a mount that sends
@@ -1247,7 +1282,8 @@ KILL_STEPS = {
     "outbox-before-data": (1, 1),   # recipients saved as in flight
     "outbox-after-data": (2, 1),    # the server's 250 not yet saved
     "outbox-after-state": (1, 1),   # delivery saved, nothing filed
-    "outbox-after-filing": (1, 2),  # filed in Sent, not yet saved
+    "outbox-before-filing": (1, 1),  # nothing in Sent: one to be filed
+    "outbox-after-filing": (1, 1),  # filed in Sent, not yet saved: found
     "outbox-after-finish": (1, 1),  # off the queue
 }
 

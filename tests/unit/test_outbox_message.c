@@ -484,6 +484,28 @@ static void test_added_fields(void)
 	outbox_message_clear(&msg);
 }
 
+static void test_message_id(void)
+{
+	char id[OUTBOX_MESSAGE_ID_MAX + 1];
+	const char *folded = "From: a@example.org\r\nmessage-id:\r\n"
+		" <x.1@example.org> (comment)\r\nSubject: s\r\n\r\nbody\r\n";
+	const char *none = "From: a@example.org\r\n\r\n"
+		"Message-ID: <in.body@example.org>\r\n";
+	const char *quoted = "Message-ID: <\"a b\"@example.org>\r\n\r\n";
+	const char *open_ended = "Message-ID: <abc@example.org\r\n\r\n";
+
+	CHECK(outbox_message_id(folded, strlen(folded), id, sizeof(id)) == 0 &&
+		strcmp(id, "<x.1@example.org>") == 0, "folded: %s", id);
+	CHECK(outbox_message_id(none, strlen(none), id, sizeof(id)) < 0,
+		"only the header counts");
+	CHECK(outbox_message_id(quoted, strlen(quoted), id, sizeof(id)) < 0,
+		"quotes and spaces refused");
+	CHECK(outbox_message_id(open_ended, strlen(open_ended), id,
+		sizeof(id)) < 0, "no closing '>'");
+	CHECK(outbox_message_id(folded, strlen(folded), id, 5) < 0,
+		"too small a buffer");
+}
+
 int main(void)
 {
 	test_simple();
@@ -496,5 +518,6 @@ int main(void)
 	test_line_ends();
 	test_bcc_removal();
 	test_added_fields();
+	test_message_id();
 	return check_summary("outbox_message");
 }

@@ -398,6 +398,16 @@ static void test_state_round_trip(void)
 			"pending");
 	}
 	outbox_state_clear(&back);
+	free(text);
+
+	/* The decision to file a Sent copy survives a restart. */
+	st.filed = false;
+	st.filing = true;
+	CHECK(outbox_state_format(&st, &text, &len) == 0, "format filing");
+	CHECK(outbox_state_parse(text, len, &back, &error) == 0 &&
+		back.filing && !back.filed, "filing: %s", S(error));
+	outbox_state_clear(&back);
+	st.filed = true;
 
 	/* Truncated anywhere: refused, never half-read. */
 	for (size_t cut_at = 0; cut_at < len; cut_at++) {
