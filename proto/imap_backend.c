@@ -24,7 +24,7 @@
 
 struct imap_backend {
 	struct backend be;      /* first: the vtable user sees only this */
-	const struct imap_endpoint *ep;
+	const struct mail_endpoint *ep;
 	struct imap_pool *pool;
 	struct imap_session *idle;   /* wait_changes' own session */
 	int wake[2];                 /* interrupt_wait writes, IDLE polls */
@@ -1867,7 +1867,7 @@ static const struct backend_ops imap_backend_ops = {
 	.destroy = imap_destroy,
 };
 
-struct backend *imap_backend_new(const struct imap_endpoint *ep,
+struct backend *imap_backend_new(const struct mail_endpoint *ep,
 	unsigned connections, struct imap_session *first)
 {
 	struct imap_backend *ib = calloc(1, sizeof(*ib));

@@ -11,7 +11,7 @@
 
 
 struct imap_pool {
-	const struct imap_endpoint *ep;
+	const struct mail_endpoint *ep;
 	pthread_mutex_t lock;
 	pthread_cond_t returned;
 	unsigned size;
@@ -21,7 +21,7 @@ struct imap_pool {
 	struct reconnect_gate gate;
 };
 
-struct imap_pool *imap_pool_new(const struct imap_endpoint *ep, unsigned size)
+struct imap_pool *imap_pool_new(const struct mail_endpoint *ep, unsigned size)
 {
 	struct imap_pool *pool = calloc(1, sizeof(*pool));
 

@@ -894,7 +894,7 @@ static bool offers_auth(const char *name, void *ctx)
 static enum backend_status login_failed(struct imap_session *s, int r,
 	const char **error_r)
 {
-	const struct imap_endpoint *ep = s->ep;
+	const struct mail_endpoint *ep = s->ep;
 	enum backend_status st = imap_session_status(s, r);
 
 	if (st == BACKEND_AUTH || r == MAILIMAP_ERROR_PROTOCOL) {
@@ -917,7 +917,7 @@ static enum backend_status login_failed(struct imap_session *s, int r,
 static enum backend_status login_with_token(struct imap_session *s,
 	const char **error_r)
 {
-	const struct imap_endpoint *ep = s->ep;
+	const struct mail_endpoint *ep = s->ep;
 	bool sasl_ir = has_cap(s->imap, "SASL-IR");
 	enum sasl_mech mech;
 	int r = MAILIMAP_ERROR_LOGIN;
@@ -961,7 +961,7 @@ static enum backend_status login_with_token(struct imap_session *s,
 static enum backend_status session_login(struct imap_session *s,
 	const char **error_r)
 {
-	const struct imap_endpoint *ep = s->ep;
+	const struct mail_endpoint *ep = s->ep;
 	mailimap *imap = s->imap;
 	bool plain = has_cap_of(imap, MAILIMAP_CAPABILITY_AUTH_TYPE, "PLAIN");
 	bool disabled = has_cap(imap, "LOGINDISABLED");
@@ -1002,45 +1002,98 @@ static enum backend_status session_login(struct imap_session *s,
 	return login_failed(s, r, error_r);
 }
 
-/* STARTTLS, the handshake, then capabilities afresh. */
-static enum backend_status session_starttls(struct imap_session *s,
-	const char **error_r)
+/* ------------------------------------------------------------------ */
+/* The grammar of connecting (proto/mail_conn.h)                       */
+
+static const char *guard_inspect(void *ctx, const char *data, size_t len)
 {
-	const struct imap_endpoint *ep = s->ep;
+	return imap_guard_feed(ctx, data, len);
+}
+
+/* Takes the stream and reads the greeting, checked before libetpan
+ * parses it; *preauth_r tells PREAUTH. */
+static enum backend_status grammar_greeting(void *ctx, mailstream *stream,
+	bool *preauth_r, const char **error_r)
+{
+	struct imap_session *s = ctx;
+	enum backend_status st;
+	int r;
+
+	/* From here on the stream belongs to s->imap, even on failure:
+	 * mailimap_connect() sets the same pointer again. */
+	s->imap->imap_stream = stream;
+	imap_guard_init(&s->guard);
+	net_stream_set_inspect(stream, guard_inspect, &s->guard);
+	st = check_greeting(s, error_r);
+	if (st != BACKEND_OK)
+		return st;
+	r = mailimap_connect(s->imap, stream);
+	switch (r) {
+	case MAILIMAP_NO_ERROR_AUTHENTICATED:
+		*preauth_r = true;
+		return BACKEND_OK;
+	case MAILIMAP_NO_ERROR_NON_AUTHENTICATED:
+		*preauth_r = false;
+		return BACKEND_OK;
+	case MAILIMAP_ERROR_STREAM:
+		*error_r = errfmt("no greeting from %s: %s", s->label,
+			stream_reason(s));
+		return BACKEND_TEMP;
+	case MAILIMAP_ERROR_DONT_ACCEPT_CONNECTION:
+		*error_r = errfmt("server %s refused the connection: %s",
+			s->label, imap_session_last_text(s));
+		return BACKEND_TEMP;
+	default:
+		*error_r = errfmt("bad greeting from %s (not an IMAP server?)",
+			s->label);
+		return BACKEND_PROTOCOL;
+	}
+}
+
+/* Capabilities, unless the greeting listed them; all afresh after TLS. */
+static enum backend_status grammar_capabilities(void *ctx, bool after_tls,
+	bool *starttls_r, const char **error_r)
+{
+	struct imap_session *s = ctx;
+	enum backend_status st = session_capability(s, after_tls, error_r);
+
+	*starttls_r = st == BACKEND_OK && has_cap(s->imap, "STARTTLS");
+	return st;
+}
+
+/* STARTTLS by hand, like CAPABILITY, so that the answer is checked before
+ * libetpan parses it (mailimap_starttls does no more than this). */
+static enum backend_status grammar_starttls(void *ctx, const char **error_r)
+{
+	struct imap_session *s = ctx;
 	enum backend_status st;
 	int cond;
 
-	/* By hand, like CAPABILITY, so that the answer is checked before
-	 * libetpan parses it (mailimap_starttls does no more than this). */
 	st = plain_command(s, "STARTTLS", &cond, error_r);
-	if (st == BACKEND_TEMP && s->broken)
-		return st;
-	if (st == BACKEND_OK && cond == MAILIMAP_RESP_COND_STATE_OK &&
-	    s->imap->imap_stream->read_buffer_len != 0) {
-		/* Answered here so that the message says why;
-		 * net_stream_starttls checks too. */
-		s->broken = true;
-		*error_r = errfmt("server %s sent data before the TLS handshake"
-			" (possible injection attack)", s->label);
-		return BACKEND_TLS;
-	}
-	if (st != BACKEND_OK || cond != MAILIMAP_RESP_COND_STATE_OK) {
-		if (st == BACKEND_OK)
-			*error_r = errfmt("server %s refused STARTTLS: %s;"
-				" refusing to continue without TLS", s->label,
-				imap_session_last_text(s));
-		s->broken = true;
+	if (st != BACKEND_OK)
+		return st == BACKEND_TEMP ? st : BACKEND_PROTOCOL;
+	if (cond != MAILIMAP_RESP_COND_STATE_OK) {
+		*error_r = errfmt("server %s refused STARTTLS: %s; refusing to"
+			" continue without TLS", s->label,
+			imap_session_last_text(s));
 		return BACKEND_PROTOCOL;
 	}
-	if (net_stream_starttls(s->imap->imap_stream, ep->tls_ctx, ep->host,
-		error_r) < 0) {
-		s->broken = true;
-		return BACKEND_TLS;
-	}
-	/* Nothing learnt in clear text survives the handshake. */
-	caps_forget(s->imap);
-	return session_capability(s, true, error_r);
+	return BACKEND_OK;
 }
+
+static const struct mail_grammar imap_grammar = {
+	.name = "IMAP",
+	.log_name = "imap",
+	.tls_command = "STARTTLS",
+	.tls_scheme = "imaps://",
+	.plain_option = "allow_plaintext",
+	.credential_max = CREDENTIAL_MAX,
+	/* The guard bounds what the server sends. */
+	.line_max = 0,
+	.greeting = grammar_greeting,
+	.capabilities = grammar_capabilities,
+	.starttls = grammar_starttls,
+};
 
 static void fill_caps(struct imap_session *s)
 {
@@ -1103,160 +1156,7 @@ static enum backend_status session_delimiter(struct imap_session *s,
 /* ------------------------------------------------------------------ */
 /* Open and close                                                      */
 
-static enum backend_status check_endpoint(const struct imap_endpoint *ep,
-	const char **error_r)
-{
-	if (ep->host == NULL || ep->host[0] == '\0') {
-		*error_r = "no IMAP server given";
-		return BACKEND_INVALID;
-	}
-	if (ep->user == NULL || (ep->password == NULL && ep->token == NULL)) {
-		*error_r = "no IMAP user name or password given";
-		return BACKEND_INVALID;
-	}
-	/* libetpan would send them verbatim: a line break ends the command
-	 * and starts another one of the server's choosing. */
-	if (strpbrk(ep->user, "\r\n") != NULL ||
-	    strlen(ep->user) > CREDENTIAL_MAX) {
-		*error_r = "the IMAP user name contains a line break or is too long";
-		return BACKEND_INVALID;
-	}
-	if (ep->password != NULL && (strpbrk(ep->password, "\r\n") != NULL ||
-	    strlen(ep->password) > CREDENTIAL_MAX)) {
-		*error_r = "the IMAP password contains a line break or is too long";
-		return BACKEND_INVALID;
-	}
-	if ((ep->tls == IMAP_TLS_IMPLICIT || ep->tls == IMAP_TLS_STARTTLS) &&
-	    ep->tls_ctx == NULL) {
-		*error_r = "TLS requested without a TLS context";
-		return BACKEND_INVALID;
-	}
-	return BACKEND_OK;
-}
-
-/* Connects and reads the greeting; *preauth_r tells PREAUTH. */
-static const char *guard_inspect(void *ctx, const char *data, size_t len)
-{
-	return imap_guard_feed(ctx, data, len);
-}
-
-static enum backend_status session_connect(struct imap_session *s,
-	bool *preauth_r, const char **error_r)
-{
-	const struct imap_endpoint *ep = s->ep;
-	enum net_failure failure;
-	enum backend_status st;
-	mailstream *stream;
-	int r;
-
-	stream = net_stream_open(ep->host, ep->port,
-		ep->tls == IMAP_TLS_IMPLICIT ? ep->tls_ctx : NULL,
-		ep->timeout_s, &failure, error_r);
-	if (stream == NULL) {
-		s->broken = true;
-		switch (failure) {
-		case NET_CONNECT:
-			return BACKEND_CONNECT;
-		case NET_TLS:
-			return BACKEND_TLS;
-		default:
-			return BACKEND_TEMP;
-		}
-	}
-
-	/* From here on the stream belongs to s->imap, even on failure:
-	 * mailimap_connect() sets the same pointer again. */
-	s->imap->imap_stream = stream;
-	imap_guard_init(&s->guard);
-	net_stream_set_inspect(stream, guard_inspect, &s->guard);
-	st = check_greeting(s, error_r);
-	if (st != BACKEND_OK)
-		return st;
-	r = mailimap_connect(s->imap, stream);
-	switch (r) {
-	case MAILIMAP_NO_ERROR_AUTHENTICATED:
-		*preauth_r = true;
-		return BACKEND_OK;
-	case MAILIMAP_NO_ERROR_NON_AUTHENTICATED:
-		*preauth_r = false;
-		return BACKEND_OK;
-	case MAILIMAP_ERROR_STREAM:
-		s->broken = true;
-		*error_r = errfmt("no greeting from %s: %s", s->label,
-			stream_reason(s));
-		return BACKEND_TEMP;
-	case MAILIMAP_ERROR_DONT_ACCEPT_CONNECTION:
-		s->broken = true;
-		*error_r = errfmt("server %s refused the connection: %s",
-			s->label, imap_session_last_text(s));
-		return BACKEND_TEMP;
-	default:
-		s->broken = true;
-		*error_r = errfmt("bad greeting from %s (not an IMAP server?)",
-			s->label);
-		return BACKEND_PROTOCOL;
-	}
-}
-
-/* Everything between the greeting and LOGIN that concerns TLS. */
-static enum backend_status session_secure(struct imap_session *s,
-	bool preauth, const char **error_r)
-{
-	const struct imap_endpoint *ep = s->ep;
-	enum backend_status st;
-
-	switch (ep->tls) {
-	case IMAP_TLS_IMPLICIT:
-		return session_capability(s, false, error_r);
-
-	case IMAP_TLS_STARTTLS:
-		if (preauth) {
-			s->broken = true;
-			*error_r = errfmt("server %s sent PREAUTH before STARTTLS;"
-				" refusing", s->label);
-			return BACKEND_PROTOCOL;
-		}
-		st = session_capability(s, false, error_r);
-		if (st != BACKEND_OK)
-			return st;
-		if (!has_cap(s->imap, "STARTTLS")) {
-			s->broken = true;
-			*error_r = errfmt("server %s does not offer STARTTLS;"
-				" refusing to continue without TLS (use imaps://"
-				" or -o allow_plaintext)", s->label);
-			return BACKEND_PROTOCOL;
-		}
-		return session_starttls(s, error_r);
-
-	case IMAP_TLS_NONE:
-	default:
-		if (preauth) {
-			log_debug("imap %s: pre-authenticated session without"
-				" TLS", s->label);
-			return session_capability(s, false, error_r);
-		}
-		st = session_capability(s, false, error_r);
-		if (st != BACKEND_OK)
-			return st;
-		/* Once offered, STARTTLS must work: no silent downgrade. */
-		if (ep->tls_ctx != NULL &&
-		    has_cap(s->imap, "STARTTLS"))
-			return session_starttls(s, error_r);
-		if (!net_stream_peer_is_loopback(s->imap->imap_stream)) {
-			s->broken = true;
-			*error_r = errfmt("server %s does not offer STARTTLS;"
-				" refusing to send the password in clear text"
-				" to a host not on loopback", s->label);
-			return BACKEND_PROTOCOL;
-		}
-		/* Every pooled session passes here; main warns once. */
-		log_debug("imap %s: no TLS offered, continuing in plain text",
-			s->label);
-		return BACKEND_OK;
-	}
-}
-
-enum backend_status imap_session_open(const struct imap_endpoint *ep,
+enum backend_status imap_session_open(const struct mail_endpoint *ep,
 	struct imap_session **session_r, const char **error_r)
 {
 	struct imap_session *s;
@@ -1264,9 +1164,6 @@ enum backend_status imap_session_open(const struct imap_endpoint *ep,
 	bool preauth = false;
 
 	*session_r = NULL;
-	st = check_endpoint(ep, error_r);
-	if (st != BACKEND_OK)
-		return st;
 	/* Tokens were refused a moment ago: do not even connect. */
 	if (ep->token != NULL && token_source_blocked(ep->token)) {
 		*error_r = "authentication refused: re-authorize the token"
@@ -1280,14 +1177,7 @@ enum backend_status imap_session_open(const struct imap_endpoint *ep,
 		return BACKEND_TEMP;
 	}
 	s->ep = ep;
-	/* Logging must not use errfmt(): it runs inside I/O and would
-	 * recycle error strings callers still hold. */
-	if (strchr(ep->host, ':') != NULL)
-		snprintf(s->label, sizeof(s->label), "[%s]:%u", ep->host,
-			ep->port);
-	else
-		snprintf(s->label, sizeof(s->label), "%s:%u", ep->host,
-			ep->port);
+	mail_conn_label(s->label, sizeof(s->label), ep->host, ep->port);
 	s->imap = mailimap_new(0, NULL);
 	if (s->imap == NULL) {
 		*error_r = "out of memory";
@@ -1300,10 +1190,8 @@ enum backend_status imap_session_open(const struct imap_endpoint *ep,
 	if (log_debug_enabled())
 		mailimap_set_logger(s->imap, session_logger, s);
 
-	st = session_connect(s, &preauth, error_r);
-	if (st != BACKEND_OK)
-		goto out_close;
-	st = session_secure(s, preauth, error_r);
+	st = mail_conn_open(ep, &imap_grammar, s, s->label, &preauth,
+		error_r);
 	if (st != BACKEND_OK)
 		goto out_close;
 

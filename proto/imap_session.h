@@ -12,30 +12,10 @@
 #include <openssl/ssl.h>
 
 #include "proto/imap_guard.h"
+#include "proto/mail_conn.h"
 #include "proto/sasl.h"
 #include "src/backend.h"
 #include "src/token_source.h"
-
-enum imap_tls_mode {
-	IMAP_TLS_IMPLICIT,   /* imaps:// */
-	IMAP_TLS_STARTTLS,   /* imap://, STARTTLS required */
-	IMAP_TLS_NONE,       /* imap:// with allow_plaintext: STARTTLS if offered, else plaintext */
-};
-
-/* Where and how to connect.  Borrowed by imap_session_open; must outlive
- * every session opened with it. */
-struct imap_endpoint {
-	const char *host;
-	uint16_t port;
-	enum imap_tls_mode tls;
-	SSL_CTX *tls_ctx;       /* from net_tls_context_new */
-	const char *user;
-	const char *password;   /* NULL when token is set */
-	struct token_source *token;  /* OAuth2 access tokens, or NULL */
-	enum sasl_choice auth;  /* -o auth=: how to log in */
-	int timeout_s;          /* per wait; each command exchange gets the
-	                           overall deadline of proto/net_stream.h */
-};
 
 /* Capabilities that change what we send. */
 struct imap_caps {
@@ -51,7 +31,7 @@ struct imap_session {
 	uint32_t selected_uidvalidity;
 	bool selected_rw;       /* SELECT (read-write) rather than EXAMINE */
 	bool broken;            /* a network error happened: do not reuse */
-	const struct imap_endpoint *ep;  /* borrowed from imap_session_open */
+	const struct mail_endpoint *ep;  /* borrowed from imap_session_open */
 	char text[256];         /* imap_session_last_text(), sanitised */
 	char label[280];        /* "host:port" for log lines */
 	struct imap_guard guard;  /* follows everything the server sends */
@@ -71,7 +51,7 @@ struct imap_session {
  * bad greeting or refused answer before TLS), BACKEND_TEMP (timeout,
  * connection lost, BYE greeting), each with a one-line *error_r naming the
  * cause and the server. */
-enum backend_status imap_session_open(const struct imap_endpoint *ep,
+enum backend_status imap_session_open(const struct mail_endpoint *ep,
 	struct imap_session **session_r, const char **error_r);
 
 /* Logs out (best effort, bounded by the timeout) unless broken, closes,

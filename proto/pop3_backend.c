@@ -85,7 +85,7 @@ struct body {
 
 struct pop3_backend {
 	struct backend be;      /* first: the vtable user sees only this */
-	const struct pop3_endpoint *ep;
+	const struct mail_endpoint *ep;
 	char *dir, *uids_path, *headers_path;
 
 	pthread_mutex_t lock;
@@ -1790,7 +1790,7 @@ static const struct backend_ops pop3_backend_ops = {
 	.destroy = pop3_destroy,
 };
 
-struct backend *pop3_backend_new(const struct pop3_endpoint *ep,
+struct backend *pop3_backend_new(const struct mail_endpoint *ep,
 	const char *state_dir, struct pop3_session *first)
 {
 	struct pop3_backend *pb = calloc(1, sizeof(*pb));

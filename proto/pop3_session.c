@@ -464,71 +464,20 @@ static enum backend_status session_capa(struct pop3_session *s,
 /* ------------------------------------------------------------------ */
 /* Open and close                                                      */
 
-static enum backend_status check_endpoint(const struct pop3_endpoint *ep,
-	const char **error_r)
-{
-	if (ep->host == NULL || ep->host[0] == '\0') {
-		*error_r = "no POP3 server given";
-		return BACKEND_INVALID;
-	}
-	if (ep->user == NULL || ep->user[0] == '\0' ||
-	    (ep->password == NULL && ep->token == NULL)) {
-		*error_r = "no POP3 user name or password given";
-		return BACKEND_INVALID;
-	}
-	/* libetpan sends them verbatim: a line break would end the command
-	 * and start one of the server's choosing.  (A C string holds no
-	 * NUL; secret_read_password refuses passwords that had one.) */
-	if (strpbrk(ep->user, "\r\n") != NULL ||
-	    strlen(ep->user) > CREDENTIAL_MAX) {
-		*error_r = "the POP3 user name contains a line break or is too long";
-		return BACKEND_INVALID;
-	}
-	if (ep->password != NULL && (strpbrk(ep->password, "\r\n") != NULL ||
-	    strlen(ep->password) > CREDENTIAL_MAX)) {
-		*error_r = "the POP3 password contains a line break or is too long";
-		return BACKEND_INVALID;
-	}
-	if ((ep->tls == POP3_TLS_IMPLICIT || ep->tls == POP3_TLS_STARTTLS) &&
-	    ep->tls_ctx == NULL) {
-		*error_r = "TLS requested without a TLS context";
-		return BACKEND_INVALID;
-	}
-	return BACKEND_OK;
-}
+/* The grammar of connecting (proto/mail_conn.h). */
 
-/* Connects and reads the greeting. */
-static enum backend_status session_connect(struct pop3_session *s,
-	const char **error_r)
+/* Takes the stream and reads the greeting. */
+static enum backend_status grammar_greeting(void *ctx, mailstream *stream,
+	bool *preauth_r, const char **error_r)
 {
-	const struct pop3_endpoint *ep = s->ep;
-	enum net_failure failure;
-	mailstream *stream;
+	struct pop3_session *s = ctx;
 	int r;
 
-	stream = net_stream_open(ep->host, ep->port,
-		ep->tls == POP3_TLS_IMPLICIT ? ep->tls_ctx : NULL,
-		ep->timeout_s, &failure, error_r);
-	if (stream == NULL) {
-		s->broken = true;
-		switch (failure) {
-		case NET_CONNECT:
-			return BACKEND_CONNECT;
-		case NET_TLS:
-			return BACKEND_TLS;
-		default:
-			return BACKEND_TEMP;
-		}
-	}
-
-	/* libetpan reads the greeting and the answers to STLS, USER, PASS
-	 * and QUIT with a line reader that grows without limit. */
-	net_stream_set_line_max(stream, LINE_MAX_LEN);
+	(void)preauth_r;
 	/* From here on the stream belongs to s->pop3, even on failure. */
 	r = mailpop3_connect(s->pop3, stream);
 	if (r == MAILPOP3_NO_ERROR)
 		return BACKEND_OK;
-	s->broken = true;
 	/* libetpan says UNAUTHORIZED for all three cases. */
 	if (net_stream_last_error(stream)[0] != '\0') {
 		*error_r = errfmt("no greeting from %s: %s", s->label,
@@ -546,84 +495,60 @@ static enum backend_status session_connect(struct pop3_session *s,
 	return BACKEND_PROTOCOL;
 }
 
-/* STLS, the handshake, then capabilities afresh. */
-static enum backend_status session_stls(struct pop3_session *s,
-	const char **error_r)
+/* CAPA, before and again after TLS. */
+static enum backend_status grammar_capabilities(void *ctx, bool after_tls,
+	bool *starttls_r, const char **error_r)
 {
-	const struct pop3_endpoint *ep = s->ep;
-	int r;
+	struct pop3_session *s = ctx;
+	enum backend_status st = session_capa(s, error_r);
 
-	r = mailpop3_stls(s->pop3);
-	if (r == MAILPOP3_ERROR_STREAM)
-		return stream_failed(s, "STLS", error_r);
-	if (r == MAILPOP3_ERROR_SSL ||
-	    (r == MAILPOP3_NO_ERROR && session_stream(s)->read_buffer_len != 0)) {
-		/* Patched libetpan (CVE-2020-15953) refuses bytes after the
-		 * +OK itself; net_stream_starttls checks too. */
-		s->broken = true;
-		*error_r = errfmt("server %s sent data before the TLS handshake"
-			" (possible injection attack)", s->label);
-		return BACKEND_TLS;
-	}
-	if (r != MAILPOP3_NO_ERROR) {
-		take_libetpan_text(s);
-		s->broken = true;
+	(void)after_tls;
+	*starttls_r = st == BACKEND_OK && s->caps.stls;
+	return st;
+}
+
+/* STLS by hand: libetpan's mailpop3_stls() reads its answer with an
+ * unbounded line reader, and ours leaves what follows the +OK in the
+ * stream for mail_conn_open() to refuse. */
+static enum backend_status grammar_starttls(void *ctx, const char **error_r)
+{
+	struct pop3_session *s = ctx;
+	enum backend_status st;
+	struct rd r;
+	int rc;
+
+	st = send_command(s, "STLS", "STLS", error_r);
+	if (st == BACKEND_OK)
+		st = flush_commands(s, "STLS", error_r);
+	if (st != BACKEND_OK)
+		return st;
+	rd_init(&r, s);
+	rc = rd_status(&r, "STLS", &st, error_r);
+	if (rc < 0)
+		return st;
+	rd_done(&r);
+	if (rc == 0) {
 		*error_r = errfmt("server %s refused STLS: %s; refusing to"
 			" continue without TLS", s->label, s->text);
 		return BACKEND_PROTOCOL;
 	}
-	/* Refuses bytes that arrived in clear after the +OK. */
-	if (net_stream_starttls(session_stream(s), ep->tls_ctx, ep->host,
-		error_r) < 0) {
-		s->broken = true;
-		return BACKEND_TLS;
-	}
-	/* Nothing learnt in clear text survives the handshake. */
-	return session_capa(s, error_r);
+	return BACKEND_OK;
 }
 
-/* Everything between the greeting and USER that concerns TLS. */
-static enum backend_status session_secure(struct pop3_session *s,
-	const char **error_r)
-{
-	const struct pop3_endpoint *ep = s->ep;
-	enum backend_status st;
-
-	st = session_capa(s, error_r);
-	if (st != BACKEND_OK)
-		return st;
-
-	switch (ep->tls) {
-	case POP3_TLS_IMPLICIT:
-		return BACKEND_OK;
-
-	case POP3_TLS_STARTTLS:
-		if (!s->caps.stls) {
-			s->broken = true;
-			*error_r = errfmt("server %s does not offer STLS;"
-				" refusing to continue without TLS (use pop3s://"
-				" or -o pop3_allow_plaintext)", s->label);
-			return BACKEND_PROTOCOL;
-		}
-		return session_stls(s, error_r);
-
-	case POP3_TLS_NONE:
-	default:
-		/* Once offered, STLS must work: no silent downgrade. */
-		if (ep->tls_ctx != NULL && s->caps.stls)
-			return session_stls(s, error_r);
-		if (!net_stream_peer_is_loopback(session_stream(s))) {
-			s->broken = true;
-			*error_r = errfmt("server %s does not offer STLS;"
-				" refusing to send the password in clear text"
-				" to a host not on loopback", s->label);
-			return BACKEND_PROTOCOL;
-		}
-		log_warn("pop3 %s: no TLS, credentials and mail travel in clear"
-			" text", s->label);
-		return BACKEND_OK;
-	}
-}
+static const struct mail_grammar pop3_grammar = {
+	.name = "POP3",
+	.log_name = "pop3",
+	.tls_command = "STLS",
+	.tls_scheme = "pop3s://",
+	.plain_option = "pop3_allow_plaintext",
+	.credential_max = CREDENTIAL_MAX,
+	/* libetpan reads the greeting and the answers to USER, PASS and
+	 * QUIT. */
+	.line_max = LINE_MAX_LEN,
+	.greeting = grammar_greeting,
+	.capabilities = grammar_capabilities,
+	.starttls = grammar_starttls,
+};
 
 /* RFC 3206 response codes tell a locked maildrop from a bad password. */
 static enum backend_status login_status(const char *text)
@@ -773,7 +698,7 @@ static bool offers_auth(const char *name, void *ctx)
 static enum backend_status login_refused(struct pop3_session *s,
 	const char **error_r)
 {
-	const struct pop3_endpoint *ep = s->ep;
+	const struct mail_endpoint *ep = s->ep;
 	enum backend_status st = login_status(s->text);
 
 	if (st == BACKEND_TEMP)
@@ -791,7 +716,7 @@ static enum backend_status login_refused(struct pop3_session *s,
 static enum backend_status login_with_token(struct pop3_session *s,
 	const char **error_r)
 {
-	const struct pop3_endpoint *ep = s->ep;
+	const struct mail_endpoint *ep = s->ep;
 	enum backend_status st = BACKEND_AUTH;
 	enum sasl_mech mech;
 
@@ -834,7 +759,7 @@ static enum backend_status login_with_token(struct pop3_session *s,
 static enum backend_status session_login(struct pop3_session *s,
 	const char **error_r)
 {
-	const struct pop3_endpoint *ep = s->ep;
+	const struct mail_endpoint *ep = s->ep;
 	enum backend_status st;
 	int r;
 
@@ -869,31 +794,21 @@ static enum backend_status session_login(struct pop3_session *s,
 	return login_refused(s, error_r);
 }
 
-enum backend_status pop3_session_open(const struct pop3_endpoint *ep,
+enum backend_status pop3_session_open(const struct mail_endpoint *ep,
 	struct pop3_session **session_r, const char **error_r)
 {
 	struct pop3_session *s;
 	enum backend_status st;
+	bool preauth;
 
 	*session_r = NULL;
-	st = check_endpoint(ep, error_r);
-	if (st != BACKEND_OK)
-		return st;
-
 	s = calloc(1, sizeof(*s));
 	if (s == NULL) {
 		*error_r = "out of memory";
 		return BACKEND_TEMP;
 	}
 	s->ep = ep;
-	/* Logging must not use errfmt(): it runs inside I/O and would
-	 * recycle error strings callers still hold. */
-	if (strchr(ep->host, ':') != NULL)
-		snprintf(s->label, sizeof(s->label), "[%s]:%u", ep->host,
-			ep->port);
-	else
-		snprintf(s->label, sizeof(s->label), "%s:%u", ep->host,
-			ep->port);
+	mail_conn_label(s->label, sizeof(s->label), ep->host, ep->port);
 	s->pop3 = mailpop3_new(0, NULL);
 	if (s->pop3 == NULL) {
 		*error_r = "out of memory";
@@ -906,10 +821,8 @@ enum backend_status pop3_session_open(const struct pop3_endpoint *ep,
 	if (log_debug_enabled())
 		mailpop3_set_logger(s->pop3, session_logger, s);
 
-	st = session_connect(s, error_r);
-	if (st != BACKEND_OK)
-		goto out_close;
-	st = session_secure(s, error_r);
+	st = mail_conn_open(ep, &pop3_grammar, s, s->label, &preauth,
+		error_r);
 	if (st != BACKEND_OK)
 		goto out_close;
 	st = session_login(s, error_r);
