@@ -45,8 +45,6 @@
 
 /* LOGOUT at close waits at most this long. */
 #define LOGOUT_TIMEOUT_S 5
-/* Longest user name or password we will send. */
-#define CREDENTIAL_MAX 1024
 /* Longest greeting, and longest answer read ahead before TLS; a
  * CAPABILITY list rarely passes 1 KiB. */
 #define GREETING_MAX 16384
@@ -1082,12 +1080,7 @@ static enum backend_status grammar_starttls(void *ctx, const char **error_r)
 }
 
 static const struct mail_grammar imap_grammar = {
-	.name = "IMAP",
-	.log_name = "imap",
-	.tls_command = "STARTTLS",
-	.tls_scheme = "imaps://",
-	.plain_option = "allow_plaintext",
-	.credential_max = CREDENTIAL_MAX,
+	.proto = MAIL_IMAP,
 	/* The guard bounds what the server sends. */
 	.line_max = 0,
 	.greeting = grammar_greeting,

@@ -104,19 +104,39 @@ void mail_conn_label(char *buf, size_t size, const char *host,
 /* ------------------------------------------------------------------ */
 /* Endpoint and connect                                                */
 
+static const struct proto_names {
+	const char *name;          /* for messages */
+	const char *log_name;      /* for log lines */
+	const char *tls_command;
+	const char *tls_scheme;
+	const char *plain_option;  /* the -o that allows plain text */
+	size_t credential_max;     /* longest user name or password sent */
+} protos[] = {
+	[MAIL_IMAP] = { "IMAP", "imap", "STARTTLS", "imaps://",
+		"allow_plaintext", 1024 },
+	/* libetpan formats "PASS %s\r\n" into 513 bytes and would cut the
+	 * line end off anything longer than 505. */
+	[MAIL_POP3] = { "POP3", "pop3", "STLS", "pop3s://",
+		"pop3_allow_plaintext", 500 },
+	[MAIL_SMTP] = { "SMTP", "smtp", "STARTTLS", "smtps://",
+		"smtp_allow_plaintext", 1024 },
+};
+
 static bool credential_sendable(const char *s, size_t max)
 {
 	return strpbrk(s, "\r\n") == NULL && strlen(s) <= max;
 }
 
 enum backend_status mail_endpoint_check(const struct mail_endpoint *ep,
-	const struct mail_grammar *g, const char **error_r)
+	enum mail_proto proto, const char **error_r)
 {
+	const struct proto_names *g = &protos[proto];
+
 	if (ep->host == NULL || ep->host[0] == '\0') {
 		*error_r = errfmt("no %s server given", g->name);
 		return BACKEND_INVALID;
 	}
-	if ((ep->user == NULL && !g->user_optional) ||
+	if ((ep->user == NULL && proto != MAIL_SMTP) ||
 	    (ep->user != NULL && (ep->user[0] == '\0' ||
 	     (ep->password == NULL && ep->token == NULL)))) {
 		*error_r = errfmt("no %s user name or password given", g->name);
@@ -172,6 +192,7 @@ static enum backend_status conn_secure(const struct mail_endpoint *ep,
 	const struct mail_grammar *g, void *ctx, const char *label,
 	mailstream *stream, bool preauth, const char **error_r)
 {
+	const struct proto_names *n = &protos[g->proto];
 	enum backend_status st;
 	bool offered = false;
 
@@ -179,7 +200,7 @@ static enum backend_status conn_secure(const struct mail_endpoint *ep,
 	 * said so. */
 	if (ep->tls == MAIL_TLS_STARTTLS && preauth) {
 		*error_r = errfmt("server %s sent PREAUTH before %s; refusing",
-			label, g->tls_command);
+			label, n->tls_command);
 		return BACKEND_PROTOCOL;
 	}
 	st = g->capabilities(ctx, false, &offered, error_r);
@@ -194,8 +215,8 @@ static enum backend_status conn_secure(const struct mail_endpoint *ep,
 		if (!offered) {
 			*error_r = errfmt("server %s does not offer %s;"
 				" refusing to continue without TLS (use %s or"
-				" -o %s)", label, g->tls_command, g->tls_scheme,
-				g->plain_option);
+				" -o %s)", label, n->tls_command, n->tls_scheme,
+				n->plain_option);
 			return BACKEND_PROTOCOL;
 		}
 		return conn_starttls(ep, g, ctx, label, stream, error_r);
@@ -206,7 +227,7 @@ static enum backend_status conn_secure(const struct mail_endpoint *ep,
 		 * sends no credentials. */
 		if (preauth) {
 			log_debug("%s %s: pre-authenticated session without"
-				" TLS", g->log_name, label);
+				" TLS", n->log_name, label);
 			return BACKEND_OK;
 		}
 		/* Once offered, STARTTLS must work: no silent downgrade. */
@@ -217,12 +238,12 @@ static enum backend_status conn_secure(const struct mail_endpoint *ep,
 			*error_r = errfmt("server %s does not offer %s;"
 				" refusing to send the password in clear text"
 				" to a host not on loopback", label,
-				g->tls_command);
+				n->tls_command);
 			return BACKEND_PROTOCOL;
 		}
 		/* Every session passes here; main warns once. */
 		log_debug("%s %s: no TLS offered, continuing in plain text",
-			g->log_name, label);
+			n->log_name, label);
 		return BACKEND_OK;
 	}
 }
@@ -236,7 +257,7 @@ enum backend_status mail_conn_open(const struct mail_endpoint *ep,
 	mailstream *stream;
 
 	*preauth_r = false;
-	st = mail_endpoint_check(ep, g, error_r);
+	st = mail_endpoint_check(ep, g->proto, error_r);
 	if (st != BACKEND_OK)
 		return st;
 	stream = net_stream_open(ep->host, ep->port,

@@ -46,17 +46,21 @@ struct mail_endpoint {
 	                           overall deadline of proto/net_stream.h */
 };
 
-/* What a protocol tells mail_conn_open(): its names, its bounds, and the
- * steps of its grammar.  Each step gets the ctx given to mail_conn_open
- * and explains a failure in a one-line *error_r naming the server. */
+/* The three protocols; mail_conn.c keeps what their messages and checks
+ * need to know about each (names, the STARTTLS command, the option that
+ * allows plain text, how long a credential may be). */
+enum mail_proto {
+	MAIL_IMAP,
+	MAIL_POP3,
+	MAIL_SMTP,            /* the only one that may have no user: no AUTH */
+};
+
+/* What a protocol tells mail_conn_open(): which it is, its bound on
+ * lines, and the steps of its grammar.  Each step gets the ctx given to
+ * mail_conn_open and explains a failure in a one-line *error_r naming
+ * the server. */
 struct mail_grammar {
-	const char *name;          /* "IMAP": for messages */
-	const char *log_name;      /* "imap": for log lines */
-	const char *tls_command;   /* "STARTTLS", or "STLS" for POP3 */
-	const char *tls_scheme;    /* "imaps://" */
-	const char *plain_option;  /* "allow_plaintext" */
-	bool user_optional;        /* no user name: no login (SMTP) */
-	size_t credential_max;     /* longest user name or password sent */
+	enum mail_proto proto;
 	/* Every line the server sends from connect on is bounded to this
 	 * (net_stream_set_line_max); 0: the protocol bounds what it reads. */
 	size_t line_max;
@@ -80,13 +84,13 @@ struct mail_grammar {
 void mail_conn_label(char *buf, size_t size, const char *host,
 	uint16_t port);
 
-/* Checks ep for what g needs: a host, a user and a password or token
- * (unless g->user_optional and no user), no line break in either (a line
- * break would end the command and start one of the server's choosing),
- * neither longer than g->credential_max, a TLS context when TLS is
+/* Checks ep for what the protocol needs: a host, a user and a password
+ * or token (SMTP: unless there is no user), no line break in either (a
+ * line break would end the command and start one of the server's
+ * choosing), neither too long for the protocol, a TLS context when TLS is
  * required.  BACKEND_INVALID with a one-line *error_r if not. */
 enum backend_status mail_endpoint_check(const struct mail_endpoint *ep,
-	const struct mail_grammar *g, const char **error_r);
+	enum mail_proto proto, const char **error_r);
 
 /* Checks ep, connects (implicit TLS when ep->tls says so), hands the
  * stream to g->greeting, learns the capabilities, and secures the

@@ -38,9 +38,6 @@
 
 /* QUIT at close waits at most this long. */
 #define QUIT_TIMEOUT_S 5
-/* Longest user name or password: libetpan formats "PASS %s\r\n" into 513
- * bytes and would cut the line end off anything longer than 505. */
-#define CREDENTIAL_MAX 500
 /* Longest response or listing line we accept (RFC 2449 allows 512). */
 #define LINE_MAX_LEN 1024
 /* A LIST answer with more messages than this is not believed. */
@@ -48,7 +45,6 @@
 /* TOP commands sent ahead of their answers when PIPELINING is offered. */
 #define PIPELINE_DEPTH 32
 
-/* Copies at most dst_size - 1 bytes of src, control characters as '?'. */
 bool pop3_uidl_valid(const char *uidl, size_t len)
 {
 	if (len == 0 || len > POP3_UIDL_MAX)
@@ -536,12 +532,7 @@ static enum backend_status grammar_starttls(void *ctx, const char **error_r)
 }
 
 static const struct mail_grammar pop3_grammar = {
-	.name = "POP3",
-	.log_name = "pop3",
-	.tls_command = "STLS",
-	.tls_scheme = "pop3s://",
-	.plain_option = "pop3_allow_plaintext",
-	.credential_max = CREDENTIAL_MAX,
+	.proto = MAIL_POP3,
 	/* libetpan reads the greeting and the answers to USER, PASS and
 	 * QUIT. */
 	.line_max = LINE_MAX_LEN,

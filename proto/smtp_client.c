@@ -54,7 +54,6 @@
  * lines may be longer (RFC 4954: 12288). */
 #define COMMAND_MAX 512
 #define AUTH_LINE_MAX 12288
-#define CREDENTIAL_MAX 1024
 #define ADDRESS_MAX 256
 #define HELO_NAME_MAX 255
 
@@ -119,8 +118,6 @@ static bool is_broken(const struct smtp_session *s)
 	return s->state == ST_BROKEN;
 }
 
-/* Appends src[0..len) to dst (size bytes, NUL-terminated), control
- * characters as '?', dropping what does not fit. */
 /* Something we may put between '<' and '>' on a command line. */
 static bool address_sendable(const char *addr)
 {
@@ -751,13 +748,7 @@ static enum backend_status grammar_capabilities(void *ctx, bool after_tls,
 }
 
 static const struct mail_grammar smtp_grammar = {
-	.name = "SMTP",
-	.log_name = "smtp",
-	.tls_command = "STARTTLS",
-	.tls_scheme = "smtps://",
-	.plain_option = "smtp_allow_plaintext",
-	.user_optional = true,
-	.credential_max = CREDENTIAL_MAX,
+	.proto = MAIL_SMTP,
 	/* Every reply is read by libetpan's line reader: lines are bounded
 	 * as RFC 5321 4.5.3.1.5 bounds them. */
 	.line_max = REPLY_LINE_MAX,
