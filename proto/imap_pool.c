@@ -125,7 +125,7 @@ void imap_pool_put(struct imap_pool *pool, struct imap_session **sp)
 	if (!s)
 		return;
 	*sp = NULL;
-	if (s->broken) {
+	if (imap_session_broken(s)) {
 		imap_session_close(&s);
 		pthread_mutex_lock(&pool->lock);
 		pool->open--;

@@ -173,6 +173,87 @@ static const char *stream_reason(struct imap_session *s)
 }
 
 /* ------------------------------------------------------------------ */
+/* State and the selected folder                                       */
+
+static const char *const state_names[] = {
+	[IMAP_CONNECTING] = "connecting",
+	[IMAP_AUTHENTICATED] = "authenticated",
+	[IMAP_SELECTED] = "selected",
+	[IMAP_LOGOUT] = "logout",
+	[IMAP_BROKEN] = "broken",
+};
+
+void imap_session_set_state(struct imap_session *s, enum imap_state state)
+{
+	if (s->state == state || s->state == IMAP_BROKEN)
+		return;
+	log_debug("imap %s: %s -> %s", s->label, state_names[s->state],
+		state_names[state]);
+	s->state = state;
+}
+
+bool imap_session_broken(const struct imap_session *s)
+{
+	return s->state == IMAP_BROKEN;
+}
+
+static void forget_selected(struct imap_session *s)
+{
+	free(s->selected);
+	s->selected = NULL;
+	s->selected_rw = false;
+	s->selected_uidvalidity = 0;
+	if (s->state == IMAP_SELECTED)
+		imap_session_set_state(s, IMAP_AUTHENTICATED);
+}
+
+int imap_session_select(struct imap_session *s, const char *folder,
+	bool rw, bool force, uint64_t *modseq_r)
+{
+	struct mailimap_selection_info *sel;
+	uint64_t modseq = 0;
+	int r;
+
+	if (modseq_r != NULL)
+		*modseq_r = 0;
+	if (!force && s->selected != NULL && strcmp(s->selected, folder) == 0
+	    && (s->selected_rw || !rw))
+		return MAILIMAP_NO_ERROR;
+	forget_selected(s);
+	if (rw)
+		r = mailimap_select(s->imap, folder);
+	else if (modseq_r != NULL && s->caps.condstore)
+		r = mailimap_examine_condstore(s->imap, folder, &modseq);
+	else
+		r = mailimap_examine(s->imap, folder);
+	if (r != MAILIMAP_NO_ERROR)
+		return r;
+	/* Without the copy the next call opens the folder again. */
+	s->selected = strdup(folder);
+	if (s->selected == NULL)
+		return MAILIMAP_NO_ERROR;
+	sel = s->imap->imap_selection_info;
+	s->selected_rw = rw;
+	s->selected_uidvalidity = sel != NULL ? sel->sel_uidvalidity : 0;
+	if (modseq_r != NULL)
+		*modseq_r = modseq;
+	imap_session_set_state(s, IMAP_SELECTED);
+	return MAILIMAP_NO_ERROR;
+}
+
+void imap_session_unselect(struct imap_session *s)
+{
+	int r;
+
+	if (s->selected == NULL)
+		return;
+	r = mailimap_examine(s->imap, "INBOX");
+	if (r != MAILIMAP_NO_ERROR)
+		imap_session_status(s, r);
+	forget_selected(s);
+}
+
+/* ------------------------------------------------------------------ */
 /* Status mapping                                                      */
 
 /* Refines a NO by its response code (RFC 5530). */
@@ -217,7 +298,7 @@ static void check_stray_bytes(struct imap_session *s)
 	mailstream *st = s->imap->imap_stream;
 
 	if (st != NULL && st->read_buffer_len > 0 && st->read_buffer[0] != '*')
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 }
 
 enum backend_status imap_session_status(struct imap_session *s, int r)
@@ -242,12 +323,12 @@ enum backend_status imap_session_status(struct imap_session *s, int r)
 	case MAILIMAP_ERROR_MEMORY:
 	/* Our idea of the state disagrees with libetpan's: start over. */
 	case MAILIMAP_ERROR_BAD_STATE:
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		return stream_status(s);
 
 	/* A tagged BAD, or a response with another command's tag. */
 	case MAILIMAP_ERROR_PROTOCOL:
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		return BACKEND_PROTOCOL;
 
 	case MAILIMAP_ERROR_INVAL:
@@ -260,9 +341,7 @@ enum backend_status imap_session_status(struct imap_session *s, int r)
 	case MAILIMAP_ERROR_SELECT:
 	case MAILIMAP_ERROR_EXAMINE:
 		/* The server deselects on a failed SELECT (RFC 3501 6.3.1). */
-		free(s->selected);
-		s->selected = NULL;
-		s->selected_uidvalidity = 0;
+		forget_selected(s);
 		return code_status(s, BACKEND_NOT_FOUND);
 
 	case MAILIMAP_ERROR_STATUS:
@@ -300,7 +379,7 @@ enum backend_status imap_session_status(struct imap_session *s, int r)
 		return code_status(s, BACKEND_REFUSED);
 
 	default:
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		return BACKEND_PROTOCOL;
 	}
 }
@@ -474,13 +553,13 @@ static enum backend_status check_greeting(struct imap_session *s,
 
 	n = net_stream_peek_line(stream, 0, GREETING_MAX, &line);
 	if (n < 0) {
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		*error_r = errfmt("no greeting from %s: %s", s->label,
 			stream_reason(s));
 		return BACKEND_TEMP;
 	}
 	if (n == 0) {
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		*error_r = errfmt("bad greeting from %s: longer than %d bytes"
 			" (not an IMAP server?)", s->label, GREETING_MAX);
 		return BACKEND_PROTOCOL;
@@ -491,14 +570,14 @@ static enum backend_status check_greeting(struct imap_session *s,
 			MAIL_LOG_ALL);
 	problem = check_line(line, (size_t)n, true, &kind);
 	if (problem != NULL) {
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		*error_r = errfmt("bad greeting from %s: %s: %s", s->label,
 			problem, quote_line(line, (size_t)n));
 		return BACKEND_PROTOCOL;
 	}
 	p = line + 2;
 	if (strncasecmp(p, "BYE", 3) == 0) {
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		p += 3;
 		while (*p == ' ')
 			p++;
@@ -522,7 +601,7 @@ static enum backend_status peek_answer_line(struct imap_session *s,
 	*len_r = n;
 	if (n > 0)
 		return BACKEND_OK;
-	s->broken = true;
+	imap_session_set_state(s, IMAP_BROKEN);
 	if (n < 0) {
 		*error_r = errfmt("%s at %s failed: %s", what, s->label,
 			stream_reason(s));
@@ -551,7 +630,7 @@ static enum backend_status check_plain_answer(struct imap_session *s,
 			return st;
 		problem = check_line(line, (size_t)n, false, &kind);
 		if (problem != NULL) {
-			s->broken = true;
+			imap_session_set_state(s, IMAP_BROKEN);
 			*error_r = errfmt("bad answer to %s from %s: %s: %s",
 				what, s->label, problem,
 				quote_line(line, (size_t)n));
@@ -637,7 +716,7 @@ static enum backend_status plain_command(struct imap_session *s,
 		return BACKEND_OK;
 	st = imap_session_status(s, r);
 	*error_r = errfmt("%s at %s failed: %s", command, s->label,
-		s->broken && st == BACKEND_TEMP ? stream_reason(s) :
+		imap_session_broken(s) && st == BACKEND_TEMP ? stream_reason(s) :
 		imap_session_last_text(s));
 	return st;
 }
@@ -665,7 +744,7 @@ enum backend_status imap_session_continuation(struct imap_session *s,
 		if (line[0] == '+') {
 			problem = check_line(line, (size_t)n, false, &kind);
 			if (problem != NULL) {
-				s->broken = true;
+				imap_session_set_state(s, IMAP_BROKEN);
 				*error_r = errfmt("bad continuation request from"
 					" %s answering %s: %s: %s", s->label,
 					what, problem,
@@ -674,7 +753,7 @@ enum backend_status imap_session_continuation(struct imap_session *s,
 			}
 			/* Consumed unparsed: libetpan has nothing to add. */
 			if (mailimap_read_line(imap) == NULL) {
-				s->broken = true;
+				imap_session_set_state(s, IMAP_BROKEN);
 				*error_r = errfmt("%s at %s failed: %s", what,
 					s->label, stream_reason(s));
 				return stream_status(s);
@@ -693,14 +772,14 @@ enum backend_status imap_session_continuation(struct imap_session *s,
 		literal = end[-1] == '}';
 		dropped += (size_t)n;
 		if (literal || dropped > CONTINUATION_DROP_MAX) {
-			s->broken = true;
+			imap_session_set_state(s, IMAP_BROKEN);
 			*error_r = errfmt("bad answer to %s from %s: %s before"
 				" the continuation request", what, s->label,
 				literal ? "a literal" : "too much data");
 			return BACKEND_PROTOCOL;
 		}
 		if (mailimap_read_line(imap) == NULL) {
-			s->broken = true;
+			imap_session_set_state(s, IMAP_BROKEN);
 			*error_r = errfmt("%s at %s failed: %s", what, s->label,
 				stream_reason(s));
 			return stream_status(s);
@@ -736,7 +815,7 @@ static enum backend_status session_capability(struct imap_session *s,
 		return st;
 	}
 	if (!caps_known(s->imap)) {
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		*error_r = errfmt("server %s sent no capabilities",
 			s->label);
 		return BACKEND_PROTOCOL;
@@ -900,7 +979,7 @@ static enum backend_status login_failed(struct imap_session *s, int r,
 			ep->host, imap_session_last_text(s));
 		return BACKEND_AUTH;
 	}
-	if (s->broken)
+	if (imap_session_broken(s))
 		*error_r = errfmt("login at %s failed: %s", s->label,
 			stream_reason(s));
 	else
@@ -1124,7 +1203,7 @@ static enum backend_status session_delimiter(struct imap_session *s,
 	if (r != MAILIMAP_NO_ERROR) {
 		st = imap_session_status(s, r);
 		*error_r = errfmt("LIST at %s failed: %s", s->label,
-			s->broken ? stream_reason(s) :
+			imap_session_broken(s) ? stream_reason(s) :
 			imap_session_last_text(s));
 		return st;
 	}
@@ -1212,6 +1291,7 @@ enum backend_status imap_session_open(const struct mail_endpoint *ep,
 	if (st != BACKEND_OK)
 		goto out_close;
 
+	imap_session_set_state(s, IMAP_AUTHENTICATED);
 	log_debug("imap %s: session ready (%s, delimiter '%c')", s->label,
 		net_stream_is_tls(s->imap->imap_stream) ? "TLS" : "plain text",
 		s->delimiter != 0 ? s->delimiter : ' ');
@@ -1220,7 +1300,7 @@ enum backend_status imap_session_open(const struct mail_endpoint *ep,
 
 out_close:
 	/* Never LOGOUT a session that did not open: it may stall again. */
-	s->broken = true;
+	imap_session_set_state(s, IMAP_BROKEN);
 	imap_session_close(&s);
 	return st;
 }
@@ -1235,13 +1315,14 @@ void imap_session_close(struct imap_session **session)
 	*session = NULL;
 	imap = s->imap;
 	if (imap != NULL) {
-		if (imap->imap_stream != NULL && !s->broken &&
+		if (imap->imap_stream != NULL && !imap_session_broken(s) &&
 		    imap->imap_state != MAILIMAP_STATE_DISCONNECTED) {
 			int t = s->ep->timeout_s;
 
 			if (t <= 0 || t > LOGOUT_TIMEOUT_S)
 				t = LOGOUT_TIMEOUT_S;
 			net_stream_set_timeout(imap->imap_stream, t);
+			imap_session_set_state(s, IMAP_LOGOUT);
 			mailimap_logout(imap);      /* closes the stream */
 		}
 		/* mailimap_free() would send LOGOUT on anything left. */
