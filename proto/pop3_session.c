@@ -70,6 +70,27 @@ static void take_libetpan_text(struct pop3_session *s)
 	mail_copy_printable(s->text, sizeof(s->text), t, strlen(t));
 }
 
+static const char *const state_names[] = {
+	[POP3_AUTHORIZATION] = "authorization",
+	[POP3_TRANSACTION] = "transaction",
+	[POP3_UPDATE] = "update",
+	[POP3_BROKEN] = "broken",
+};
+
+void pop3_session_set_state(struct pop3_session *s, enum pop3_state state)
+{
+	if (s->state == state || s->state == POP3_BROKEN)
+		return;
+	log_debug("pop3 %s: %s -> %s", s->label, state_names[s->state],
+		state_names[state]);
+	s->state = state;
+}
+
+bool pop3_session_broken(const struct pop3_session *s)
+{
+	return s->state == POP3_BROKEN;
+}
+
 static mailstream *session_stream(struct pop3_session *s)
 {
 	return s->pop3->pop3_stream;
@@ -87,7 +108,7 @@ static const char *stream_reason(struct pop3_session *s)
 static enum backend_status stream_failed(struct pop3_session *s,
 	const char *what, const char **error_r)
 {
-	s->broken = true;
+	pop3_session_set_state(s, POP3_BROKEN);
 	*error_r = errfmt("%s at %s failed: %s", what, s->label,
 		stream_reason(s));
 	return BACKEND_TEMP;
@@ -96,7 +117,7 @@ static enum backend_status stream_failed(struct pop3_session *s,
 static enum backend_status protocol_failed(struct pop3_session *s,
 	const char *what, const char *why, const char **error_r)
 {
-	s->broken = true;
+	pop3_session_set_state(s, POP3_BROKEN);
 	*error_r = errfmt("bad answer to %s from %s: %s", what, s->label, why);
 	return BACKEND_PROTOCOL;
 }
@@ -158,7 +179,7 @@ static int rd_fill(struct rd *r)
 	r->st->read_buffer_len = 0;
 	r->pos = 0;
 	if (mailstream_feed_read_buffer(r->st) <= 0) {
-		r->s->broken = true;
+		pop3_session_set_state(r->s, POP3_BROKEN);
 		return -1;
 	}
 	return 0;
@@ -190,7 +211,7 @@ static int rd_line(struct rd *r, const char **line_r, size_t *len_r)
 			break;
 		}
 		if (have + n > LINE_MAX_LEN) {
-			r->s->broken = true;
+			pop3_session_set_state(r->s, POP3_BROKEN);
 			return -2;
 		}
 		memcpy(r->line + have, p, n);
@@ -336,7 +357,7 @@ static enum backend_status rd_multiline(struct rd *r, const char *what,
 			return BACKEND_OK;
 		if (rc < 0) {
 			rd_done(r);
-			r->s->broken = true;
+			pop3_session_set_state(r->s, POP3_BROKEN);
 			*error_r = "transfer aborted";
 			return BACKEND_TEMP;
 		}
@@ -826,6 +847,7 @@ enum backend_status pop3_session_open(const struct mail_endpoint *ep,
 
 	/* Until QUIT only our own readers read, message lines included. */
 	net_stream_set_line_max(session_stream(s), 0);
+	pop3_session_set_state(s, POP3_TRANSACTION);
 	log_debug("pop3 %s: session ready (%s%s%s%s)", s->label,
 		net_stream_is_tls(session_stream(s)) ? "TLS" : "plain text",
 		s->caps.top ? ", TOP" : "", s->caps.uidl ? ", UIDL" : "",
@@ -835,7 +857,7 @@ enum backend_status pop3_session_open(const struct mail_endpoint *ep,
 
 out_close:
 	/* Never QUIT a session that did not open: it may stall again. */
-	s->broken = true;
+	pop3_session_set_state(s, POP3_BROKEN);
 	pop3_session_close(&s);
 	return st;
 }
@@ -850,7 +872,7 @@ void pop3_session_close(struct pop3_session **session)
 	*session = NULL;
 	pop3 = s->pop3;
 	if (pop3 != NULL) {
-		if (pop3->pop3_stream != NULL && !s->broken) {
+		if (pop3->pop3_stream != NULL && !pop3_session_broken(s)) {
 			int t = s->ep->timeout_s;
 
 			if (t <= 0 || t > QUIT_TIMEOUT_S)
@@ -860,6 +882,7 @@ void pop3_session_close(struct pop3_session **session)
 				LINE_MAX_LEN);
 			/* Nothing is marked deleted, so the UPDATE state
 			 * QUIT enters removes nothing. */
+			pop3_session_set_state(s, POP3_UPDATE);
 			mailpop3_quit(pop3);        /* closes the stream */
 		}
 		/* mailpop3_free() would send QUIT on anything left, and
@@ -974,7 +997,7 @@ static enum backend_status read_list(struct pop3_session *s,
 			if (grown == NULL) {
 				/* The rest of the answer is still coming. */
 				rd_done(&r);
-				s->broken = true;
+				pop3_session_set_state(s, POP3_BROKEN);
 				st = BACKEND_TEMP;
 				*error_r = "out of memory";
 				goto out_free;
@@ -1090,7 +1113,7 @@ enum backend_status pop3_session_scan(struct pop3_session *s,
 	*entries_r = NULL;
 	*count_r = 0;
 	*have_uidl_r = false;
-	if (s->broken) {
+	if (pop3_session_broken(s)) {
 		*error_r = errfmt("session with %s is broken", s->label);
 		return BACKEND_TEMP;
 	}
@@ -1236,7 +1259,7 @@ enum backend_status pop3_session_headers(struct pop3_session *s,
 	size_t done = 0;
 
 	memset(out, 0, n * sizeof(*out));
-	if (s->broken) {
+	if (pop3_session_broken(s)) {
 		*error_r = errfmt("session with %s is broken", s->label);
 		return BACKEND_TEMP;
 	}
@@ -1353,7 +1376,7 @@ enum backend_status pop3_session_retr(struct pop3_session *s, unsigned num,
 	enum backend_status st;
 	char cmd[48];
 
-	if (s->broken) {
+	if (pop3_session_broken(s)) {
 		*error_r = errfmt("session with %s is broken", s->label);
 		return BACKEND_TEMP;
 	}
@@ -1365,7 +1388,7 @@ enum backend_status pop3_session_retr(struct pop3_session *s, unsigned num,
 	if (!s->caps.known || s->caps.top) {
 		snprintf(cmd, sizeof(cmd), "TOP %u %u", num, 2147483647u);
 		st = fetch_whole(s, "TOP", cmd, num, sink, ctx, error_r);
-		if (st != BACKEND_NOT_FOUND || s->broken)
+		if (st != BACKEND_NOT_FOUND || pop3_session_broken(s))
 			return st;
 		log_debug("pop3 %s: TOP refused; reading with RETR", s->label);
 	}

@@ -37,11 +37,22 @@ struct pop3_caps {
 	bool sasl_plain, sasl_login, sasl_xoauth2, sasl_oauthbearer;
 };
 
+/* Where a session is (RFC 1939's states).  Every change goes through
+ * pop3_session_set_state() (logged at debug level).  BROKEN is final:
+ * the stream is dead or client and server are out of step; the session
+ * is not reused. */
+enum pop3_state {
+	POP3_AUTHORIZATION,     /* greeting, TLS, login */
+	POP3_TRANSACTION,       /* logged in: commands */
+	POP3_UPDATE,            /* QUIT sent */
+	POP3_BROKEN,
+};
+
 struct pop3_session {
 	mailpop3 *pop3;         /* owned */
 	struct pop3_caps caps;
 	bool no_top;            /* TOP failed once: headers come from RETR */
-	bool broken;            /* stream dead or out of step: do not reuse */
+	enum pop3_state state;
 	bool quiet;             /* debug log shows byte counts, not mail */
 	const struct mail_endpoint *ep;  /* borrowed from pop3_session_open */
 	char text[256];         /* pop3_session_last_text(), sanitised */
@@ -86,6 +97,12 @@ typedef int pop3_sink_fn(void *ctx, const char *data, size_t len);
  *                     STLS refused */
 enum backend_status pop3_session_open(const struct mail_endpoint *ep,
 	struct pop3_session **session_r, const char **error_r);
+
+/* Moves s to state (see enum pop3_state); nothing leaves BROKEN. */
+void pop3_session_set_state(struct pop3_session *s, enum pop3_state state);
+
+/* True once the session is BROKEN. */
+bool pop3_session_broken(const struct pop3_session *s);
 
 /* Sends QUIT (best effort, at most a few seconds) unless broken, closes,
  * frees, and sets *session to NULL.  NULL is ignored. */
