@@ -28,7 +28,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include <openssl/crypto.h>
 
 #include "proto/mail_conn.h"
 #include "proto/net_stream.h"
@@ -595,104 +594,111 @@ static enum backend_status send_secret(struct pop3_session *s,
 /* Longest AUTH line with an initial response (RFC 5034 4): a longer
  * response waits for the server's empty challenge. */
 #define AUTH_IR_MAX 255
-/* The most challenges one exchange may bring before mailfs gives up. */
-#define SASL_ROUNDS_MAX 4
+/* One AUTH exchange (RFC 5034) as sasl_exchange() drives it. */
+struct auth_io {
+	struct pop3_session *s;
+	enum backend_status st;    /* of a failed exchange */
+	const char **error_r;
+	int ok;                    /* the final answer: 1 +OK, 0 -ERR */
+	char challenge[LINE_MAX_LEN + 1];
+};
 
-/* AUTH with the mechanism of c (RFC 5034).  Returns 1 for +OK, 0 for
- * -ERR (text kept for pop3_session_last_text), -1 with *st_r set when
- * the exchange failed. */
+static int auth_start(void *ctx, const char *name, const char *initial)
+{
+	struct auth_io *io = ctx;
+	char prefix[32];
+
+	snprintf(prefix, sizeof(prefix), "AUTH %s ", name);
+	if (initial != NULL && strlen(prefix) + strlen(initial) <= AUTH_IR_MAX) {
+		io->st = send_secret(io->s, prefix, initial, io->error_r);
+		return io->st == BACKEND_OK ? 1 : -1;
+	}
+	io->st = send_secret(io->s, "AUTH ", name, io->error_r);
+	return io->st == BACKEND_OK ? 0 : -1;
+}
+
+static int auth_send(void *ctx, const char *line)
+{
+	struct auth_io *io = ctx;
+
+	io->st = send_secret(io->s, "", line, io->error_r);
+	return io->st == BACKEND_OK ? 0 : -1;
+}
+
+static int auth_read(void *ctx, const char **text_r, size_t *len_r)
+{
+	struct auth_io *io = ctx;
+	struct pop3_session *s = io->s;
+	const char *line;
+	size_t len, at;
+	struct rd r;
+	int rc;
+
+	rd_init(&r, s);
+	rc = rd_line(&r, &line, &len);
+	if (rc < 0) {
+		io->st = line_failed(&r, rc, "AUTH", io->error_r);
+		return -1;
+	}
+	if ((len >= 3 && memcmp(line, "+OK", 3) == 0) ||
+	    (len >= 4 && memcmp(line, "-ERR", 4) == 0)) {
+		at = line[0] == '+' ? 3 : 4;
+		io->ok = line[0] == '+';
+		if (at < len && line[at] == ' ')
+			at++;
+		mail_copy_printable(s->text, sizeof(s->text), line + at,
+			len - at);
+		rd_done(&r);
+		return 0;
+	}
+	if (len == 0 || line[0] != '+') {
+		rd_done(&r);
+		io->st = protocol_failed(s, "AUTH", "neither a challenge nor"
+			" +OK or -ERR", io->error_r);
+		return -1;
+	}
+	/* "+ challenge": the rest of the line, base64 */
+	for (at = 1; at < len && line[at] == ' '; at++)
+		;
+	memcpy(io->challenge, line + at, len - at);
+	io->challenge[len - at] = '\0';
+	rd_done(&r);
+	*text_r = io->challenge;
+	*len_r = len - at;
+	return 1;
+}
+
+static const struct sasl_framing auth_framing = {
+	.start = auth_start,
+	.send = auth_send,
+	.read = auth_read,
+};
+
+/* AUTH with the mechanism of c.  Returns 1 for +OK, 0 for -ERR (text
+ * kept for pop3_session_last_text), -1 with *st_r set when the exchange
+ * failed.  libetpan's idea of the state stays "authorization": only its
+ * QUIT runs after this, which takes either. */
 static int auth_sasl(struct pop3_session *s, struct sasl_client *c,
 	enum backend_status *st_r, const char **error_r)
 {
-	size_t ilen = 0;
-	unsigned char *initial = sasl_initial_response(c, &ilen);
-	char *b64 = initial == NULL ? NULL : ilen == 0 ? strdup("=") :
-		sasl_b64_encode(initial, ilen);
-	const char *name = sasl_name(c->mech);
-	bool sent_initial;
-	char prefix[32];
-	int ok = -1;
+	struct auth_io io = { .s = s, .st = BACKEND_OK, .error_r = error_r };
 
-	sasl_free(initial, ilen);
-	if (b64 == NULL) {
+	switch (sasl_exchange(c, &auth_framing, &io)) {
+	case SASL_DONE:
+		return io.ok;
+	case SASL_FAILED:
+		*st_r = io.st;
+		return -1;
+	case SASL_NO_MEMORY:
 		*error_r = "out of memory";
 		*st_r = BACKEND_TEMP;
 		return -1;
+	case SASL_ENDLESS:
+	default:
+		*st_r = protocol_failed(s, "AUTH", "challenges after a cancel",
+			error_r);
+		return -1;
 	}
-	snprintf(prefix, sizeof(prefix), "AUTH %s ", name);
-	sent_initial = c->mech != SASL_LOGIN &&
-		strlen(prefix) + strlen(b64) <= AUTH_IR_MAX;
-	*st_r = sent_initial ? send_secret(s, prefix, b64, error_r) :
-		send_secret(s, "AUTH ", name, error_r);
-	for (unsigned round = 0; *st_r == BACKEND_OK; round++) {
-		const char *line;
-		size_t len, clen = 0, rlen = 0;
-		unsigned char *challenge = NULL, *resp = NULL;
-		bool cancel = true;
-		char *answer;
-		struct rd r;
-		int rc;
-
-		rd_init(&r, s);
-		rc = rd_line(&r, &line, &len);
-		if (rc < 0) {
-			*st_r = line_failed(&r, rc, "AUTH", error_r);
-			break;
-		}
-		if ((len >= 3 && memcmp(line, "+OK", 3) == 0) ||
-		    (len >= 4 && memcmp(line, "-ERR", 4) == 0)) {
-			size_t skip = line[0] == '+' ? 3 : 4;
-
-			ok = line[0] == '+';
-			if (skip < len && line[skip] == ' ')
-				skip++;
-			mail_copy_printable(s->text, sizeof(s->text),
-				line + skip, len - skip);
-			rd_done(&r);
-			break;
-		}
-		if (len == 0 || line[0] != '+') {
-			rd_done(&r);
-			*st_r = protocol_failed(s, "AUTH", "neither a challenge"
-				" nor +OK or -ERR", error_r);
-			break;
-		}
-		/* "+ challenge": the rest of the line, base64 */
-		size_t at = 1;
-
-		while (at < len && line[at] == ' ')
-			at++;
-		if (!sent_initial) {
-			rd_done(&r);
-			sent_initial = true;
-			*st_r = send_secret(s, "",
-				strcmp(b64, "=") == 0 ? "" : b64, error_r);
-			continue;
-		}
-		if (round < SASL_ROUNDS_MAX)
-			challenge = sasl_b64_decode(line + at, len - at, &clen);
-		rd_done(&r);
-		if (challenge != NULL)
-			resp = sasl_next_response(c, challenge, clen, &rlen,
-				&cancel);
-		free(challenge);
-		answer = resp == NULL || cancel ? strdup("*") : rlen == 0 ?
-			strdup("") : sasl_b64_encode(resp, rlen);
-		sasl_free(resp, rlen);
-		if (answer == NULL) {
-			*error_r = "out of memory";
-			*st_r = BACKEND_TEMP;
-			break;
-		}
-		*st_r = send_secret(s, "", answer, error_r);
-		OPENSSL_cleanse(answer, strlen(answer));
-		free(answer);
-	}
-	OPENSSL_cleanse(b64, strlen(b64));
-	free(b64);
-	/* libetpan's idea of the state stays "authorization": only its
-	 * QUIT runs after this, which takes either. */
-	return *st_r == BACKEND_OK ? ok : -1;
 }
 
 /* Whether the server offers AUTH name (for sasl_choose). */

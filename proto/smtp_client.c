@@ -460,14 +460,6 @@ static enum backend_status grammar_starttls(void *ctx, const char **error_r)
 /* ------------------------------------------------------------------ */
 /* AUTH                                                                */
 
-static void free_secret(char *p)
-{
-	if (p != NULL) {
-		OPENSSL_cleanse(p, strlen(p));
-		free(p);
-	}
-}
-
 /* Sends one private line and reads the reply. */
 static int secret_exchange(struct smtp_session *s, const char *prefix,
 	const char *b64, struct smtp_reply *reply)
@@ -496,75 +488,81 @@ static int secret_exchange(struct smtp_session *s, const char *prefix,
 	return read_reply(s, reply);
 }
 
-/* The most challenges one exchange may bring before mailfs gives up. */
-#define SASL_ROUNDS_MAX 4
+/* One AUTH exchange (RFC 4954) as sasl_exchange() drives it. */
+struct auth_io {
+	struct smtp_session *s;
+	struct smtp_reply *reply;  /* the last reply */
+};
 
-/* AUTH with the mechanism of c (RFC 4954).  The initial response rides
- * on the AUTH line ("=" when empty), except for LOGIN, whose first prompt
- * gets it; a server that still sends an empty 334 first (Microsoft's
- * two-step XOAUTH2) gets it then.  Later challenges are answered as
- * sasl.h says, so an OAuth2 error challenge ends in the server's final
- * failure.  Returns the final reply code, 0 when there was none. */
+/* Sends one private line and reads the reply; 0 when the exchange
+ * failed. */
+static int auth_line(struct auth_io *io, const char *prefix, const char *b64)
+{
+	return secret_exchange(io->s, prefix, b64, io->reply) == 0 ? -1 : 0;
+}
+
+static int auth_start(void *ctx, const char *name, const char *initial)
+{
+	struct auth_io *io = ctx;
+	char prefix[32];
+
+	snprintf(prefix, sizeof(prefix), "AUTH %s%s", name,
+		initial != NULL ? " " : "");
+	return auth_line(io, prefix, initial != NULL ? initial : "") < 0 ?
+		-1 : initial != NULL;
+}
+
+static int auth_send(void *ctx, const char *line)
+{
+	return auth_line(ctx, "", line);
+}
+
+/* The reply secret_exchange() read: a 334 is a challenge. */
+static int auth_read(void *ctx, const char **text_r, size_t *len_r)
+{
+	struct auth_io *io = ctx;
+	const char *text = io->reply->text + 3;
+
+	if (io->reply->code != 334)
+		return 0;
+	while (*text == ' ')
+		text++;
+	*text_r = text;
+	*len_r = strlen(text);
+	return 1;
+}
+
+static const struct sasl_framing auth_framing = {
+	.start = auth_start,
+	.send = auth_send,
+	.read = auth_read,
+};
+
+/* AUTH with the mechanism of c.  Returns the final reply code, 0 when
+ * there was none (then the session is broken). */
 static int auth_sasl(struct smtp_session *s, struct sasl_client *c,
 	struct smtp_reply *reply)
 {
-	size_t ilen = 0;
-	unsigned char *initial = sasl_initial_response(c, &ilen);
-	char *b64 = initial == NULL ? NULL : ilen == 0 ? strdup("=") :
-		sasl_b64_encode(initial, ilen);
-	bool sent_initial = c->mech != SASL_LOGIN;
-	char prefix[32];
-	int code = 0;
+	struct auth_io io = { .s = s, .reply = reply };
 
-	sasl_free(initial, ilen);
-	if (b64 == NULL) {
+	reply->code = 0;
+	reply->text[0] = '\0';
+	switch (sasl_exchange(c, &auth_framing, &io)) {
+	case SASL_DONE:
+		return reply->code;
+	case SASL_NO_MEMORY:
 		reply_none(s, reply, "out of memory");
-		return 0;
+		break;
+	case SASL_ENDLESS:
+		reply_none(s, reply, "the server went on after AUTH was"
+			" cancelled");
+		break;
+	case SASL_FAILED:
+	default:
+		break;
 	}
-	snprintf(prefix, sizeof(prefix), "AUTH %s ", sasl_name(c->mech));
-	if (sent_initial)
-		code = secret_exchange(s, prefix, b64, reply);
-	else
-		code = command(s, reply, "AUTH %s", sasl_name(c->mech));
-	for (unsigned round = 0; code == 334; round++) {
-		const char *text = reply->text + 3;
-		size_t clen = 0, rlen = 0;
-		unsigned char *challenge, *resp = NULL;
-		bool cancel = true;
-		char *answer;
-
-		while (*text == ' ')
-			text++;
-		/* An empty first challenge: the server wants the initial
-		 * response now, even after one on the AUTH line. */
-		if (!sent_initial || (round == 0 && *text == '\0' &&
-				      c->mech != SASL_LOGIN)) {
-			sent_initial = true;
-			code = secret_exchange(s, "",
-				strcmp(b64, "=") == 0 ? "" : b64, reply);
-			continue;
-		}
-		challenge = round < SASL_ROUNDS_MAX ?
-			sasl_b64_decode(text, strlen(text), &clen) : NULL;
-		if (challenge != NULL)
-			resp = sasl_next_response(c, challenge, clen, &rlen,
-				&cancel);
-		free(challenge);
-		answer = resp == NULL || cancel ? strdup("*") : rlen == 0 ?
-			strdup("") : sasl_b64_encode(resp, rlen);
-		sasl_free(resp, rlen);
-		if (answer == NULL) {
-			reply_none(s, reply, "out of memory");
-			code = 0;
-			break;
-		}
-		code = secret_exchange(s, "", answer, reply);
-		if (strcmp(answer, "*") == 0 && code == 334)
-			code = 535;     /* it will not stop: give up */
-		free_secret(answer);
-	}
-	free_secret(b64);
-	return code;
+	mark_broken(s, reply);
+	return 0;
 }
 
 /* Whether the server offers AUTH name (for sasl_choose). */
