@@ -185,11 +185,9 @@ static const char *const state_names[] = {
 
 void imap_session_set_state(struct imap_session *s, enum imap_state state)
 {
-	if (s->state == state || s->state == IMAP_BROKEN)
-		return;
-	log_debug("imap %s: %s -> %s", s->label, state_names[s->state],
-		state_names[state]);
-	s->state = state;
+	if (mail_conn_state_move("imap", s->label, state_names, (int)s->state,
+			(int)state, IMAP_BROKEN))
+		s->state = state;
 }
 
 bool imap_session_broken(const struct imap_session *s)

@@ -282,6 +282,15 @@ enum backend_status mail_conn_open(const struct mail_endpoint *ep,
 	return conn_secure(ep, g, ctx, label, stream, *preauth_r, error_r);
 }
 
+bool mail_conn_state_move(const char *proto, const char *label,
+	const char *const names[], int from, int to, int final)
+{
+	if (from == to || from == final)
+		return false;
+	log_debug("%s %s: %s -> %s", proto, label, names[from], names[to]);
+	return true;
+}
+
 /* ------------------------------------------------------------------ */
 /* Reconnect gate                                                      */
 

@@ -133,6 +133,13 @@ enum mail_log_quiet {
 void mail_conn_log(const char *proto, const char *label, int log_type,
 	const char *str, size_t size, enum mail_log_quiet quiet);
 
+/* For each protocol's one state-change function: whether a session in
+ * state `from` may move to `to` (not where it is already, and never out
+ * of `final`, its broken state), logging the move at debug level as
+ * "proto label: names[from] -> names[to]". */
+bool mail_conn_state_move(const char *proto, const char *label,
+	const char *const names[], int from, int to, int final);
+
 /* After a failed connect, further attempts are answered at once with
  * the same failure for a while (1 s, doubling to 60 s) instead of each
  * paying the timeout again; the mount is "offline" until one succeeds,

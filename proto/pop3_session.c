@@ -78,11 +78,9 @@ static const char *const state_names[] = {
 
 void pop3_session_set_state(struct pop3_session *s, enum pop3_state state)
 {
-	if (s->state == state || s->state == POP3_BROKEN)
-		return;
-	log_debug("pop3 %s: %s -> %s", s->label, state_names[s->state],
-		state_names[state]);
-	s->state = state;
+	if (mail_conn_state_move("pop3", s->label, state_names, (int)s->state,
+			(int)state, POP3_BROKEN))
+		s->state = state;
 }
 
 bool pop3_session_broken(const struct pop3_session *s)

@@ -106,11 +106,9 @@ struct smtp_session {
 
 static void set_state(struct smtp_session *s, enum smtp_state state)
 {
-	if (s->state == state || s->state == ST_BROKEN)
-		return;
-	log_debug("smtp %s: %s -> %s", s->label, state_names[s->state],
-		state_names[state]);
-	s->state = state;
+	if (mail_conn_state_move("smtp", s->label, state_names, (int)s->state,
+			(int)state, ST_BROKEN))
+		s->state = state;
 }
 
 static bool is_broken(const struct smtp_session *s)
