@@ -130,30 +130,30 @@ static bool credential_sendable(const char *s, size_t max)
 enum backend_status mail_endpoint_check(const struct mail_endpoint *ep,
 	enum mail_proto proto, const char **error_r)
 {
-	const struct proto_names *g = &protos[proto];
+	const struct proto_names *n = &protos[proto];
 
 	if (ep->host == NULL || ep->host[0] == '\0') {
-		*error_r = errfmt("no %s server given", g->name);
+		*error_r = errfmt("no %s server given", n->name);
 		return BACKEND_INVALID;
 	}
 	if ((ep->user == NULL && proto != MAIL_SMTP) ||
 	    (ep->user != NULL && (ep->user[0] == '\0' ||
 	     (ep->password == NULL && ep->token == NULL)))) {
-		*error_r = errfmt("no %s user name or password given", g->name);
+		*error_r = errfmt("no %s user name or password given", n->name);
 		return BACKEND_INVALID;
 	}
 	/* (A C string holds no NUL; secret_read_password refuses passwords
 	 * that had one.) */
 	if (ep->user != NULL && !credential_sendable(ep->user,
-			g->credential_max)) {
+			n->credential_max)) {
 		*error_r = errfmt("the %s user name contains a line break or is"
-			" too long", g->name);
+			" too long", n->name);
 		return BACKEND_INVALID;
 	}
 	if (ep->password != NULL && !credential_sendable(ep->password,
-			g->credential_max)) {
+			n->credential_max)) {
 		*error_r = errfmt("the %s password contains a line break or is"
-			" too long", g->name);
+			" too long", n->name);
 		return BACKEND_INVALID;
 	}
 	if (ep->tls != MAIL_TLS_NONE && ep->tls_ctx == NULL) {
