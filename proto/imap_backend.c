@@ -26,7 +26,7 @@
 
 struct imap_backend {
 	struct backend be;      /* first: the vtable user sees only this */
-	const struct imap_endpoint *ep;
+	const struct mail_endpoint *ep;
 	struct imap_pool *pool;
 	struct imap_session *idle;   /* wait_changes' own session */
 	int wake[2];                 /* interrupt_wait writes, IDLE polls */
@@ -53,7 +53,7 @@ static enum backend_status command_failed(struct imap_session *s, int r,
 	enum backend_status st = imap_session_status(s, r);
 	/* After a network error the last response is stale: say why the
 	 * stream died instead. */
-	const char *text = s->broken ?
+	const char *text = imap_session_broken(s) ?
 		net_stream_last_error(s->imap->imap_stream) :
 		imap_session_last_text(s);
 
@@ -67,19 +67,10 @@ static enum backend_status command_failed(struct imap_session *s, int r,
 static enum backend_status session_examine(struct imap_session *s,
 	const char *folder, bool force, const char **error_r)
 {
-	int r;
+	int r = imap_session_select(s, folder, false, force, NULL);
 
-	if (!force && s->selected && strcmp(s->selected, folder) == 0)
-		return BACKEND_OK;
-	free(s->selected);
-	s->selected = NULL;
-	r = mailimap_examine(s->imap, folder);
 	if (r != MAILIMAP_NO_ERROR)
 		return command_failed(s, r, "EXAMINE", folder, error_r);
-	s->selected = strdup(folder);
-	s->selected_rw = false;
-	s->selected_uidvalidity = s->imap->imap_selection_info ?
-		s->imap->imap_selection_info->sel_uidvalidity : 0;
 	return BACKEND_OK;
 }
 
@@ -365,12 +356,7 @@ static enum backend_status examine_state(struct imap_session *s,
 	uint64_t modseq = 0;
 	int r;
 
-	free(s->selected);
-	s->selected = NULL;
-	if (s->caps.condstore)
-		r = mailimap_examine_condstore(s->imap, folder, &modseq);
-	else
-		r = mailimap_examine(s->imap, folder);
+	r = imap_session_select(s, folder, false, true, &modseq);
 	if (r != MAILIMAP_NO_ERROR)
 		return command_failed(s, r, "EXAMINE", folder, error_r);
 	sel = s->imap->imap_selection_info;
@@ -379,9 +365,6 @@ static enum backend_status examine_state(struct imap_session *s,
 	state_r->uidnext = sel->sel_uidnext;
 	state_r->exists = sel->sel_exists;
 	state_r->highestmodseq = modseq;
-	s->selected = strdup(folder);
-	s->selected_rw = false;
-	s->selected_uidvalidity = sel->sel_uidvalidity;
 	return BACKEND_OK;
 }
 
@@ -793,7 +776,7 @@ static enum backend_status fetch_bodies(struct imap_backend *ib,
 	r = fetch_into_sink(s, set, ft, &bs, each, ctx);
 	mailimap_fetch_type_free(ft);
 	if (bs.overflow) {
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		st = BACKEND_PROTOCOL;
 		*error_r = errfmt("%s: the server sent far more than the %zu "
 			"bytes asked for", folder, length);
@@ -1063,20 +1046,10 @@ out:
 static enum backend_status session_select_rw(struct imap_session *s,
 	const char *folder, uint32_t uidvalidity, const char **error_r)
 {
-	int r;
+	int r = imap_session_select(s, folder, true, false, NULL);
 
-	if (!s->selected || strcmp(s->selected, folder) != 0 ||
-	    !s->selected_rw) {
-		free(s->selected);
-		s->selected = NULL;
-		r = mailimap_select(s->imap, folder);
-		if (r != MAILIMAP_NO_ERROR)
-			return command_failed(s, r, "SELECT", folder, error_r);
-		s->selected = strdup(folder);
-		s->selected_rw = true;
-		s->selected_uidvalidity = s->imap->imap_selection_info ?
-			s->imap->imap_selection_info->sel_uidvalidity : 0;
-	}
+	if (r != MAILIMAP_NO_ERROR)
+		return command_failed(s, r, "SELECT", folder, error_r);
 	if (uidvalidity && s->selected_uidvalidity != uidvalidity) {
 		*error_r = errfmt("folder %s was recreated on the server",
 			folder);
@@ -1189,7 +1162,7 @@ static enum backend_status expunge_one(struct imap_session *s,
 	mailimap_set_free(set);
 	if (r != MAILIMAP_NO_ERROR) {
 		st = command_failed(s, r, "UID EXPUNGE in", folder, error_r);
-		if (!s->broken)
+		if (!imap_session_broken(s))
 			store_deleted(s, uid, false, folder, &ignored);
 	}
 	return st;
@@ -1843,16 +1816,9 @@ static enum backend_status folder_command(struct backend *be,
 	st = imap_pool_get(ib->pool, &s, error_r);
 	if (st != BACKEND_OK)
 		return st;
-	/* A folder being deleted or renamed must not stay selected.  Never
-	 * CLOSE: it expunges every \Deleted message.  Selecting another
-	 * folder read-only deselects without expunging (RFC 3501). */
-	if (s->selected && strncmp(s->selected, a, strlen(a)) == 0) {
-		const char *ignored;
-
-		session_examine(s, "INBOX", true, &ignored);
-		free(s->selected);
-		s->selected = NULL;
-	}
+	/* A folder being deleted or renamed must not stay selected. */
+	if (s->selected && strncmp(s->selected, a, strlen(a)) == 0)
+		imap_session_unselect(s);
 	if (strcmp(verb, "CREATE") == 0)
 		r = mailimap_create(s->imap, a);
 	else if (strcmp(verb, "DELETE") == 0)
@@ -2003,7 +1969,7 @@ static enum backend_status imap_wait_changes(struct backend *be,
 	if (st == BACKEND_OK)
 		st = idle_start(s, folder, &news, error_r);
 	if (st != BACKEND_OK) {
-		if (s->broken)
+		if (imap_session_broken(s))
 			imap_session_close(&ib->idle);
 		/* The caller comes straight back: not in a tight loop. */
 		sleep_or_wake(ib, IDLE_RETRY_S * 1000);
@@ -2014,12 +1980,12 @@ static enum backend_status imap_wait_changes(struct backend *be,
 		max_wait_s * 1000, ib->wake[0]);
 	r = mailimap_idle_done(s->imap);
 	if (w < 0 || r != MAILIMAP_NO_ERROR) {
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		st = BACKEND_TEMP;
 		*error_r = errfmt("IDLE in %s ended: %s", folder,
 			net_stream_last_error(s->imap->imap_stream));
 	}
-	if (s->broken)
+	if (imap_session_broken(s))
 		imap_session_close(&ib->idle);
 	return st;
 }
@@ -2102,7 +2068,7 @@ static const struct backend_ops imap_backend_ops = {
 	.destroy = imap_destroy,
 };
 
-struct backend *imap_backend_new(const struct imap_endpoint *ep,
+struct backend *imap_backend_new(const struct mail_endpoint *ep,
 	unsigned connections, struct imap_session *first)
 {
 	struct imap_backend *ib = calloc(1, sizeof(*ib));

@@ -10,7 +10,7 @@
  * to check the account, or NULL when the server could not be reached (the
  * mount then starts offline and reconnects by itself); the backend takes
  * ownership of it.  Release with backend_destroy(). */
-struct backend *imap_backend_new(const struct imap_endpoint *ep,
+struct backend *imap_backend_new(const struct mail_endpoint *ep,
 	unsigned connections, struct imap_session *first);
 
 #endif

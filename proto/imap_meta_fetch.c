@@ -639,7 +639,7 @@ static enum backend_status tagged_status(struct imap_session *s,
 		*error_r = errfmt("UID FETCH in %s: refused: %s", folder, words);
 		return BACKEND_REFUSED;
 	}
-	s->broken = true;
+	imap_session_set_state(s, IMAP_BROKEN);
 	*error_r = errfmt("UID FETCH in %s: protocol error: %s", folder, words);
 	return BACKEND_PROTOCOL;
 }
@@ -659,7 +659,7 @@ enum backend_status imap_meta_fetch(struct imap_session *s,
 	st = send_command(s, q, tag, sizeof(tag));
 	if (st != BACKEND_OK) {
 		imap_guard_streaming(&s->guard, false);
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		*error_r = errfmt("UID FETCH in %s: %s", folder,
 			net_stream_last_error(r.st));
 		return st;
@@ -670,7 +670,7 @@ enum backend_status imap_meta_fetch(struct imap_session *s,
 		struct backend_message m;
 
 		if (res != READ_OK) {
-			s->broken = true;
+			imap_session_set_state(s, IMAP_BROKEN);
 			st = res == READ_NOMEM ? BACKEND_TEMP :
 				res == READ_TOO_BIG || res == READ_REFUSED ?
 				BACKEND_PROTOCOL : BACKEND_TEMP;
@@ -697,7 +697,7 @@ enum backend_status imap_meta_fetch(struct imap_session *s,
 					&m);
 
 				if (got < 0) {
-					s->broken = true;
+					imap_session_set_state(s, IMAP_BROKEN);
 					st = BACKEND_PROTOCOL;
 					*error_r = errfmt("UID FETCH in %s: "
 						"malformed FETCH response",
@@ -713,7 +713,9 @@ enum backend_status imap_meta_fetch(struct imap_session *s,
 				} else if (!append_message(msgs, n, &cap, &m)) {
 					free(m.flags);
 					free(m.header);
-					s->broken = true;   /* answer left unread */
+					/* The answer is left unread. */
+					imap_session_set_state(s,
+						IMAP_BROKEN);
 					st = BACKEND_TEMP;
 					*error_r = "out of memory";
 					break;
@@ -724,7 +726,7 @@ enum backend_status imap_meta_fetch(struct imap_session *s,
 				char words[200];
 
 				mail_copy_printable(words, sizeof(words), p, strlen(p));
-				s->broken = true;
+				imap_session_set_state(s, IMAP_BROKEN);
 				st = BACKEND_TEMP;
 				*error_r = errfmt("UID FETCH in %s: the server "
 					"closed the connection: %s", folder,
@@ -743,14 +745,14 @@ enum backend_status imap_meta_fetch(struct imap_session *s,
 		char words[200];
 
 		mail_copy_printable(words, sizeof(words), rp.buf, rp.len);
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		st = BACKEND_PROTOCOL;
 		*error_r = errfmt("UID FETCH in %s: unexpected answer: %s",
 			folder, words);
 		break;
 	}
 	imap_guard_streaming(&s->guard, false);
-	if (!s->broken)
+	if (!imap_session_broken(s))
 		reader_give_back(&r);
 	free(r.buf);
 	free(rp.buf);

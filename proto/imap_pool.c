@@ -12,7 +12,7 @@
 
 
 struct imap_pool {
-	const struct imap_endpoint *ep;
+	const struct mail_endpoint *ep;
 	pthread_mutex_t lock;
 	pthread_cond_t returned;
 	unsigned size;
@@ -25,7 +25,7 @@ struct imap_pool {
 	void *crowded_ctx;
 };
 
-struct imap_pool *imap_pool_new(const struct imap_endpoint *ep, unsigned size)
+struct imap_pool *imap_pool_new(const struct mail_endpoint *ep, unsigned size)
 {
 	struct imap_pool *pool = calloc(1, sizeof(*pool));
 	pthread_condattr_t attr;
@@ -240,13 +240,13 @@ void imap_pool_put(struct imap_pool *pool, struct imap_session **sp)
 	*sp = NULL;
 	/* The session's last answer: a refusal asking to slow down pauses
 	 * every session (a BYE breaks the session). */
-	if (server_pressure_classify(imap_session_last_text(s), s->broken,
-			&hint) == PRESSURE_THROTTLED) {
+	if (server_pressure_classify(imap_session_last_text(s),
+			imap_session_broken(s), &hint) == PRESSURE_THROTTLED) {
 		pthread_mutex_lock(&pool->lock);
 		server_pressure_throttled(&pool->pressure, hint);
 		pthread_mutex_unlock(&pool->lock);
 	}
-	if (s->broken) {
+	if (imap_session_broken(s)) {
 		imap_session_close(&s);
 		pthread_mutex_lock(&pool->lock);
 		pool->open--;

@@ -16,7 +16,7 @@ struct imap_pool;
 
 /* ep is borrowed and must outlive the pool.  Returns NULL only when out of
  * memory. */
-struct imap_pool *imap_pool_new(const struct imap_endpoint *ep, unsigned size);
+struct imap_pool *imap_pool_new(const struct mail_endpoint *ep, unsigned size);
 
 /* Closes every idle session; sessions checked out must have been returned. */
 void imap_pool_free(struct imap_pool **pool);

@@ -45,8 +45,6 @@
 
 /* LOGOUT at close waits at most this long. */
 #define LOGOUT_TIMEOUT_S 5
-/* Longest user name or password we will send. */
-#define CREDENTIAL_MAX 1024
 /* Longest greeting, and longest answer read ahead before TLS; a
  * CAPABILITY list rarely passes 1 KiB. */
 #define GREETING_MAX 16384
@@ -175,6 +173,85 @@ static const char *stream_reason(struct imap_session *s)
 }
 
 /* ------------------------------------------------------------------ */
+/* State and the selected folder                                       */
+
+static const char *const state_names[] = {
+	[IMAP_CONNECTING] = "connecting",
+	[IMAP_AUTHENTICATED] = "authenticated",
+	[IMAP_SELECTED] = "selected",
+	[IMAP_LOGOUT] = "logout",
+	[IMAP_BROKEN] = "broken",
+};
+
+void imap_session_set_state(struct imap_session *s, enum imap_state state)
+{
+	if (mail_conn_state_move("imap", s->label, state_names, (int)s->state,
+			(int)state, IMAP_BROKEN))
+		s->state = state;
+}
+
+bool imap_session_broken(const struct imap_session *s)
+{
+	return s->state == IMAP_BROKEN;
+}
+
+static void forget_selected(struct imap_session *s)
+{
+	free(s->selected);
+	s->selected = NULL;
+	s->selected_rw = false;
+	s->selected_uidvalidity = 0;
+	if (s->state == IMAP_SELECTED)
+		imap_session_set_state(s, IMAP_AUTHENTICATED);
+}
+
+int imap_session_select(struct imap_session *s, const char *folder,
+	bool rw, bool force, uint64_t *modseq_r)
+{
+	struct mailimap_selection_info *sel;
+	uint64_t modseq = 0;
+	int r;
+
+	if (modseq_r != NULL)
+		*modseq_r = 0;
+	if (!force && s->selected != NULL && strcmp(s->selected, folder) == 0
+	    && (s->selected_rw || !rw))
+		return MAILIMAP_NO_ERROR;
+	forget_selected(s);
+	if (rw)
+		r = mailimap_select(s->imap, folder);
+	else if (modseq_r != NULL && s->caps.condstore)
+		r = mailimap_examine_condstore(s->imap, folder, &modseq);
+	else
+		r = mailimap_examine(s->imap, folder);
+	if (r != MAILIMAP_NO_ERROR)
+		return r;
+	/* Without the copy the next call opens the folder again. */
+	s->selected = strdup(folder);
+	if (s->selected == NULL)
+		return MAILIMAP_NO_ERROR;
+	sel = s->imap->imap_selection_info;
+	s->selected_rw = rw;
+	s->selected_uidvalidity = sel != NULL ? sel->sel_uidvalidity : 0;
+	if (modseq_r != NULL)
+		*modseq_r = modseq;
+	imap_session_set_state(s, IMAP_SELECTED);
+	return MAILIMAP_NO_ERROR;
+}
+
+void imap_session_unselect(struct imap_session *s)
+{
+	int r;
+
+	if (s->selected == NULL)
+		return;
+	r = mailimap_examine(s->imap, "INBOX");
+	if (r != MAILIMAP_NO_ERROR)
+		imap_session_status(s, r);
+	forget_selected(s);
+}
+
+/* ------------------------------------------------------------------ */
 /* Status mapping                                                      */
 
 /* Refines a NO by its response code (RFC 5530). */
@@ -219,7 +296,7 @@ static void check_stray_bytes(struct imap_session *s)
 	mailstream *st = s->imap->imap_stream;
 
 	if (st != NULL && st->read_buffer_len > 0 && st->read_buffer[0] != '*')
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 }
 
 enum backend_status imap_session_status(struct imap_session *s, int r)
@@ -244,12 +321,12 @@ enum backend_status imap_session_status(struct imap_session *s, int r)
 	case MAILIMAP_ERROR_MEMORY:
 	/* Our idea of the state disagrees with libetpan's: start over. */
 	case MAILIMAP_ERROR_BAD_STATE:
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		return stream_status(s);
 
 	/* A tagged BAD, or a response with another command's tag. */
 	case MAILIMAP_ERROR_PROTOCOL:
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		return BACKEND_PROTOCOL;
 
 	case MAILIMAP_ERROR_INVAL:
@@ -262,9 +339,7 @@ enum backend_status imap_session_status(struct imap_session *s, int r)
 	case MAILIMAP_ERROR_SELECT:
 	case MAILIMAP_ERROR_EXAMINE:
 		/* The server deselects on a failed SELECT (RFC 3501 6.3.1). */
-		free(s->selected);
-		s->selected = NULL;
-		s->selected_uidvalidity = 0;
+		forget_selected(s);
 		return code_status(s, BACKEND_NOT_FOUND);
 
 	case MAILIMAP_ERROR_STATUS:
@@ -302,7 +377,7 @@ enum backend_status imap_session_status(struct imap_session *s, int r)
 		return code_status(s, BACKEND_REFUSED);
 
 	default:
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		return BACKEND_PROTOCOL;
 	}
 }
@@ -476,13 +551,13 @@ static enum backend_status check_greeting(struct imap_session *s,
 
 	n = net_stream_peek_line(stream, 0, GREETING_MAX, &line);
 	if (n < 0) {
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		*error_r = errfmt("no greeting from %s: %s", s->label,
 			stream_reason(s));
 		return BACKEND_TEMP;
 	}
 	if (n == 0) {
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		*error_r = errfmt("bad greeting from %s: longer than %d bytes"
 			" (not an IMAP server?)", s->label, GREETING_MAX);
 		return BACKEND_PROTOCOL;
@@ -493,14 +568,14 @@ static enum backend_status check_greeting(struct imap_session *s,
 			MAIL_LOG_ALL);
 	problem = check_line(line, (size_t)n, true, &kind);
 	if (problem != NULL) {
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		*error_r = errfmt("bad greeting from %s: %s: %s", s->label,
 			problem, quote_line(line, (size_t)n));
 		return BACKEND_PROTOCOL;
 	}
 	p = line + 2;
 	if (strncasecmp(p, "BYE", 3) == 0) {
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		p += 3;
 		while (*p == ' ')
 			p++;
@@ -524,7 +599,7 @@ static enum backend_status peek_answer_line(struct imap_session *s,
 	*len_r = n;
 	if (n > 0)
 		return BACKEND_OK;
-	s->broken = true;
+	imap_session_set_state(s, IMAP_BROKEN);
 	if (n < 0) {
 		*error_r = errfmt("%s at %s failed: %s", what, s->label,
 			stream_reason(s));
@@ -553,7 +628,7 @@ static enum backend_status check_plain_answer(struct imap_session *s,
 			return st;
 		problem = check_line(line, (size_t)n, false, &kind);
 		if (problem != NULL) {
-			s->broken = true;
+			imap_session_set_state(s, IMAP_BROKEN);
 			*error_r = errfmt("bad answer to %s from %s: %s: %s",
 				what, s->label, problem,
 				quote_line(line, (size_t)n));
@@ -639,7 +714,7 @@ static enum backend_status plain_command(struct imap_session *s,
 		return BACKEND_OK;
 	st = imap_session_status(s, r);
 	*error_r = errfmt("%s at %s failed: %s", command, s->label,
-		s->broken && st == BACKEND_TEMP ? stream_reason(s) :
+		imap_session_broken(s) && st == BACKEND_TEMP ? stream_reason(s) :
 		imap_session_last_text(s));
 	return st;
 }
@@ -667,7 +742,7 @@ enum backend_status imap_session_continuation(struct imap_session *s,
 		if (line[0] == '+') {
 			problem = check_line(line, (size_t)n, false, &kind);
 			if (problem != NULL) {
-				s->broken = true;
+				imap_session_set_state(s, IMAP_BROKEN);
 				*error_r = errfmt("bad continuation request from"
 					" %s answering %s: %s: %s", s->label,
 					what, problem,
@@ -676,7 +751,7 @@ enum backend_status imap_session_continuation(struct imap_session *s,
 			}
 			/* Consumed unparsed: libetpan has nothing to add. */
 			if (mailimap_read_line(imap) == NULL) {
-				s->broken = true;
+				imap_session_set_state(s, IMAP_BROKEN);
 				*error_r = errfmt("%s at %s failed: %s", what,
 					s->label, stream_reason(s));
 				return stream_status(s);
@@ -695,14 +770,14 @@ enum backend_status imap_session_continuation(struct imap_session *s,
 		literal = end[-1] == '}';
 		dropped += (size_t)n;
 		if (literal || dropped > CONTINUATION_DROP_MAX) {
-			s->broken = true;
+			imap_session_set_state(s, IMAP_BROKEN);
 			*error_r = errfmt("bad answer to %s from %s: %s before"
 				" the continuation request", what, s->label,
 				literal ? "a literal" : "too much data");
 			return BACKEND_PROTOCOL;
 		}
 		if (mailimap_read_line(imap) == NULL) {
-			s->broken = true;
+			imap_session_set_state(s, IMAP_BROKEN);
 			*error_r = errfmt("%s at %s failed: %s", what, s->label,
 				stream_reason(s));
 			return stream_status(s);
@@ -738,7 +813,7 @@ static enum backend_status session_capability(struct imap_session *s,
 		return st;
 	}
 	if (!caps_known(s->imap)) {
-		s->broken = true;
+		imap_session_set_state(s, IMAP_BROKEN);
 		*error_r = errfmt("server %s sent no capabilities",
 			s->label);
 		return BACKEND_PROTOCOL;
@@ -894,7 +969,7 @@ static bool offers_auth(const char *name, void *ctx)
 static enum backend_status login_failed(struct imap_session *s, int r,
 	const char **error_r)
 {
-	const struct imap_endpoint *ep = s->ep;
+	const struct mail_endpoint *ep = s->ep;
 	enum backend_status st = imap_session_status(s, r);
 
 	if (st == BACKEND_AUTH || r == MAILIMAP_ERROR_PROTOCOL) {
@@ -902,7 +977,7 @@ static enum backend_status login_failed(struct imap_session *s, int r,
 			ep->host, imap_session_last_text(s));
 		return BACKEND_AUTH;
 	}
-	if (s->broken)
+	if (imap_session_broken(s))
 		*error_r = errfmt("login at %s failed: %s", s->label,
 			stream_reason(s));
 	else
@@ -917,7 +992,7 @@ static enum backend_status login_failed(struct imap_session *s, int r,
 static enum backend_status login_with_token(struct imap_session *s,
 	const char **error_r)
 {
-	const struct imap_endpoint *ep = s->ep;
+	const struct mail_endpoint *ep = s->ep;
 	bool sasl_ir = has_cap(s->imap, "SASL-IR");
 	enum sasl_mech mech;
 	int r = MAILIMAP_ERROR_LOGIN;
@@ -961,7 +1036,7 @@ static enum backend_status login_with_token(struct imap_session *s,
 static enum backend_status session_login(struct imap_session *s,
 	const char **error_r)
 {
-	const struct imap_endpoint *ep = s->ep;
+	const struct mail_endpoint *ep = s->ep;
 	mailimap *imap = s->imap;
 	bool plain = has_cap_of(imap, MAILIMAP_CAPABILITY_AUTH_TYPE, "PLAIN");
 	bool disabled = has_cap(imap, "LOGINDISABLED");
@@ -1002,45 +1077,93 @@ static enum backend_status session_login(struct imap_session *s,
 	return login_failed(s, r, error_r);
 }
 
-/* STARTTLS, the handshake, then capabilities afresh. */
-static enum backend_status session_starttls(struct imap_session *s,
-	const char **error_r)
+/* ------------------------------------------------------------------ */
+/* The grammar of connecting (proto/mail_conn.h)                       */
+
+static const char *guard_inspect(void *ctx, const char *data, size_t len)
 {
-	const struct imap_endpoint *ep = s->ep;
+	return imap_guard_feed(ctx, data, len);
+}
+
+/* Takes the stream and reads the greeting, checked before libetpan
+ * parses it; *preauth_r tells PREAUTH. */
+static enum backend_status grammar_greeting(void *ctx, mailstream *stream,
+	bool *preauth_r, const char **error_r)
+{
+	struct imap_session *s = ctx;
+	enum backend_status st;
+	int r;
+
+	/* From here on the stream belongs to s->imap, even on failure:
+	 * mailimap_connect() sets the same pointer again. */
+	s->imap->imap_stream = stream;
+	imap_guard_init(&s->guard);
+	net_stream_set_inspect(stream, guard_inspect, &s->guard);
+	st = check_greeting(s, error_r);
+	if (st != BACKEND_OK)
+		return st;
+	r = mailimap_connect(s->imap, stream);
+	switch (r) {
+	case MAILIMAP_NO_ERROR_AUTHENTICATED:
+		*preauth_r = true;
+		return BACKEND_OK;
+	case MAILIMAP_NO_ERROR_NON_AUTHENTICATED:
+		*preauth_r = false;
+		return BACKEND_OK;
+	case MAILIMAP_ERROR_STREAM:
+		*error_r = errfmt("no greeting from %s: %s", s->label,
+			stream_reason(s));
+		return BACKEND_TEMP;
+	case MAILIMAP_ERROR_DONT_ACCEPT_CONNECTION:
+		*error_r = errfmt("server %s refused the connection: %s",
+			s->label, imap_session_last_text(s));
+		return BACKEND_TEMP;
+	default:
+		*error_r = errfmt("bad greeting from %s (not an IMAP server?)",
+			s->label);
+		return BACKEND_PROTOCOL;
+	}
+}
+
+/* Capabilities, unless the greeting listed them; all afresh after TLS. */
+static enum backend_status grammar_capabilities(void *ctx, bool after_tls,
+	bool *starttls_r, const char **error_r)
+{
+	struct imap_session *s = ctx;
+	enum backend_status st = session_capability(s, after_tls, error_r);
+
+	*starttls_r = st == BACKEND_OK && has_cap(s->imap, "STARTTLS");
+	return st;
+}
+
+/* STARTTLS by hand, like CAPABILITY, so that the answer is checked before
+ * libetpan parses it (mailimap_starttls does no more than this). */
+static enum backend_status grammar_starttls(void *ctx, const char **error_r)
+{
+	struct imap_session *s = ctx;
 	enum backend_status st;
 	int cond;
 
-	/* By hand, like CAPABILITY, so that the answer is checked before
-	 * libetpan parses it (mailimap_starttls does no more than this). */
 	st = plain_command(s, "STARTTLS", &cond, error_r);
-	if (st == BACKEND_TEMP && s->broken)
-		return st;
-	if (st == BACKEND_OK && cond == MAILIMAP_RESP_COND_STATE_OK &&
-	    s->imap->imap_stream->read_buffer_len != 0) {
-		/* Answered here so that the message says why;
-		 * net_stream_starttls checks too. */
-		s->broken = true;
-		*error_r = errfmt("server %s sent data before the TLS handshake"
-			" (possible injection attack)", s->label);
-		return BACKEND_TLS;
-	}
-	if (st != BACKEND_OK || cond != MAILIMAP_RESP_COND_STATE_OK) {
-		if (st == BACKEND_OK)
-			*error_r = errfmt("server %s refused STARTTLS: %s;"
-				" refusing to continue without TLS", s->label,
-				imap_session_last_text(s));
-		s->broken = true;
+	if (st != BACKEND_OK)
+		return st == BACKEND_TEMP ? st : BACKEND_PROTOCOL;
+	if (cond != MAILIMAP_RESP_COND_STATE_OK) {
+		*error_r = errfmt("server %s refused STARTTLS: %s; refusing to"
+			" continue without TLS", s->label,
+			imap_session_last_text(s));
 		return BACKEND_PROTOCOL;
 	}
-	if (net_stream_starttls(s->imap->imap_stream, ep->tls_ctx, ep->host,
-		error_r) < 0) {
-		s->broken = true;
-		return BACKEND_TLS;
-	}
-	/* Nothing learnt in clear text survives the handshake. */
-	caps_forget(s->imap);
-	return session_capability(s, true, error_r);
+	return BACKEND_OK;
 }
+
+static const struct mail_grammar imap_grammar = {
+	.proto = MAIL_IMAP,
+	/* The guard bounds what the server sends. */
+	.line_max = 0,
+	.greeting = grammar_greeting,
+	.capabilities = grammar_capabilities,
+	.starttls = grammar_starttls,
+};
 
 static void fill_caps(struct imap_session *s)
 {
@@ -1078,7 +1201,7 @@ static enum backend_status session_delimiter(struct imap_session *s,
 	if (r != MAILIMAP_NO_ERROR) {
 		st = imap_session_status(s, r);
 		*error_r = errfmt("LIST at %s failed: %s", s->label,
-			s->broken ? stream_reason(s) :
+			imap_session_broken(s) ? stream_reason(s) :
 			imap_session_last_text(s));
 		return st;
 	}
@@ -1103,160 +1226,7 @@ static enum backend_status session_delimiter(struct imap_session *s,
 /* ------------------------------------------------------------------ */
 /* Open and close                                                      */
 
-static enum backend_status check_endpoint(const struct imap_endpoint *ep,
-	const char **error_r)
-{
-	if (ep->host == NULL || ep->host[0] == '\0') {
-		*error_r = "no IMAP server given";
-		return BACKEND_INVALID;
-	}
-	if (ep->user == NULL || (ep->password == NULL && ep->token == NULL)) {
-		*error_r = "no IMAP user name or password given";
-		return BACKEND_INVALID;
-	}
-	/* libetpan would send them verbatim: a line break ends the command
-	 * and starts another one of the server's choosing. */
-	if (strpbrk(ep->user, "\r\n") != NULL ||
-	    strlen(ep->user) > CREDENTIAL_MAX) {
-		*error_r = "the IMAP user name contains a line break or is too long";
-		return BACKEND_INVALID;
-	}
-	if (ep->password != NULL && (strpbrk(ep->password, "\r\n") != NULL ||
-	    strlen(ep->password) > CREDENTIAL_MAX)) {
-		*error_r = "the IMAP password contains a line break or is too long";
-		return BACKEND_INVALID;
-	}
-	if ((ep->tls == IMAP_TLS_IMPLICIT || ep->tls == IMAP_TLS_STARTTLS) &&
-	    ep->tls_ctx == NULL) {
-		*error_r = "TLS requested without a TLS context";
-		return BACKEND_INVALID;
-	}
-	return BACKEND_OK;
-}
-
-/* Connects and reads the greeting; *preauth_r tells PREAUTH. */
-static const char *guard_inspect(void *ctx, const char *data, size_t len)
-{
-	return imap_guard_feed(ctx, data, len);
-}
-
-static enum backend_status session_connect(struct imap_session *s,
-	bool *preauth_r, const char **error_r)
-{
-	const struct imap_endpoint *ep = s->ep;
-	enum net_failure failure;
-	enum backend_status st;
-	mailstream *stream;
-	int r;
-
-	stream = net_stream_open(ep->host, ep->port,
-		ep->tls == IMAP_TLS_IMPLICIT ? ep->tls_ctx : NULL,
-		ep->timeout_s, &failure, error_r);
-	if (stream == NULL) {
-		s->broken = true;
-		switch (failure) {
-		case NET_CONNECT:
-			return BACKEND_CONNECT;
-		case NET_TLS:
-			return BACKEND_TLS;
-		default:
-			return BACKEND_TEMP;
-		}
-	}
-
-	/* From here on the stream belongs to s->imap, even on failure:
-	 * mailimap_connect() sets the same pointer again. */
-	s->imap->imap_stream = stream;
-	imap_guard_init(&s->guard);
-	net_stream_set_inspect(stream, guard_inspect, &s->guard);
-	st = check_greeting(s, error_r);
-	if (st != BACKEND_OK)
-		return st;
-	r = mailimap_connect(s->imap, stream);
-	switch (r) {
-	case MAILIMAP_NO_ERROR_AUTHENTICATED:
-		*preauth_r = true;
-		return BACKEND_OK;
-	case MAILIMAP_NO_ERROR_NON_AUTHENTICATED:
-		*preauth_r = false;
-		return BACKEND_OK;
-	case MAILIMAP_ERROR_STREAM:
-		s->broken = true;
-		*error_r = errfmt("no greeting from %s: %s", s->label,
-			stream_reason(s));
-		return BACKEND_TEMP;
-	case MAILIMAP_ERROR_DONT_ACCEPT_CONNECTION:
-		s->broken = true;
-		*error_r = errfmt("server %s refused the connection: %s",
-			s->label, imap_session_last_text(s));
-		return BACKEND_TEMP;
-	default:
-		s->broken = true;
-		*error_r = errfmt("bad greeting from %s (not an IMAP server?)",
-			s->label);
-		return BACKEND_PROTOCOL;
-	}
-}
-
-/* Everything between the greeting and LOGIN that concerns TLS. */
-static enum backend_status session_secure(struct imap_session *s,
-	bool preauth, const char **error_r)
-{
-	const struct imap_endpoint *ep = s->ep;
-	enum backend_status st;
-
-	switch (ep->tls) {
-	case IMAP_TLS_IMPLICIT:
-		return session_capability(s, false, error_r);
-
-	case IMAP_TLS_STARTTLS:
-		if (preauth) {
-			s->broken = true;
-			*error_r = errfmt("server %s sent PREAUTH before STARTTLS;"
-				" refusing", s->label);
-			return BACKEND_PROTOCOL;
-		}
-		st = session_capability(s, false, error_r);
-		if (st != BACKEND_OK)
-			return st;
-		if (!has_cap(s->imap, "STARTTLS")) {
-			s->broken = true;
-			*error_r = errfmt("server %s does not offer STARTTLS;"
-				" refusing to continue without TLS (use imaps://"
-				" or -o allow_plaintext)", s->label);
-			return BACKEND_PROTOCOL;
-		}
-		return session_starttls(s, error_r);
-
-	case IMAP_TLS_NONE:
-	default:
-		if (preauth) {
-			log_debug("imap %s: pre-authenticated session without"
-				" TLS", s->label);
-			return session_capability(s, false, error_r);
-		}
-		st = session_capability(s, false, error_r);
-		if (st != BACKEND_OK)
-			return st;
-		/* Once offered, STARTTLS must work: no silent downgrade. */
-		if (ep->tls_ctx != NULL &&
-		    has_cap(s->imap, "STARTTLS"))
-			return session_starttls(s, error_r);
-		if (!net_stream_peer_is_loopback(s->imap->imap_stream)) {
-			s->broken = true;
-			*error_r = errfmt("server %s does not offer STARTTLS;"
-				" refusing to send the password in clear text"
-				" to a host not on loopback", s->label);
-			return BACKEND_PROTOCOL;
-		}
-		/* Every pooled session passes here; main warns once. */
-		log_debug("imap %s: no TLS offered, continuing in plain text",
-			s->label);
-		return BACKEND_OK;
-	}
-}
-
-enum backend_status imap_session_open(const struct imap_endpoint *ep,
+enum backend_status imap_session_open(const struct mail_endpoint *ep,
 	struct imap_session **session_r, const char **error_r)
 {
 	struct imap_session *s;
@@ -1264,9 +1234,6 @@ enum backend_status imap_session_open(const struct imap_endpoint *ep,
 	bool preauth = false;
 
 	*session_r = NULL;
-	st = check_endpoint(ep, error_r);
-	if (st != BACKEND_OK)
-		return st;
 	/* Tokens were refused a moment ago: do not even connect. */
 	if (ep->token != NULL && token_source_blocked(ep->token)) {
 		*error_r = "authentication refused: re-authorize the token"
@@ -1280,14 +1247,7 @@ enum backend_status imap_session_open(const struct imap_endpoint *ep,
 		return BACKEND_TEMP;
 	}
 	s->ep = ep;
-	/* Logging must not use errfmt(): it runs inside I/O and would
-	 * recycle error strings callers still hold. */
-	if (strchr(ep->host, ':') != NULL)
-		snprintf(s->label, sizeof(s->label), "[%s]:%u", ep->host,
-			ep->port);
-	else
-		snprintf(s->label, sizeof(s->label), "%s:%u", ep->host,
-			ep->port);
+	mail_conn_label(s->label, sizeof(s->label), ep->host, ep->port);
 	s->imap = mailimap_new(0, NULL);
 	if (s->imap == NULL) {
 		*error_r = "out of memory";
@@ -1300,10 +1260,8 @@ enum backend_status imap_session_open(const struct imap_endpoint *ep,
 	if (log_debug_enabled())
 		mailimap_set_logger(s->imap, session_logger, s);
 
-	st = session_connect(s, &preauth, error_r);
-	if (st != BACKEND_OK)
-		goto out_close;
-	st = session_secure(s, preauth, error_r);
+	st = mail_conn_open(ep, &imap_grammar, s, s->label, &preauth,
+		error_r);
 	if (st != BACKEND_OK)
 		goto out_close;
 
@@ -1331,6 +1289,7 @@ enum backend_status imap_session_open(const struct imap_endpoint *ep,
 	if (st != BACKEND_OK)
 		goto out_close;
 
+	imap_session_set_state(s, IMAP_AUTHENTICATED);
 	log_debug("imap %s: session ready (%s, delimiter '%c')", s->label,
 		net_stream_is_tls(s->imap->imap_stream) ? "TLS" : "plain text",
 		s->delimiter != 0 ? s->delimiter : ' ');
@@ -1339,7 +1298,7 @@ enum backend_status imap_session_open(const struct imap_endpoint *ep,
 
 out_close:
 	/* Never LOGOUT a session that did not open: it may stall again. */
-	s->broken = true;
+	imap_session_set_state(s, IMAP_BROKEN);
 	imap_session_close(&s);
 	return st;
 }
@@ -1354,13 +1313,14 @@ void imap_session_close(struct imap_session **session)
 	*session = NULL;
 	imap = s->imap;
 	if (imap != NULL) {
-		if (imap->imap_stream != NULL && !s->broken &&
+		if (imap->imap_stream != NULL && !imap_session_broken(s) &&
 		    imap->imap_state != MAILIMAP_STATE_DISCONNECTED) {
 			int t = s->ep->timeout_s;
 
 			if (t <= 0 || t > LOGOUT_TIMEOUT_S)
 				t = LOGOUT_TIMEOUT_S;
 			net_stream_set_timeout(imap->imap_stream, t);
+			imap_session_set_state(s, IMAP_LOGOUT);
 			mailimap_logout(imap);      /* closes the stream */
 		}
 		/* mailimap_free() would send LOGOUT on anything left. */

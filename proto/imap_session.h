@@ -12,30 +12,10 @@
 #include <openssl/ssl.h>
 
 #include "proto/imap_guard.h"
+#include "proto/mail_conn.h"
 #include "proto/sasl.h"
 #include "src/backend.h"
 #include "src/token_source.h"
-
-enum imap_tls_mode {
-	IMAP_TLS_IMPLICIT,   /* imaps:// */
-	IMAP_TLS_STARTTLS,   /* imap://, STARTTLS required */
-	IMAP_TLS_NONE,       /* imap:// with allow_plaintext: STARTTLS if offered, else plaintext */
-};
-
-/* Where and how to connect.  Borrowed by imap_session_open; must outlive
- * every session opened with it. */
-struct imap_endpoint {
-	const char *host;
-	uint16_t port;
-	enum imap_tls_mode tls;
-	SSL_CTX *tls_ctx;       /* from net_tls_context_new */
-	const char *user;
-	const char *password;   /* NULL when token is set */
-	struct token_source *token;  /* OAuth2 access tokens, or NULL */
-	enum sasl_choice auth;  /* -o auth=: how to log in */
-	int timeout_s;          /* per wait; each command exchange gets the
-	                           overall deadline of proto/net_stream.h */
-};
 
 /* Capabilities that change what we send. */
 struct imap_caps {
@@ -43,15 +23,32 @@ struct imap_caps {
 	     literal_plus, literal_minus, esearch, namespace_;
 };
 
+/* Where a session is.  Every change goes through imap_session_set_state()
+ * (logged at debug level); imap_session_select() and
+ * imap_session_unselect() move between AUTHENTICATED and SELECTED.
+ * BROKEN is final: a network error happened, or client and server no
+ * longer agree on where they are; the session is not reused. */
+enum imap_state {
+	IMAP_CONNECTING,        /* greeting, TLS, login */
+	IMAP_AUTHENTICATED,     /* no folder selected */
+	IMAP_SELECTED,          /* `selected` is open */
+	IMAP_LOGOUT,
+	IMAP_BROKEN,
+};
+
 struct imap_session {
 	mailimap *imap;         /* owned */
 	struct imap_caps caps;  /* read after TLS and again after LOGIN */
 	char delimiter;         /* from LIST "" "", 0 if flat/unknown */
-	char *selected;         /* raw name of the selected folder or NULL; owned */
+	enum imap_state state;
+	/* The selected folder, written only by imap_session_select() and
+	 * imap_session_unselect(): its raw name (owned) or NULL, whether it
+	 * was opened read-write (SELECT) rather than EXAMINEd, and its
+	 * UIDVALIDITY. */
+	char *selected;
+	bool selected_rw;
 	uint32_t selected_uidvalidity;
-	bool selected_rw;       /* SELECT (read-write) rather than EXAMINE */
-	bool broken;            /* a network error happened: do not reuse */
-	const struct imap_endpoint *ep;  /* borrowed from imap_session_open */
+	const struct mail_endpoint *ep;  /* borrowed from imap_session_open */
 	char text[256];         /* imap_session_last_text(), sanitised */
 	char label[280];        /* "host:port" for log lines */
 	struct imap_guard guard;  /* follows everything the server sends */
@@ -71,8 +68,28 @@ struct imap_session {
  * bad greeting or refused answer before TLS), BACKEND_TEMP (timeout,
  * connection lost, BYE greeting), each with a one-line *error_r naming the
  * cause and the server. */
-enum backend_status imap_session_open(const struct imap_endpoint *ep,
+enum backend_status imap_session_open(const struct mail_endpoint *ep,
 	struct imap_session **session_r, const char **error_r);
+
+/* Moves s to state (see enum imap_state); nothing leaves BROKEN. */
+void imap_session_set_state(struct imap_session *s, enum imap_state state);
+
+/* True once the session is BROKEN. */
+bool imap_session_broken(const struct imap_session *s);
+
+/* Opens folder: SELECT when rw, else EXAMINE (with CONDSTORE when the
+ * server has it and modseq_r is not NULL: *modseq_r is then its
+ * HIGHESTMODSEQ, else 0).  Unless force, a folder already open (for
+ * writing, when rw) is kept without a command.  Returns libetpan's code
+ * (map it with imap_session_status); on failure no folder is selected. */
+int imap_session_select(struct imap_session *s, const char *folder,
+	bool rw, bool force, uint64_t *modseq_r);
+
+/* Leaves the selected folder, if any, without expunging: never CLOSE,
+ * which expunges every \Deleted message; EXAMINE of INBOX deselects
+ * without expunging (RFC 3501).  Afterwards no folder counts as
+ * selected, whatever the EXAMINE said. */
+void imap_session_unselect(struct imap_session *s);
 
 /* Logs out (best effort, bounded by the timeout) unless broken, closes,
  * frees, and sets *session to NULL. */

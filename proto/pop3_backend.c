@@ -85,7 +85,7 @@ struct body {
 
 struct pop3_backend {
 	struct backend be;      /* first: the vtable user sees only this */
-	const struct pop3_endpoint *ep;
+	const struct mail_endpoint *ep;
 	char *dir, *uids_path, *headers_path;
 
 	pthread_mutex_t lock;
@@ -1095,7 +1095,7 @@ static void session_release(struct pop3_backend *pb)
 {
 	struct pop3_session *dead = NULL;
 
-	if (pb->session != NULL && pb->session->broken) {
+	if (pb->session != NULL && pop3_session_broken(pb->session)) {
 		dead = pb->session;
 		pb->session = NULL;
 		pb->scanned = false;
@@ -1123,7 +1123,7 @@ static enum backend_status session_ensure(struct pop3_backend *pb,
 	enum backend_status st;
 	const char *error;
 
-	if (pb->session != NULL && pb->session->broken)
+	if (pb->session != NULL && pop3_session_broken(pb->session))
 		session_drop(pb);
 	if (pb->session != NULL)
 		return BACKEND_OK;
@@ -1672,7 +1672,7 @@ static enum backend_status retrieve(struct pop3_backend *pb,
 		return BACKEND_NOT_FOUND;
 	}
 	for (int attempt = 0;; attempt++) {
-		bool reused = pb->session != NULL && !pb->session->broken;
+		bool reused = pb->session != NULL && !pop3_session_broken(pb->session);
 		bool local = false;
 
 		st = session_ensure(pb, error_r);
@@ -1704,7 +1704,7 @@ out_retry:
 		/* A session that sat idle may have been dropped by the
 		 * server: once more with a new one. */
 		if (reused && attempt == 0 && !local && pb->session != NULL &&
-		    pb->session->broken) {
+		    pop3_session_broken(pb->session)) {
 			session_drop(pb);
 			continue;
 		}
@@ -1790,7 +1790,7 @@ static const struct backend_ops pop3_backend_ops = {
 	.destroy = pop3_destroy,
 };
 
-struct backend *pop3_backend_new(const struct pop3_endpoint *ep,
+struct backend *pop3_backend_new(const struct mail_endpoint *ep,
 	const char *state_dir, struct pop3_session *first)
 {
 	struct pop3_backend *pb = calloc(1, sizeof(*pb));

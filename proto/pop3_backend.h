@@ -57,7 +57,7 @@
  * of it (and uses it for the first listing).  Returns NULL only when out
  * of memory or no thread can be started (first is then closed).  Release
  * with backend_destroy(), after every call into it has returned. */
-struct backend *pop3_backend_new(const struct pop3_endpoint *ep,
+struct backend *pop3_backend_new(const struct mail_endpoint *ep,
 	const char *state_dir, struct pop3_session *first);
 
 #endif

@@ -28,7 +28,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include <openssl/crypto.h>
 
 #include "proto/mail_conn.h"
 #include "proto/net_stream.h"
@@ -38,9 +37,6 @@
 
 /* QUIT at close waits at most this long. */
 #define QUIT_TIMEOUT_S 5
-/* Longest user name or password: libetpan formats "PASS %s\r\n" into 513
- * bytes and would cut the line end off anything longer than 505. */
-#define CREDENTIAL_MAX 500
 /* Longest response or listing line we accept (RFC 2449 allows 512). */
 #define LINE_MAX_LEN 1024
 /* A LIST answer with more messages than this is not believed. */
@@ -48,7 +44,6 @@
 /* TOP commands sent ahead of their answers when PIPELINING is offered. */
 #define PIPELINE_DEPTH 32
 
-/* Copies at most dst_size - 1 bytes of src, control characters as '?'. */
 bool pop3_uidl_valid(const char *uidl, size_t len)
 {
 	if (len == 0 || len > POP3_UIDL_MAX)
@@ -74,6 +69,25 @@ static void take_libetpan_text(struct pop3_session *s)
 	mail_copy_printable(s->text, sizeof(s->text), t, strlen(t));
 }
 
+static const char *const state_names[] = {
+	[POP3_AUTHORIZATION] = "authorization",
+	[POP3_TRANSACTION] = "transaction",
+	[POP3_UPDATE] = "update",
+	[POP3_BROKEN] = "broken",
+};
+
+void pop3_session_set_state(struct pop3_session *s, enum pop3_state state)
+{
+	if (mail_conn_state_move("pop3", s->label, state_names, (int)s->state,
+			(int)state, POP3_BROKEN))
+		s->state = state;
+}
+
+bool pop3_session_broken(const struct pop3_session *s)
+{
+	return s->state == POP3_BROKEN;
+}
+
 static mailstream *session_stream(struct pop3_session *s)
 {
 	return s->pop3->pop3_stream;
@@ -91,7 +105,7 @@ static const char *stream_reason(struct pop3_session *s)
 static enum backend_status stream_failed(struct pop3_session *s,
 	const char *what, const char **error_r)
 {
-	s->broken = true;
+	pop3_session_set_state(s, POP3_BROKEN);
 	*error_r = errfmt("%s at %s failed: %s", what, s->label,
 		stream_reason(s));
 	return BACKEND_TEMP;
@@ -100,7 +114,7 @@ static enum backend_status stream_failed(struct pop3_session *s,
 static enum backend_status protocol_failed(struct pop3_session *s,
 	const char *what, const char *why, const char **error_r)
 {
-	s->broken = true;
+	pop3_session_set_state(s, POP3_BROKEN);
 	*error_r = errfmt("bad answer to %s from %s: %s", what, s->label, why);
 	return BACKEND_PROTOCOL;
 }
@@ -162,7 +176,7 @@ static int rd_fill(struct rd *r)
 	r->st->read_buffer_len = 0;
 	r->pos = 0;
 	if (mailstream_feed_read_buffer(r->st) <= 0) {
-		r->s->broken = true;
+		pop3_session_set_state(r->s, POP3_BROKEN);
 		return -1;
 	}
 	return 0;
@@ -194,7 +208,7 @@ static int rd_line(struct rd *r, const char **line_r, size_t *len_r)
 			break;
 		}
 		if (have + n > LINE_MAX_LEN) {
-			r->s->broken = true;
+			pop3_session_set_state(r->s, POP3_BROKEN);
 			return -2;
 		}
 		memcpy(r->line + have, p, n);
@@ -340,7 +354,7 @@ static enum backend_status rd_multiline(struct rd *r, const char *what,
 			return BACKEND_OK;
 		if (rc < 0) {
 			rd_done(r);
-			r->s->broken = true;
+			pop3_session_set_state(r->s, POP3_BROKEN);
 			*error_r = "transfer aborted";
 			return BACKEND_TEMP;
 		}
@@ -464,71 +478,20 @@ static enum backend_status session_capa(struct pop3_session *s,
 /* ------------------------------------------------------------------ */
 /* Open and close                                                      */
 
-static enum backend_status check_endpoint(const struct pop3_endpoint *ep,
-	const char **error_r)
-{
-	if (ep->host == NULL || ep->host[0] == '\0') {
-		*error_r = "no POP3 server given";
-		return BACKEND_INVALID;
-	}
-	if (ep->user == NULL || ep->user[0] == '\0' ||
-	    (ep->password == NULL && ep->token == NULL)) {
-		*error_r = "no POP3 user name or password given";
-		return BACKEND_INVALID;
-	}
-	/* libetpan sends them verbatim: a line break would end the command
-	 * and start one of the server's choosing.  (A C string holds no
-	 * NUL; secret_read_password refuses passwords that had one.) */
-	if (strpbrk(ep->user, "\r\n") != NULL ||
-	    strlen(ep->user) > CREDENTIAL_MAX) {
-		*error_r = "the POP3 user name contains a line break or is too long";
-		return BACKEND_INVALID;
-	}
-	if (ep->password != NULL && (strpbrk(ep->password, "\r\n") != NULL ||
-	    strlen(ep->password) > CREDENTIAL_MAX)) {
-		*error_r = "the POP3 password contains a line break or is too long";
-		return BACKEND_INVALID;
-	}
-	if ((ep->tls == POP3_TLS_IMPLICIT || ep->tls == POP3_TLS_STARTTLS) &&
-	    ep->tls_ctx == NULL) {
-		*error_r = "TLS requested without a TLS context";
-		return BACKEND_INVALID;
-	}
-	return BACKEND_OK;
-}
+/* The grammar of connecting (proto/mail_conn.h). */
 
-/* Connects and reads the greeting. */
-static enum backend_status session_connect(struct pop3_session *s,
-	const char **error_r)
+/* Takes the stream and reads the greeting. */
+static enum backend_status grammar_greeting(void *ctx, mailstream *stream,
+	bool *preauth_r, const char **error_r)
 {
-	const struct pop3_endpoint *ep = s->ep;
-	enum net_failure failure;
-	mailstream *stream;
+	struct pop3_session *s = ctx;
 	int r;
 
-	stream = net_stream_open(ep->host, ep->port,
-		ep->tls == POP3_TLS_IMPLICIT ? ep->tls_ctx : NULL,
-		ep->timeout_s, &failure, error_r);
-	if (stream == NULL) {
-		s->broken = true;
-		switch (failure) {
-		case NET_CONNECT:
-			return BACKEND_CONNECT;
-		case NET_TLS:
-			return BACKEND_TLS;
-		default:
-			return BACKEND_TEMP;
-		}
-	}
-
-	/* libetpan reads the greeting and the answers to STLS, USER, PASS
-	 * and QUIT with a line reader that grows without limit. */
-	net_stream_set_line_max(stream, LINE_MAX_LEN);
+	(void)preauth_r;
 	/* From here on the stream belongs to s->pop3, even on failure. */
 	r = mailpop3_connect(s->pop3, stream);
 	if (r == MAILPOP3_NO_ERROR)
 		return BACKEND_OK;
-	s->broken = true;
 	/* libetpan says UNAUTHORIZED for all three cases. */
 	if (net_stream_last_error(stream)[0] != '\0') {
 		*error_r = errfmt("no greeting from %s: %s", s->label,
@@ -546,84 +509,55 @@ static enum backend_status session_connect(struct pop3_session *s,
 	return BACKEND_PROTOCOL;
 }
 
-/* STLS, the handshake, then capabilities afresh. */
-static enum backend_status session_stls(struct pop3_session *s,
-	const char **error_r)
+/* CAPA, before and again after TLS. */
+static enum backend_status grammar_capabilities(void *ctx, bool after_tls,
+	bool *starttls_r, const char **error_r)
 {
-	const struct pop3_endpoint *ep = s->ep;
-	int r;
+	struct pop3_session *s = ctx;
+	enum backend_status st = session_capa(s, error_r);
 
-	r = mailpop3_stls(s->pop3);
-	if (r == MAILPOP3_ERROR_STREAM)
-		return stream_failed(s, "STLS", error_r);
-	if (r == MAILPOP3_ERROR_SSL ||
-	    (r == MAILPOP3_NO_ERROR && session_stream(s)->read_buffer_len != 0)) {
-		/* Patched libetpan (CVE-2020-15953) refuses bytes after the
-		 * +OK itself; net_stream_starttls checks too. */
-		s->broken = true;
-		*error_r = errfmt("server %s sent data before the TLS handshake"
-			" (possible injection attack)", s->label);
-		return BACKEND_TLS;
-	}
-	if (r != MAILPOP3_NO_ERROR) {
-		take_libetpan_text(s);
-		s->broken = true;
+	(void)after_tls;
+	*starttls_r = st == BACKEND_OK && s->caps.stls;
+	return st;
+}
+
+/* STLS by hand: libetpan's mailpop3_stls() reads its answer with an
+ * unbounded line reader, and ours leaves what follows the +OK in the
+ * stream for mail_conn_open() to refuse. */
+static enum backend_status grammar_starttls(void *ctx, const char **error_r)
+{
+	struct pop3_session *s = ctx;
+	enum backend_status st;
+	struct rd r;
+	int rc;
+
+	st = send_command(s, "STLS", "STLS", error_r);
+	if (st == BACKEND_OK)
+		st = flush_commands(s, "STLS", error_r);
+	if (st != BACKEND_OK)
+		return st;
+	rd_init(&r, s);
+	rc = rd_status(&r, "STLS", &st, error_r);
+	if (rc < 0)
+		return st;
+	rd_done(&r);
+	if (rc == 0) {
 		*error_r = errfmt("server %s refused STLS: %s; refusing to"
 			" continue without TLS", s->label, s->text);
 		return BACKEND_PROTOCOL;
 	}
-	/* Refuses bytes that arrived in clear after the +OK. */
-	if (net_stream_starttls(session_stream(s), ep->tls_ctx, ep->host,
-		error_r) < 0) {
-		s->broken = true;
-		return BACKEND_TLS;
-	}
-	/* Nothing learnt in clear text survives the handshake. */
-	return session_capa(s, error_r);
+	return BACKEND_OK;
 }
 
-/* Everything between the greeting and USER that concerns TLS. */
-static enum backend_status session_secure(struct pop3_session *s,
-	const char **error_r)
-{
-	const struct pop3_endpoint *ep = s->ep;
-	enum backend_status st;
-
-	st = session_capa(s, error_r);
-	if (st != BACKEND_OK)
-		return st;
-
-	switch (ep->tls) {
-	case POP3_TLS_IMPLICIT:
-		return BACKEND_OK;
-
-	case POP3_TLS_STARTTLS:
-		if (!s->caps.stls) {
-			s->broken = true;
-			*error_r = errfmt("server %s does not offer STLS;"
-				" refusing to continue without TLS (use pop3s://"
-				" or -o pop3_allow_plaintext)", s->label);
-			return BACKEND_PROTOCOL;
-		}
-		return session_stls(s, error_r);
-
-	case POP3_TLS_NONE:
-	default:
-		/* Once offered, STLS must work: no silent downgrade. */
-		if (ep->tls_ctx != NULL && s->caps.stls)
-			return session_stls(s, error_r);
-		if (!net_stream_peer_is_loopback(session_stream(s))) {
-			s->broken = true;
-			*error_r = errfmt("server %s does not offer STLS;"
-				" refusing to send the password in clear text"
-				" to a host not on loopback", s->label);
-			return BACKEND_PROTOCOL;
-		}
-		log_warn("pop3 %s: no TLS, credentials and mail travel in clear"
-			" text", s->label);
-		return BACKEND_OK;
-	}
-}
+static const struct mail_grammar pop3_grammar = {
+	.proto = MAIL_POP3,
+	/* libetpan reads the greeting and the answers to USER, PASS and
+	 * QUIT. */
+	.line_max = LINE_MAX_LEN,
+	.greeting = grammar_greeting,
+	.capabilities = grammar_capabilities,
+	.starttls = grammar_starttls,
+};
 
 /* RFC 3206 response codes tell a locked maildrop from a bad password. */
 static enum backend_status login_status(const char *text)
@@ -658,104 +592,111 @@ static enum backend_status send_secret(struct pop3_session *s,
 /* Longest AUTH line with an initial response (RFC 5034 4): a longer
  * response waits for the server's empty challenge. */
 #define AUTH_IR_MAX 255
-/* The most challenges one exchange may bring before mailfs gives up. */
-#define SASL_ROUNDS_MAX 4
+/* One AUTH exchange (RFC 5034) as sasl_exchange() drives it. */
+struct auth_io {
+	struct pop3_session *s;
+	enum backend_status st;    /* of a failed exchange */
+	const char **error_r;
+	int ok;                    /* the final answer: 1 +OK, 0 -ERR */
+	char challenge[LINE_MAX_LEN + 1];
+};
 
-/* AUTH with the mechanism of c (RFC 5034).  Returns 1 for +OK, 0 for
- * -ERR (text kept for pop3_session_last_text), -1 with *st_r set when
- * the exchange failed. */
+static int auth_start(void *ctx, const char *name, const char *initial)
+{
+	struct auth_io *io = ctx;
+	char prefix[32];
+
+	snprintf(prefix, sizeof(prefix), "AUTH %s ", name);
+	if (initial != NULL && strlen(prefix) + strlen(initial) <= AUTH_IR_MAX) {
+		io->st = send_secret(io->s, prefix, initial, io->error_r);
+		return io->st == BACKEND_OK ? 1 : -1;
+	}
+	io->st = send_secret(io->s, "AUTH ", name, io->error_r);
+	return io->st == BACKEND_OK ? 0 : -1;
+}
+
+static int auth_send(void *ctx, const char *line)
+{
+	struct auth_io *io = ctx;
+
+	io->st = send_secret(io->s, "", line, io->error_r);
+	return io->st == BACKEND_OK ? 0 : -1;
+}
+
+static int auth_read(void *ctx, const char **text_r, size_t *len_r)
+{
+	struct auth_io *io = ctx;
+	struct pop3_session *s = io->s;
+	const char *line;
+	size_t len, at;
+	struct rd r;
+	int rc;
+
+	rd_init(&r, s);
+	rc = rd_line(&r, &line, &len);
+	if (rc < 0) {
+		io->st = line_failed(&r, rc, "AUTH", io->error_r);
+		return -1;
+	}
+	if ((len >= 3 && memcmp(line, "+OK", 3) == 0) ||
+	    (len >= 4 && memcmp(line, "-ERR", 4) == 0)) {
+		at = line[0] == '+' ? 3 : 4;
+		io->ok = line[0] == '+';
+		if (at < len && line[at] == ' ')
+			at++;
+		mail_copy_printable(s->text, sizeof(s->text), line + at,
+			len - at);
+		rd_done(&r);
+		return 0;
+	}
+	if (len == 0 || line[0] != '+') {
+		rd_done(&r);
+		io->st = protocol_failed(s, "AUTH", "neither a challenge nor"
+			" +OK or -ERR", io->error_r);
+		return -1;
+	}
+	/* "+ challenge": the rest of the line, base64 */
+	for (at = 1; at < len && line[at] == ' '; at++)
+		;
+	memcpy(io->challenge, line + at, len - at);
+	io->challenge[len - at] = '\0';
+	rd_done(&r);
+	*text_r = io->challenge;
+	*len_r = len - at;
+	return 1;
+}
+
+static const struct sasl_framing auth_framing = {
+	.start = auth_start,
+	.send = auth_send,
+	.read = auth_read,
+};
+
+/* AUTH with the mechanism of c.  Returns 1 for +OK, 0 for -ERR (text
+ * kept for pop3_session_last_text), -1 with *st_r set when the exchange
+ * failed.  libetpan's idea of the state stays "authorization": only its
+ * QUIT runs after this, which takes either. */
 static int auth_sasl(struct pop3_session *s, struct sasl_client *c,
 	enum backend_status *st_r, const char **error_r)
 {
-	size_t ilen = 0;
-	unsigned char *initial = sasl_initial_response(c, &ilen);
-	char *b64 = initial == NULL ? NULL : ilen == 0 ? strdup("=") :
-		sasl_b64_encode(initial, ilen);
-	const char *name = sasl_name(c->mech);
-	bool sent_initial;
-	char prefix[32];
-	int ok = -1;
+	struct auth_io io = { .s = s, .st = BACKEND_OK, .error_r = error_r };
 
-	sasl_free(initial, ilen);
-	if (b64 == NULL) {
+	switch (sasl_exchange(c, &auth_framing, &io)) {
+	case SASL_DONE:
+		return io.ok;
+	case SASL_FAILED:
+		*st_r = io.st;
+		return -1;
+	case SASL_NO_MEMORY:
 		*error_r = "out of memory";
 		*st_r = BACKEND_TEMP;
 		return -1;
+	case SASL_ENDLESS:
+	default:
+		*st_r = protocol_failed(s, "AUTH", "challenges after a cancel",
+			error_r);
+		return -1;
 	}
-	snprintf(prefix, sizeof(prefix), "AUTH %s ", name);
-	sent_initial = c->mech != SASL_LOGIN &&
-		strlen(prefix) + strlen(b64) <= AUTH_IR_MAX;
-	*st_r = sent_initial ? send_secret(s, prefix, b64, error_r) :
-		send_secret(s, "AUTH ", name, error_r);
-	for (unsigned round = 0; *st_r == BACKEND_OK; round++) {
-		const char *line;
-		size_t len, clen = 0, rlen = 0;
-		unsigned char *challenge = NULL, *resp = NULL;
-		bool cancel = true;
-		char *answer;
-		struct rd r;
-		int rc;
-
-		rd_init(&r, s);
-		rc = rd_line(&r, &line, &len);
-		if (rc < 0) {
-			*st_r = line_failed(&r, rc, "AUTH", error_r);
-			break;
-		}
-		if ((len >= 3 && memcmp(line, "+OK", 3) == 0) ||
-		    (len >= 4 && memcmp(line, "-ERR", 4) == 0)) {
-			size_t skip = line[0] == '+' ? 3 : 4;
-
-			ok = line[0] == '+';
-			if (skip < len && line[skip] == ' ')
-				skip++;
-			mail_copy_printable(s->text, sizeof(s->text),
-				line + skip, len - skip);
-			rd_done(&r);
-			break;
-		}
-		if (len == 0 || line[0] != '+') {
-			rd_done(&r);
-			*st_r = protocol_failed(s, "AUTH", "neither a challenge"
-				" nor +OK or -ERR", error_r);
-			break;
-		}
-		/* "+ challenge": the rest of the line, base64 */
-		size_t at = 1;
-
-		while (at < len && line[at] == ' ')
-			at++;
-		if (!sent_initial) {
-			rd_done(&r);
-			sent_initial = true;
-			*st_r = send_secret(s, "",
-				strcmp(b64, "=") == 0 ? "" : b64, error_r);
-			continue;
-		}
-		if (round < SASL_ROUNDS_MAX)
-			challenge = sasl_b64_decode(line + at, len - at, &clen);
-		rd_done(&r);
-		if (challenge != NULL)
-			resp = sasl_next_response(c, challenge, clen, &rlen,
-				&cancel);
-		free(challenge);
-		answer = resp == NULL || cancel ? strdup("*") : rlen == 0 ?
-			strdup("") : sasl_b64_encode(resp, rlen);
-		sasl_free(resp, rlen);
-		if (answer == NULL) {
-			*error_r = "out of memory";
-			*st_r = BACKEND_TEMP;
-			break;
-		}
-		*st_r = send_secret(s, "", answer, error_r);
-		OPENSSL_cleanse(answer, strlen(answer));
-		free(answer);
-	}
-	OPENSSL_cleanse(b64, strlen(b64));
-	free(b64);
-	/* libetpan's idea of the state stays "authorization": only its
-	 * QUIT runs after this, which takes either. */
-	return *st_r == BACKEND_OK ? ok : -1;
 }
 
 /* Whether the server offers AUTH name (for sasl_choose). */
@@ -773,7 +714,7 @@ static bool offers_auth(const char *name, void *ctx)
 static enum backend_status login_refused(struct pop3_session *s,
 	const char **error_r)
 {
-	const struct pop3_endpoint *ep = s->ep;
+	const struct mail_endpoint *ep = s->ep;
 	enum backend_status st = login_status(s->text);
 
 	if (st == BACKEND_TEMP)
@@ -791,7 +732,7 @@ static enum backend_status login_refused(struct pop3_session *s,
 static enum backend_status login_with_token(struct pop3_session *s,
 	const char **error_r)
 {
-	const struct pop3_endpoint *ep = s->ep;
+	const struct mail_endpoint *ep = s->ep;
 	enum backend_status st = BACKEND_AUTH;
 	enum sasl_mech mech;
 
@@ -834,7 +775,7 @@ static enum backend_status login_with_token(struct pop3_session *s,
 static enum backend_status session_login(struct pop3_session *s,
 	const char **error_r)
 {
-	const struct pop3_endpoint *ep = s->ep;
+	const struct mail_endpoint *ep = s->ep;
 	enum backend_status st;
 	int r;
 
@@ -869,31 +810,21 @@ static enum backend_status session_login(struct pop3_session *s,
 	return login_refused(s, error_r);
 }
 
-enum backend_status pop3_session_open(const struct pop3_endpoint *ep,
+enum backend_status pop3_session_open(const struct mail_endpoint *ep,
 	struct pop3_session **session_r, const char **error_r)
 {
 	struct pop3_session *s;
 	enum backend_status st;
+	bool preauth;
 
 	*session_r = NULL;
-	st = check_endpoint(ep, error_r);
-	if (st != BACKEND_OK)
-		return st;
-
 	s = calloc(1, sizeof(*s));
 	if (s == NULL) {
 		*error_r = "out of memory";
 		return BACKEND_TEMP;
 	}
 	s->ep = ep;
-	/* Logging must not use errfmt(): it runs inside I/O and would
-	 * recycle error strings callers still hold. */
-	if (strchr(ep->host, ':') != NULL)
-		snprintf(s->label, sizeof(s->label), "[%s]:%u", ep->host,
-			ep->port);
-	else
-		snprintf(s->label, sizeof(s->label), "%s:%u", ep->host,
-			ep->port);
+	mail_conn_label(s->label, sizeof(s->label), ep->host, ep->port);
 	s->pop3 = mailpop3_new(0, NULL);
 	if (s->pop3 == NULL) {
 		*error_r = "out of memory";
@@ -906,10 +837,8 @@ enum backend_status pop3_session_open(const struct pop3_endpoint *ep,
 	if (log_debug_enabled())
 		mailpop3_set_logger(s->pop3, session_logger, s);
 
-	st = session_connect(s, error_r);
-	if (st != BACKEND_OK)
-		goto out_close;
-	st = session_secure(s, error_r);
+	st = mail_conn_open(ep, &pop3_grammar, s, s->label, &preauth,
+		error_r);
 	if (st != BACKEND_OK)
 		goto out_close;
 	st = session_login(s, error_r);
@@ -922,6 +851,7 @@ enum backend_status pop3_session_open(const struct pop3_endpoint *ep,
 
 	/* Until QUIT only our own readers read, message lines included. */
 	net_stream_set_line_max(session_stream(s), 0);
+	pop3_session_set_state(s, POP3_TRANSACTION);
 	log_debug("pop3 %s: session ready (%s%s%s%s)", s->label,
 		net_stream_is_tls(session_stream(s)) ? "TLS" : "plain text",
 		s->caps.top ? ", TOP" : "", s->caps.uidl ? ", UIDL" : "",
@@ -931,7 +861,7 @@ enum backend_status pop3_session_open(const struct pop3_endpoint *ep,
 
 out_close:
 	/* Never QUIT a session that did not open: it may stall again. */
-	s->broken = true;
+	pop3_session_set_state(s, POP3_BROKEN);
 	pop3_session_close(&s);
 	return st;
 }
@@ -946,7 +876,7 @@ void pop3_session_close(struct pop3_session **session)
 	*session = NULL;
 	pop3 = s->pop3;
 	if (pop3 != NULL) {
-		if (pop3->pop3_stream != NULL && !s->broken) {
+		if (pop3->pop3_stream != NULL && !pop3_session_broken(s)) {
 			int t = s->ep->timeout_s;
 
 			if (t <= 0 || t > QUIT_TIMEOUT_S)
@@ -956,6 +886,7 @@ void pop3_session_close(struct pop3_session **session)
 				LINE_MAX_LEN);
 			/* Nothing is marked deleted, so the UPDATE state
 			 * QUIT enters removes nothing. */
+			pop3_session_set_state(s, POP3_UPDATE);
 			mailpop3_quit(pop3);        /* closes the stream */
 		}
 		/* mailpop3_free() would send QUIT on anything left, and
@@ -1070,7 +1001,7 @@ static enum backend_status read_list(struct pop3_session *s,
 			if (grown == NULL) {
 				/* The rest of the answer is still coming. */
 				rd_done(&r);
-				s->broken = true;
+				pop3_session_set_state(s, POP3_BROKEN);
 				st = BACKEND_TEMP;
 				*error_r = "out of memory";
 				goto out_free;
@@ -1186,7 +1117,7 @@ enum backend_status pop3_session_scan(struct pop3_session *s,
 	*entries_r = NULL;
 	*count_r = 0;
 	*have_uidl_r = false;
-	if (s->broken) {
+	if (pop3_session_broken(s)) {
 		*error_r = errfmt("session with %s is broken", s->label);
 		return BACKEND_TEMP;
 	}
@@ -1332,7 +1263,7 @@ enum backend_status pop3_session_headers(struct pop3_session *s,
 	size_t done = 0;
 
 	memset(out, 0, n * sizeof(*out));
-	if (s->broken) {
+	if (pop3_session_broken(s)) {
 		*error_r = errfmt("session with %s is broken", s->label);
 		return BACKEND_TEMP;
 	}
@@ -1449,7 +1380,7 @@ enum backend_status pop3_session_retr(struct pop3_session *s, unsigned num,
 	enum backend_status st;
 	char cmd[48];
 
-	if (s->broken) {
+	if (pop3_session_broken(s)) {
 		*error_r = errfmt("session with %s is broken", s->label);
 		return BACKEND_TEMP;
 	}
@@ -1461,7 +1392,7 @@ enum backend_status pop3_session_retr(struct pop3_session *s, unsigned num,
 	if (!s->caps.known || s->caps.top) {
 		snprintf(cmd, sizeof(cmd), "TOP %u %u", num, 2147483647u);
 		st = fetch_whole(s, "TOP", cmd, num, sink, ctx, error_r);
-		if (st != BACKEND_NOT_FOUND || s->broken)
+		if (st != BACKEND_NOT_FOUND || pop3_session_broken(s))
 			return st;
 		log_debug("pop3 %s: TOP refused; reading with RETR", s->label);
 	}

@@ -21,35 +21,13 @@
 #include <libetpan/libetpan.h>
 #include <openssl/ssl.h>
 
+#include "proto/mail_conn.h"
 #include "proto/sasl.h"
 #include "src/backend.h"
 #include "src/token_source.h"
 
 /* RFC 1939: a unique-id is 1 to 70 characters from 0x21 to 0x7E. */
 #define POP3_UIDL_MAX 70
-
-enum pop3_tls_mode {
-	POP3_TLS_IMPLICIT,   /* pop3s:// */
-	POP3_TLS_STARTTLS,   /* pop3://, STLS required */
-	POP3_TLS_NONE,       /* pop3:// with allow_plaintext: STLS if
-	                        offered, else plaintext */
-};
-
-/* Where and how to connect.  Borrowed by pop3_session_open; must outlive
- * every session opened with it (and the backend using it). */
-struct pop3_endpoint {
-	const char *host;
-	uint16_t port;
-	enum pop3_tls_mode tls;
-	SSL_CTX *tls_ctx;       /* from net_tls_context_new; may be NULL
-	                           only with POP3_TLS_NONE */
-	const char *user;
-	const char *password;   /* NULL when token is set */
-	struct token_source *token;  /* OAuth2 access tokens, or NULL */
-	enum sasl_choice auth;  /* how to log in: USER/PASS or AUTH */
-	int timeout_s;          /* per wait; each command exchange gets the
-	                           overall deadline of proto/net_stream.h */
-};
 
 /* Capabilities (RFC 2449) as listed after login.  When the server has no
  * CAPA (known == false), TOP and UIDL are simply tried. */
@@ -59,13 +37,24 @@ struct pop3_caps {
 	bool sasl_plain, sasl_login, sasl_xoauth2, sasl_oauthbearer;
 };
 
+/* Where a session is (RFC 1939's states).  Every change goes through
+ * pop3_session_set_state() (logged at debug level).  BROKEN is final:
+ * the stream is dead or client and server are out of step; the session
+ * is not reused. */
+enum pop3_state {
+	POP3_AUTHORIZATION,     /* greeting, TLS, login */
+	POP3_TRANSACTION,       /* logged in: commands */
+	POP3_UPDATE,            /* QUIT sent */
+	POP3_BROKEN,
+};
+
 struct pop3_session {
 	mailpop3 *pop3;         /* owned */
 	struct pop3_caps caps;
 	bool no_top;            /* TOP failed once: headers come from RETR */
-	bool broken;            /* stream dead or out of step: do not reuse */
+	enum pop3_state state;
 	bool quiet;             /* debug log shows byte counts, not mail */
-	const struct pop3_endpoint *ep;  /* borrowed from pop3_session_open */
+	const struct mail_endpoint *ep;  /* borrowed from pop3_session_open */
 	char text[256];         /* pop3_session_last_text(), sanitised */
 	char label[280];        /* "host:port" for log lines */
 };
@@ -106,8 +95,14 @@ typedef int pop3_sink_fn(void *ctx, const char *data, size_t len);
  *   BACKEND_REFUSED   login refused with [SYS/PERM]
  *   BACKEND_PROTOCOL  bad greeting (not POP3), no STLS when required or
  *                     STLS refused */
-enum backend_status pop3_session_open(const struct pop3_endpoint *ep,
+enum backend_status pop3_session_open(const struct mail_endpoint *ep,
 	struct pop3_session **session_r, const char **error_r);
+
+/* Moves s to state (see enum pop3_state); nothing leaves BROKEN. */
+void pop3_session_set_state(struct pop3_session *s, enum pop3_state state);
+
+/* True once the session is BROKEN. */
+bool pop3_session_broken(const struct pop3_session *s);
 
 /* Sends QUIT (best effort, at most a few seconds) unless broken, closes,
  * frees, and sets *session to NULL.  NULL is ignored. */

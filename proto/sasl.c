@@ -278,3 +278,91 @@ unsigned char *sasl_b64_decode(const char *text, size_t len, size_t *len_r)
 	out[*len_r] = '\0';
 	return out;
 }
+
+/* The most challenges one exchange may bring before mailfs gives up. */
+#define SASL_ROUNDS_MAX 4
+
+static void free_line(char *p)
+{
+	if (p != NULL) {
+		OPENSSL_cleanse(p, strlen(p));
+		free(p);
+	}
+}
+
+/* The base64 answer to one challenge, "*" to cancel; NULL when out of
+ * memory. */
+static char *answer_challenge(struct sasl_client *c, const char *text,
+	size_t len, unsigned round)
+{
+	unsigned char *challenge = NULL, *resp = NULL;
+	size_t clen = 0, rlen = 0;
+	bool cancel = true;
+	char *answer;
+
+	if (round < SASL_ROUNDS_MAX) {
+		challenge = sasl_b64_decode(text, len, &clen);
+		if (challenge != NULL) {
+			resp = sasl_next_response(c, challenge, clen, &rlen,
+				&cancel);
+			free(challenge);
+			if (resp == NULL)
+				return NULL;
+		}
+	}
+	answer = cancel ? strdup("*") : rlen == 0 ? strdup("") :
+		sasl_b64_encode(resp, rlen);
+	sasl_free(resp, rlen);
+	return answer;
+}
+
+enum sasl_result sasl_exchange(struct sasl_client *c,
+	const struct sasl_framing *f, void *ctx)
+{
+	size_t ilen = 0;
+	unsigned char *initial = sasl_initial_response(c, &ilen);
+	char *b64 = initial == NULL ? NULL : ilen == 0 ? strdup("=") :
+		sasl_b64_encode(initial, ilen);
+	enum sasl_result res = SASL_FAILED;
+	bool sent_initial, cancelled = false;
+	int rc;
+
+	sasl_free(initial, ilen);
+	if (b64 == NULL)
+		return SASL_NO_MEMORY;
+	/* LOGIN's first response answers the server's first prompt. */
+	rc = f->start(ctx, sasl_name(c->mech),
+		c->mech == SASL_LOGIN ? NULL : b64);
+	sent_initial = rc == 1;
+	for (unsigned round = 0; rc >= 0; round++) {
+		const char *text;
+		size_t len;
+		char *answer;
+
+		rc = f->read(ctx, &text, &len);
+		if (rc <= 0) {
+			res = rc == 0 ? SASL_DONE : SASL_FAILED;
+			break;
+		}
+		if (cancelled) {
+			res = SASL_ENDLESS;
+			break;
+		}
+		if (!sent_initial || (round == 0 && len == 0 &&
+				      c->mech != SASL_LOGIN)) {
+			sent_initial = true;
+			rc = f->send(ctx, strcmp(b64, "=") == 0 ? "" : b64);
+			continue;
+		}
+		answer = answer_challenge(c, text, len, round);
+		if (answer == NULL) {
+			res = SASL_NO_MEMORY;
+			break;
+		}
+		cancelled = strcmp(answer, "*") == 0;
+		rc = f->send(ctx, answer);
+		free_line(answer);
+	}
+	free_line(b64);
+	return res;
+}

@@ -82,6 +82,43 @@ unsigned char *sasl_next_response(struct sasl_client *c,
 	const unsigned char *challenge, size_t challenge_len, size_t *len_r,
 	bool *cancel_r);
 
+/* How a protocol frames one exchange for sasl_exchange().  Every line
+ * these send carries a secret: kept out of the debug log. */
+struct sasl_framing {
+	/* Sends the command that starts an exchange with mechanism `name`,
+	 * with `initial` (base64, "=" when empty) on the same line if the
+	 * protocol allows a line that long, else without it (initial is NULL
+	 * for LOGIN).  Returns 1 when initial went on the line, 0 when not,
+	 * -1 when the exchange failed. */
+	int (*start)(void *ctx, const char *name, const char *initial);
+	/* Sends one line: base64, "" for an empty response, "*" to cancel.
+	 * 0, or -1 when the exchange failed. */
+	int (*send)(void *ctx, const char *line);
+	/* Reads the server's next answer: 1 for a challenge, its base64 text
+	 * (blanks after the marker skipped) in *text_r, *len_r (valid until
+	 * the next call); 0 for the final answer, which the protocol keeps;
+	 * -1 when the exchange failed. */
+	int (*read)(void *ctx, const char **text_r, size_t *len_r);
+};
+
+enum sasl_result {
+	SASL_DONE,          /* the server gave its final answer */
+	SASL_FAILED,        /* the framing failed (it says why) */
+	SASL_NO_MEMORY,
+	SASL_ENDLESS,       /* the server challenges on after a cancel: the
+	                       exchange is out of step */
+};
+
+/* One exchange of c's mechanism through f: the command with the initial
+ * response (or the response to the first prompt: LOGIN, or a server that
+ * takes none on the line), then an answer to each challenge as
+ * sasl_next_response() gives it, at most a few, then "*".  A server that
+ * sends an empty first challenge although the initial response rode on
+ * the command (Microsoft's two-step XOAUTH2) gets the initial response
+ * again. */
+enum sasl_result sasl_exchange(struct sasl_client *c,
+	const struct sasl_framing *f, void *ctx);
+
 /* Wipes and frees a response. */
 void sasl_free(unsigned char *response, size_t len);
 

@@ -54,7 +54,6 @@
  * lines may be longer (RFC 4954: 12288). */
 #define COMMAND_MAX 512
 #define AUTH_LINE_MAX 12288
-#define CREDENTIAL_MAX 1024
 #define ADDRESS_MAX 256
 #define HELO_NAME_MAX 255
 
@@ -89,7 +88,8 @@ static const char *const state_names[] = {
 };
 
 struct smtp_session {
-	const struct smtp_endpoint *ep;   /* borrowed */
+	const struct mail_endpoint *ep;   /* borrowed */
+	const char *helo_name;            /* borrowed; NULL: our address */
 	mailsmtp *smtp;                   /* owned; ->stream is the connection */
 	struct smtp_caps caps;
 	enum smtp_state state;
@@ -106,11 +106,9 @@ struct smtp_session {
 
 static void set_state(struct smtp_session *s, enum smtp_state state)
 {
-	if (s->state == state || s->state == ST_BROKEN)
-		return;
-	log_debug("smtp %s: %s -> %s", s->label, state_names[s->state],
-		state_names[state]);
-	s->state = state;
+	if (mail_conn_state_move("smtp", s->label, state_names, (int)s->state,
+			(int)state, ST_BROKEN))
+		s->state = state;
 }
 
 static bool is_broken(const struct smtp_session *s)
@@ -118,8 +116,6 @@ static bool is_broken(const struct smtp_session *s)
 	return s->state == ST_BROKEN;
 }
 
-/* Appends src[0..len) to dst (size bytes, NUL-terminated), control
- * characters as '?', dropping what does not fit. */
 /* Something we may put between '<' and '>' on a command line. */
 static bool address_sendable(const char *addr)
 {
@@ -385,8 +381,8 @@ static void helo_name(struct smtp_session *s, char *buf, size_t size)
 	char addr[INET6_ADDRSTRLEN];
 	int fd;
 
-	if (s->ep->helo_name != NULL) {
-		snprintf(buf, size, "%s", s->ep->helo_name);
+	if (s->helo_name != NULL) {
+		snprintf(buf, size, "%s", s->helo_name);
 		return;
 	}
 	fd = mailstream_low_get_fd(mailstream_get_low(s->smtp->stream));
@@ -439,87 +435,28 @@ static enum backend_status session_ehlo(struct smtp_session *s,
 /* ------------------------------------------------------------------ */
 /* TLS                                                                 */
 
-static enum backend_status session_starttls(struct smtp_session *s,
-	const char **error_r)
+static enum backend_status grammar_starttls(void *ctx, const char **error_r)
 {
+	struct smtp_session *s = ctx;
 	struct smtp_reply reply;
 	int code;
 
 	set_state(s, ST_STARTTLS);
 	code = command(s, &reply, "STARTTLS");
-	if (code != 220) {
-		set_state(s, ST_BROKEN);
-		if (code == 0 || code / 100 == 4) {
-			*error_r = errfmt("STARTTLS at %s failed: %s", s->label,
-				reply.text);
-			return BACKEND_TEMP;
-		}
-		*error_r = errfmt("server %s refused STARTTLS: %s; refusing to"
-			" continue without TLS", s->label, reply.text);
-		return BACKEND_PROTOCOL;
-	}
-	if (s->smtp->stream->read_buffer_len != 0) {
-		set_state(s, ST_BROKEN);
-		*error_r = errfmt("server %s sent data before the TLS handshake"
-			" (possible injection attack)", s->label);
-		return BACKEND_TLS;
-	}
-	if (net_stream_starttls(s->smtp->stream, s->ep->tls_ctx, s->ep->host,
-		error_r) < 0) {
-		set_state(s, ST_BROKEN);
-		return BACKEND_TLS;
-	}
-	/* Nothing learnt in clear text survives the handshake. */
-	memset(&s->caps, 0, sizeof(s->caps));
-	return session_ehlo(s, false, error_r);
-}
-
-static enum backend_status session_secure(struct smtp_session *s,
-	const char **error_r)
-{
-	const struct smtp_endpoint *ep = s->ep;
-
-	switch (ep->tls) {
-	case SMTP_TLS_IMPLICIT:
+	if (code == 220)
 		return BACKEND_OK;
-	case SMTP_TLS_STARTTLS:
-		if (!s->caps.starttls) {
-			set_state(s, ST_BROKEN);
-			*error_r = errfmt("server %s does not offer STARTTLS;"
-				" refusing to continue without TLS (use"
-				" smtps:// or -o smtp_allow_plaintext)", s->label);
-			return BACKEND_PROTOCOL;
-		}
-		return session_starttls(s, error_r);
-	case SMTP_TLS_NONE:
-	default:
-		/* Once offered, STARTTLS must work: no silent downgrade. */
-		if (ep->tls_ctx != NULL && s->caps.starttls)
-			return session_starttls(s, error_r);
-		if (ep->user != NULL &&
-		    !net_stream_peer_is_loopback(s->smtp->stream)) {
-			set_state(s, ST_BROKEN);
-			*error_r = errfmt("server %s does not offer STARTTLS;"
-				" refusing to send the password in clear text"
-				" to a host not on loopback", s->label);
-			return BACKEND_PROTOCOL;
-		}
-		log_warn("smtp %s: no TLS, credentials and mail travel in clear"
-			" text", s->label);
-		return BACKEND_OK;
+	if (code == 0 || code / 100 == 4) {
+		*error_r = errfmt("STARTTLS at %s failed: %s", s->label,
+			reply.text);
+		return BACKEND_TEMP;
 	}
+	*error_r = errfmt("server %s refused STARTTLS: %s; refusing to"
+		" continue without TLS", s->label, reply.text);
+	return BACKEND_PROTOCOL;
 }
 
 /* ------------------------------------------------------------------ */
 /* AUTH                                                                */
-
-static void free_secret(char *p)
-{
-	if (p != NULL) {
-		OPENSSL_cleanse(p, strlen(p));
-		free(p);
-	}
-}
 
 /* Sends one private line and reads the reply. */
 static int secret_exchange(struct smtp_session *s, const char *prefix,
@@ -549,75 +486,81 @@ static int secret_exchange(struct smtp_session *s, const char *prefix,
 	return read_reply(s, reply);
 }
 
-/* The most challenges one exchange may bring before mailfs gives up. */
-#define SASL_ROUNDS_MAX 4
+/* One AUTH exchange (RFC 4954) as sasl_exchange() drives it. */
+struct auth_io {
+	struct smtp_session *s;
+	struct smtp_reply *reply;  /* the last reply */
+};
 
-/* AUTH with the mechanism of c (RFC 4954).  The initial response rides
- * on the AUTH line ("=" when empty), except for LOGIN, whose first prompt
- * gets it; a server that still sends an empty 334 first (Microsoft's
- * two-step XOAUTH2) gets it then.  Later challenges are answered as
- * sasl.h says, so an OAuth2 error challenge ends in the server's final
- * failure.  Returns the final reply code, 0 when there was none. */
+/* Sends one private line and reads the reply; 0 when the exchange
+ * failed. */
+static int auth_line(struct auth_io *io, const char *prefix, const char *b64)
+{
+	return secret_exchange(io->s, prefix, b64, io->reply) == 0 ? -1 : 0;
+}
+
+static int auth_start(void *ctx, const char *name, const char *initial)
+{
+	struct auth_io *io = ctx;
+	char prefix[32];
+
+	snprintf(prefix, sizeof(prefix), "AUTH %s%s", name,
+		initial != NULL ? " " : "");
+	return auth_line(io, prefix, initial != NULL ? initial : "") < 0 ?
+		-1 : initial != NULL;
+}
+
+static int auth_send(void *ctx, const char *line)
+{
+	return auth_line(ctx, "", line);
+}
+
+/* The reply secret_exchange() read: a 334 is a challenge. */
+static int auth_read(void *ctx, const char **text_r, size_t *len_r)
+{
+	struct auth_io *io = ctx;
+	const char *text = io->reply->text + 3;
+
+	if (io->reply->code != 334)
+		return 0;
+	while (*text == ' ')
+		text++;
+	*text_r = text;
+	*len_r = strlen(text);
+	return 1;
+}
+
+static const struct sasl_framing auth_framing = {
+	.start = auth_start,
+	.send = auth_send,
+	.read = auth_read,
+};
+
+/* AUTH with the mechanism of c.  Returns the final reply code, 0 when
+ * there was none (then the session is broken). */
 static int auth_sasl(struct smtp_session *s, struct sasl_client *c,
 	struct smtp_reply *reply)
 {
-	size_t ilen = 0;
-	unsigned char *initial = sasl_initial_response(c, &ilen);
-	char *b64 = initial == NULL ? NULL : ilen == 0 ? strdup("=") :
-		sasl_b64_encode(initial, ilen);
-	bool sent_initial = c->mech != SASL_LOGIN;
-	char prefix[32];
-	int code = 0;
+	struct auth_io io = { .s = s, .reply = reply };
 
-	sasl_free(initial, ilen);
-	if (b64 == NULL) {
+	reply->code = 0;
+	reply->text[0] = '\0';
+	switch (sasl_exchange(c, &auth_framing, &io)) {
+	case SASL_DONE:
+		return reply->code;
+	case SASL_NO_MEMORY:
 		reply_none(s, reply, "out of memory");
-		return 0;
+		break;
+	case SASL_ENDLESS:
+		reply_none(s, reply, "the server went on after AUTH was"
+			" cancelled");
+		break;
+	case SASL_FAILED:
+	default:
+		break;
 	}
-	snprintf(prefix, sizeof(prefix), "AUTH %s ", sasl_name(c->mech));
-	if (sent_initial)
-		code = secret_exchange(s, prefix, b64, reply);
-	else
-		code = command(s, reply, "AUTH %s", sasl_name(c->mech));
-	for (unsigned round = 0; code == 334; round++) {
-		const char *text = reply->text + 3;
-		size_t clen = 0, rlen = 0;
-		unsigned char *challenge, *resp = NULL;
-		bool cancel = true;
-		char *answer;
-
-		while (*text == ' ')
-			text++;
-		/* An empty first challenge: the server wants the initial
-		 * response now, even after one on the AUTH line. */
-		if (!sent_initial || (round == 0 && *text == '\0' &&
-				      c->mech != SASL_LOGIN)) {
-			sent_initial = true;
-			code = secret_exchange(s, "",
-				strcmp(b64, "=") == 0 ? "" : b64, reply);
-			continue;
-		}
-		challenge = round < SASL_ROUNDS_MAX ?
-			sasl_b64_decode(text, strlen(text), &clen) : NULL;
-		if (challenge != NULL)
-			resp = sasl_next_response(c, challenge, clen, &rlen,
-				&cancel);
-		free(challenge);
-		answer = resp == NULL || cancel ? strdup("*") : rlen == 0 ?
-			strdup("") : sasl_b64_encode(resp, rlen);
-		sasl_free(resp, rlen);
-		if (answer == NULL) {
-			reply_none(s, reply, "out of memory");
-			code = 0;
-			break;
-		}
-		code = secret_exchange(s, "", answer, reply);
-		if (strcmp(answer, "*") == 0 && code == 334)
-			code = 535;     /* it will not stop: give up */
-		free_secret(answer);
-	}
-	free_secret(b64);
-	return code;
+	mark_broken(s, reply);
+	return 0;
 }
 
 /* Whether the server offers AUTH name (for sasl_choose). */
@@ -638,7 +581,7 @@ static bool offers_auth(const char *name, void *ctx)
 static int auth_token(struct smtp_session *s, enum sasl_mech mech,
 	struct smtp_reply *reply, const char **error_r)
 {
-	const struct smtp_endpoint *ep = s->ep;
+	const struct mail_endpoint *ep = s->ep;
 	int code = 0;
 
 	for (int attempt = 0; attempt < 2; attempt++) {
@@ -665,7 +608,7 @@ static int auth_token(struct smtp_session *s, enum sasl_mech mech,
 static enum backend_status session_auth(struct smtp_session *s,
 	const char **error_r)
 {
-	const struct smtp_endpoint *ep = s->ep;
+	const struct mail_endpoint *ep = s->ep;
 	struct smtp_reply reply = { 0 };
 	enum sasl_mech mech;
 	int code;
@@ -709,37 +652,6 @@ static enum backend_status session_auth(struct smtp_session *s,
 /* ------------------------------------------------------------------ */
 /* Open and close                                                      */
 
-static enum backend_status check_endpoint(const struct smtp_endpoint *ep,
-	const char **error_r)
-{
-	if (ep->host == NULL || ep->host[0] == '\0') {
-		*error_r = "no SMTP server given";
-		return BACKEND_INVALID;
-	}
-	if (ep->user != NULL &&
-	    ((ep->password == NULL && ep->token == NULL) ||
-	     has_line_break(ep->user) || strlen(ep->user) > CREDENTIAL_MAX ||
-	     (ep->password != NULL && (has_line_break(ep->password) ||
-	      strlen(ep->password) > CREDENTIAL_MAX)))) {
-		*error_r = "the SMTP user name or password is missing, contains"
-			" a line break or is too long";
-		return BACKEND_INVALID;
-	}
-	if (ep->helo_name != NULL &&
-	    (!address_sendable(ep->helo_name) ||
-	     strlen(ep->helo_name) > HELO_NAME_MAX)) {
-		*error_r = "the EHLO name is empty, too long or has a space or"
-			" control character";
-		return BACKEND_INVALID;
-	}
-	if ((ep->tls == SMTP_TLS_IMPLICIT || ep->tls == SMTP_TLS_STARTTLS) &&
-	    ep->tls_ctx == NULL) {
-		*error_r = "TLS requested without a TLS context";
-		return BACKEND_INVALID;
-	}
-	return BACKEND_OK;
-}
-
 int smtp_session_new(const struct smtp_endpoint *ep,
 	struct smtp_session **session_r)
 {
@@ -748,17 +660,12 @@ int smtp_session_new(const struct smtp_endpoint *ep,
 	*session_r = NULL;
 	if (s == NULL)
 		return -1;
-	s->ep = ep;
+	s->ep = &ep->conn;
+	s->helo_name = ep->helo_name;
 	pthread_mutex_init(&s->lock, NULL);
 	atomic_init(&s->cancelled, false);
-	/* Logging must not use errfmt(): it runs inside I/O and would
-	 * recycle error strings callers still hold. */
-	if (ep->host != NULL && strchr(ep->host, ':') != NULL)
-		snprintf(s->label, sizeof(s->label), "[%s]:%u", ep->host,
-			ep->port);
-	else
-		snprintf(s->label, sizeof(s->label), "%s:%u",
-			ep->host != NULL ? ep->host : "?", ep->port);
+	mail_conn_label(s->label, sizeof(s->label), ep->conn.host,
+		ep->conn.port);
 	s->smtp = mailsmtp_new(0, NULL);
 	if (s->smtp == NULL) {
 		pthread_mutex_destroy(&s->lock);
@@ -767,7 +674,8 @@ int smtp_session_new(const struct smtp_endpoint *ep,
 	}
 	/* Only libetpan's own connect helpers read it; our stream enforces
 	 * the timeout. */
-	mailsmtp_set_timeout(s->smtp, ep->timeout_s > 0 ? ep->timeout_s : 0);
+	mailsmtp_set_timeout(s->smtp, ep->conn.timeout_s > 0 ?
+		ep->conn.timeout_s : 0);
 	*session_r = s;
 	return 0;
 }
@@ -795,58 +703,75 @@ static enum backend_status session_greeting(struct smtp_session *s,
 	return code == 554 ? BACKEND_REFUSED : BACKEND_PROTOCOL;
 }
 
-enum backend_status smtp_session_connect(struct smtp_session *s,
-	const char **error_r)
-{
-	const struct smtp_endpoint *ep = s->ep;
-	enum net_failure failure;
-	enum backend_status st;
-	mailstream *stream;
+/* ------------------------------------------------------------------ */
+/* The grammar of connecting (proto/mail_conn.h)                       */
 
-	st = check_endpoint(ep, error_r);
-	if (st != BACKEND_OK)
-		return st;
-	if (s->smtp->stream != NULL) {
-		*error_r = "SMTP session already connected";
-		return BACKEND_INVALID;
-	}
-	stream = net_stream_open(ep->host, ep->port,
-		ep->tls == SMTP_TLS_IMPLICIT ? ep->tls_ctx : NULL,
-		ep->timeout_s, &failure, error_r);
-	if (stream == NULL) {
-		set_state(s, ST_BROKEN);
-		switch (failure) {
-		case NET_CONNECT:
-			return BACKEND_CONNECT;
-		case NET_TLS:
-			return BACKEND_TLS;
-		default:
-			return BACKEND_TEMP;
-		}
-	}
-	/* Every reply is read by libetpan's line reader, which grows without
-	 * limit: lines are bounded as RFC 5321 4.5.3.1.5 bounds them. */
-	net_stream_set_line_max(stream, REPLY_LINE_MAX);
+static enum backend_status grammar_greeting(void *ctx, mailstream *stream,
+	bool *preauth_r, const char **error_r)
+{
+	struct smtp_session *s = ctx;
+
+	(void)preauth_r;
 	pthread_mutex_lock(&s->lock);
 	s->smtp->stream = stream;
 	s->cancel_stream = stream;
 	pthread_mutex_unlock(&s->lock);
 	/* A cancel that came before the stream existed. */
 	if (atomic_load(&s->cancelled)) {
-		set_state(s, ST_BROKEN);
 		*error_r = errfmt("connection to %s cancelled", s->label);
 		return BACKEND_TEMP;
 	}
 	if (log_debug_enabled())
 		mailstream_set_logger(stream, stream_logger, s);
 	set_state(s, ST_GREETING);
+	return session_greeting(s, error_r);
+}
 
-	st = session_greeting(s, error_r);
-	if (st == BACKEND_OK)
-		st = session_ehlo(s, ep->tls == SMTP_TLS_NONE && ep->user == NULL,
-			error_r);
-	if (st == BACKEND_OK)
-		st = session_secure(s, error_r);
+/* EHLO, and afresh after TLS; HELO only where neither TLS nor AUTH can
+ * follow. */
+static enum backend_status grammar_capabilities(void *ctx, bool after_tls,
+	bool *starttls_r, const char **error_r)
+{
+	struct smtp_session *s = ctx;
+	enum backend_status st;
+
+	if (after_tls)
+		memset(&s->caps, 0, sizeof(s->caps));
+	st = session_ehlo(s, !after_tls && s->ep->tls == MAIL_TLS_NONE &&
+		s->ep->user == NULL, error_r);
+	*starttls_r = st == BACKEND_OK && s->caps.starttls;
+	return st;
+}
+
+static const struct mail_grammar smtp_grammar = {
+	.proto = MAIL_SMTP,
+	/* Every reply is read by libetpan's line reader: lines are bounded
+	 * as RFC 5321 4.5.3.1.5 bounds them. */
+	.line_max = REPLY_LINE_MAX,
+	.greeting = grammar_greeting,
+	.capabilities = grammar_capabilities,
+	.starttls = grammar_starttls,
+};
+
+enum backend_status smtp_session_connect(struct smtp_session *s,
+	const char **error_r)
+{
+	const struct mail_endpoint *ep = s->ep;
+	enum backend_status st;
+	bool preauth;
+
+	if (s->helo_name != NULL && (!address_sendable(s->helo_name) ||
+	    strlen(s->helo_name) > HELO_NAME_MAX)) {
+		*error_r = "the EHLO name is empty, too long or has a space or"
+			" control character";
+		return BACKEND_INVALID;
+	}
+	if (s->smtp->stream != NULL) {
+		*error_r = "SMTP session already connected";
+		return BACKEND_INVALID;
+	}
+	st = mail_conn_open(ep, &smtp_grammar, s, s->label, &preauth,
+		error_r);
 	if (st == BACKEND_OK)
 		st = session_auth(s, error_r);
 	if (st != BACKEND_OK) {
@@ -856,7 +781,7 @@ enum backend_status smtp_session_connect(struct smtp_session *s,
 	}
 	set_state(s, ST_READY);
 	log_debug("smtp %s: session ready (%s%s%s%s)", s->label,
-		net_stream_is_tls(stream) ? "TLS" : "plain text",
+		net_stream_is_tls(s->smtp->stream) ? "TLS" : "plain text",
 		s->caps.eightbitmime ? ", 8BITMIME" : "",
 		s->caps.smtputf8 ? ", SMTPUTF8" : "",
 		ep->user != NULL ? ", authenticated" : "");

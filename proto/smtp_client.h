@@ -23,30 +23,16 @@
 #include <stdint.h>
 #include <openssl/ssl.h>
 
+#include "proto/mail_conn.h"
 #include "proto/sasl.h"
 #include "src/backend.h"
 #include "src/token_source.h"
 
-enum smtp_tls_mode {
-	SMTP_TLS_IMPLICIT,   /* smtps://, port 465 */
-	SMTP_TLS_STARTTLS,   /* smtp://, port 587, STARTTLS required */
-	SMTP_TLS_NONE,       /* smtp:// with allow_plaintext: STARTTLS if
-	                        offered (and tls_ctx set), else plain text */
-};
-
 /* Where and how to connect.  Borrowed by smtp_session_open(); must
- * outlive the session. */
+ * outlive the session.  conn.user NULL: no AUTH. */
 struct smtp_endpoint {
-	const char *host;
-	uint16_t port;
-	enum smtp_tls_mode tls;
-	SSL_CTX *tls_ctx;       /* from net_tls_context_new */
-	const char *user;       /* NULL: no AUTH */
-	const char *password;   /* NULL when token is set */
-	struct token_source *token;  /* OAuth2 access tokens, or NULL */
-	enum sasl_choice auth;  /* how to log in */
+	struct mail_endpoint conn;
 	const char *helo_name;  /* NULL: "[our address]" (RFC 5321 4.1.4) */
-	int timeout_s;
 };
 
 /* What the server offers (from its last EHLO). */
@@ -85,7 +71,7 @@ struct smtp_session;
 int smtp_session_new(const struct smtp_endpoint *ep,
 	struct smtp_session **session_r);
 
-/* Connects, reads the greeting, EHLO (HELO only with SMTP_TLS_NONE and no
+/* Connects, reads the greeting, EHLO (HELO only with MAIL_TLS_NONE and no
  * user), STARTTLS as the endpoint asks (refused if not offered; EHLO again
  * after it, forgetting everything said before), then AUTH when a user is
  * set: PLAIN or LOGIN with a password, OAUTHBEARER or XOAUTH2 with a token

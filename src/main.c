@@ -738,12 +738,12 @@ int main(int argc, char **argv)
 	msg_reader_start(reader);
 	if (spool) {
 		struct outbox_sender_config cfg = {
-			.smtp = {
+			.smtp.conn = {
 				.host = o.smtp.host, .port = o.smtp.port,
 				.tls = o.smtp.scheme == SCHEME_SMTPS ?
-					SMTP_TLS_IMPLICIT :
+					MAIL_TLS_IMPLICIT :
 					o.smtp_allow_plaintext ?
-					SMTP_TLS_NONE : SMTP_TLS_STARTTLS,
+					MAIL_TLS_NONE : MAIL_TLS_STARTTLS,
 				.tls_ctx = smtp_tls, .user = o.smtp.user,
 				.password = smtp_token ? NULL : smtp_password ?
 					smtp_password : password,

@@ -37,8 +37,8 @@ static int open_pop3(const struct mailfs_options *o, const struct mail_url *u,
 	src->pop3.password = password;
 	src->pop3.timeout_s = (int)o->timeout_s;
 	src->pop3.tls_ctx = tls_ctx;
-	src->pop3.tls = u->scheme == SCHEME_POP3S ? POP3_TLS_IMPLICIT :
-		o->pop3_allow_plaintext ? POP3_TLS_NONE : POP3_TLS_STARTTLS;
+	src->pop3.tls = u->scheme == SCHEME_POP3S ? MAIL_TLS_IMPLICIT :
+		o->pop3_allow_plaintext ? MAIL_TLS_NONE : MAIL_TLS_STARTTLS;
 	st = pop3_session_open(&src->pop3, &first, error_r);
 	if (st != BACKEND_OK)
 		return -1;
@@ -96,8 +96,8 @@ int source_open(const struct mailfs_options *o, const char *password,
 	src->imap.auth = auth;
 	src->imap.timeout_s = (int)o->timeout_s;
 	src->imap.tls_ctx = tls_ctx;
-	src->imap.tls = o->source.scheme == SCHEME_IMAPS ? IMAP_TLS_IMPLICIT :
-		o->allow_plaintext ? IMAP_TLS_NONE : IMAP_TLS_STARTTLS;
+	src->imap.tls = o->source.scheme == SCHEME_IMAPS ? MAIL_TLS_IMPLICIT :
+		o->allow_plaintext ? MAIL_TLS_NONE : MAIL_TLS_STARTTLS;
 	st = imap_session_open(&src->imap, &first, &imap_error);
 	if (st == BACKEND_OK) {
 		if (meta_cache_open(o->cache_dir, &src->meta, error_r) < 0) {

@@ -15,8 +15,8 @@
 #include "src/options.h"
 
 struct source {
-	struct imap_endpoint imap;   /* strings borrowed from the options */
-	struct pop3_endpoint pop3;
+	struct mail_endpoint imap;   /* strings borrowed from the options */
+	struct mail_endpoint pop3;
 	struct mail_url pop3_url;    /* the fallback's, owned */
 	struct backend *be;          /* owned */
 	struct meta_cache *meta;     /* owned; per protocol */

@@ -42,9 +42,9 @@
 static bool no_skip;
 
 
-static struct imap_endpoint ep = {
+static struct mail_endpoint ep = {
 	.host = "127.0.0.1",
-	.tls = IMAP_TLS_NONE,
+	.tls = MAIL_TLS_NONE,
 	.user = "user",
 	.password = "secret",
 	.timeout_s = 5,

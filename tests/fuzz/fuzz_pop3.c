@@ -25,9 +25,9 @@
 
 
 
-static struct pop3_endpoint ep = {
+static struct mail_endpoint ep = {
 	.host = "127.0.0.1",
-	.tls = POP3_TLS_NONE,
+	.tls = MAIL_TLS_NONE,
 	.user = "user",
 	.password = "secret",
 	.timeout_s = 5,

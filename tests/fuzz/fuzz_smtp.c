@@ -20,10 +20,12 @@
 #include "tests/fuzz/fuzz_server.h"
 
 static struct smtp_endpoint ep = {
-	.host = "127.0.0.1",
-	.tls = SMTP_TLS_NONE,
+	.conn = {
+		.host = "127.0.0.1",
+		.tls = MAIL_TLS_NONE,
+		.timeout_s = 5,
+	},
 	.helo_name = "client.example.org",
-	.timeout_s = 5,
 };
 
 static const char message[] = "From: a@example.org\r\nTo: b@example.org\r\n"
@@ -34,7 +36,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	(void)argc;
 	(void)argv;
 	fuzz_server_start();
-	ep.port = fuzz_server_port();
+	ep.conn.port = fuzz_server_port();
 	return 0;
 }
 
@@ -87,8 +89,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size == 0)
 		return 0;
 	sel = data[0] % 8;
-	ep.user = (sel & 1) ? "user" : NULL;
-	ep.password = (sel & 1) ? "secret" : NULL;
+	ep.conn.user = (sel & 1) ? "user" : NULL;
+	ep.conn.password = (sel & 1) ? "secret" : NULL;
 	fuzz_server_serve(data + 1, size - 1);
 	if (smtp_session_open(&ep, &s, &error) == BACKEND_OK) {
 		const struct smtp_caps *caps = smtp_session_caps(s);

@@ -564,7 +564,7 @@ static void run_listing(const struct listing_run *lr, const char *what)
 	conn_start(&c);
 	run_fetch(&c, &lr->q, &r);
 	CHECK(r.st == BACKEND_OK, "%s: %d %s", what, r.st, r.error);
-	CHECK(!c.s.broken, "%s", what);
+	CHECK(!imap_session_broken(&c.s), "%s", what);
 	CHECK(c.imap->imap_tag == 1, "%s", what);
 	CHECK(buffered_is(&c, ""), "%s", what);
 	check_msgs(&r, lr->want, lr->nwant, what);
@@ -666,7 +666,7 @@ static void test_flags_only(void)
 	sc_chop(sc, chop_mixed, 3);
 	conn_start(&c);
 	run_fetch(&c, &q, &r);
-	CHECK(r.st == BACKEND_OK && !c.s.broken, "%s", r.error);
+	CHECK(r.st == BACKEND_OK && !imap_session_broken(&c.s), "%s", r.error);
 	check_msgs(&r, want, 2, "flags only");
 	backend_messages_free(&r.msgs, r.n);
 	conn_finish(&c, "flags only");
@@ -698,12 +698,12 @@ static void test_bytes_after_answer(void)
 	c.imap->imap_selection_info = mailimap_selection_info_new();
 
 	run_fetch(&c, &q, &r);
-	CHECK(r.st == BACKEND_OK && !c.s.broken, "%s", r.error);
+	CHECK(r.st == BACKEND_OK && !imap_session_broken(&c.s), "%s", r.error);
 	CHECK(r.n == 1 && r.msgs[0].uid == 3);
 	CHECK(buffered_is(&c, unsolicited));
 
 	run_fetch(&c, &q, &r);
-	CHECK(r.st == BACKEND_OK && !c.s.broken, "%s", r.error);
+	CHECK(r.st == BACKEND_OK && !imap_session_broken(&c.s), "%s", r.error);
 	CHECK(r.n == 2 && r.msgs[1].uid == 99 &&
 		strcmp(r.msgs[1].flags, "\\Seen") == 0);
 	CHECK(buffered_is(&c, "* 5 EXISTS\r\n"));
@@ -767,7 +767,7 @@ static void test_big_header(void)
 	sc_line(sc, "1 OK done");
 	conn_start(&c);
 	run_fetch(&c, &q, &r);
-	CHECK(r.st == BACKEND_OK && !c.s.broken, "%s", r.error);
+	CHECK(r.st == BACKEND_OK && !imap_session_broken(&c.s), "%s", r.error);
 	CHECK(r.n == 3);
 	if (r.n == 3) {
 		CHECK(r.msgs[0].uid == 5 && r.msgs[0].size == 999999);
@@ -803,7 +803,7 @@ static void test_literal_at_limit(void)
 	sc_line(sc, "1 OK done");
 	conn_start(&c);
 	run_fetch(&c, &q, &r);
-	CHECK(r.st == BACKEND_OK && !c.s.broken, "%s", r.error);
+	CHECK(r.st == BACKEND_OK && !imap_session_broken(&c.s), "%s", r.error);
 	check_msgs(&r, want, 1, "literal at limit");
 	backend_messages_free(&r.msgs, r.n);
 	conn_finish(&c, "literal at limit");
@@ -836,8 +836,8 @@ static void test_literal_over_limit(void)
 		sc_str(sc, "Date: x");
 		conn_start(&c);
 		run_fetch(&c, &q, &r);
-		CHECK(r.st == BACKEND_PROTOCOL && c.s.broken, "{%s}: %d %s",
-			counts[i], r.st, r.error);
+		CHECK(r.st == BACKEND_PROTOCOL && imap_session_broken(&c.s),
+			"{%s}: %d %s", counts[i], r.st, r.error);
 		CHECK(r.seconds < WAIT_MS / 2000.0, "{%s}: %.1f s", counts[i],
 			r.seconds);
 		CHECK(r.n == 1 && r.msgs[0].uid == 2);
@@ -865,7 +865,8 @@ static void test_long_line(void)
 	sc_chop(sc, big_pieces, 1);
 	conn_start(&c);
 	run_fetch(&c, &q, &r);
-	CHECK(r.st == BACKEND_OK && !c.s.broken && r.n == 0, "%s", r.error);
+	CHECK(r.st == BACKEND_OK && !imap_session_broken(&c.s) && r.n == 0,
+		"%s", r.error);
 	conn_finish(&c, "line at limit");
 
 	conn_init(&c, 1);
@@ -875,7 +876,8 @@ static void test_long_line(void)
 	sc_chop(sc, big_pieces, 1);
 	conn_start(&c);
 	run_fetch(&c, &q, &r);
-	CHECK(r.st == BACKEND_PROTOCOL && c.s.broken, "%d %s", r.st, r.error);
+	CHECK(r.st == BACKEND_PROTOCOL && imap_session_broken(&c.s), "%d %s",
+		r.st, r.error);
 	CHECK(strstr(r.error, "too long") != NULL, "%s", r.error);
 	CHECK(r.n == 0);
 	conn_finish(&c, "line over limit");
@@ -940,7 +942,7 @@ static void test_endings(void)
 		conn_start(&c);
 		run_fetch(&c, &q, &r);
 		CHECK(r.st == endings[i].st, "%s: %d %s", what, r.st, r.error);
-		CHECK(c.s.broken == endings[i].broken, "%s", what);
+		CHECK(imap_session_broken(&c.s) == endings[i].broken, "%s", what);
 		CHECK(strstr(r.error, endings[i].words) != NULL, "%s: %s",
 			what, r.error);
 		if (endings[i].left)
@@ -965,7 +967,8 @@ static void test_peer_gone(void)
 	c.no_server = true;
 	conn_start(&c);
 	run_fetch(&c, &q, &r);
-	CHECK(r.st == BACKEND_TEMP && c.s.broken, "%d %s", r.st, r.error);
+	CHECK(r.st == BACKEND_TEMP && imap_session_broken(&c.s), "%d %s",
+		r.st, r.error);
 	CHECK(r.n == 0 && r.msgs == NULL);
 	conn_finish(&c, "peer gone");
 }

@@ -33,6 +33,110 @@ static void expect_initial(enum sasl_mech mech, const char *user,
 #define INITIAL(m, u, s, h, p, want) \
 	expect_initial(m, u, s, h, p, want, sizeof(want) - 1, __LINE__)
 
+/* A scripted server for sasl_exchange(): answers[] in turn, each "+text"
+ * (a challenge) or "." (the final answer); what the client sends is
+ * joined with '|' in sent. */
+struct script {
+	const char *const *answers;
+	size_t next;
+	bool ir;                /* the command line takes an initial response */
+	char sent[512];
+};
+
+static void record(struct script *sc, const char *a, const char *b)
+{
+	size_t n = strlen(sc->sent);
+
+	snprintf(sc->sent + n, sizeof(sc->sent) - n, "%s%s%s",
+		n > 0 ? "|" : "", a, b);
+}
+
+static int script_start(void *ctx, const char *name, const char *initial)
+{
+	struct script *sc = ctx;
+	bool on_line = initial != NULL && sc->ir;
+
+	record(sc, name, "");
+	if (on_line) {
+		size_t n = strlen(sc->sent);
+
+		snprintf(sc->sent + n, sizeof(sc->sent) - n, " %s", initial);
+	}
+	return on_line;
+}
+
+static int script_send(void *ctx, const char *line)
+{
+	record(ctx, line, "");
+	return 0;
+}
+
+static int script_read(void *ctx, const char **text_r, size_t *len_r)
+{
+	struct script *sc = ctx;
+	const char *a = sc->answers[sc->next];
+
+	if (a == NULL)
+		return -1;
+	sc->next++;
+	if (a[0] != '+')
+		return 0;
+	*text_r = a + 1;
+	*len_r = strlen(a + 1);
+	return 1;
+}
+
+static const struct sasl_framing script_framing = {
+	.start = script_start,
+	.send = script_send,
+	.read = script_read,
+};
+
+static void expect_exchange(enum sasl_mech mech, bool ir,
+	const char *const *answers, enum sasl_result want_res,
+	const char *want_sent, int line)
+{
+	struct sasl_client c = { .mech = mech, .user = "u", .secret = "p",
+		.host = "h", .port = 1 };
+	struct script sc = { .answers = answers, .ir = ir };
+	enum sasl_result res = sasl_exchange(&c, &script_framing, &sc);
+
+	checks++;
+	if (res != want_res || strcmp(sc.sent, want_sent) != 0) {
+		failures++;
+		fprintf(stderr, "%s:%d: FAIL: %s exchange: %d, sent %s\n",
+			__FILE__, line, sasl_name(mech), (int)res, sc.sent);
+	}
+}
+
+#define EXCHANGE(m, ir, want_res, want_sent, ...) \
+	expect_exchange(m, ir, (const char *const []){ __VA_ARGS__, NULL }, \
+		want_res, want_sent, __LINE__)
+
+static void test_exchange(void)
+{
+	/* "\0u\0p" */
+	EXCHANGE(SASL_PLAIN, true, SASL_DONE, "PLAIN AHUAcA==", ".");
+	EXCHANGE(SASL_PLAIN, false, SASL_DONE, "PLAIN|AHUAcA==", "+", ".");
+	/* An empty first challenge after the initial response on the line
+	 * gets it again (Microsoft's two-step XOAUTH2). */
+	EXCHANGE(SASL_PLAIN, true, SASL_DONE, "PLAIN AHUAcA==|AHUAcA==",
+		"+", ".");
+	/* LOGIN answers the prompts: the user, then the password. */
+	EXCHANGE(SASL_LOGIN, true, SASL_DONE, "LOGIN|dQ==|cA==",
+		"+VXNlcm5hbWU6", "+UGFzc3dvcmQ6", ".");
+	/* A challenge PLAIN cannot answer is cancelled; one more after the
+	 * cancel puts the exchange out of step. */
+	EXCHANGE(SASL_PLAIN, true, SASL_ENDLESS, "PLAIN AHUAcA==|*",
+		"+eA==", "+eA==", ".");
+	EXCHANGE(SASL_PLAIN, true, SASL_DONE, "PLAIN AHUAcA==|*",
+		"+eA==", ".");
+	/* Challenges that are not base64 are cancelled too. */
+	EXCHANGE(SASL_PLAIN, true, SASL_DONE, "PLAIN AHUAcA==|*", "+!!", ".");
+	/* The framing failing ends it. */
+	EXCHANGE(SASL_PLAIN, true, SASL_FAILED, "PLAIN AHUAcA==|*", "+eA==");
+}
+
 int main(void)
 {
 	const char *err = NULL;
@@ -127,5 +231,6 @@ int main(void)
 		CHECK(!d, "%s", bad[i]);
 		free(d);
 	}
+	test_exchange();
 	return check_summary("sasl");
 }
