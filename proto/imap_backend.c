@@ -721,9 +721,11 @@ static struct mailimap_fetch_att *partial_att(
 /* UID FETCH set (UID BODY.PEEK[section]<offset.length>) in folder (the
  * whole message when section is NULL; section is taken), each body
  * through a sink of max_parts parts, each(ctx, uid, part, data) for every
- * answer.  The one place the reads talk to the server. */
+ * answer.  fresh: open the folder again even if the session has it open
+ * (see read_fresh).  The one place the reads talk to the server. */
 static enum backend_status fetch_bodies(struct imap_backend *ib,
-	const char *folder, uint32_t uidvalidity, struct mailimap_set *set,
+	const char *folder, bool fresh, uint32_t uidvalidity,
+	struct mailimap_set *set,
 	struct mailimap_section *section, uint64_t offset, size_t length,
 	size_t max_parts,
 	void (*each)(void *ctx, uint32_t uid, const struct body_part *p,
@@ -747,7 +749,7 @@ static enum backend_status fetch_bodies(struct imap_backend *ib,
 	st = imap_pool_get(ib->pool, &s, error_r);
 	if (st != BACKEND_OK)
 		goto out_free;
-	st = session_examine(s, folder, false, error_r);
+	st = session_examine(s, folder, fresh, error_r);
 	if (st != BACKEND_OK)
 		goto out_put;
 	if (s->selected_uidvalidity != uidvalidity) {
@@ -796,7 +798,8 @@ out_free:
 /* Reads a range of the whole message (section NULL) or of one section;
  * takes section. */
 static enum backend_status read_one(struct backend *be, const char *folder,
-	uint32_t uidvalidity, uint32_t uid, struct mailimap_section *section,
+	bool fresh, uint32_t uidvalidity, uint32_t uid,
+	struct mailimap_section *section,
 	uint64_t offset, size_t length, void *buf, size_t *got_r,
 	const char **error_r)
 {
@@ -805,7 +808,7 @@ static enum backend_status read_one(struct backend *be, const char *folder,
 	enum backend_status st;
 
 	/* A few parts: unsolicited answers may carry bodies too. */
-	st = fetch_bodies(to_imap(be), folder, uidvalidity, set, section,
+	st = fetch_bodies(to_imap(be), folder, fresh, uidvalidity, set, section,
 		offset, length, 4, range_each, &rc, error_r);
 	mailimap_set_free(set);
 	if (st != BACKEND_OK)
@@ -819,6 +822,18 @@ static enum backend_status read_one(struct backend *be, const char *folder,
 	}
 	*got_r = rc.got;
 	return BACKEND_OK;
+}
+
+/* A session that has a folder open sees a message another session added
+ * only once the server has told it (at its next command's end): a UID
+ * it has not heard of yet reads as gone.  So "gone" is believed only
+ * from a session that opened the folder afresh; true (try again) once. */
+static bool read_fresh(enum backend_status st, bool *fresh)
+{
+	if (st != BACKEND_NOT_FOUND || *fresh)
+		return false;
+	*fresh = true;
+	return true;
 }
 
 /* A read the server refused to slow the account down is tried again
@@ -840,11 +855,13 @@ static enum backend_status imap_read_range(struct backend *be,
 {
 	enum backend_status st;
 	unsigned tries = 0;
+	bool fresh = false;
 
 	do
-		st = read_one(be, folder, uidvalidity, uid, NULL, offset,
-			length, buf, got_r, error_r);
-	while (again_after_pause(to_imap(be), st, &tries));
+		st = read_one(be, folder, fresh, uidvalidity, uid, NULL,
+			offset, length, buf, got_r, error_r);
+	while (read_fresh(st, &fresh) ||
+	       again_after_pause(to_imap(be), st, &tries));
 	return st;
 }
 
@@ -874,7 +891,7 @@ static enum backend_status imap_read_heads(struct backend *be,
 
 	for (size_t i = 0; i < n_uids; i++)
 		mailimap_set_add_single(set, uids[i]);
-	st = fetch_bodies(to_imap(be), folder, uidvalidity, set, NULL, 0,
+	st = fetch_bodies(to_imap(be), folder, false, uidvalidity, set, NULL, 0,
 		length, n_uids + 2, heads_each, &hc, error_r);
 	mailimap_set_free(set);
 	return st;
@@ -939,6 +956,7 @@ static enum backend_status imap_read_section(struct backend *be,
 {
 	enum backend_status st;
 	unsigned tries = 0;
+	bool fresh = false;
 
 	do {
 		struct mailimap_section *sec = section_of(section);
@@ -948,9 +966,10 @@ static enum backend_status imap_read_section(struct backend *be,
 				section);
 			return BACKEND_INVALID;
 		}
-		st = read_one(be, folder, uidvalidity, uid, sec, offset,
-			length, buf, got_r, error_r);
-	} while (again_after_pause(to_imap(be), st, &tries));
+		st = read_one(be, folder, fresh, uidvalidity, uid, sec,
+			offset, length, buf, got_r, error_r);
+	} while (read_fresh(st, &fresh) ||
+		 again_after_pause(to_imap(be), st, &tries));
 	return st;
 }
 
