@@ -1061,9 +1061,11 @@ out:
 /* ---- the write half ------------------------------------------------------ */
 
 /* Opens `folder` read-write (reading with BODY.PEEK still never sets
- * \Seen) and checks it is still the folder the caller knows. */
+ * \Seen), checks it is still the folder the caller knows, and lets the
+ * session hear of uid. */
 static enum backend_status session_select_rw(struct imap_session *s,
-	const char *folder, uint32_t uidvalidity, const char **error_r)
+	const char *folder, uint32_t uidvalidity, uint32_t uid,
+	const char **error_r)
 {
 	int r = imap_session_select(s, folder, true, false, NULL);
 
@@ -1074,6 +1076,11 @@ static enum backend_status session_select_rw(struct imap_session *s,
 			folder);
 		return BACKEND_NOT_FOUND;
 	}
+	/* Else a message another session just added or moved here would
+	 * be left untouched, and the command still answer OK. */
+	r = imap_session_know_uid(s, uid);
+	if (r != MAILIMAP_NO_ERROR)
+		return command_failed(s, r, "NOOP in", folder, error_r);
 	return BACKEND_OK;
 }
 
@@ -1287,7 +1294,7 @@ static enum backend_status imap_expunge(struct backend *be,
 	/* In a virtual folder rm goes to the trash= folder, else \Trash. */
 	if (!trash || strcmp(trash, folder) == 0)
 		trash = to_trash = virtual_trash(ib, s, folder);
-	st = session_select_rw(s, folder, uidvalidity, error_r);
+	st = session_select_rw(s, folder, uidvalidity, uid, error_r);
 	if (st != BACKEND_OK)
 		goto out_put;
 	if (trash && strcmp(trash, folder) != 0) {
@@ -1317,7 +1324,7 @@ static enum backend_status imap_move(struct backend *be, const char *from,
 	st = imap_pool_get(ib->pool, &s, error_r);
 	if (st != BACKEND_OK)
 		return st;
-	st = session_select_rw(s, from, uidvalidity, error_r);
+	st = session_select_rw(s, from, uidvalidity, uid, error_r);
 	if (st == BACKEND_OK)
 		st = move_one(s, from, uid, to, new_uid_r, error_r);
 	imap_pool_put(ib->pool, &s);
@@ -1809,7 +1816,7 @@ static enum backend_status imap_set_flags(struct backend *be,
 		return st;
 	}
 	att = mailimap_store_att_flags_new_set_flags_silent(fl);
-	st = session_select_rw(s, folder, uidvalidity, error_r);
+	st = session_select_rw(s, folder, uidvalidity, uid, error_r);
 	if (st == BACKEND_OK) {
 		set = mailimap_set_new_single(uid);
 		r = mailimap_uid_store(s->imap, set, att);

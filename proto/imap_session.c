@@ -201,6 +201,7 @@ static void forget_selected(struct imap_session *s)
 	s->selected = NULL;
 	s->selected_rw = false;
 	s->selected_uidvalidity = 0;
+	s->selected_known = 0;
 	if (s->state == IMAP_SELECTED)
 		imap_session_set_state(s, IMAP_AUTHENTICATED);
 }
@@ -233,10 +234,25 @@ int imap_session_select(struct imap_session *s, const char *folder,
 	sel = s->imap->imap_selection_info;
 	s->selected_rw = rw;
 	s->selected_uidvalidity = sel != NULL ? sel->sel_uidvalidity : 0;
+	s->selected_known = sel != NULL ? sel->sel_uidnext : 0;
 	if (modseq_r != NULL)
 		*modseq_r = modseq;
 	imap_session_set_state(s, IMAP_SELECTED);
 	return MAILIMAP_NO_ERROR;
+}
+
+int imap_session_know_uid(struct imap_session *s, uint32_t uid)
+{
+	int r;
+
+	if (s->selected == NULL || uid < s->selected_known)
+		return MAILIMAP_NO_ERROR;
+	r = mailimap_noop(s->imap);
+	/* UIDs only grow: every message up to uid that exists now has been
+	 * announced by the NOOP's end. */
+	if (r == MAILIMAP_NO_ERROR && uid < UINT32_MAX)
+		s->selected_known = uid + 1;
+	return r;
 }
 
 void imap_session_unselect(struct imap_session *s)

@@ -43,11 +43,13 @@ struct imap_session {
 	enum imap_state state;
 	/* The selected folder, written only by imap_session_select() and
 	 * imap_session_unselect(): its raw name (owned) or NULL, whether it
-	 * was opened read-write (SELECT) rather than EXAMINEd, and its
-	 * UIDVALIDITY. */
+	 * was opened read-write (SELECT) rather than EXAMINEd, its
+	 * UIDVALIDITY, and the UIDs it has heard of: all below
+	 * selected_known (see imap_session_know_uid). */
 	char *selected;
 	bool selected_rw;
 	uint32_t selected_uidvalidity;
+	uint32_t selected_known;
 	const struct mail_endpoint *ep;  /* borrowed from imap_session_open */
 	char text[256];         /* imap_session_last_text(), sanitised */
 	char label[280];        /* "host:port" for log lines */
@@ -84,6 +86,13 @@ bool imap_session_broken(const struct imap_session *s);
  * (map it with imap_session_status); on failure no folder is selected. */
 int imap_session_select(struct imap_session *s, const char *folder,
 	bool rw, bool force, uint64_t *modseq_r);
+
+/* Makes sure the session has heard of uid in the selected folder, if it
+ * is there: a session learns of messages other sessions add only when
+ * the server tells it, and until then a command naming such a UID does
+ * nothing and still answers OK.  For a UID above those it knows, a NOOP
+ * lets the server tell.  Returns libetpan's code. */
+int imap_session_know_uid(struct imap_session *s, uint32_t uid);
 
 /* Leaves the selected folder, if any, without expunging: never CLOSE,
  * which expunges every \Deleted message; EXAMINE of INBOX deselects
