@@ -206,7 +206,7 @@ int fs_tree_create(struct fs_tree *t, fuse_ino_t parent, const char *name,
 		ret = -EPERM;   /* no messages can live here */
 		goto out_unlock;
 	}
-	if (!dir->msgs_loaded && (ret = tree_ensure_messages(t, dir, false)) < 0)
+	if ((ret = tree_ensure_messages(t, dir, false)) < 0)
 		goto out_unlock;
 	if (tree_find_msg(dir, name) || tree_find_staged(dir, name)) {
 		ret = -EEXIST;
@@ -734,15 +734,12 @@ static void commit_one(struct fs_tree *t, struct commit *c)
 	}
 	log_debug("appended %s to %s as UID %u", c->name, c->folder, new_uid);
 	/* The folder's listing must show the message before the staged name
-	 * goes, so the file never vanishes in between.  A listing already
-	 * under way may predate the APPEND: wait for it, then list again. */
+	 * goes, so the file never vanishes in between: list it again (the
+	 * folder index never installs an answer to a fetch started before
+	 * one it installed). */
 	dir = tree_find(t, c->dir_ino);
 	if (dir && dir->attached && dir->selectable) {
-		dir->pins++;
-		while (dir->loading)
-			pthread_cond_wait(&t->loaded, &t->lock);
 		tree_refresh_messages(t, dir, &il);
-		dir->pins--;
 		tree_maybe_free(t, dir);
 	}
 	x = tree_find(t, c->ino);

@@ -15,6 +15,7 @@
 #include "src/errfmt.h"
 #include "src/log.h"
 #include "src/meta_cache.h"
+#include "src/read_ahead.h"
 #include "src/work_queue.h"
 
 time_t tree_now(void)
@@ -116,7 +117,6 @@ void tree_node_free(struct node *n)
 	free(n->folder_raw);
 	free(n->flags);
 	free(n->staged);
-	free(n->by_ino);
 	free(n->prev_dirs);
 	free(n->stage_path);
 	free(n->job_path);
@@ -127,7 +127,7 @@ void tree_node_free(struct node *n)
 /* Frees a node nobody can reach any more. */
 void tree_maybe_free(struct fs_tree *t, struct node *n)
 {
-	if (n->attached || n->nlookup > 0 || n->loading || n->pins ||
+	if (n->attached || n->nlookup > 0 || n->pins ||
 	    n == t->root)
 		return;
 	tree_hash_remove(t, n);
@@ -144,11 +144,13 @@ void tree_detach_messages(struct fs_tree *t, struct node *dir)
 	dir->msgs = NULL;
 	dir->n_msgs = 0;
 	dir->msgs_loaded = false;
+	dir->listing_serial = 0;
 }
 
 /* ---- creation ------------------------------------------------------------ */
 
 static folder_namer tree_name_listing;
+static void folder_changed(void *ctx, const char *raw);
 
 struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
 	struct meta_cache *meta, unsigned refresh_s)
@@ -166,19 +168,22 @@ struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
 		free(t);
 		return NULL;
 	}
-	t->index = folder_index_new(be, meta, tree_name_listing);
 	/* Refreshes and kernel notifications: two at a time is plenty, and
 	 * the queue only ever holds a few per folder. */
-	t->bg = t->index ? work_queue_new(2, 256) : NULL;
-	if (!t->bg) {
+	t->bg = work_queue_new(2, 256);
+	t->index = t->bg ? folder_index_new(be, meta, tree_name_listing) :
+		NULL;
+	t->ra = t->index ? read_ahead_new(tree_msg_ino) : NULL;
+	if (!t->ra) {
 		folder_index_free(&t->index);
+		work_queue_free(&t->bg);
 		free(t->buckets);
 		free(t->root);
 		free(t);
 		return NULL;
 	}
+	folder_index_schedule(t->index, refresh_s, t->bg, folder_changed, t);
 	pthread_mutex_init(&t->lock, NULL);
-	pthread_cond_init(&t->loaded, NULL);
 	t->meta = meta;
 	t->be = be;
 	t->reader = reader;
@@ -212,6 +217,7 @@ void fs_tree_free(struct fs_tree **tp)
 	/* No other thread is left: listings changed since they were saved
 	 * (sizes reads corrected, messages removed) are saved now. */
 	folder_index_free(&t->index);
+	read_ahead_free(&t->ra);
 	for (size_t i = 0; i < t->n_buckets; i++) {
 		struct node *n = t->buckets[i], *next;
 
@@ -222,7 +228,6 @@ void fs_tree_free(struct fs_tree **tp)
 	}
 	free(t->buckets);
 	pthread_mutex_destroy(&t->lock);
-	pthread_cond_destroy(&t->loaded);
 	free(t->trash);
 	free(t->stage_dir);
 	free(t->source);
@@ -244,26 +249,22 @@ static struct node *dir_by_raw(struct node *d, const char *raw)
 	return NULL;
 }
 
-static int merge_messages(struct fs_tree *t, struct node *dir,
-	const struct folder_listing *l, struct inval_list *il);
+static int merge_latest(struct fs_tree *t, struct node *dir,
+	struct inval_list *il);
 
-/* The folder index saw another client change raw (IDLE) and refreshed
- * it: show the new listing.  From the index's watcher thread. */
+/* The folder index refreshed raw in the background (stale, or another
+ * client changed it): show the new listing.  From a worker or the
+ * index's watcher thread, outside any request. */
 static void folder_changed(void *ctx, const char *raw)
 {
 	struct fs_tree *t = ctx;
 	struct inval_list il = { 0 };
-	struct folder_listing *l;
 	struct node *dir;
 
 	pthread_mutex_lock(&t->lock);
 	dir = dir_by_raw(t->root, raw);
-	if (dir && dir->selectable && !dir->loading && !t->stopping &&
-	    (l = folder_index_get(t->index, raw))) {
-		merge_messages(t, dir, l, &il);
-		dir->loaded_at = tree_now();
-		folder_listing_release(&l);
-	}
+	if (dir && dir->selectable && !t->stopping)
+		merge_latest(t, dir, &il);
 	pthread_mutex_unlock(&t->lock);
 	tree_inval_send(t, &il);
 }
@@ -286,7 +287,7 @@ int fs_tree_start(struct fs_tree *t, const char *watch_folder)
 		ret = stage_start(t);
 
 	if (watch_folder)
-		folder_index_watch(t->index, watch_folder, folder_changed, t);
+		folder_index_watch(t->index, watch_folder);
 	return ret;
 }
 
@@ -728,21 +729,32 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 	qsort(list, k, sizeof(*list), node_name_cmp);
 	dir->msgs = list;
 	dir->n_msgs = k;
-	free(dir->by_ino);
-	dir->by_ino = NULL;
-	dir->n_by_ino = 0;
-	dir->prefetched_upto = dir->prefetched_upto_ino = 0;
+	dir->listing_serial = l->serial;
 	dir->uidvalidity = uidvalidity;
 	dir->list_changed_at = l->changed_at;
 	dir->msgs_loaded = true;
 	return 0;
 }
 
-/* Fetches dir's listing through the folder index (incrementally when one
- * is known) and installs it.  Called with the lock held and dir->loading
- * clear; drops the lock around the network.  Returns 0 or a negative
- * errno.  What rm and mv do meanwhile is the index's to apply; the
- * version installed is the index's latest, read back under the lock. */
+/* Installs the index's latest listing of dir when it is newer than the
+ * one installed (lock held).  Read under the lock, it already shows what
+ * rm and mv did: an answer fetched before them is never installed. */
+static int merge_latest(struct fs_tree *t, struct node *dir,
+	struct inval_list *il)
+{
+	struct folder_listing *l = dir->raw ?
+		folder_index_get(t->index, dir->raw) : NULL;
+	int ret = 0;
+
+	if (l && l->serial != dir->listing_serial)
+		ret = merge_messages(t, dir, l, il);
+	folder_listing_release(&l);
+	return ret;
+}
+
+/* Fetches dir's listing now through the folder index (incrementally when
+ * one is known) and installs it.  Called with the lock held; drops it
+ * around the network.  Returns 0 or a negative errno. */
 int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 	struct inval_list *il)
 {
@@ -755,8 +767,7 @@ int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 	raw = strdup(dir->raw);
 	if (!raw)
 		return -ENOMEM;
-	dir->loading = true;
-	dir->moved_in_while_loading = false;
+	dir->pins++;   /* it may be detached while we wait */
 	pthread_mutex_unlock(&t->lock);
 
 	st = folder_index_refresh(t->index, raw, &l, &error);
@@ -765,83 +776,14 @@ int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 		log_debug("cannot list %s: %s", raw, error);
 
 	pthread_mutex_lock(&t->lock);
-	dir->loading = false;
-	pthread_cond_broadcast(&t->loaded);
-	/* Even a failure counts as an attempt: retry after the period. */
-	dir->loaded_at = tree_now();
-	if (st == BACKEND_OK && dir->raw && strcmp(dir->raw, raw) == 0)
-		l = folder_index_get(t->index, raw);
-	if (l)
-		ret = merge_messages(t, dir, l, il);
-	else if (st != BACKEND_OK)
+	dir->pins--;
+	if (dir->raw && strcmp(dir->raw, raw) == 0)
+		ret = merge_latest(t, dir, il);
+	if (st != BACKEND_OK && !dir->msgs_loaded)
 		/* Keep serving an older listing rather than nothing. */
-		ret = dir->msgs_loaded ? 0 : -backend_status_errno(st);
-	if (dir->moved_in_while_loading) {
-		dir->msgs_loaded = false;
-		dir->loaded_at = 0;
-		dir->moved_in_while_loading = false;
-	}
-	folder_listing_release(&l);
+		ret = -backend_status_errno(st);
 	free(raw);
 	return ret;
-}
-
-static void refresh_job_done(struct fs_tree *t, struct node *dir)
-{
-	dir->refresh_queued = false;
-	dir->pins--;
-	tree_maybe_free(t, dir);
-}
-
-struct refresh_job {
-	struct fs_tree *t;
-	struct node *dir;
-};
-
-static void refresh_job_run(void *arg)
-{
-	struct refresh_job *job = arg;
-	struct fs_tree *t = job->t;
-	struct inval_list il = { 0 };
-
-	pthread_mutex_lock(&t->lock);
-	job->dir->refresh_queued = false;
-	if (!job->dir->loading && !t->stopping)
-		tree_refresh_messages(t, job->dir, &il);
-	refresh_job_done(t, job->dir);
-	pthread_mutex_unlock(&t->lock);
-	tree_inval_send(t, &il);
-	free(job);
-}
-
-static void refresh_job_cancel(void *arg)
-{
-	struct refresh_job *job = arg;
-
-	pthread_mutex_lock(&job->t->lock);
-	refresh_job_done(job->t, job->dir);
-	pthread_mutex_unlock(&job->t->lock);
-	free(job);
-}
-
-/* Queues a background refresh of dir (lock held).  When the queue is
- * full it is simply not done: the next access asks again. */
-void tree_refresh_async(struct fs_tree *t, struct node *dir)
-{
-	struct refresh_job *job;
-
-	if (dir->refresh_queued || !(job = malloc(sizeof(*job))))
-		return;
-	job->t = t;
-	job->dir = dir;
-	dir->pins++;
-	dir->refresh_queued = true;
-	if (!work_queue_submit(t->bg, refresh_job_run, refresh_job_cancel,
-			job)) {
-		dir->refresh_queued = false;
-		dir->pins--;
-		free(job);
-	}
 }
 
 bool fs_tree_run_later(struct fs_tree *t, void (*run)(void *arg),
@@ -879,36 +821,45 @@ static void inval_job_cancel(void *arg)
 	free(job);
 }
 
-/* Makes sure dir's message list is there.  A folder never listed is
- * fetched now; a known one (from this mount or the metadata cache) is
- * served as it is, and when `fresh` is asked and it is older than the
- * refresh period a background refresh brings it up to date, so a slow or
- * absent server never stalls a listing.  Called and returns with the lock
- * held. */
+/* Makes sure dir's message list is the one the folder index serves:
+ * whether it is fetched first or refreshed in the background (`fresh`:
+ * a listing of the directory) is the index's decision.  Called and
+ * returns with the lock held; drops it only when the index must fetch
+ * first. */
 int tree_ensure_messages(struct fs_tree *t, struct node *dir, bool fresh)
 {
+	struct folder_listing *l;
 	struct inval_list il = { 0 };
+	enum backend_status st = BACKEND_OK;
+	const char *error = "";
 	int ret;
 
 	if (!dir->raw || !dir->selectable)
 		return 0;
-	if (dir->msgs_loaded) {
-		if (fresh && !dir->loading && (dir->loaded_at == 0 ||
-		    tree_now() - dir->loaded_at >= (time_t)t->refresh_s))
-			tree_refresh_async(t, dir);
-		return 0;
+	l = folder_index_current(t->index, dir->raw, fresh);
+	if (!l) {
+		char *raw = strdup(dir->raw);
+
+		if (!raw)
+			return -ENOMEM;
+		dir->pins++;   /* it may be detached while we wait */
+		pthread_mutex_unlock(&t->lock);
+		st = folder_index_serve(t->index, raw, fresh, &l, &error);
+		if (st != BACKEND_OK)
+			log_debug("cannot list %s: %s", raw, error);
+		pthread_mutex_lock(&t->lock);
+		dir->pins--;   /* the caller's kernel reference keeps it */
+		if (!dir->raw || strcmp(dir->raw, raw) != 0)
+			st = BACKEND_NOT_FOUND;
+		free(raw);
 	}
-	dir->pins++;   /* it may be detached while we wait */
-	while (dir->loading)
-		pthread_cond_wait(&t->loaded, &t->lock);
-	/* The listing we waited for may have failed, or predate a message
-	 * moved in meanwhile: then list it ourselves, once. */
-	ret = dir->msgs_loaded ? 0 : tree_refresh_messages(t, dir, &il);
-	dir->pins--;   /* the caller's kernel reference keeps it */
+	folder_listing_release(&l);
+	if (st != BACKEND_OK)
+		return -backend_status_errno(st);
+	ret = merge_latest(t, dir, &il);
 	if (il.n) {
 		/* We are inside a request for this directory: a background
-		 * worker tells the kernel (there is nothing to tell after a
-		 * first listing, so this is rare). */
+		 * worker tells the kernel. */
 		struct inval_job *job = malloc(sizeof(*job));
 
 		if (job) {
@@ -940,7 +891,7 @@ static void preload_cached_listings(struct fs_tree *t)
 	raws = calloc(n + 1, sizeof(*raws));
 	for (size_t i = 0; raws && i < n; i++)
 		if (dirs[i]->raw && dirs[i]->selectable &&
-		    !dirs[i]->msgs_loaded && !dirs[i]->loading &&
+		    !dirs[i]->msgs_loaded &&
 		    (raws[k] = strdup(dirs[i]->raw)))
 			k++;
 	pthread_mutex_unlock(&t->lock);
@@ -955,9 +906,8 @@ static void preload_cached_listings(struct fs_tree *t)
 		if (folder_index_load(t->index, raws[i], &l) == 0) {
 			pthread_mutex_lock(&t->lock);
 			d = dir_by_raw(t->root, raws[i]);
-			if (d && d->selectable && !d->msgs_loaded &&
-			    !d->loading && merge_messages(t, d, l, &il) == 0)
-				d->loaded_at = 0;
+			if (d && d->selectable && !d->msgs_loaded)
+				merge_latest(t, d, &il);
 			pthread_mutex_unlock(&t->lock);
 		}
 		folder_listing_release(&l);
@@ -1302,102 +1252,27 @@ static void settle_size(struct fs_tree *t, struct node *x, uint64_t true_size)
 		x->uid, true_size);
 }
 
-#define READAHEAD_FILES 384
-
-/* A folder read file after file in name order (grep -r, cp -r): queue the
- * heads of the next messages, fetched in batches.  Lock held. */
-static int node_ino_cmp(const void *a, const void *b)
+/* A folder read file after file (grep -r, cp -r, rsync): queue the heads
+ * of the messages the reader will want next, as the read-ahead order
+ * says for the folder's current listing.  Without the lock. */
+static void read_ahead(struct fs_tree *t, const struct msg_ref *ref)
 {
-	const struct node *const *x = a, *const *y = b;
-
-	return ((*x)->ino > (*y)->ino) - ((*x)->ino < (*y)->ino);
-}
-
-/* The folder's messages in inode order, built when first needed: cp -r
- * and rsync read a directory in that order, grep -r in name order. */
-static struct node **msgs_by_ino(struct node *dir)
-{
-	if (dir->by_ino && dir->n_by_ino == dir->n_msgs)
-		return dir->by_ino;
-	free(dir->by_ino);
-	dir->by_ino = malloc((dir->n_msgs + 1) * sizeof(*dir->by_ino));
-	dir->n_by_ino = 0;
-	if (!dir->by_ino)
-		return NULL;
-	memcpy(dir->by_ino, dir->msgs, dir->n_msgs * sizeof(*dir->by_ino));
-	if (dir->n_msgs)
-		qsort(dir->by_ino, dir->n_msgs, sizeof(*dir->by_ino),
-			node_ino_cmp);
-	dir->n_by_ino = dir->n_msgs;
-	return dir->by_ino;
-}
-
-/* The position of x in order[] (sorted by cmp), or SIZE_MAX. */
-static size_t index_in(struct node **order, size_t n, struct node *x,
-	int (*cmp)(const void *, const void *))
-{
-	struct node **hit = n ? bsearch(&x, order, n, sizeof(*order), cmp) :
-		NULL;
-
-	return hit && *hit == x ? (size_t)(hit - order) : SIZE_MAX;
-}
-
-/* One reading order: queues the heads of the next files when the reader
- * went on from the previous (or the one before).  Lock held. */
-static void readahead_order(struct fs_tree *t, struct node *dir,
-	struct node **order, size_t n, size_t i, size_t *last,
-	size_t *upto)
-{
-	bool sequential = *last && *last <= i + 1 && *last + 2 >= i + 1;
-	size_t from, to, k = 0;
+	struct folder_listing *l = folder_index_get(t->index, ref->folder);
 	uint32_t *uids;
 	uint64_t *sizes;
+	size_t n;
 
-	*last = i + 1;
-	if (!sequential || *upto >= i + READAHEAD_FILES / 2)
+	if (!l || l->state.uidvalidity != ref->uidvalidity) {
+		folder_listing_release(&l);
 		return;
-	from = *upto > i + 1 ? *upto : i + 1;
-	to = i + 1 + READAHEAD_FILES;
-	if (to > n)
-		to = n;
-	if (from >= to)
-		return;
-	uids = calloc(to - from, sizeof(*uids));
-	sizes = calloc(to - from, sizeof(*sizes));
-	if (uids && sizes) {
-		for (size_t j = from; j < to; j++) {
-			uids[k] = order[j]->uid;
-			sizes[k++] = order[j]->size;
-		}
-		*upto = to;
-		/* Queuing only copies: cheap enough under the lock. */
-		msg_reader_prefetch_heads(t->reader, dir->raw, dir->uidvalidity,
-			uids, sizes, k);
 	}
+	n = read_ahead_next(t->ra, ref->folder, l, ref->uid, &uids, &sizes);
+	if (n)
+		msg_reader_prefetch_heads(t->reader, ref->folder,
+			ref->uidvalidity, uids, sizes, n);
 	free(uids);
 	free(sizes);
-}
-
-/* A folder read file after file (grep -r in name order, cp -r and rsync
- * in inode order): queue the heads of the next messages, fetched in
- * batched commands.  Lock held. */
-static void readahead_files(struct fs_tree *t, struct node *x)
-{
-	struct node *dir = x->parent, **by_ino;
-	size_t i;
-
-	if (!x->attached || !dir || !dir->raw)
-		return;
-	i = index_in(dir->msgs, dir->n_msgs, x, node_name_cmp);
-	if (i != SIZE_MAX)
-		readahead_order(t, dir, dir->msgs, dir->n_msgs, i,
-			&dir->last_read, &dir->prefetched_upto);
-	by_ino = msgs_by_ino(dir);
-	i = by_ino ? index_in(by_ino, dir->n_msgs, x, node_ino_cmp) :
-		SIZE_MAX;
-	if (i != SIZE_MAX)
-		readahead_order(t, dir, by_ino, dir->n_msgs, i,
-			&dir->last_read_ino, &dir->prefetched_upto_ino);
+	folder_listing_release(&l);
 }
 
 ssize_t fs_tree_read(struct fs_tree *t, fuse_ino_t ino, uint64_t offset,
@@ -1416,8 +1291,6 @@ ssize_t fs_tree_read(struct fs_tree *t, fuse_ino_t ino, uint64_t offset,
 		pthread_mutex_unlock(&t->lock);
 		return x ? -EISDIR : -ENOENT;
 	}
-	if (offset == 0)
-		readahead_files(t, x);
 	folder = strdup(x->folder_raw);
 	ref.uidvalidity = x->msg_uidvalidity;
 	ref.uid = x->uid;
@@ -1426,6 +1299,8 @@ ssize_t fs_tree_read(struct fs_tree *t, fuse_ino_t ino, uint64_t offset,
 	if (!folder)
 		return -ENOMEM;
 	ref.folder = folder;
+	if (offset == 0)
+		read_ahead(t, &ref);
 
 	got = msg_reader_read(t->reader, &ref, offset, length, buf, &true_size);
 	free(folder);

@@ -24,9 +24,6 @@ void tree_detach_message(struct fs_tree *t, struct node *dir, struct node *x)
 			dir->n_msgs--;
 			break;
 		}
-	free(dir->by_ino);
-	dir->by_ino = NULL;
-	dir->n_by_ino = 0;
 	folder_index_remove(t->index, x->folder_raw, x->msg_uidvalidity,
 		x->uid);
 	if (dir->raw) {
@@ -50,11 +47,8 @@ void tree_note_flags_set(struct fs_tree *t, struct node *dir)
 
 void tree_note_moved_in(struct fs_tree *t, struct node *dir)
 {
-	tree_note_flags_set(t, dir);
-	dir->loaded_at = 0;
-	dir->msgs_loaded = false;
-	if (dir->loading)
-		dir->moved_in_while_loading = true;
+	if (dir->raw)
+		folder_index_moved_in(t->index, dir->raw);
 }
 
 static struct node *child_dir(struct node *dir, const char *name)
@@ -156,14 +150,12 @@ int fs_tree_rmdir(struct fs_tree *t, fuse_ino_t parent, const char *name)
 	}
 	/* Empty on the server, not just in a possibly stale listing:
 	 * DELETE would take every message with it. */
-	if (d->selectable && !d->loading) {
-		d->pins++;
+	if (d->selectable) {
 		ret = tree_refresh_messages(t, d, &il);
-		d->pins--;
 		if (ret < 0)
 			goto out_unlock;
 	}
-	if (d->n_msgs || d->n_dirs || d->n_staged || d->loading) {
+	if (d->n_msgs || d->n_dirs || d->n_staged) {
 		ret = -ENOTEMPTY;
 		goto out_unlock;
 	}
