@@ -194,7 +194,7 @@ int fs_tree_create(struct fs_tree *t, fuse_ino_t parent, const char *name,
 	char *path = NULL, *job = NULL;
 	int fd = -1, ret;
 
-	if (!t->stage_dir || t->be->read_only || !t->be->ops->append)
+	if (!t->stage_dir || !backend_writable(t->be))
 		return -EROFS;
 	pthread_mutex_lock(&t->lock);
 	dir = tree_find(t, parent);
@@ -671,8 +671,8 @@ static void commit_one(struct fs_tree *t, struct commit *c)
 		if (c->date < 0 && !msg_header_date(data, len, &c->date))
 			c->date = -1;
 		st = BACKEND_OK;
-		if (c->sent && t->be->ops->find_appended) {
-			st = t->be->ops->find_appended(t->be, c->folder, data,
+		if (c->sent) {
+			st = backend_find_appended(t->be, c->folder, data,
 				len, c->uidvalidity, c->min_uid, &new_uid,
 				&error);
 			if (st == BACKEND_OK && new_uid)
@@ -686,7 +686,7 @@ static void commit_one(struct fs_tree *t, struct commit *c)
 		if (st == BACKEND_OK && !new_uid) {
 			if (mark_sending(t, c)) {
 				fault_point("copyin-sending");
-				st = t->be->ops->append(t->be, c->folder, data,
+				st = backend_append(t->be, c->folder, data,
 					len, c->flags, c->date, &new_uid,
 					&error);
 			} else {

@@ -233,7 +233,7 @@ static char *child_raw_name(struct fs_tree *t, struct node *dir,
 		*err_r = -ENOENT;
 		return NULL;
 	}
-	raw = t->be->ops->encode_name(t->be, dir == t->root ? NULL : dir->raw,
+	raw = backend_encode_name(t->be, dir == t->root ? NULL : dir->raw,
 		name, &error);
 	if (!raw) {
 		log_warn("refusing folder name '%s': %s", name, error);
