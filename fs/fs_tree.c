@@ -151,6 +151,7 @@ void tree_detach_messages(struct fs_tree *t, struct node *dir)
 
 static folder_namer tree_name_listing;
 static void folder_changed(void *ctx, const char *raw);
+static void save_dir_times(struct fs_tree *t);
 
 struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
 	struct meta_cache *meta, unsigned refresh_s)
@@ -214,6 +215,7 @@ void fs_tree_free(struct fs_tree **tp)
 	t->stopping = true;
 	pthread_mutex_unlock(&t->lock);
 	work_queue_free(&t->bg);
+	save_dir_times(t);
 	/* No other thread is left: listings changed since they were saved
 	 * (sizes reads corrected, messages removed) are saved now. */
 	folder_index_free(&t->index);
@@ -367,6 +369,83 @@ static int dir_name_cmp(const void *a, const void *b)
 	return strcmp((*x)->name, (*y)->name);
 }
 
+static int dir_time_cmp(const void *a, const void *b)
+{
+	const struct meta_dir_time *x = a, *y = b;
+
+	return strcmp(x->path, y->path);
+}
+
+/* The saved time of the directory at path (sorted table), or 0. */
+static int64_t saved_dir_time(const struct meta_dir_time *saved, size_t n,
+	const char *path)
+{
+	struct meta_dir_time key = { .path = (char *)path };
+	const struct meta_dir_time *hit = n ? bsearch(&key, saved, n,
+		sizeof(*saved), dir_time_cmp) : NULL;
+
+	return hit ? hit->changed_at : 0;
+}
+
+/* A directory listing folders and no messages of its own (the root, a
+ * \Noselect folder, an implied parent) or one with subfolders, seen for
+ * the first time: its time starts now, and moves only with its folders
+ * (lock held). */
+static void first_sight(struct node *d)
+{
+	if (d->dirs_changed_at == 0 &&
+	    (!d->parent || !d->selectable || d->n_dirs))
+		d->dirs_changed_at = (int64_t)time(NULL);
+}
+
+/* The path of directory d in the mount, "" for the root; malloc'd. */
+static char *dir_path(const struct fs_tree *t, const struct node *d)
+{
+	size_t len = 0;
+	char *p;
+
+	for (const struct node *x = d; x && x != t->root; x = x->parent)
+		len += strlen(x->name) + 1;
+	p = malloc(len + 1);
+	if (!p)
+		return NULL;
+	p[len] = '\0';
+	for (const struct node *x = d; x && x != t->root; x = x->parent) {
+		size_t n = strlen(x->name);
+
+		len -= n;
+		memcpy(p + len, x->name, n);
+		p[--len] = '/';
+	}
+	if (p[0] == '/')
+		memmove(p, p + 1, strlen(p));   /* "A/B", not "/A/B" */
+	return p;
+}
+
+/* Saves the times of the directories' lists of folders (file I/O:
+ * without the lock). */
+static void save_dir_times(struct fs_tree *t)
+{
+	struct meta_dir_time *times;
+	struct node **dirs = NULL;
+	size_t n = 0, cap = 0, k = 0;
+
+	if (!t->meta)
+		return;
+	pthread_mutex_lock(&t->lock);
+	collect_dirs(t->root, &dirs, &n, &cap);
+	times = calloc(n + 1, sizeof(*times));
+	for (size_t i = 0; times && i < n; i++)
+		if (dirs[i]->dirs_changed_at &&
+		    (times[k].path = dir_path(t, dirs[i])))
+			times[k++].changed_at = dirs[i]->dirs_changed_at;
+	pthread_mutex_unlock(&t->lock);
+	free(dirs);
+	if (times)
+		meta_cache_save_dir_times(t->meta, times, k);
+	meta_dir_times_free(&times, k);
+}
+
 /* Rebuilds the directory tree from a folder list (borrowed). */
 int tree_install_folders(struct fs_tree *t,
 	const struct backend_folder *folders, size_t nf, const char **error_r)
@@ -375,13 +454,27 @@ int tree_install_folders(struct fs_tree *t,
 	struct folder_dir *want;
 	size_t nw = 0, n_old = 0, cap_old = 0;
 
+	struct meta_dir_time *saved = NULL;
+	size_t n_saved = 0;
+	bool first;
+
 	want = folder_dirs_build(folders, nf, t->be->delimiter, &nw);
 	if (!want) {
 		*error_r = "out of memory";
 		return -ENOMEM;
 	}
+	pthread_mutex_lock(&t->lock);
+	first = !t->folders_installed;
+	pthread_mutex_unlock(&t->lock);
+	/* The first list of this mount: the directories' times from the
+	 * last (file I/O, without the lock). */
+	if (first && t->meta &&
+	    meta_cache_load_dir_times(t->meta, &saved, &n_saved) == 0)
+		qsort(saved, n_saved, sizeof(*saved), dir_time_cmp);
 
 	pthread_mutex_lock(&t->lock);
+	if (first && t->root->dirs_changed_at == 0)
+		t->root->dirs_changed_at = saved_dir_time(saved, n_saved, "");
 	t->n_folders = nw;
 	collect_dirs(t->root, &old, &n_old, &cap_old);
 	/* Children are matched by name under their parent, so a directory
@@ -429,6 +522,8 @@ int tree_install_folders(struct fs_tree *t,
 			}
 			d->ino = ino;
 			d->is_dir = true;
+			d->dirs_changed_at = saved_dir_time(saved, n_saved,
+				want[i].path);
 			tree_hash_add(t, d);
 		}
 		if (d->raw && (!want[i].raw || strcmp(d->raw, want[i].raw))) {
@@ -469,9 +564,15 @@ int tree_install_folders(struct fs_tree *t,
 		tree_detach_messages(t, old[i]);
 		tree_maybe_free(t, old[i]);
 	}
+	first_sight(t->root);
+	for (size_t i = 0; i < nw; i++)
+		if (want[i].node)
+			first_sight(want[i].node);
 	pthread_mutex_unlock(&t->lock);
 	free(old);
 	folder_dirs_free(want, nw);
+	meta_dir_times_free(&saved, n_saved);
+	save_dir_times(t);
 	preload_cached_listings(t);
 	return 0;
 }
@@ -930,18 +1031,15 @@ static int64_t dir_changed_at(const struct node *d)
 }
 
 /* A directory's mtime moves forward when its entries change and stays
- * put otherwise, also across remounts (the folder index keeps listing
- * times in the metadata cache).  One that never saw a change of its own
- * (the root, a folder holding only folders) takes its newest child's. */
+ * put otherwise, also across remounts: the folder index keeps listing
+ * times in the metadata cache, and the tree the times of the lists of
+ * folders ("dirs" there).  A directory of folders starts at the time it
+ * was first seen (see first_sight); a folder not yet listed shows the
+ * mount's start until its listing comes. */
 static int64_t dir_mtime(const struct fs_tree *t, const struct node *d)
 {
-	int64_t m = dir_changed_at(d), newest = 0;
+	int64_t m = dir_changed_at(d);
 
-	for (size_t i = 0; m == 0 && i < d->n_dirs; i++)
-		if (dir_changed_at(d->dirs[i]) > newest)
-			newest = dir_changed_at(d->dirs[i]);
-	if (m == 0)
-		m = newest;
 	return m ? m : (int64_t)t->start_time;
 }
 
