@@ -922,6 +922,27 @@ static void inval_job_cancel(void *arg)
 	free(job);
 }
 
+void tree_inval_later(struct fs_tree *t, struct inval_list *il)
+{
+	struct inval_job *job;
+
+	if (!il->n)
+		return;
+	job = malloc(sizeof(*job));
+	if (job) {
+		job->t = t;
+		job->il = *il;
+		memset(il, 0, sizeof(*il));
+	}
+	if (!job || !fs_tree_run_later(t, inval_job_run, inval_job_cancel,
+			job)) {
+		if (job)
+			*il = job->il;
+		free(job);
+		inval_list_free(il);
+	}
+}
+
 /* Makes sure dir's message list is the one the folder index serves:
  * whether it is fetched first or refreshed in the background (`fresh`:
  * a listing of the directory) is the index's decision.  Called and
@@ -958,21 +979,8 @@ int tree_ensure_messages(struct fs_tree *t, struct node *dir, bool fresh)
 	if (st != BACKEND_OK)
 		return -backend_status_errno(st);
 	ret = merge_latest(t, dir, &il);
-	if (il.n) {
-		/* We are inside a request for this directory: a background
-		 * worker tells the kernel. */
-		struct inval_job *job = malloc(sizeof(*job));
-
-		if (job) {
-			job->t = t;
-			job->il = il;
-		}
-		if (!job || !fs_tree_run_later(t, inval_job_run,
-				inval_job_cancel, job)) {
-			free(job);
-			inval_list_free(&il);
-		}
-	}
+	/* We are inside a request for this directory. */
+	tree_inval_later(t, &il);
 	return ret;
 }
 

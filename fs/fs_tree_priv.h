@@ -190,5 +190,8 @@ void tree_inval_add(struct inval_list *il, fuse_ino_t parent,
 	const char *name);
 /* Without the lock and outside request handlers for the directory. */
 void tree_inval_send(struct fs_tree *t, struct inval_list *il);
+/* From inside a request for the directory (with or without the lock): a
+ * background worker sends them.  Takes *il over (left empty). */
+void tree_inval_later(struct fs_tree *t, struct inval_list *il);
 
 #endif

@@ -51,6 +51,20 @@ void tree_note_moved_in(struct fs_tree *t, struct node *dir)
 		folder_index_moved_in(t->index, dir->raw);
 }
 
+/* The server found no message (or folder) to rm or mv: another client
+ * removed it.  List the folder again, so that its entry goes, rather
+ * than trust a name that would only fail again (lock held; dropped
+ * around the network). */
+static void relist_after_vanished(struct fs_tree *t, fuse_ino_t dir_ino)
+{
+	struct inval_list il = { 0 };
+	struct node *dir = tree_find(t, dir_ino);
+
+	if (dir && dir->is_dir && dir->raw && dir->selectable)
+		tree_refresh_messages(t, dir, &il);
+	tree_inval_later(t, &il);
+}
+
 static struct node *child_dir(struct node *dir, const char *name)
 {
 	for (size_t i = 0; i < dir->n_dirs; i++)
@@ -116,6 +130,11 @@ int fs_tree_unlink(struct fs_tree *t, fuse_ino_t parent, const char *name)
 	if (st != BACKEND_OK) {
 		log_warn("cannot delete %s in %s: %s", name, mt.folder, error);
 		free(mt.folder);
+		if (st == BACKEND_NOT_FOUND) {
+			pthread_mutex_lock(&t->lock);
+			relist_after_vanished(t, mt.dir_ino);
+			pthread_mutex_unlock(&t->lock);
+		}
 		return -backend_status_errno(st);
 	}
 	log_debug("deleted UID %u from %s", mt.uid, mt.folder);
@@ -389,6 +408,8 @@ static int move_message(struct fs_tree *t, struct node *dir, struct node *x,
 	if (st != BACKEND_OK) {
 		log_warn("cannot move UID %u from %s to %s: %s", mt.uid,
 			mt.folder, to ? to : "?", error);
+		if (st == BACKEND_NOT_FOUND)
+			relist_after_vanished(t, mt.dir_ino);
 		ret = -backend_status_errno(st);
 		goto out;
 	}
