@@ -376,15 +376,91 @@ static int dir_time_cmp(const void *a, const void *b)
 	return strcmp(x->path, y->path);
 }
 
-/* The saved time of the directory at path (sorted table), or 0. */
+/* The saved entry of the directory at path (sorted table), or NULL. */
+static const struct meta_dir_time *saved_dir(
+	const struct meta_dir_time *saved, size_t n, const char *path)
+{
+	struct meta_dir_time key = { .path = (char *)path };
+
+	return n ? bsearch(&key, saved, n, sizeof(*saved), dir_time_cmp) :
+		NULL;
+}
+
 static int64_t saved_dir_time(const struct meta_dir_time *saved, size_t n,
 	const char *path)
 {
-	struct meta_dir_time key = { .path = (char *)path };
-	const struct meta_dir_time *hit = n ? bsearch(&key, saved, n,
-		sizeof(*saved), dir_time_cmp) : NULL;
+	const struct meta_dir_time *hit = saved_dir(saved, n, path);
 
 	return hit ? hit->changed_at : 0;
+}
+
+static int want_path_cmp(const void *a, const void *b)
+{
+	const struct folder_dir *const *x = a, *const *y = b;
+
+	return strcmp((*x)->path, (*y)->path);
+}
+
+/* The first list of a mount against the directories the last mount saw
+ * (saved, sorted): a folder made or removed meanwhile is a change of the
+ * directory listing it (lock held). */
+static void note_changes_since_saved(struct fs_tree *t,
+	const struct meta_dir_time *saved, size_t n_saved,
+	struct folder_dir *want, size_t nw)
+{
+	struct folder_dir **by_path = malloc((nw + 1) * sizeof(*by_path));
+
+	if (!by_path || !saved_dir(saved, n_saved, ""))
+		goto out;
+	for (size_t i = 0; i < nw; i++)
+		by_path[i] = &want[i];
+	qsort(by_path, nw, sizeof(*by_path), want_path_cmp);
+	/* Made: a new directory whose parent was there. */
+	for (size_t i = 0; i < nw; i++) {
+		const char *parent_path = want[i].parent == FOLDER_DIR_TOP ? "" :
+			want[want[i].parent].path;
+		struct node *parent = want[i].parent == FOLDER_DIR_TOP ?
+			t->root : want[want[i].parent].node;
+
+		if (want[i].node && parent &&
+		    !saved_dir(saved, n_saved, want[i].path) &&
+		    saved_dir(saved, n_saved, parent_path))
+			parent->child_came = true;
+	}
+	/* Removed: a saved directory gone whose parent is still there. */
+	for (size_t i = 0; i < n_saved; i++) {
+		const char *slash = strrchr(saved[i].path, '/');
+		struct folder_dir key = { .path = saved[i].path }, *kp = &key,
+			**hit;
+		struct node *parent = NULL;
+
+		if (!saved[i].path[0] || bsearch(&kp, by_path, nw,
+				sizeof(*by_path), want_path_cmp))
+			continue;
+		if (!slash) {
+			parent = t->root;
+		} else {
+			key.path = strndup(saved[i].path,
+				(size_t)(slash - saved[i].path));
+			hit = key.path ? bsearch(&kp, by_path, nw,
+				sizeof(*by_path), want_path_cmp) : NULL;
+			parent = hit ? (*hit)->node : NULL;
+			free(key.path);
+		}
+		if (parent)
+			parent->child_came = true;
+	}
+	for (size_t i = 0; i < nw; i++)
+		if (want[i].node && want[i].node->child_came) {
+			want[i].node->child_came = false;
+			tree_dir_changed(t, want[i].node);
+		}
+	if (t->root->child_came) {
+		t->root->child_came = false;
+		tree_dir_changed(t, t->root);
+	}
+out:
+	free(by_path);
 }
 
 /* A directory listing folders and no messages of its own (the root, a
@@ -435,9 +511,10 @@ static void save_dir_times(struct fs_tree *t)
 	pthread_mutex_lock(&t->lock);
 	collect_dirs(t->root, &dirs, &n, &cap);
 	times = calloc(n + 1, sizeof(*times));
+	/* Every directory, with 0 for one without a time: the next mount
+	 * tells from the paths which folders were made or removed. */
 	for (size_t i = 0; times && i < n; i++)
-		if (dirs[i]->dirs_changed_at &&
-		    (times[k].path = dir_path(t, dirs[i])))
+		if ((times[k].path = dir_path(t, dirs[i])))
 			times[k++].changed_at = dirs[i]->dirs_changed_at;
 	pthread_mutex_unlock(&t->lock);
 	free(dirs);
@@ -564,6 +641,8 @@ int tree_install_folders(struct fs_tree *t,
 		tree_detach_messages(t, old[i]);
 		tree_maybe_free(t, old[i]);
 	}
+	if (first && saved)
+		note_changes_since_saved(t, saved, n_saved, want, nw);
 	first_sight(t->root);
 	for (size_t i = 0; i < nw; i++)
 		if (want[i].node)

@@ -125,3 +125,19 @@ def test_directories_of_folders_keep_their_time(account, mount, tmp_path):
     m = mount(account, cache_dir=cache, options=["refresh=1"])
     assert times(m.path) == root_second
     assert times(os.path.join(m.path, "Projects")) == projects_second
+
+    # Folders made or removed by another client while nothing was mounted
+    # are seen at the next mount, and move the directory listing them.
+    m.unmount()
+    with account.client() as c:
+        c.create("Projects/Gamma")
+    m = mount(account, cache_dir=cache, options=["refresh=1"])
+    projects_third = times(os.path.join(m.path, "Projects"))
+    assert projects_third[0] > projects_second[0]
+    assert times(m.path) == root_second
+    m.unmount()
+    with account.client() as c:
+        c.delete("Fresh")
+    m = mount(account, cache_dir=cache, options=["refresh=1"])
+    assert times(m.path)[0] > root_second[0]
+    assert times(os.path.join(m.path, "Projects")) == projects_third
