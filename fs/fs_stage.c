@@ -194,7 +194,7 @@ int fs_tree_create(struct fs_tree *t, fuse_ino_t parent, const char *name,
 	char *path = NULL, *job = NULL;
 	int fd = -1, ret;
 
-	if (!t->stage_dir || t->be->read_only || !t->be->ops->append)
+	if (!t->stage_dir || !backend_writable(t->be))
 		return -EROFS;
 	pthread_mutex_lock(&t->lock);
 	dir = tree_find(t, parent);
@@ -206,7 +206,7 @@ int fs_tree_create(struct fs_tree *t, fuse_ino_t parent, const char *name,
 		ret = -EPERM;   /* no messages can live here */
 		goto out_unlock;
 	}
-	if (!dir->msgs_loaded && (ret = tree_ensure_messages(t, dir, false)) < 0)
+	if ((ret = tree_ensure_messages(t, dir, false)) < 0)
 		goto out_unlock;
 	if (tree_find_msg(dir, name) || tree_find_staged(dir, name)) {
 		ret = -EEXIST;
@@ -671,8 +671,8 @@ static void commit_one(struct fs_tree *t, struct commit *c)
 		if (c->date < 0 && !msg_header_date(data, len, &c->date))
 			c->date = -1;
 		st = BACKEND_OK;
-		if (c->sent && t->be->ops->find_appended) {
-			st = t->be->ops->find_appended(t->be, c->folder, data,
+		if (c->sent) {
+			st = backend_find_appended(t->be, c->folder, data,
 				len, c->uidvalidity, c->min_uid, &new_uid,
 				&error);
 			if (st == BACKEND_OK && new_uid)
@@ -686,7 +686,7 @@ static void commit_one(struct fs_tree *t, struct commit *c)
 		if (st == BACKEND_OK && !new_uid) {
 			if (mark_sending(t, c)) {
 				fault_point("copyin-sending");
-				st = t->be->ops->append(t->be, c->folder, data,
+				st = backend_append(t->be, c->folder, data,
 					len, c->flags, c->date, &new_uid,
 					&error);
 			} else {
@@ -734,15 +734,12 @@ static void commit_one(struct fs_tree *t, struct commit *c)
 	}
 	log_debug("appended %s to %s as UID %u", c->name, c->folder, new_uid);
 	/* The folder's listing must show the message before the staged name
-	 * goes, so the file never vanishes in between.  A listing already
-	 * under way may predate the APPEND: wait for it, then list again. */
+	 * goes, so the file never vanishes in between: list it again (the
+	 * folder index never installs an answer to a fetch started before
+	 * one it installed). */
 	dir = tree_find(t, c->dir_ino);
 	if (dir && dir->attached && dir->selectable) {
-		dir->pins++;
-		while (dir->loading)
-			pthread_cond_wait(&t->loaded, &t->lock);
 		tree_refresh_messages(t, dir, &il);
-		dir->pins--;
 		tree_maybe_free(t, dir);
 	}
 	x = tree_find(t, c->ino);

@@ -15,6 +15,7 @@
 #include "src/errfmt.h"
 #include "src/log.h"
 #include "src/meta_cache.h"
+#include "src/read_ahead.h"
 #include "src/work_queue.h"
 
 time_t tree_now(void)
@@ -116,7 +117,6 @@ void tree_node_free(struct node *n)
 	free(n->folder_raw);
 	free(n->flags);
 	free(n->staged);
-	free(n->by_ino);
 	free(n->prev_dirs);
 	free(n->stage_path);
 	free(n->job_path);
@@ -127,7 +127,7 @@ void tree_node_free(struct node *n)
 /* Frees a node nobody can reach any more. */
 void tree_maybe_free(struct fs_tree *t, struct node *n)
 {
-	if (n->attached || n->nlookup > 0 || n->loading || n->pins ||
+	if (n->attached || n->nlookup > 0 || n->pins ||
 	    n == t->root)
 		return;
 	tree_hash_remove(t, n);
@@ -144,11 +144,14 @@ void tree_detach_messages(struct fs_tree *t, struct node *dir)
 	dir->msgs = NULL;
 	dir->n_msgs = 0;
 	dir->msgs_loaded = false;
+	dir->listing_serial = 0;
 }
 
 /* ---- creation ------------------------------------------------------------ */
 
 static folder_namer tree_name_listing;
+static void folder_changed(void *ctx, const char *raw);
+static void save_dir_times(struct fs_tree *t);
 
 struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
 	struct meta_cache *meta, unsigned refresh_s)
@@ -166,19 +169,22 @@ struct fs_tree *fs_tree_new(struct backend *be, struct msg_reader *reader,
 		free(t);
 		return NULL;
 	}
-	t->index = folder_index_new(be, meta, tree_name_listing);
 	/* Refreshes and kernel notifications: two at a time is plenty, and
 	 * the queue only ever holds a few per folder. */
-	t->bg = t->index ? work_queue_new(2, 256) : NULL;
-	if (!t->bg) {
+	t->bg = work_queue_new(2, 256);
+	t->index = t->bg ? folder_index_new(be, meta, tree_name_listing) :
+		NULL;
+	t->ra = t->index ? read_ahead_new(tree_msg_ino) : NULL;
+	if (!t->ra) {
 		folder_index_free(&t->index);
+		work_queue_free(&t->bg);
 		free(t->buckets);
 		free(t->root);
 		free(t);
 		return NULL;
 	}
+	folder_index_schedule(t->index, refresh_s, t->bg, folder_changed, t);
 	pthread_mutex_init(&t->lock, NULL);
-	pthread_cond_init(&t->loaded, NULL);
 	t->meta = meta;
 	t->be = be;
 	t->reader = reader;
@@ -209,9 +215,11 @@ void fs_tree_free(struct fs_tree **tp)
 	t->stopping = true;
 	pthread_mutex_unlock(&t->lock);
 	work_queue_free(&t->bg);
+	save_dir_times(t);
 	/* No other thread is left: listings changed since they were saved
 	 * (sizes reads corrected, messages removed) are saved now. */
 	folder_index_free(&t->index);
+	read_ahead_free(&t->ra);
 	for (size_t i = 0; i < t->n_buckets; i++) {
 		struct node *n = t->buckets[i], *next;
 
@@ -222,7 +230,6 @@ void fs_tree_free(struct fs_tree **tp)
 	}
 	free(t->buckets);
 	pthread_mutex_destroy(&t->lock);
-	pthread_cond_destroy(&t->loaded);
 	free(t->trash);
 	free(t->stage_dir);
 	free(t->source);
@@ -244,26 +251,22 @@ static struct node *dir_by_raw(struct node *d, const char *raw)
 	return NULL;
 }
 
-static int merge_messages(struct fs_tree *t, struct node *dir,
-	const struct folder_listing *l, struct inval_list *il);
+static int merge_latest(struct fs_tree *t, struct node *dir,
+	struct inval_list *il);
 
-/* The folder index saw another client change raw (IDLE) and refreshed
- * it: show the new listing.  From the index's watcher thread. */
+/* The folder index refreshed raw in the background (stale, or another
+ * client changed it): show the new listing.  From a worker or the
+ * index's watcher thread, outside any request. */
 static void folder_changed(void *ctx, const char *raw)
 {
 	struct fs_tree *t = ctx;
 	struct inval_list il = { 0 };
-	struct folder_listing *l;
 	struct node *dir;
 
 	pthread_mutex_lock(&t->lock);
 	dir = dir_by_raw(t->root, raw);
-	if (dir && dir->selectable && !dir->loading && !t->stopping &&
-	    (l = folder_index_get(t->index, raw))) {
-		merge_messages(t, dir, l, &il);
-		dir->loaded_at = tree_now();
-		folder_listing_release(&l);
-	}
+	if (dir && dir->selectable && !t->stopping)
+		merge_latest(t, dir, &il);
 	pthread_mutex_unlock(&t->lock);
 	tree_inval_send(t, &il);
 }
@@ -286,7 +289,7 @@ int fs_tree_start(struct fs_tree *t, const char *watch_folder)
 		ret = stage_start(t);
 
 	if (watch_folder)
-		folder_index_watch(t->index, watch_folder, folder_changed, t);
+		folder_index_watch(t->index, watch_folder);
 	return ret;
 }
 
@@ -366,6 +369,160 @@ static int dir_name_cmp(const void *a, const void *b)
 	return strcmp((*x)->name, (*y)->name);
 }
 
+static int dir_time_cmp(const void *a, const void *b)
+{
+	const struct meta_dir_time *x = a, *y = b;
+
+	return strcmp(x->path, y->path);
+}
+
+/* The saved entry of the directory at path (sorted table), or NULL. */
+static const struct meta_dir_time *saved_dir(
+	const struct meta_dir_time *saved, size_t n, const char *path)
+{
+	struct meta_dir_time key = { .path = (char *)path };
+
+	return n ? bsearch(&key, saved, n, sizeof(*saved), dir_time_cmp) :
+		NULL;
+}
+
+static int64_t saved_dir_time(const struct meta_dir_time *saved, size_t n,
+	const char *path)
+{
+	const struct meta_dir_time *hit = saved_dir(saved, n, path);
+
+	return hit ? hit->changed_at : 0;
+}
+
+static int want_path_cmp(const void *a, const void *b)
+{
+	const struct folder_dir *const *x = a, *const *y = b;
+
+	return strcmp((*x)->path, (*y)->path);
+}
+
+/* The first list of a mount against the directories the last mount saw
+ * (saved, sorted): a folder made or removed meanwhile is a change of the
+ * directory listing it (lock held). */
+static void note_changes_since_saved(struct fs_tree *t,
+	const struct meta_dir_time *saved, size_t n_saved,
+	struct folder_dir *want, size_t nw)
+{
+	struct folder_dir **by_path = malloc((nw + 1) * sizeof(*by_path));
+
+	if (!by_path || !saved_dir(saved, n_saved, ""))
+		goto out;
+	for (size_t i = 0; i < nw; i++)
+		by_path[i] = &want[i];
+	qsort(by_path, nw, sizeof(*by_path), want_path_cmp);
+	/* Made: a new directory whose parent was there. */
+	for (size_t i = 0; i < nw; i++) {
+		const char *parent_path = want[i].parent == FOLDER_DIR_TOP ? "" :
+			want[want[i].parent].path;
+		struct node *parent = want[i].parent == FOLDER_DIR_TOP ?
+			t->root : want[want[i].parent].node;
+
+		if (want[i].node && parent &&
+		    !saved_dir(saved, n_saved, want[i].path) &&
+		    saved_dir(saved, n_saved, parent_path))
+			parent->child_came = true;
+	}
+	/* Removed: a saved directory gone whose parent is still there. */
+	for (size_t i = 0; i < n_saved; i++) {
+		const char *slash = strrchr(saved[i].path, '/');
+		struct folder_dir key = { .path = saved[i].path }, *kp = &key,
+			**hit;
+		struct node *parent = NULL;
+
+		if (!saved[i].path[0] || bsearch(&kp, by_path, nw,
+				sizeof(*by_path), want_path_cmp))
+			continue;
+		if (!slash) {
+			parent = t->root;
+		} else {
+			key.path = strndup(saved[i].path,
+				(size_t)(slash - saved[i].path));
+			hit = key.path ? bsearch(&kp, by_path, nw,
+				sizeof(*by_path), want_path_cmp) : NULL;
+			parent = hit ? (*hit)->node : NULL;
+			free(key.path);
+		}
+		if (parent)
+			parent->child_came = true;
+	}
+	for (size_t i = 0; i < nw; i++)
+		if (want[i].node && want[i].node->child_came) {
+			want[i].node->child_came = false;
+			tree_dir_changed(t, want[i].node);
+		}
+	if (t->root->child_came) {
+		t->root->child_came = false;
+		tree_dir_changed(t, t->root);
+	}
+out:
+	free(by_path);
+}
+
+/* A directory listing folders and no messages of its own (the root, a
+ * \Noselect folder, an implied parent) or one with subfolders, seen for
+ * the first time: its time starts now, and moves only with its folders
+ * (lock held). */
+static void first_sight(struct node *d)
+{
+	if (d->dirs_changed_at == 0 &&
+	    (!d->parent || !d->selectable || d->n_dirs))
+		d->dirs_changed_at = (int64_t)time(NULL);
+}
+
+/* The path of directory d in the mount, "" for the root; malloc'd. */
+static char *dir_path(const struct fs_tree *t, const struct node *d)
+{
+	size_t len = 0;
+	char *p;
+
+	for (const struct node *x = d; x && x != t->root; x = x->parent)
+		len += strlen(x->name) + 1;
+	p = malloc(len + 1);
+	if (!p)
+		return NULL;
+	p[len] = '\0';
+	for (const struct node *x = d; x && x != t->root; x = x->parent) {
+		size_t n = strlen(x->name);
+
+		len -= n;
+		memcpy(p + len, x->name, n);
+		p[--len] = '/';
+	}
+	if (p[0] == '/')
+		memmove(p, p + 1, strlen(p));   /* "A/B", not "/A/B" */
+	return p;
+}
+
+/* Saves the times of the directories' lists of folders (file I/O:
+ * without the lock). */
+static void save_dir_times(struct fs_tree *t)
+{
+	struct meta_dir_time *times;
+	struct node **dirs = NULL;
+	size_t n = 0, cap = 0, k = 0;
+
+	if (!t->meta)
+		return;
+	pthread_mutex_lock(&t->lock);
+	collect_dirs(t->root, &dirs, &n, &cap);
+	times = calloc(n + 1, sizeof(*times));
+	/* Every directory, with 0 for one without a time: the next mount
+	 * tells from the paths which folders were made or removed. */
+	for (size_t i = 0; times && i < n; i++)
+		if ((times[k].path = dir_path(t, dirs[i])))
+			times[k++].changed_at = dirs[i]->dirs_changed_at;
+	pthread_mutex_unlock(&t->lock);
+	free(dirs);
+	if (times)
+		meta_cache_save_dir_times(t->meta, times, k);
+	meta_dir_times_free(&times, k);
+}
+
 /* Rebuilds the directory tree from a folder list (borrowed). */
 int tree_install_folders(struct fs_tree *t,
 	const struct backend_folder *folders, size_t nf, const char **error_r)
@@ -374,13 +531,27 @@ int tree_install_folders(struct fs_tree *t,
 	struct folder_dir *want;
 	size_t nw = 0, n_old = 0, cap_old = 0;
 
+	struct meta_dir_time *saved = NULL;
+	size_t n_saved = 0;
+	bool first;
+
 	want = folder_dirs_build(folders, nf, t->be->delimiter, &nw);
 	if (!want) {
 		*error_r = "out of memory";
 		return -ENOMEM;
 	}
+	pthread_mutex_lock(&t->lock);
+	first = !t->folders_installed;
+	pthread_mutex_unlock(&t->lock);
+	/* The first list of this mount: the directories' times from the
+	 * last (file I/O, without the lock). */
+	if (first && t->meta &&
+	    meta_cache_load_dir_times(t->meta, &saved, &n_saved) == 0)
+		qsort(saved, n_saved, sizeof(*saved), dir_time_cmp);
 
 	pthread_mutex_lock(&t->lock);
+	if (first && t->root->dirs_changed_at == 0)
+		t->root->dirs_changed_at = saved_dir_time(saved, n_saved, "");
 	t->n_folders = nw;
 	collect_dirs(t->root, &old, &n_old, &cap_old);
 	/* Children are matched by name under their parent, so a directory
@@ -428,6 +599,8 @@ int tree_install_folders(struct fs_tree *t,
 			}
 			d->ino = ino;
 			d->is_dir = true;
+			d->dirs_changed_at = saved_dir_time(saved, n_saved,
+				want[i].path);
 			tree_hash_add(t, d);
 		}
 		if (d->raw && (!want[i].raw || strcmp(d->raw, want[i].raw))) {
@@ -468,9 +641,17 @@ int tree_install_folders(struct fs_tree *t,
 		tree_detach_messages(t, old[i]);
 		tree_maybe_free(t, old[i]);
 	}
+	if (first && saved)
+		note_changes_since_saved(t, saved, n_saved, want, nw);
+	first_sight(t->root);
+	for (size_t i = 0; i < nw; i++)
+		if (want[i].node)
+			first_sight(want[i].node);
 	pthread_mutex_unlock(&t->lock);
 	free(old);
 	folder_dirs_free(want, nw);
+	meta_dir_times_free(&saved, n_saved);
+	save_dir_times(t);
 	preload_cached_listings(t);
 	return 0;
 }
@@ -728,21 +909,32 @@ static int merge_messages(struct fs_tree *t, struct node *dir,
 	qsort(list, k, sizeof(*list), node_name_cmp);
 	dir->msgs = list;
 	dir->n_msgs = k;
-	free(dir->by_ino);
-	dir->by_ino = NULL;
-	dir->n_by_ino = 0;
-	dir->prefetched_upto = dir->prefetched_upto_ino = 0;
+	dir->listing_serial = l->serial;
 	dir->uidvalidity = uidvalidity;
 	dir->list_changed_at = l->changed_at;
 	dir->msgs_loaded = true;
 	return 0;
 }
 
-/* Fetches dir's listing through the folder index (incrementally when one
- * is known) and installs it.  Called with the lock held and dir->loading
- * clear; drops the lock around the network.  Returns 0 or a negative
- * errno.  What rm and mv do meanwhile is the index's to apply; the
- * version installed is the index's latest, read back under the lock. */
+/* Installs the index's latest listing of dir when it is newer than the
+ * one installed (lock held).  Read under the lock, it already shows what
+ * rm and mv did: an answer fetched before them is never installed. */
+static int merge_latest(struct fs_tree *t, struct node *dir,
+	struct inval_list *il)
+{
+	struct folder_listing *l = dir->raw ?
+		folder_index_get(t->index, dir->raw) : NULL;
+	int ret = 0;
+
+	if (l && l->serial != dir->listing_serial)
+		ret = merge_messages(t, dir, l, il);
+	folder_listing_release(&l);
+	return ret;
+}
+
+/* Fetches dir's listing now through the folder index (incrementally when
+ * one is known) and installs it.  Called with the lock held; drops it
+ * around the network.  Returns 0 or a negative errno. */
 int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 	struct inval_list *il)
 {
@@ -755,8 +947,7 @@ int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 	raw = strdup(dir->raw);
 	if (!raw)
 		return -ENOMEM;
-	dir->loading = true;
-	dir->moved_in_while_loading = false;
+	dir->pins++;   /* it may be detached while we wait */
 	pthread_mutex_unlock(&t->lock);
 
 	st = folder_index_refresh(t->index, raw, &l, &error);
@@ -765,83 +956,14 @@ int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 		log_debug("cannot list %s: %s", raw, error);
 
 	pthread_mutex_lock(&t->lock);
-	dir->loading = false;
-	pthread_cond_broadcast(&t->loaded);
-	/* Even a failure counts as an attempt: retry after the period. */
-	dir->loaded_at = tree_now();
-	if (st == BACKEND_OK && dir->raw && strcmp(dir->raw, raw) == 0)
-		l = folder_index_get(t->index, raw);
-	if (l)
-		ret = merge_messages(t, dir, l, il);
-	else if (st != BACKEND_OK)
+	dir->pins--;
+	if (dir->raw && strcmp(dir->raw, raw) == 0)
+		ret = merge_latest(t, dir, il);
+	if (st != BACKEND_OK && !dir->msgs_loaded)
 		/* Keep serving an older listing rather than nothing. */
-		ret = dir->msgs_loaded ? 0 : -backend_status_errno(st);
-	if (dir->moved_in_while_loading) {
-		dir->msgs_loaded = false;
-		dir->loaded_at = 0;
-		dir->moved_in_while_loading = false;
-	}
-	folder_listing_release(&l);
+		ret = -backend_status_errno(st);
 	free(raw);
 	return ret;
-}
-
-static void refresh_job_done(struct fs_tree *t, struct node *dir)
-{
-	dir->refresh_queued = false;
-	dir->pins--;
-	tree_maybe_free(t, dir);
-}
-
-struct refresh_job {
-	struct fs_tree *t;
-	struct node *dir;
-};
-
-static void refresh_job_run(void *arg)
-{
-	struct refresh_job *job = arg;
-	struct fs_tree *t = job->t;
-	struct inval_list il = { 0 };
-
-	pthread_mutex_lock(&t->lock);
-	job->dir->refresh_queued = false;
-	if (!job->dir->loading && !t->stopping)
-		tree_refresh_messages(t, job->dir, &il);
-	refresh_job_done(t, job->dir);
-	pthread_mutex_unlock(&t->lock);
-	tree_inval_send(t, &il);
-	free(job);
-}
-
-static void refresh_job_cancel(void *arg)
-{
-	struct refresh_job *job = arg;
-
-	pthread_mutex_lock(&job->t->lock);
-	refresh_job_done(job->t, job->dir);
-	pthread_mutex_unlock(&job->t->lock);
-	free(job);
-}
-
-/* Queues a background refresh of dir (lock held).  When the queue is
- * full it is simply not done: the next access asks again. */
-void tree_refresh_async(struct fs_tree *t, struct node *dir)
-{
-	struct refresh_job *job;
-
-	if (dir->refresh_queued || !(job = malloc(sizeof(*job))))
-		return;
-	job->t = t;
-	job->dir = dir;
-	dir->pins++;
-	dir->refresh_queued = true;
-	if (!work_queue_submit(t->bg, refresh_job_run, refresh_job_cancel,
-			job)) {
-		dir->refresh_queued = false;
-		dir->pins--;
-		free(job);
-	}
 }
 
 bool fs_tree_run_later(struct fs_tree *t, void (*run)(void *arg),
@@ -879,48 +1001,65 @@ static void inval_job_cancel(void *arg)
 	free(job);
 }
 
-/* Makes sure dir's message list is there.  A folder never listed is
- * fetched now; a known one (from this mount or the metadata cache) is
- * served as it is, and when `fresh` is asked and it is older than the
- * refresh period a background refresh brings it up to date, so a slow or
- * absent server never stalls a listing.  Called and returns with the lock
- * held. */
+void tree_inval_later(struct fs_tree *t, struct inval_list *il)
+{
+	struct inval_job *job;
+
+	if (!il->n)
+		return;
+	job = malloc(sizeof(*job));
+	if (job) {
+		job->t = t;
+		job->il = *il;
+		memset(il, 0, sizeof(*il));
+	}
+	if (!job || !fs_tree_run_later(t, inval_job_run, inval_job_cancel,
+			job)) {
+		if (job)
+			*il = job->il;
+		free(job);
+		inval_list_free(il);
+	}
+}
+
+/* Makes sure dir's message list is the one the folder index serves:
+ * whether it is fetched first or refreshed in the background (`fresh`:
+ * a listing of the directory) is the index's decision.  Called and
+ * returns with the lock held; drops it only when the index must fetch
+ * first. */
 int tree_ensure_messages(struct fs_tree *t, struct node *dir, bool fresh)
 {
+	struct folder_listing *l;
 	struct inval_list il = { 0 };
+	enum backend_status st = BACKEND_OK;
+	const char *error = "";
 	int ret;
 
 	if (!dir->raw || !dir->selectable)
 		return 0;
-	if (dir->msgs_loaded) {
-		if (fresh && !dir->loading && (dir->loaded_at == 0 ||
-		    tree_now() - dir->loaded_at >= (time_t)t->refresh_s))
-			tree_refresh_async(t, dir);
-		return 0;
-	}
-	dir->pins++;   /* it may be detached while we wait */
-	while (dir->loading)
-		pthread_cond_wait(&t->loaded, &t->lock);
-	/* The listing we waited for may have failed, or predate a message
-	 * moved in meanwhile: then list it ourselves, once. */
-	ret = dir->msgs_loaded ? 0 : tree_refresh_messages(t, dir, &il);
-	dir->pins--;   /* the caller's kernel reference keeps it */
-	if (il.n) {
-		/* We are inside a request for this directory: a background
-		 * worker tells the kernel (there is nothing to tell after a
-		 * first listing, so this is rare). */
-		struct inval_job *job = malloc(sizeof(*job));
+	l = folder_index_current(t->index, dir->raw, fresh);
+	if (!l) {
+		char *raw = strdup(dir->raw);
 
-		if (job) {
-			job->t = t;
-			job->il = il;
-		}
-		if (!job || !fs_tree_run_later(t, inval_job_run,
-				inval_job_cancel, job)) {
-			free(job);
-			inval_list_free(&il);
-		}
+		if (!raw)
+			return -ENOMEM;
+		dir->pins++;   /* it may be detached while we wait */
+		pthread_mutex_unlock(&t->lock);
+		st = folder_index_serve(t->index, raw, fresh, &l, &error);
+		if (st != BACKEND_OK)
+			log_debug("cannot list %s: %s", raw, error);
+		pthread_mutex_lock(&t->lock);
+		dir->pins--;   /* the caller's kernel reference keeps it */
+		if (!dir->raw || strcmp(dir->raw, raw) != 0)
+			st = BACKEND_NOT_FOUND;
+		free(raw);
 	}
+	folder_listing_release(&l);
+	if (st != BACKEND_OK)
+		return -backend_status_errno(st);
+	ret = merge_latest(t, dir, &il);
+	/* We are inside a request for this directory. */
+	tree_inval_later(t, &il);
 	return ret;
 }
 
@@ -940,7 +1079,7 @@ static void preload_cached_listings(struct fs_tree *t)
 	raws = calloc(n + 1, sizeof(*raws));
 	for (size_t i = 0; raws && i < n; i++)
 		if (dirs[i]->raw && dirs[i]->selectable &&
-		    !dirs[i]->msgs_loaded && !dirs[i]->loading &&
+		    !dirs[i]->msgs_loaded &&
 		    (raws[k] = strdup(dirs[i]->raw)))
 			k++;
 	pthread_mutex_unlock(&t->lock);
@@ -955,9 +1094,8 @@ static void preload_cached_listings(struct fs_tree *t)
 		if (folder_index_load(t->index, raws[i], &l) == 0) {
 			pthread_mutex_lock(&t->lock);
 			d = dir_by_raw(t->root, raws[i]);
-			if (d && d->selectable && !d->msgs_loaded &&
-			    !d->loading && merge_messages(t, d, l, &il) == 0)
-				d->loaded_at = 0;
+			if (d && d->selectable && !d->msgs_loaded)
+				merge_latest(t, d, &il);
 			pthread_mutex_unlock(&t->lock);
 		}
 		folder_listing_release(&l);
@@ -980,18 +1118,15 @@ static int64_t dir_changed_at(const struct node *d)
 }
 
 /* A directory's mtime moves forward when its entries change and stays
- * put otherwise, also across remounts (the folder index keeps listing
- * times in the metadata cache).  One that never saw a change of its own
- * (the root, a folder holding only folders) takes its newest child's. */
+ * put otherwise, also across remounts: the folder index keeps listing
+ * times in the metadata cache, and the tree the times of the lists of
+ * folders ("dirs" there).  A directory of folders starts at the time it
+ * was first seen (see first_sight); a folder not yet listed shows the
+ * mount's start until its listing comes. */
 static int64_t dir_mtime(const struct fs_tree *t, const struct node *d)
 {
-	int64_t m = dir_changed_at(d), newest = 0;
+	int64_t m = dir_changed_at(d);
 
-	for (size_t i = 0; m == 0 && i < d->n_dirs; i++)
-		if (dir_changed_at(d->dirs[i]) > newest)
-			newest = dir_changed_at(d->dirs[i]);
-	if (m == 0)
-		m = newest;
 	return m ? m : (int64_t)t->start_time;
 }
 
@@ -1302,102 +1437,27 @@ static void settle_size(struct fs_tree *t, struct node *x, uint64_t true_size)
 		x->uid, true_size);
 }
 
-#define READAHEAD_FILES 384
-
-/* A folder read file after file in name order (grep -r, cp -r): queue the
- * heads of the next messages, fetched in batches.  Lock held. */
-static int node_ino_cmp(const void *a, const void *b)
+/* A folder read file after file (grep -r, cp -r, rsync): queue the heads
+ * of the messages the reader will want next, as the read-ahead order
+ * says for the folder's current listing.  Without the lock. */
+static void read_ahead(struct fs_tree *t, const struct msg_ref *ref)
 {
-	const struct node *const *x = a, *const *y = b;
-
-	return ((*x)->ino > (*y)->ino) - ((*x)->ino < (*y)->ino);
-}
-
-/* The folder's messages in inode order, built when first needed: cp -r
- * and rsync read a directory in that order, grep -r in name order. */
-static struct node **msgs_by_ino(struct node *dir)
-{
-	if (dir->by_ino && dir->n_by_ino == dir->n_msgs)
-		return dir->by_ino;
-	free(dir->by_ino);
-	dir->by_ino = malloc((dir->n_msgs + 1) * sizeof(*dir->by_ino));
-	dir->n_by_ino = 0;
-	if (!dir->by_ino)
-		return NULL;
-	memcpy(dir->by_ino, dir->msgs, dir->n_msgs * sizeof(*dir->by_ino));
-	if (dir->n_msgs)
-		qsort(dir->by_ino, dir->n_msgs, sizeof(*dir->by_ino),
-			node_ino_cmp);
-	dir->n_by_ino = dir->n_msgs;
-	return dir->by_ino;
-}
-
-/* The position of x in order[] (sorted by cmp), or SIZE_MAX. */
-static size_t index_in(struct node **order, size_t n, struct node *x,
-	int (*cmp)(const void *, const void *))
-{
-	struct node **hit = n ? bsearch(&x, order, n, sizeof(*order), cmp) :
-		NULL;
-
-	return hit && *hit == x ? (size_t)(hit - order) : SIZE_MAX;
-}
-
-/* One reading order: queues the heads of the next files when the reader
- * went on from the previous (or the one before).  Lock held. */
-static void readahead_order(struct fs_tree *t, struct node *dir,
-	struct node **order, size_t n, size_t i, size_t *last,
-	size_t *upto)
-{
-	bool sequential = *last && *last <= i + 1 && *last + 2 >= i + 1;
-	size_t from, to, k = 0;
+	struct folder_listing *l = folder_index_get(t->index, ref->folder);
 	uint32_t *uids;
 	uint64_t *sizes;
+	size_t n;
 
-	*last = i + 1;
-	if (!sequential || *upto >= i + READAHEAD_FILES / 2)
+	if (!l || l->state.uidvalidity != ref->uidvalidity) {
+		folder_listing_release(&l);
 		return;
-	from = *upto > i + 1 ? *upto : i + 1;
-	to = i + 1 + READAHEAD_FILES;
-	if (to > n)
-		to = n;
-	if (from >= to)
-		return;
-	uids = calloc(to - from, sizeof(*uids));
-	sizes = calloc(to - from, sizeof(*sizes));
-	if (uids && sizes) {
-		for (size_t j = from; j < to; j++) {
-			uids[k] = order[j]->uid;
-			sizes[k++] = order[j]->size;
-		}
-		*upto = to;
-		/* Queuing only copies: cheap enough under the lock. */
-		msg_reader_prefetch_heads(t->reader, dir->raw, dir->uidvalidity,
-			uids, sizes, k);
 	}
+	n = read_ahead_next(t->ra, ref->folder, l, ref->uid, &uids, &sizes);
+	if (n)
+		msg_reader_prefetch_heads(t->reader, ref->folder,
+			ref->uidvalidity, uids, sizes, n);
 	free(uids);
 	free(sizes);
-}
-
-/* A folder read file after file (grep -r in name order, cp -r and rsync
- * in inode order): queue the heads of the next messages, fetched in
- * batched commands.  Lock held. */
-static void readahead_files(struct fs_tree *t, struct node *x)
-{
-	struct node *dir = x->parent, **by_ino;
-	size_t i;
-
-	if (!x->attached || !dir || !dir->raw)
-		return;
-	i = index_in(dir->msgs, dir->n_msgs, x, node_name_cmp);
-	if (i != SIZE_MAX)
-		readahead_order(t, dir, dir->msgs, dir->n_msgs, i,
-			&dir->last_read, &dir->prefetched_upto);
-	by_ino = msgs_by_ino(dir);
-	i = by_ino ? index_in(by_ino, dir->n_msgs, x, node_ino_cmp) :
-		SIZE_MAX;
-	if (i != SIZE_MAX)
-		readahead_order(t, dir, by_ino, dir->n_msgs, i,
-			&dir->last_read_ino, &dir->prefetched_upto_ino);
+	folder_listing_release(&l);
 }
 
 ssize_t fs_tree_read(struct fs_tree *t, fuse_ino_t ino, uint64_t offset,
@@ -1416,8 +1476,6 @@ ssize_t fs_tree_read(struct fs_tree *t, fuse_ino_t ino, uint64_t offset,
 		pthread_mutex_unlock(&t->lock);
 		return x ? -EISDIR : -ENOENT;
 	}
-	if (offset == 0)
-		readahead_files(t, x);
 	folder = strdup(x->folder_raw);
 	ref.uidvalidity = x->msg_uidvalidity;
 	ref.uid = x->uid;
@@ -1426,6 +1484,8 @@ ssize_t fs_tree_read(struct fs_tree *t, fuse_ino_t ino, uint64_t offset,
 	if (!folder)
 		return -ENOMEM;
 	ref.folder = folder;
+	if (offset == 0)
+		read_ahead(t, &ref);
 
 	got = msg_reader_read(t->reader, &ref, offset, length, buf, &true_size);
 	free(folder);

@@ -36,21 +36,13 @@ struct node {
 	struct node **staged;   /* files being copied in, unordered */
 	size_t n_staged;
 	bool msgs_loaded;
-	bool loading;           /* a refresh is talking to the server */
-	bool moved_in_while_loading;  /* its answer may predate the move */
-	bool refresh_queued;    /* a background refresh waits in t->bg */
-	time_t loaded_at;       /* monotonic; 0: from the metadata cache */
-	uint32_t uidvalidity;   /* of the listing msgs came from */
+	uint64_t listing_serial;  /* of the index's listing msgs came from */
+	uint32_t uidvalidity;   /* of that listing */
 	int64_t list_changed_at;  /* that listing's changed_at */
 	int64_t dirs_changed_at;  /* wall clock: a child dir came or went */
 	bool child_came;        /* scratch for folder-list merges */
-	size_t last_read;       /* index+1 of the message last read from 0 */
-	size_t prefetched_upto; /* read-ahead queued up to this index */
-	struct node **by_ino;   /* msgs in inode order, built when needed */
-	size_t n_by_ino;
-	size_t last_read_ino, prefetched_upto_ino;  /* the same, that order */
 	bool seen;              /* scratch for folder-list merges */
-	unsigned pins;          /* in use by a refresh: do not free */
+	unsigned pins;          /* in use without the lock: do not free */
 	uint64_t merge_stamp;   /* the last merge that placed this message */
 
 	/* messages */
@@ -80,12 +72,15 @@ struct node {
 	char *failed;           /* refused for good: the reason; owned */
 };
 
+/* The tree holds inodes and the names the kernel sees.  What a folder
+ * holds, when to fetch it again and what to read ahead are the folder
+ * index's and read_ahead's: the tree asks them and installs what they
+ * serve (one lock order: tree lock -> index lock, read_ahead lock). */
 struct fs_tree {
 	pthread_mutex_t lock;
-	pthread_cond_t loaded;
 	struct backend *be;
 	struct msg_reader *reader;
-	unsigned refresh_s;
+	unsigned refresh_s;               /* the folder list's period */
 	time_t start_time;
 	uid_t uid;
 	gid_t gid;
@@ -96,6 +91,7 @@ struct fs_tree {
 	struct meta_cache *meta;          /* may be NULL */
 	struct folder_index *index;       /* owned; listings live there */
 	struct work_queue *bg;            /* owned: refreshes, notifications */
+	struct read_ahead *ra;            /* owned */
 	uint64_t merge_seq;               /* one stamp per listing merge */
 	char *source;                     /* user.mailfs.source text */
 	char *(*report_hook)(void *ctx, const char *what);
@@ -158,11 +154,13 @@ void tree_fill_entry(struct fs_tree *t, const struct node *n,
 	struct fuse_entry_param *e);
 struct node *tree_find_msg(struct node *dir, const char *name);
 
-/* Listings (lock held; may drop it around network I/O). */
+/* Listings (lock held; may drop it around network I/O, pinning dir).
+ * ensure: installs what the folder index serves (fresh: for a listing of
+ * the directory, which may start a background refresh).  refresh: fetches
+ * now and installs the result. */
 int tree_ensure_messages(struct fs_tree *t, struct node *dir, bool fresh);
 int tree_refresh_messages(struct fs_tree *t, struct node *dir,
 	struct inval_list *il);
-void tree_refresh_async(struct fs_tree *t, struct node *dir);
 
 /* Removes a message node from its folder's list and listing (lock held).
  * A refresh of dir under way will not bring it back. */
@@ -192,5 +190,8 @@ void tree_inval_add(struct inval_list *il, fuse_ino_t parent,
 	const char *name);
 /* Without the lock and outside request handlers for the directory. */
 void tree_inval_send(struct fs_tree *t, struct inval_list *il);
+/* From inside a request for the directory (with or without the lock): a
+ * background worker sends them.  Takes *il over (left empty). */
+void tree_inval_later(struct fs_tree *t, struct inval_list *il);
 
 #endif

@@ -24,9 +24,6 @@ void tree_detach_message(struct fs_tree *t, struct node *dir, struct node *x)
 			dir->n_msgs--;
 			break;
 		}
-	free(dir->by_ino);
-	dir->by_ino = NULL;
-	dir->n_by_ino = 0;
 	folder_index_remove(t->index, x->folder_raw, x->msg_uidvalidity,
 		x->uid);
 	if (dir->raw) {
@@ -50,11 +47,22 @@ void tree_note_flags_set(struct fs_tree *t, struct node *dir)
 
 void tree_note_moved_in(struct fs_tree *t, struct node *dir)
 {
-	tree_note_flags_set(t, dir);
-	dir->loaded_at = 0;
-	dir->msgs_loaded = false;
-	if (dir->loading)
-		dir->moved_in_while_loading = true;
+	if (dir->raw)
+		folder_index_moved_in(t->index, dir->raw);
+}
+
+/* The server found no message (or folder) to rm or mv: another client
+ * removed it.  List the folder again, so that its entry goes, rather
+ * than trust a name that would only fail again (lock held; dropped
+ * around the network). */
+static void relist_after_vanished(struct fs_tree *t, fuse_ino_t dir_ino)
+{
+	struct inval_list il = { 0 };
+	struct node *dir = tree_find(t, dir_ino);
+
+	if (dir && dir->is_dir && dir->raw && dir->selectable)
+		tree_refresh_messages(t, dir, &il);
+	tree_inval_later(t, &il);
 }
 
 static struct node *child_dir(struct node *dir, const char *name)
@@ -122,6 +130,11 @@ int fs_tree_unlink(struct fs_tree *t, fuse_ino_t parent, const char *name)
 	if (st != BACKEND_OK) {
 		log_warn("cannot delete %s in %s: %s", name, mt.folder, error);
 		free(mt.folder);
+		if (st == BACKEND_NOT_FOUND) {
+			pthread_mutex_lock(&t->lock);
+			relist_after_vanished(t, mt.dir_ino);
+			pthread_mutex_unlock(&t->lock);
+		}
 		return -backend_status_errno(st);
 	}
 	log_debug("deleted UID %u from %s", mt.uid, mt.folder);
@@ -156,14 +169,12 @@ int fs_tree_rmdir(struct fs_tree *t, fuse_ino_t parent, const char *name)
 	}
 	/* Empty on the server, not just in a possibly stale listing:
 	 * DELETE would take every message with it. */
-	if (d->selectable && !d->loading) {
-		d->pins++;
+	if (d->selectable) {
 		ret = tree_refresh_messages(t, d, &il);
-		d->pins--;
 		if (ret < 0)
 			goto out_unlock;
 	}
-	if (d->n_msgs || d->n_dirs || d->n_staged || d->loading) {
+	if (d->n_msgs || d->n_dirs || d->n_staged) {
 		ret = -ENOTEMPTY;
 		goto out_unlock;
 	}
@@ -241,7 +252,7 @@ static char *child_raw_name(struct fs_tree *t, struct node *dir,
 		*err_r = -ENOENT;
 		return NULL;
 	}
-	raw = t->be->ops->encode_name(t->be, dir == t->root ? NULL : dir->raw,
+	raw = backend_encode_name(t->be, dir == t->root ? NULL : dir->raw,
 		name, &error);
 	if (!raw) {
 		log_warn("refusing folder name '%s': %s", name, error);
@@ -397,6 +408,8 @@ static int move_message(struct fs_tree *t, struct node *dir, struct node *x,
 	if (st != BACKEND_OK) {
 		log_warn("cannot move UID %u from %s to %s: %s", mt.uid,
 			mt.folder, to ? to : "?", error);
+		if (st == BACKEND_NOT_FOUND)
+			relist_after_vanished(t, mt.dir_ino);
 		ret = -backend_status_errno(st);
 		goto out;
 	}

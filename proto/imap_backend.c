@@ -1170,6 +1170,20 @@ static enum backend_status store_deleted(struct imap_session *s,
 	return BACKEND_OK;
 }
 
+/* Whether the last command's answer removed a message from the selected
+ * folder.  UID STORE, UID EXPUNGE and UID MOVE answer OK for a UID that
+ * is gone (another client expunged it): its EXPUNGE responses tell. */
+static enum backend_status check_removed(struct imap_session *s,
+	const char **error_r)
+{
+	struct mailimap_response_info *info = s->imap->imap_response_info;
+
+	if (info && info->rsp_expunged && !clist_isempty(info->rsp_expunged))
+		return BACKEND_OK;
+	*error_r = "no such message on the server (removed meanwhile)";
+	return BACKEND_NOT_FOUND;
+}
+
 /* \Deleted + UID EXPUNGE of exactly one UID; undoes the flag when the
  * expunge fails so nothing is left half-deleted. */
 static enum backend_status expunge_one(struct imap_session *s,
@@ -1190,6 +1204,8 @@ static enum backend_status expunge_one(struct imap_session *s,
 		st = command_failed(s, r, "UID EXPUNGE in", folder, error_r);
 		if (!imap_session_broken(s))
 			store_deleted(s, uid, false, folder, &ignored);
+	} else {
+		st = check_removed(s, error_r);
 	}
 	return st;
 }
@@ -1226,6 +1242,8 @@ static enum backend_status move_one(struct imap_session *s, const char *from,
 			r = mailimap_uid_move(s->imap, set, to);
 		if (r != MAILIMAP_NO_ERROR)
 			st = command_failed(s, r, "UID MOVE to", to, error_r);
+		else
+			st = check_removed(s, error_r);
 	} else if (s->caps.uidplus) {
 		r = mailimap_uidplus_uid_copy(s->imap, set, to, &validity,
 			&src, &dst);

@@ -172,6 +172,17 @@ enum backend_status backend_append(struct backend *be, const char *raw_folder,
 		new_uid_r, error_r);
 }
 
+enum backend_status backend_find_appended(struct backend *be,
+	const char *raw_folder, const void *data, size_t len,
+	uint32_t uidvalidity, uint32_t min_uid, uint32_t *uid_r,
+	const char **error_r)
+{
+	if (be->read_only || !be->ops->find_appended)
+		return read_only(error_r);
+	return be->ops->find_appended(be, raw_folder, data, len, uidvalidity,
+		min_uid, uid_r, error_r);
+}
+
 enum backend_status backend_set_flags(struct backend *be,
 	const char *raw_folder, uint32_t uidvalidity, uint32_t uid,
 	const char *flags, const char **error_r)
@@ -204,4 +215,14 @@ enum backend_status backend_rename_folder(struct backend *be,
 	if (be->read_only || !be->ops->rename_folder)
 		return read_only(error_r);
 	return be->ops->rename_folder(be, raw_from, raw_to, error_r);
+}
+
+char *backend_encode_name(struct backend *be, const char *raw_parent,
+	const char *name, const char **error_r)
+{
+	if (!be->ops->encode_name) {
+		*error_r = "this source has no folders to name";
+		return NULL;
+	}
+	return be->ops->encode_name(be, raw_parent, name, error_r);
 }

@@ -267,6 +267,10 @@ enum backend_status backend_move(struct backend *be, const char *raw_from,
 enum backend_status backend_append(struct backend *be, const char *raw_folder,
 	const void *data, size_t len, const char *flags, int64_t internaldate,
 	uint32_t *new_uid_r, const char **error_r);
+enum backend_status backend_find_appended(struct backend *be,
+	const char *raw_folder, const void *data, size_t len,
+	uint32_t uidvalidity, uint32_t min_uid, uint32_t *uid_r,
+	const char **error_r);
 enum backend_status backend_set_flags(struct backend *be,
 	const char *raw_folder, uint32_t uidvalidity, uint32_t uid,
 	const char *flags, const char **error_r);
@@ -276,5 +280,9 @@ enum backend_status backend_delete_folder(struct backend *be,
 	const char *raw_name, const char **error_r);
 enum backend_status backend_rename_folder(struct backend *be,
 	const char *raw_from, const char *raw_to, const char **error_r);
+/* The encode_name slot, or NULL with *error_r when there is none (a
+ * source without folders). */
+char *backend_encode_name(struct backend *be, const char *raw_parent,
+	const char *name, const char **error_r);
 
 #endif

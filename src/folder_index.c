@@ -37,6 +37,16 @@ struct folder {
 	struct settled *settled;
 	size_t n_settled;
 	bool distrust;
+
+	/* refresh scheduling */
+	time_t fetched_at;        /* monotonic: last fetch tried; 0: never */
+	bool queued;              /* a background refresh waits in bg */
+	bool must_fetch;          /* cur may predate a message moved in */
+	uint64_t moved_seq;       /* moves in so far: a fetch that overlapped
+	                           * one leaves must_fetch set */
+	uint64_t fetches;         /* fetches started */
+	uint64_t cur_fetch;       /* the one cur came from: an answer to an
+	                           * earlier one is older, and not installed */
 };
 
 struct folder_index {
@@ -47,14 +57,29 @@ struct folder_index {
 	struct folder **folders;
 	size_t n_folders;
 	uint64_t next_id;
+	uint64_t next_serial;
+
+	/* refresh scheduling (set once, before use) */
+	unsigned refresh_s;
+	struct work_queue *bg;    /* borrowed; NULL: no background refresh */
+	pthread_cond_t fetched;   /* a fetch ended */
+	void (*changed)(void *ctx, const char *raw);
+	void *changed_ctx;
 
 	/* the change watcher */
 	pthread_t watcher;
 	bool watching, stop_watch;
 	char *watch_raw;
-	void (*changed)(void *ctx, const char *raw);
-	void *changed_ctx;
 };
+
+static time_t mono_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	/* Never 0, which means "never fetched". */
+	return ts.tv_sec + 1;
+}
 
 static struct version *version_of(struct folder_listing *l)
 {
@@ -178,21 +203,29 @@ static struct version *version_copy(const struct version *v)
 	return c;
 }
 
+/* Makes v the folder's current version (lock held; takes v over). */
+static void install(struct folder_index *idx, struct folder *f,
+	struct version *v)
+{
+	struct folder_listing *old = f->cur ? &f->cur->pub : NULL;
+
+	v->pub.serial = ++idx->next_serial;
+	folder_listing_release(&old);
+	f->cur = v;
+}
+
 /* f->cur, made changeable (copied when others hold it); lock held.
  * NULL when there is none or no memory. */
-static struct version *writable_cur(struct folder *f)
+static struct version *writable_cur(struct folder_index *idx,
+	struct folder *f)
 {
 	struct version *v = f->cur;
 
 	if (!v || __atomic_load_n(&v->refs, __ATOMIC_ACQUIRE) == 1)
 		return v;
 	v = version_copy(f->cur);
-	if (v) {
-		struct folder_listing *old = &f->cur->pub;
-
-		folder_listing_release(&old);
-		f->cur = v;
-	}
+	if (v)
+		install(idx, f, v);
 	return v;
 }
 
@@ -204,6 +237,7 @@ struct folder_index *folder_index_new(struct backend *be,
 	if (!idx)
 		return NULL;
 	pthread_mutex_init(&idx->lock, NULL);
+	pthread_cond_init(&idx->fetched, NULL);
 	idx->be = be;
 	idx->meta = meta;
 	idx->namer = namer;
@@ -239,6 +273,7 @@ void folder_index_free(struct folder_index **idxp)
 	}
 	free(idx->folders);
 	pthread_mutex_destroy(&idx->lock);
+	pthread_cond_destroy(&idx->fetched);
 	free(idx);
 	*idxp = NULL;
 }
@@ -394,7 +429,7 @@ enum backend_status folder_index_refresh(struct folder_index *idx,
 	char **names = NULL;
 	int64_t changed_at = 0;
 	struct folder *f;
-	uint64_t id;
+	uint64_t id, moved, fetch;
 
 	*listing_r = NULL;
 	pthread_mutex_lock(&idx->lock);
@@ -408,6 +443,8 @@ enum backend_status folder_index_refresh(struct folder_index *idx,
 		known = folder_listing_ref(&f->cur->pub);
 	f->refreshing++;
 	id = f->id;
+	moved = f->moved_seq;
+	fetch = ++f->fetches;
 	pthread_mutex_unlock(&idx->lock);
 
 	/* known is immutable while we hold it: no copy needed. */
@@ -475,9 +512,13 @@ enum backend_status folder_index_refresh(struct folder_index *idx,
 			folder_listing_release(&l);
 			st = BACKEND_TEMP;
 			*error_r = "folder forgotten";
+		} else if (fetch < f->cur_fetch) {
+			/* A later fetch answered first: keep its answer. */
+			struct folder_listing *l = &v->pub;
+
+			folder_listing_release(&l);
+			out = f->cur ? folder_listing_ref(&f->cur->pub) : NULL;
 		} else {
-			struct folder_listing *old = f->cur ? &f->cur->pub :
-				NULL;
 			bool late = false;
 
 			/* Removed while we named it (rare): apply again. */
@@ -490,8 +531,8 @@ enum backend_status folder_index_refresh(struct folder_index *idx,
 			if (late)
 				v->pub.changed_at = next_change(
 					v->pub.changed_at);
-			folder_listing_release(&old);
-			f->cur = v;
+			install(idx, f, v);
+			f->cur_fetch = fetch;
 			for (size_t i = 0; late && i < f->n_gone; i++) {
 				ptrdiff_t k = folder_listing_find(&v->pub,
 					f->gone[i].uid);
@@ -516,6 +557,14 @@ enum backend_status folder_index_refresh(struct folder_index *idx,
 			out = folder_listing_ref(&v->pub);
 		}
 	}
+	if (f) {
+		/* Even a failure counts as an attempt: retry after the
+		 * period. */
+		f->fetched_at = mono_now();
+		if (st == BACKEND_OK && f->moved_seq == moved)
+			f->must_fetch = false;
+	}
+	pthread_cond_broadcast(&idx->fetched);
 	if (f && --f->refreshing == 0) {
 		free(f->gone);
 		f->gone = NULL;
@@ -530,6 +579,132 @@ enum backend_status folder_index_refresh(struct folder_index *idx,
 		save(idx, raw, out);
 	*listing_r = out;
 	return st;
+}
+
+/* ---- refresh scheduling ---------------------------------------------------- */
+
+void folder_index_schedule(struct folder_index *idx, unsigned refresh_s,
+	struct work_queue *bg, void (*changed)(void *ctx, const char *raw),
+	void *ctx)
+{
+	idx->refresh_s = refresh_s;
+	idx->bg = bg;
+	idx->changed = changed;
+	idx->changed_ctx = ctx;
+}
+
+struct refresh_job {
+	struct folder_index *idx;
+	char *raw;
+};
+
+static void refresh_job_end(struct refresh_job *job)
+{
+	struct folder *f;
+
+	pthread_mutex_lock(&job->idx->lock);
+	f = folder_find(job->idx, job->raw, false);
+	if (f)
+		f->queued = false;
+	pthread_mutex_unlock(&job->idx->lock);
+}
+
+static void refresh_job_run(void *arg)
+{
+	struct refresh_job *job = arg;
+	struct folder_index *idx = job->idx;
+	struct folder_listing *l = NULL;
+	const char *error = "";
+	enum backend_status st;
+
+	refresh_job_end(job);
+	st = folder_index_refresh(idx, job->raw, &l, &error);
+	folder_listing_release(&l);
+	if (st != BACKEND_OK)
+		log_debug("cannot list %s: %s", job->raw, error);
+	else if (idx->changed)
+		idx->changed(idx->changed_ctx, job->raw);
+	free(job->raw);
+	free(job);
+}
+
+static void refresh_job_cancel(void *arg)
+{
+	struct refresh_job *job = arg;
+
+	refresh_job_end(job);
+	free(job->raw);
+	free(job);
+}
+
+/* Queues a background refresh of f unless one waits or runs (lock held).
+ * When the queue is full it is simply not done: the next serve asks
+ * again. */
+static void queue_refresh(struct folder_index *idx, struct folder *f)
+{
+	struct refresh_job *job;
+
+	if (!idx->bg || f->queued || f->refreshing ||
+	    !(job = malloc(sizeof(*job))))
+		return;
+	job->idx = idx;
+	job->raw = strdup(f->raw);
+	if (job->raw && work_queue_submit(idx->bg, refresh_job_run,
+			refresh_job_cancel, job)) {
+		f->queued = true;
+		return;
+	}
+	free(job->raw);
+	free(job);
+}
+
+static bool stale(const struct folder_index *idx, const struct folder *f)
+{
+	return f->fetched_at == 0 ||
+		mono_now() - f->fetched_at >= (time_t)idx->refresh_s;
+}
+
+/* What folder_index_current answers (lock held). */
+static struct folder_listing *current(struct folder_index *idx,
+	struct folder *f, bool fresh)
+{
+	if (!f || !f->cur || f->must_fetch)
+		return NULL;
+	if (fresh && stale(idx, f))
+		queue_refresh(idx, f);
+	return folder_listing_ref(&f->cur->pub);
+}
+
+struct folder_listing *folder_index_current(struct folder_index *idx,
+	const char *raw, bool fresh)
+{
+	struct folder_listing *l;
+
+	pthread_mutex_lock(&idx->lock);
+	l = current(idx, folder_find(idx, raw, false), fresh);
+	pthread_mutex_unlock(&idx->lock);
+	return l;
+}
+
+enum backend_status folder_index_serve(struct folder_index *idx,
+	const char *raw, bool fresh, struct folder_listing **listing_r,
+	const char **error_r)
+{
+	struct folder *f;
+
+	pthread_mutex_lock(&idx->lock);
+	/* Nothing to serve yet, but a fetch is under way: wait for it rather
+	 * than start a second. */
+	while ((f = folder_find(idx, raw, false)) && f->refreshing &&
+	       (!f->cur || f->must_fetch))
+		pthread_cond_wait(&idx->fetched, &idx->lock);
+	*listing_r = current(idx, f, fresh);
+	pthread_mutex_unlock(&idx->lock);
+	if (*listing_r)
+		return BACKEND_OK;
+	/* None known, the one awaited failed, or it may predate a message
+	 * moved in: fetch it ourselves, once. */
+	return folder_index_refresh(idx, raw, listing_r, error_r);
 }
 
 int folder_index_load(struct folder_index *idx, const char *raw,
@@ -555,7 +730,7 @@ int folder_index_load(struct folder_index *idx, const char *raw,
 	pthread_mutex_lock(&idx->lock);
 	f = folder_find(idx, raw, true);
 	if (f && !f->cur) {
-		f->cur = v;
+		install(idx, f, v);
 		*listing_r = folder_listing_ref(&v->pub);
 	} else {
 		/* Something newer came first: serve that. */
@@ -591,7 +766,7 @@ void folder_index_remove(struct folder_index *idx, const char *raw,
 		}
 	}
 	v = f->cur && f->cur->pub.state.uidvalidity == uidvalidity ?
-		writable_cur(f) : NULL;
+		writable_cur(idx, f) : NULL;
 	if (v) {
 		ptrdiff_t k = folder_listing_find(&v->pub, uid);
 
@@ -639,7 +814,7 @@ void folder_index_settle_size(struct folder_index *idx, const char *raw,
 	}
 	if (f->cur && f->cur->pub.state.uidvalidity == uidvalidity &&
 	    folder_listing_find(&f->cur->pub, uid) >= 0 &&
-	    (v = writable_cur(f))) {
+	    (v = writable_cur(idx, f))) {
 		ptrdiff_t k = folder_listing_find(&v->pub, uid);
 
 		v->msgs[k].size = size;
@@ -660,10 +835,24 @@ void folder_index_distrust(struct folder_index *idx, const char *raw)
 	if (f) {
 		if (f->refreshing)
 			f->distrust = true;
-		if ((v = writable_cur(f)) && v->pub.state.highestmodseq) {
+		if ((v = writable_cur(idx, f)) && v->pub.state.highestmodseq) {
 			v->pub.state.highestmodseq = 0;
 			f->dirty = true;
 		}
+	}
+	pthread_mutex_unlock(&idx->lock);
+}
+
+void folder_index_moved_in(struct folder_index *idx, const char *raw)
+{
+	struct folder *f;
+
+	folder_index_distrust(idx, raw);
+	pthread_mutex_lock(&idx->lock);
+	f = folder_find(idx, raw, false);
+	if (f) {
+		f->must_fetch = true;
+		f->moved_seq++;
 	}
 	pthread_mutex_unlock(&idx->lock);
 }
@@ -706,7 +895,7 @@ static void *watcher_main(void *arg)
 		}
 		st = folder_index_refresh(idx, idx->watch_raw, &l, &error);
 		folder_listing_release(&l);
-		if (st == BACKEND_OK)
+		if (st == BACKEND_OK && idx->changed)
 			idx->changed(idx->changed_ctx, idx->watch_raw);
 		else
 			log_debug("cannot list %s: %s", idx->watch_raw, error);
@@ -714,15 +903,12 @@ static void *watcher_main(void *arg)
 	return NULL;
 }
 
-void folder_index_watch(struct folder_index *idx, const char *raw,
-	void (*changed)(void *ctx, const char *raw), void *ctx)
+void folder_index_watch(struct folder_index *idx, const char *raw)
 {
 	if (!idx->be->ops->wait_changes || !idx->be->ops->interrupt_wait ||
 	    idx->watching)
 		return;
 	idx->watch_raw = strdup(raw);
-	idx->changed = changed;
-	idx->changed_ctx = ctx;
 	if (idx->watch_raw &&
 	    pthread_create(&idx->watcher, NULL, watcher_main, idx) == 0)
 		idx->watching = true;

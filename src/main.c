@@ -194,15 +194,15 @@ static int file_sent(void *ctx, const char *bytes, size_t len)
 	const char *error, *ignored;
 	uint32_t uid;
 
-	if (!sc->folder || !sc->be->ops->append)
+	if (!sc->folder)
 		return 0;
-	st = sc->be->ops->append(sc->be, sc->folder, bytes, len, "\\Seen", -1,
+	st = backend_append(sc->be, sc->folder, bytes, len, "\\Seen", -1,
 		&uid, &error);
 	if (st == BACKEND_NOT_FOUND || st == BACKEND_REFUSED) {
 		/* No such folder yet ([TRYCREATE]): make it once. */
-		if (sc->be->ops->create_folder(sc->be, sc->folder,
+		if (backend_create_folder(sc->be, sc->folder,
 				&ignored) == BACKEND_OK)
-			st = sc->be->ops->append(sc->be, sc->folder, bytes, len,
+			st = backend_append(sc->be, sc->folder, bytes, len,
 				"\\Seen", -1, &uid, &error);
 	}
 	if (st != BACKEND_OK) {
@@ -237,14 +237,13 @@ static char *encode_folder_path(struct backend *be, const char *path,
 	char *copy = strdup(path), *raw = NULL, *save = NULL, *part;
 	bool any = false;
 
-	if (!copy || !be->ops->encode_name) {
-		free(copy);
-		*error_r = "this source has no folders to name";
+	if (!copy) {
+		*error_r = "out of memory";
 		return NULL;
 	}
 	for (part = strtok_r(copy, "/", &save); part;
 	     part = strtok_r(NULL, "/", &save)) {
-		char *next = be->ops->encode_name(be, raw, part, error_r);
+		char *next = backend_encode_name(be, raw, part, error_r);
 
 		any = true;
 		free(raw);

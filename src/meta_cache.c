@@ -329,6 +329,74 @@ fail:
 	return -1;
 }
 
+int meta_cache_save_dir_times(struct meta_cache *mc,
+	const struct meta_dir_time *times, size_t count)
+{
+	struct wbuf w = { 0 };
+	char *path;
+	int ret = -1;
+
+	w_u32(&w, (uint32_t)count);
+	for (size_t i = 0; i < count; i++) {
+		w_str(&w, times[i].path, strlen(times[i].path));
+		w_u64(&w, (uint64_t)times[i].changed_at);
+	}
+	if (!w.failed && asprintf(&path, "%s/dirs", mc->dir) >= 0) {
+		ret = write_file(mc, path, &w);
+		free(path);
+	}
+	free(w.data);
+	return ret;
+}
+
+void meta_dir_times_free(struct meta_dir_time **times, size_t count)
+{
+	for (size_t i = 0; *times && i < count; i++)
+		free((*times)[i].path);
+	free(*times);
+	*times = NULL;
+}
+
+int meta_cache_load_dir_times(struct meta_cache *mc,
+	struct meta_dir_time **times_r, size_t *count_r)
+{
+	struct meta_dir_time *t = NULL;
+	unsigned char *data;
+	size_t len = 0, n = 0;
+	uint32_t count;
+	struct rbuf r;
+	char *path;
+
+	if (asprintf(&path, "%s/dirs", mc->dir) < 0)
+		return -1;
+	data = read_file(path, &len);
+	free(path);
+	if (!data)
+		return -1;
+	r = (struct rbuf){ data, data + len, false };
+	count = r_u32(&r);
+	/* Each entry takes at least 12 bytes: bound the allocation. */
+	if (r.failed || count > len / 12 + 1 ||
+	    !(t = calloc(count + 1, sizeof(*t))))
+		goto fail;
+	for (; n < count; n++) {
+		t[n].path = r_str(&r, NULL);
+		t[n].changed_at = (int64_t)r_u64(&r);
+		if (r.failed) {
+			n++;
+			goto fail;
+		}
+	}
+	free(data);
+	*times_r = t;
+	*count_r = n;
+	return 0;
+fail:
+	meta_dir_times_free(&t, n);
+	free(data);
+	return -1;
+}
+
 int meta_cache_save_messages(struct meta_cache *mc, const char *raw,
 	const struct backend_folder_state *state, int64_t changed_at,
 	const struct backend_message *m, size_t count)

@@ -45,6 +45,21 @@ int meta_cache_load_messages(struct meta_cache *mc, const char *raw_folder,
 	struct backend_folder_state *state_r, int64_t *changed_at_r,
 	struct backend_message **msgs_r, size_t *count_r);
 
+/* When each directory's list of folders last changed: the path of the
+ * directory in the mount ("" for the top) and seconds since the epoch. */
+struct meta_dir_time {
+	char *path;          /* owned */
+	int64_t changed_at;
+};
+
+/* Saves/loads them ("dirs").  load returns 0 with *times_r owned by the
+ * caller (meta_dir_times_free), or -1 when absent or corrupt. */
+int meta_cache_save_dir_times(struct meta_cache *mc,
+	const struct meta_dir_time *times, size_t count);
+int meta_cache_load_dir_times(struct meta_cache *mc,
+	struct meta_dir_time **times_r, size_t *count_r);
+void meta_dir_times_free(struct meta_dir_time **times, size_t count);
+
 /* Forgets one folder's listing (UIDVALIDITY changed, folder deleted). */
 void meta_cache_drop_messages(struct meta_cache *mc, const char *raw_folder);
 

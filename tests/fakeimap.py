@@ -237,6 +237,13 @@ class _Conn:
     def ok(self, tag, text=b"done"):
         self.send(tag + b" OK " + text + b"\r\n")
 
+    def expunge(self, f, uid):
+        """Removes uid from folder f (selected), telling the client by
+        its sequence number, as RFC 3501 and RFC 6851 require."""
+        seq = sorted(f.msgs).index(uid) + 1
+        del f.msgs[uid]
+        self.send(b"* %d EXPUNGE\r\n" % seq)
+
     def folder(self, name):
         return self.server.folders.get(name.strip(b'"').decode())
 
@@ -303,7 +310,7 @@ class _Conn:
             f = s.folders[self.selected]
             for uid in uid_set(words[2], f.msgs):
                 if b"\\Deleted" in f.msgs[uid][1]:
-                    del f.msgs[uid]
+                    self.expunge(f, uid)
             self.ok(tag)
         elif kind in ("MOVE", "COPY"):
             f = s.folders[self.selected]
@@ -315,8 +322,6 @@ class _Conn:
             for uid in uid_set(words[2], f.msgs):
                 raw, flags = f.msgs[uid]
                 pairs.append((uid, to.add(raw, flags)))
-                if kind == "MOVE":
-                    del f.msgs[uid]
             if not pairs:
                 self.ok(tag)
                 return False
@@ -325,6 +330,8 @@ class _Conn:
                 b",".join(b"%d" % b for _, b in pairs))
             if kind == "MOVE":
                 self.send(b"* OK " + code + b" moved\r\n")
+                for uid, _ in pairs:
+                    self.expunge(f, uid)
                 self.ok(tag)
             else:
                 self.ok(tag, code + b" copied")

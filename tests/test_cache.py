@@ -141,6 +141,29 @@ OFFLINE_OPTS = ["timeout=5", "pop3=none"]
 
 # ------------------------------------------------------------ partial reads
 
+@pytest.mark.parametrize("order", ["name", "inode"])
+def test_files_read_in_a_row_fetch_the_next_ones_ahead(account, mount,
+                                                       order):
+    """grep -r reads a folder in name order, cp -r and rsync in inode
+    order: after a few files in a row, the heads of the following ones are
+    fetched in the background, before anyone reads them."""
+    seed(account, {"INBOX": [make_message(f"ahead-{order}-{i}", minute=i)
+                             for i in range(24)]})
+    m = mount(account)
+    inbox = os.path.join(m.path, "INBOX")
+    names = files_in(inbox)
+    assert len(names) == 24
+    if order == "inode":
+        names.sort(key=lambda n: os.stat(os.path.join(inbox, n)).st_ino)
+    else:
+        names.sort()
+    for name in names[:3]:
+        with open(os.path.join(inbox, name), "rb") as f:
+            f.read(100)
+    poll_until(lambda: stats(m)["fetched_blocks"] >= 24,
+               "the remaining messages fetched ahead", POLL_SECONDS)
+
+
 def test_partial_read_fetches_at_most_two_blocks(account, mount):
     raw = make_message("partial", size=5 * MiB + 12345)
     assert len(raw) > 5 * MiB

@@ -290,6 +290,39 @@ def test_rm_with_nested_trash_folder(account, corpus, mount):
     assert [i["raw"] for i in trash.values()] == [k["subject_q"].raw]
 
 
+@pytest.mark.parametrize("how", ["rm", "rm-to-trash", "mv"])
+def test_rm_and_mv_of_a_message_another_client_expunged(account, corpus,
+                                                        mount, how):
+    """The server answers OK to UID STORE, UID EXPUNGE and UID MOVE of a
+    UID that is gone: the user must see ENOENT, not success, and the stale
+    name must leave the listing."""
+    k = keyed(corpus)
+    with account.client() as c:
+        c.create("Work")
+        c.create("Trash")
+    uids = account.seed([k["plain"], k["subject_b"]])
+    options = ["refresh=3600"] + (["trash=Trash"] if how == "rm-to-trash"
+                                  else [])
+    m = mount(account, options=options)
+    inbox = os.path.join(m.path, "INBOX")
+    names = {uid_of(os.path.join(inbox, n)): n for n in files_in(inbox)}
+    assert files_in(os.path.join(m.path, "Work")) == []
+    victim = names[uids["subject_b"]]
+    with account.client() as c:
+        c.expunge_uid("INBOX", uids["subject_b"])
+    with pytest.raises(FileNotFoundError):
+        if how == "mv":
+            os.rename(os.path.join(inbox, victim),
+                      os.path.join(m.path, "Work", victim))
+        else:
+            os.unlink(os.path.join(inbox, victim))
+    assert victim not in os.listdir(inbox)
+    assert files_in(inbox) == [names[uids["plain"]]]
+    assert set(account.fetch("INBOX", body=False)) == {uids["plain"]}
+    assert account.fetch("Work", body=False) == {}
+    assert account.fetch("Trash", body=False) == {}
+
+
 # ---------------------------------------------------------------- mv
 
 def test_mv_moves_message_to_other_folder(account, corpus, mount):

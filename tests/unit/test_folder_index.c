@@ -3,11 +3,13 @@
  * (repeated or unordered UIDs) and during whose "network" wait a test can
  * act on the index, as rm or a full read would through the mount. */
 #include <ftw.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "src/folder_index.h"
+#include "src/work_queue.h"
 #include "tests/unit/check.h"
 
 #define MAX_MSGS 64
@@ -384,6 +386,148 @@ static void test_metadata_cache(void)
 	nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* A fetch started earlier answers after one started later: its answer
+ * is older and must not replace the newer one. */
+static void newer_fetch_meanwhile(struct fake *fk)
+{
+	struct folder_listing *l = NULL;
+	const char *error = NULL;
+
+	fake_add(fk);
+	CHECK(folder_index_refresh(fk->idx, "INBOX", &l, &error) ==
+		BACKEND_OK);
+	CHECK(strcmp(uids_of(l), "1 2 3") == 0, "%s", uids_of(l));
+	folder_listing_release(&l);
+}
+
+static void test_overlapping_fetches(void)
+{
+	struct fake fk;
+	struct folder_index *idx;
+	struct folder_listing *l;
+
+	fake_init(&fk, 10, 2);
+	idx = folder_index_new(&fk.be, NULL, namer);
+	fk.idx = idx;
+	fk.during = newer_fetch_meanwhile;
+	l = refresh(idx);
+	CHECK(strcmp(uids_of(l), "1 2 3") == 0, "older answer installed: %s",
+		uids_of(l));
+	folder_listing_release(&l);
+	l = folder_index_get(idx, "INBOX");
+	CHECK(strcmp(uids_of(l), "1 2 3") == 0, "%s", uids_of(l));
+	folder_listing_release(&l);
+	folder_index_free(&idx);
+}
+
+/* Background refreshes: the changed callback counts them. */
+static pthread_mutex_t bg_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t bg_cond = PTHREAD_COND_INITIALIZER;
+static unsigned bg_done;
+
+static void bg_changed(void *ctx, const char *raw)
+{
+	(void)ctx;
+	CHECK(strcmp(raw, "INBOX") == 0);
+	pthread_mutex_lock(&bg_lock);
+	bg_done++;
+	pthread_cond_broadcast(&bg_cond);
+	pthread_mutex_unlock(&bg_lock);
+}
+
+static void wait_bg(unsigned n)
+{
+	pthread_mutex_lock(&bg_lock);
+	while (bg_done < n)
+		pthread_cond_wait(&bg_cond, &bg_lock);
+	pthread_mutex_unlock(&bg_lock);
+}
+
+static void move_in_meanwhile(struct fake *fk)
+{
+	fake_add(fk);
+	folder_index_moved_in(fk->idx, "INBOX");
+}
+
+static void test_scheduling(void)
+{
+	char dir[] = "/tmp/mailfs-test-folder-index-XXXXXX";
+	struct meta_cache *mc = NULL;
+	struct folder_index *idx;
+	struct folder_listing *l;
+	struct work_queue *bg;
+	const char *error;
+	struct fake fk;
+
+	if (!mkdtemp(dir) || meta_cache_open(dir, &mc, &error) < 0) {
+		CHECK(0, "cache directory");
+		return;
+	}
+	fake_init(&fk, 10, 2);
+	bg = work_queue_new(1, 8);
+	CHECK(bg && work_queue_start(bg) == 0);
+	idx = folder_index_new(&fk.be, mc, namer);
+	folder_index_schedule(idx, 3600, bg, bg_changed, NULL);
+	fk.idx = idx;
+
+	/* Never listed: nothing to serve at once; serve fetches. */
+	CHECK(folder_index_current(idx, "INBOX", true) == NULL);
+	CHECK(folder_index_serve(idx, "INBOX", true, &l, &error) ==
+		BACKEND_OK);
+	CHECK(strcmp(uids_of(l), "1 2") == 0 && fk.lists == 1);
+	folder_listing_release(&l);
+	/* Fresh: served as it is, nothing queued. */
+	l = folder_index_current(idx, "INBOX", true);
+	CHECK(strcmp(uids_of(l), "1 2") == 0);
+	folder_listing_release(&l);
+	CHECK(fk.lists + fk.resyncs == 1);
+
+	/* A message moved in: the next serve fetches first, and again when
+	 * the fetch under way may predate a second move. */
+	fake_add(&fk);
+	folder_index_moved_in(idx, "INBOX");
+	CHECK(folder_index_current(idx, "INBOX", false) == NULL);
+	fk.during = move_in_meanwhile;
+	CHECK(folder_index_serve(idx, "INBOX", false, &l, &error) ==
+		BACKEND_OK);
+	folder_listing_release(&l);
+	CHECK(fk.resyncs == 1);
+	CHECK(folder_index_current(idx, "INBOX", false) == NULL,
+		"a fetch that overlapped a move vouches for nothing");
+	CHECK(folder_index_serve(idx, "INBOX", false, &l, &error) ==
+		BACKEND_OK);
+	CHECK(strcmp(uids_of(l), "1 2 3 4") == 0, "%s", uids_of(l));
+	CHECK(fk.resyncs == 2);
+	folder_listing_release(&l);
+	folder_index_free(&idx);
+
+	/* From the metadata cache: served at once, stale, so a listing
+	 * (fresh) refreshes it in the background, once. */
+	idx = folder_index_new(&fk.be, mc, namer);
+	folder_index_schedule(idx, 3600, bg, bg_changed, NULL);
+	fk.idx = idx;
+	CHECK(folder_index_load(idx, "INBOX", &l) == 0);
+	folder_listing_release(&l);
+	fake_add(&fk);
+	l = folder_index_current(idx, "INBOX", false);
+	CHECK(strcmp(uids_of(l), "1 2 3 4") == 0, "%s", uids_of(l));
+	folder_listing_release(&l);
+	CHECK(fk.resyncs == 2, "a lookup refreshes nothing");
+	l = folder_index_current(idx, "INBOX", true);
+	CHECK(strcmp(uids_of(l), "1 2 3 4") == 0, "served before refreshed");
+	folder_listing_release(&l);
+	wait_bg(1);
+	CHECK(fk.resyncs == 3);
+	l = folder_index_current(idx, "INBOX", true);
+	CHECK(strcmp(uids_of(l), "1 2 3 4 5") == 0, "%s", uids_of(l));
+	folder_listing_release(&l);
+	CHECK(fk.resyncs == 3, "fetched within the period: not again");
+	work_queue_free(&bg);
+	folder_index_free(&idx);
+	meta_cache_close(&mc);
+	nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 int main(void)
 {
 	test_vanished_and_new();
@@ -391,5 +535,7 @@ int main(void)
 	test_repeated_and_unordered();
 	test_changes_during_refresh();
 	test_metadata_cache();
+	test_overlapping_fetches();
+	test_scheduling();
 	return check_summary("folder_index");
 }
