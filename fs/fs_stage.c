@@ -460,6 +460,18 @@ int stage_setxattr(struct fs_tree *t, struct node *x, const char *name,
 	return -ENOTSUP;
 }
 
+bool stage_wait_commit(struct fs_tree *t, struct node *x)
+{
+	fuse_ino_t ino = x->ino;
+
+	if (!x->committing)
+		return false;
+	do
+		pthread_cond_wait(&t->stage_done, &t->lock);
+	while ((x = tree_find(t, ino)) && x->is_staged && x->committing);
+	return true;
+}
+
 int stage_rename(struct fs_tree *t, struct node *x, struct node *newdir,
 	const char *newname)
 {
@@ -657,6 +669,13 @@ static bool mark_sending(struct fs_tree *t, struct commit *c)
 
 /* Appends one staged file, unless an earlier try is found on the server.
  * Lock not held. */
+/* Wakes renames waiting for an APPEND to end (stage_wait_commit); lock
+ * held, right before it is let go for good. */
+static void commit_ended(struct fs_tree *t)
+{
+	pthread_cond_broadcast(&t->stage_done);
+}
+
 static void commit_one(struct fs_tree *t, struct commit *c)
 {
 	struct inval_list il = { 0 };
@@ -702,6 +721,7 @@ static void commit_one(struct fs_tree *t, struct commit *c)
 	x = tree_find(t, c->ino);
 	if (st != BACKEND_OK) {
 		if (!x || !x->is_staged) {
+			commit_ended(t);
 			pthread_mutex_unlock(&t->lock);
 			return;
 		}
@@ -729,7 +749,8 @@ static void commit_one(struct fs_tree *t, struct commit *c)
 			log_warn("cannot append %s to %s: %s (will retry in "
 				"%u s)", c->name, c->folder, error, pause);
 		}
-		pthread_mutex_unlock(&t->lock);
+		commit_ended(t);
+	pthread_mutex_unlock(&t->lock);
 		return;
 	}
 	log_debug("appended %s to %s as UID %u", c->name, c->folder, new_uid);
@@ -744,10 +765,12 @@ static void commit_one(struct fs_tree *t, struct commit *c)
 	}
 	x = tree_find(t, c->ino);
 	if (x && x->is_staged) {
+		x->committing = false;
 		if (x->attached)
 			tree_inval_add(&il, c->dir_ino, x->name);
 		tree_drop_staged(t, x);
 	}
+	commit_ended(t);
 	pthread_mutex_unlock(&t->lock);
 	tree_inval_send(t, &il);
 }
@@ -934,6 +957,7 @@ int stage_start(struct fs_tree *t)
 		return -errno;
 	resume_journal(t);
 	pthread_cond_init(&t->stage_wake, NULL);
+	pthread_cond_init(&t->stage_done, NULL);
 	if (pthread_create(&t->stager, NULL, stager_main, t) != 0)
 		return -EAGAIN;
 	t->stager_running = true;
@@ -952,4 +976,5 @@ void stage_stop(struct fs_tree *t)
 	pthread_join(t->stager, NULL);
 	t->stager_running = false;
 	pthread_cond_destroy(&t->stage_wake);
+	pthread_cond_destroy(&t->stage_done);
 }

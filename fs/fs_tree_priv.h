@@ -106,6 +106,7 @@ struct fs_tree {
 	bool stager_running;
 	bool stopping;
 	pthread_cond_t stage_wake;
+	pthread_cond_t stage_done;        /* broadcast when an APPEND ends */
 
 	time_t folders_at;                /* monotonic: last folder list */
 	size_t n_folders;                 /* directories it made */
@@ -174,6 +175,10 @@ void tree_note_moved_in(struct fs_tree *t, struct node *dir);
 /* Staged files (fs_stage.c; lock held). */
 struct node *tree_find_staged(struct node *dir, const char *name);
 void tree_drop_staged(struct fs_tree *t, struct node *x);
+/* When x's APPEND is under way, waits (lock held; released while
+ * waiting) until it has ended and returns true: every node pointer the
+ * caller holds is then stale.  False at once otherwise. */
+bool stage_wait_commit(struct fs_tree *t, struct node *x);
 int stage_rename(struct fs_tree *t, struct node *x, struct node *newdir,
 	const char *newname);
 int stage_setxattr(struct fs_tree *t, struct node *x, const char *name,

@@ -438,6 +438,7 @@ int fs_tree_rename(struct fs_tree *t, fuse_ino_t parent, const char *name,
 	if (t->be->read_only)
 		return -EROFS;
 	pthread_mutex_lock(&t->lock);
+again:
 	dir = tree_find(t, parent);
 	newdir = tree_find(t, newparent);
 	if (!dir || !newdir || !dir->is_dir || !newdir->is_dir) {
@@ -445,6 +446,10 @@ int fs_tree_rename(struct fs_tree *t, fuse_ino_t parent, const char *name,
 		goto out;
 	}
 	if ((x = tree_find_staged(dir, name))) {
+		/* Its APPEND would land in the old folder: once it has, the
+		 * staged name is gone (ENOENT) or, if it failed, renamed. */
+		if (stage_wait_commit(t, x))
+			goto again;
 		ret = stage_rename(t, x, newdir, newname);
 	} else if ((d = child_dir(dir, name))) {
 		ret = writable(t) ? rename_folder(t, dir, d, newdir, newname) :

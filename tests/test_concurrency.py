@@ -8,7 +8,9 @@ test changes the folder through the mount.  Then the gate opens and the
 refresh completes on a listing that predates those changes.
 """
 
+import errno
 import os
+import threading
 from collections import Counter
 
 from helpers import files_in, poll_until, proxy_url, seed
@@ -146,4 +148,47 @@ def test_server_listing_one_uid_twice(make_account, proxies, mount):
     poll_until(lambda: contents() == sorted(msgs[1:]),
                "the server's messages listed through the mount", DEADLINE,
                tolerate=OSError)
+    assert m.proc.poll() is None, "mailfs died"
+
+
+def test_mv_of_copied_in_file_while_its_append_waits(make_account, proxies,
+                                                     mount):
+    """A file copied in is moved to another folder while its APPEND is
+    held on the way to the server: the move either lands the message in
+    the new folder or fails, never reports success with the message left
+    in the old one."""
+    account, proxy, m = mount_plain(make_account, proxies, mount,
+                                    {"INBOX": [], "Archive": []})
+    inbox = os.path.join(m.path, "INBOX")
+    archive = os.path.join(m.path, "Archive")
+    os.listdir(archive)
+    proxy.gate(rb"APPEND INBOX")
+    with open(os.path.join(inbox, "new.eml"), "wb") as f:
+        f.write(make_message("moved-while-appended", 1500))
+    poll_until(lambda: proxy.gated > 0, "the APPEND reaching the proxy",
+               DEADLINE)
+
+    outcome = []
+
+    def move():
+        try:
+            os.rename(os.path.join(inbox, "new.eml"),
+                      os.path.join(archive, "new.eml"))
+            outcome.append(0)
+        except OSError as e:
+            outcome.append(e.errno)
+
+    mover = threading.Thread(target=move, daemon=True)
+    mover.start()
+    # The rename either waits for the APPEND or has already returned.
+    mover.join(1.0)
+    proxy.open_gate()
+    mover.join(DEADLINE)
+    assert not mover.is_alive(), "the rename hangs"
+    where = "Archive" if outcome == [0] else "INBOX"
+    assert outcome in ([0], [errno.ENOENT]), outcome
+    poll_until(lambda: len(account.fetch(where, body=False)) == 1,
+               f"the message in {where}", DEADLINE)
+    other = "INBOX" if where == "Archive" else "Archive"
+    assert not account.fetch(other, body=False)
     assert m.proc.poll() is None, "mailfs died"
